@@ -1,0 +1,411 @@
+//! RabbitMQ: one connection per process, re-established on demand; the topology (exchanges,
+//! per-agent work queues, delay queues, the dead-letter queue, the webhook queue) declared on
+//! every (re)connect; and publishing with confirms on persistent messages.
+//!
+//! Topology, all names from [`Names`]:
+//! - `{p}.work` (direct): `jobs.{agent}` → `{p}.jobs.{agent}`, `webhooks` → `{p}.webhooks`.
+//! - `{p}.delay` (headers): `x-delay-ms = N` → `{p}.delay.{N}ms`, a queue whose messages expire
+//!   after N ms and dead-letter back to `{p}.work` with their original routing key. Waiting
+//!   for a retry therefore holds no unacked message and no worker slot.
+//! - `{p}.dead` (fanout) → `{p}.dead`: poison, undecodable and over-delivered messages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use secrecy::ExposeSecret;
+use tokio::sync::Mutex;
+
+use crate::config::{AmqpConfig, QueueType};
+use crate::naming::Names;
+use crate::wire::{JobMessage, Versioned, WebhookMessage};
+
+/// Steps of the delay ladder. A delay is served by hopping through the largest step that does
+/// not overshoot what is left (see [`delay_step_for`]); the message's `not_before` makes the
+/// last hop exact enough.
+pub const DELAY_STEPS_MS: &[u64] = &[250, 1_000, 5_000, 30_000, 120_000, 600_000, 3_600_000];
+
+/// Header that selects a delay queue on the delay exchange.
+const DELAY_HEADER: &str = "x-delay-ms";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("broker did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("broker could not route the message to any queue")]
+    Unroutable,
+}
+
+/// A cheap-clone handle to the broker.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: AmqpConfig,
+    names: Names,
+    agents: Vec<String>,
+    connection_name: String,
+    connection: Mutex<Option<Arc<Connection>>>,
+    publisher: Mutex<Option<Channel>>,
+}
+
+impl Broker {
+    /// `agents` are the agents whose queues this process declares.
+    pub fn new(config: &AmqpConfig, names: Names, agents: Vec<String>, connection_name: &str) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                names,
+                agents,
+                connection_name: connection_name.to_owned(),
+                connection: Mutex::new(None),
+                publisher: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.inner.names
+    }
+
+    /// True while a connection is up. Never blocks on the network.
+    pub async fn is_connected(&self) -> bool {
+        self.inner
+            .connection
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|c| c.status().connected())
+    }
+
+    /// The live connection, connecting (and declaring the topology) if there is none.
+    pub async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
+        let mut guard = self.inner.connection.lock().await;
+        if let Some(conn) = guard.as_ref() {
+            if conn.status().connected() {
+                return Ok(conn.clone());
+            }
+        }
+        *guard = None;
+        let timeout = Duration::from_millis(self.inner.config.connect_timeout_ms);
+        let props = ConnectionProperties::default()
+            .with_connection_name(self.inner.connection_name.clone().into());
+        let conn = tokio::time::timeout(
+            timeout,
+            Connection::connect(self.inner.config.url.expose_secret(), props),
+        )
+        .await
+        .map_err(|_| BrokerError::Timeout(timeout))??;
+        let conn = Arc::new(conn);
+        let channel = conn.create_channel().await?;
+        bounded(timeout, self.declare_topology(&channel)).await?;
+        let _ = channel.close(200, "topology declared".into()).await;
+        tracing::info!(prefix = %self.inner.names.amqp_prefix(), "connected to the broker");
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Closes the connection; unacked deliveries on it go back to their queues.
+    pub async fn close(&self) {
+        self.inner.publisher.lock().await.take();
+        if let Some(conn) = self.inner.connection.lock().await.take() {
+            let _ = conn.close(200, "shutting down".into()).await;
+        }
+    }
+
+    async fn declare_topology(&self, channel: &Channel) -> Result<(), BrokerError> {
+        let names = &self.inner.names;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for (exchange, kind) in [
+            (names.work_exchange(), ExchangeKind::Direct),
+            (names.delay_exchange(), ExchangeKind::Headers),
+            (names.dead_exchange(), ExchangeKind::Fanout),
+        ] {
+            channel
+                .exchange_declare(exchange.into(), kind, durable, FieldTable::default())
+                .await?;
+        }
+
+        let dead_queue = names.dead_queue();
+        self.declare_queue(channel, &dead_queue, self.queue_args(false))
+            .await?;
+        channel
+            .queue_bind(
+                dead_queue.into(),
+                names.dead_exchange().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        let mut work_queues: Vec<(String, String)> = self
+            .inner
+            .agents
+            .iter()
+            .map(|agent| (names.agent_queue(agent), names.agent_routing_key(agent)))
+            .collect();
+        work_queues.push((names.webhook_queue(), names.webhook_routing_key().to_owned()));
+        for (queue, routing_key) in work_queues {
+            self.declare_queue(channel, &queue, self.queue_args(true))
+                .await?;
+            channel
+                .queue_bind(
+                    queue.into(),
+                    names.work_exchange().into(),
+                    routing_key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+
+        for &step in DELAY_STEPS_MS {
+            let queue = names.delay_queue(step);
+            let mut args = FieldTable::default();
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(step as i64));
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(LongString::from(names.work_exchange())),
+            );
+            self.declare_queue(channel, &queue, args).await?;
+            let mut binding = FieldTable::default();
+            binding.insert("x-match".into(), AMQPValue::LongString("all".into()));
+            binding.insert(DELAY_HEADER.into(), AMQPValue::LongLongInt(step as i64));
+            channel
+                .queue_bind(
+                    queue.into(),
+                    names.delay_exchange().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    binding,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Arguments of a work queue (`dead_letters`) or of the dead-letter queue itself.
+    fn queue_args(&self, dead_letters: bool) -> FieldTable {
+        let mut args = FieldTable::default();
+        if self.inner.config.queue_type == QueueType::Quorum {
+            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            if dead_letters {
+                // A message redelivered this often (workers crashing on it) is poison.
+                args.insert(
+                    "x-delivery-limit".into(),
+                    AMQPValue::LongLongInt(i64::from(self.inner.config.delivery_limit)),
+                );
+            }
+        }
+        if dead_letters {
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(LongString::from(self.inner.names.dead_exchange())),
+            );
+        }
+        args
+    }
+
+    async fn declare_queue(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        args: FieldTable,
+    ) -> Result<(), BrokerError> {
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel.queue_declare(queue.into(), options, args).await?;
+        Ok(())
+    }
+
+    async fn publisher(&self) -> Result<Channel, BrokerError> {
+        let mut guard = self.inner.publisher.lock().await;
+        if let Some(channel) = guard.as_ref() {
+            if channel.status().connected() {
+                return Ok(channel.clone());
+            }
+        }
+        *guard = None;
+        let conn = self.connection().await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        *guard = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Publishes a persistent message and waits for the broker's confirm. Fails if the
+    /// message could not be routed to a queue (mandatory) or was not confirmed in time.
+    async fn publish_confirmed(
+        &self,
+        exchange: String,
+        routing_key: String,
+        payload: &[u8],
+        headers: Option<FieldTable>,
+        message_id: &str,
+    ) -> Result<(), BrokerError> {
+        let timeout = Duration::from_millis(self.inner.config.publish_timeout_ms);
+        let result = bounded(timeout, async {
+            let channel = self.publisher().await?;
+            let mut props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(message_id.into());
+            if let Some(headers) = headers {
+                props = props.with_headers(headers);
+            }
+            let options = BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            let confirm = channel
+                .basic_publish(exchange.into(), routing_key.into(), options, payload, props)
+                .await?
+                .await?;
+            match confirm {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+                Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable),
+                Confirmation::Nack(_) => Err(BrokerError::Nacked),
+            }
+        })
+        .await;
+        if matches!(result, Err(BrokerError::Amqp(_) | BrokerError::Timeout(_))) {
+            // The channel may be dead or wedged: the next publish opens a fresh one.
+            self.inner.publisher.lock().await.take();
+        }
+        result
+    }
+
+    /// Puts a job on its agent's work queue.
+    pub async fn publish_job(&self, msg: &JobMessage) -> Result<(), BrokerError> {
+        let names = &self.inner.names;
+        self.publish_confirmed(
+            names.work_exchange(),
+            names.agent_routing_key(&msg.agent),
+            &msg.encode(),
+            None,
+            &msg.job_id.to_string(),
+        )
+        .await
+    }
+
+    /// Puts a job back on its agent's queue after `delay`, through the delay ladder.
+    pub async fn publish_job_delayed(
+        &self,
+        msg: &JobMessage,
+        delay: Duration,
+    ) -> Result<(), BrokerError> {
+        let names = &self.inner.names;
+        self.publish_delayed(
+            names.agent_routing_key(&msg.agent),
+            &msg.encode(),
+            delay,
+            &msg.job_id.to_string(),
+        )
+        .await
+    }
+
+    /// Hands a webhook delivery to the webhook queue.
+    pub async fn publish_webhook(&self, msg: &WebhookMessage) -> Result<(), BrokerError> {
+        let names = &self.inner.names;
+        self.publish_confirmed(
+            names.work_exchange(),
+            names.webhook_routing_key().to_owned(),
+            &msg.encode(),
+            None,
+            &msg.job_id.to_string(),
+        )
+        .await
+    }
+
+    pub async fn publish_webhook_delayed(
+        &self,
+        msg: &WebhookMessage,
+        delay: Duration,
+    ) -> Result<(), BrokerError> {
+        let names = &self.inner.names;
+        self.publish_delayed(
+            names.webhook_routing_key().to_owned(),
+            &msg.encode(),
+            delay,
+            &msg.job_id.to_string(),
+        )
+        .await
+    }
+
+    async fn publish_delayed(
+        &self,
+        routing_key: String,
+        payload: &[u8],
+        delay: Duration,
+        message_id: &str,
+    ) -> Result<(), BrokerError> {
+        let step = delay_step_for(delay);
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from(DELAY_HEADER),
+            AMQPValue::LongLongInt(step as i64),
+        );
+        self.publish_confirmed(
+            self.inner.names.delay_exchange(),
+            routing_key,
+            payload,
+            Some(headers),
+            message_id,
+        )
+        .await
+    }
+}
+
+/// The delay step for what is left to wait: the largest step that does not overshoot, or the
+/// smallest step when less than that is left.
+pub fn delay_step_for(remaining: Duration) -> u64 {
+    let remaining_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
+    DELAY_STEPS_MS
+        .iter()
+        .rev()
+        .copied()
+        .find(|&step| step <= remaining_ms)
+        .unwrap_or(DELAY_STEPS_MS[0])
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, BrokerError>>,
+) -> Result<T, BrokerError> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| BrokerError::Timeout(timeout))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_steps_never_overshoot_by_more_than_the_smallest_step() {
+        assert_eq!(delay_step_for(Duration::from_millis(10)), 250);
+        assert_eq!(delay_step_for(Duration::from_millis(999)), 250);
+        assert_eq!(delay_step_for(Duration::from_secs(1)), 1_000);
+        assert_eq!(delay_step_for(Duration::from_secs(7)), 5_000);
+        assert_eq!(delay_step_for(Duration::from_secs(36_000)), 3_600_000);
+    }
+}

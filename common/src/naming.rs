@@ -1,0 +1,123 @@
+//! The one naming scheme: every exchange, queue, routing key and Redis key is derived here
+//! from the configured prefixes, never spelled out at a call site.
+
+use uuid::Uuid;
+
+/// Derives broker and store names from the deployment's prefixes.
+#[derive(Debug, Clone)]
+pub struct Names {
+    amqp: String,
+    redis: String,
+}
+
+/// The kind of fleet-wide rate limit a GCRA key tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateKind {
+    Requests,
+    Tokens,
+}
+
+impl Names {
+    pub fn new(amqp_prefix: &str, redis_prefix: &str) -> Self {
+        Self {
+            amqp: amqp_prefix.to_owned(),
+            redis: redis_prefix.to_owned(),
+        }
+    }
+
+    pub fn amqp_prefix(&self) -> &str {
+        &self.amqp
+    }
+
+    pub fn redis_prefix(&self) -> &str {
+        &self.redis
+    }
+
+    /// Direct exchange that routes work: agent jobs and webhook deliveries.
+    pub fn work_exchange(&self) -> String {
+        format!("{}.work", self.amqp)
+    }
+
+    /// Headers exchange in front of the delay queues.
+    pub fn delay_exchange(&self) -> String {
+        format!("{}.delay", self.amqp)
+    }
+
+    /// Fanout exchange that feeds the dead-letter queue.
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.amqp)
+    }
+
+    pub fn agent_queue(&self, agent: &str) -> String {
+        format!("{}.jobs.{agent}", self.amqp)
+    }
+
+    /// Routing key of an agent's jobs on the work exchange. Distinct from
+    /// [`Names::webhook_routing_key`] whatever the agent is called.
+    pub fn agent_routing_key(&self, agent: &str) -> String {
+        format!("jobs.{agent}")
+    }
+
+    pub fn webhook_queue(&self) -> String {
+        format!("{}.webhooks", self.amqp)
+    }
+
+    pub fn webhook_routing_key(&self) -> &'static str {
+        "webhooks"
+    }
+
+    pub fn delay_queue(&self, delay_ms: u64) -> String {
+        format!("{}.delay.{delay_ms}ms", self.amqp)
+    }
+
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.amqp)
+    }
+
+    /// The job record (the public view of a job).
+    pub fn job_key(&self, id: Uuid) -> String {
+        format!("{}:job:{id}", self.redis)
+    }
+
+    /// What the job asked for (input, webhook URL): read by the worker, never returned whole.
+    pub fn job_spec_key(&self, id: Uuid) -> String {
+        format!("{}:job:{id}:spec", self.redis)
+    }
+
+    /// GCRA state of an agent's fleet-wide rate limit.
+    pub fn rate_key(&self, agent: &str, kind: RateKind) -> String {
+        let kind = match kind {
+            RateKind::Requests => "req",
+            RateKind::Tokens => "tok",
+        };
+        format!("{}:rl:{agent}:{kind}", self.redis)
+    }
+
+    /// Pattern matching every key of this deployment (used by tests to clean up).
+    pub fn redis_pattern(&self) -> String {
+        format!("{}:*", self.redis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_namespaced_by_prefix() {
+        let names = Names::new("af1", "af2");
+        let id = Uuid::nil();
+        assert_eq!(names.agent_queue("sum"), "af1.jobs.sum");
+        assert_eq!(names.work_exchange(), "af1.work");
+        assert_eq!(names.delay_queue(1000), "af1.delay.1000ms");
+        assert_eq!(names.job_key(id), format!("af2:job:{id}"));
+        assert_eq!(names.rate_key("sum", RateKind::Tokens), "af2:rl:sum:tok");
+        assert!(names.job_spec_key(id).starts_with("af2:"));
+    }
+
+    #[test]
+    fn agent_routing_keys_never_collide_with_webhooks() {
+        let names = Names::new("p", "p");
+        assert_ne!(names.agent_routing_key("webhooks"), names.webhook_routing_key());
+    }
+}

@@ -1,0 +1,415 @@
+//! Wire types: everything that crosses a process boundary (broker messages, the job record
+//! stored in Redis and served by the API, webhook events). Deriving `Serialize` here makes a
+//! type a contract with another process; change it only in a backward-compatible way, or bump
+//! [`SCHEMA_VERSION`].
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Version of the broker message schema. A worker refuses (dead-letters) other versions.
+pub const SCHEMA_VERSION: u16 = 1;
+
+/// `queued → running → succeeded | failed | cancelled`, with `running → retrying → running`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "system" => Some(Self::System),
+            "user" => Some(Self::User),
+            "assistant" => Some(Self::Assistant),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+/// What the caller asked the agent to work on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum JobInput {
+    Text(String),
+    Messages { messages: Vec<ChatMessage> },
+}
+
+impl JobInput {
+    /// The conversation sent to the provider, after the agent's system prompt.
+    pub fn to_messages(&self) -> Vec<ChatMessage> {
+        match self {
+            Self::Text(text) => vec![ChatMessage {
+                role: Role::User,
+                content: text.clone(),
+            }],
+            Self::Messages { messages } => messages.clone(),
+        }
+    }
+
+    /// Characters of content, for a token estimate before the provider tells us the truth.
+    pub fn content_chars(&self) -> usize {
+        match self {
+            Self::Text(text) => text.chars().count(),
+            Self::Messages { messages } => messages.iter().map(|m| m.content.chars().count()).sum(),
+        }
+    }
+}
+
+/// Failure classes. Which of them are retried is decided by [`ErrorCategory::is_retryable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCategory {
+    RateLimited,
+    ProviderError,
+    Timeout,
+    Network,
+    InvalidResponse,
+    BadRequest,
+    Auth,
+    Cancelled,
+    BudgetExceeded,
+    WebhookBlocked,
+    Internal,
+}
+
+impl ErrorCategory {
+    /// The one place that decides whether a failure is worth another attempt.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited
+                | Self::ProviderError
+                | Self::Timeout
+                | Self::Network
+                | Self::InvalidResponse
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::ProviderError => "provider_error",
+            Self::Timeout => "timeout",
+            Self::Network => "network",
+            Self::InvalidResponse => "invalid_response",
+            Self::BadRequest => "bad_request",
+            Self::Auth => "auth",
+            Self::Cancelled => "cancelled",
+            Self::BudgetExceeded => "budget_exceeded",
+            Self::WebhookBlocked => "webhook_blocked",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    pub category: ErrorCategory,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// Delivery state of the job's webhook, kept on the record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WebhookStatus {
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// The job record: what `GET /v1/jobs/{id}` returns and what a webhook carries as `data`.
+/// Stored as JSON under `Names::job_key`. It holds nothing secret and not the input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: Uuid,
+    pub tenant: String,
+    pub agent: String,
+    pub status: JobStatus,
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub output: Option<String>,
+    #[serde(default)]
+    pub error: Option<JobError>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub webhook: Option<WebhookStatus>,
+}
+
+impl JobRecord {
+    pub fn new_queued(
+        id: Uuid,
+        tenant: &str,
+        agent: &str,
+        metadata: Option<Value>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            tenant: tenant.to_owned(),
+            agent: agent.to_owned(),
+            status: JobStatus::Queued,
+            attempts: 0,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            output: None,
+            error: None,
+            usage: None,
+            metadata,
+            webhook: None,
+        }
+    }
+}
+
+/// What the job asked for, stored beside the record under `Names::job_spec_key`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub input: JobInput,
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+}
+
+/// The work token on an agent queue: "this job needs work". Carries ids, never content or
+/// secrets; the record in Redis is the truth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobMessage {
+    pub v: u16,
+    pub job_id: Uuid,
+    pub tenant: String,
+    pub agent: String,
+    pub attempt: u32,
+    /// Set when the message went through a delay queue: not to be worked before this instant.
+    #[serde(default)]
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "job.succeeded")]
+    JobSucceeded,
+    #[serde(rename = "job.failed")]
+    JobFailed,
+    #[serde(rename = "job.cancelled")]
+    JobCancelled,
+}
+
+impl EventType {
+    /// The event a terminal status produces; `None` for a status that is not terminal.
+    pub fn for_status(status: JobStatus) -> Option<Self> {
+        match status {
+            JobStatus::Succeeded => Some(Self::JobSucceeded),
+            JobStatus::Failed => Some(Self::JobFailed),
+            JobStatus::Cancelled => Some(Self::JobCancelled),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::JobSucceeded => "job.succeeded",
+            Self::JobFailed => "job.failed",
+            Self::JobCancelled => "job.cancelled",
+        }
+    }
+}
+
+/// A webhook delivery token on the webhook queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookMessage {
+    pub v: u16,
+    pub job_id: Uuid,
+    pub tenant: String,
+    pub event: EventType,
+    /// Delivery attempts made before this one.
+    pub attempt: u32,
+    #[serde(default)]
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+/// The webhook body: `{"type", "timestamp", "data"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookEvent {
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub timestamp: DateTime<Utc>,
+    pub data: JobRecord,
+}
+
+impl WebhookEvent {
+    /// The `webhook-id`: one terminal event per job, so it is derived from the job and stable
+    /// across every retry and every worker.
+    pub fn id(&self) -> String {
+        event_id(self.data.id, self.event_type)
+    }
+}
+
+pub fn event_id(job_id: Uuid, event: EventType) -> String {
+    let kind = match event {
+        EventType::JobSucceeded => "succeeded",
+        EventType::JobFailed => "failed",
+        EventType::JobCancelled => "cancelled",
+    };
+    format!("msg_{}_{kind}", job_id.simple())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("message is not valid JSON for its schema: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("message schema version {found} is not supported (expected {SCHEMA_VERSION})")]
+    Version { found: u16 },
+}
+
+/// A broker message with a schema version.
+pub trait Versioned: Serialize + for<'de> Deserialize<'de> {
+    fn version(&self) -> u16;
+
+    fn encode(&self) -> Vec<u8> {
+        // Serializing these plain structs cannot fail: no maps with non-string keys.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let msg: Self = serde_json::from_slice(bytes)?;
+        match msg.version() {
+            SCHEMA_VERSION => Ok(msg),
+            found => Err(WireError::Version { found }),
+        }
+    }
+}
+
+impl Versioned for JobMessage {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}
+
+impl Versioned for WebhookMessage {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_input_accepts_text_and_messages() {
+        let text: JobInput = serde_json::from_str(r#""hello""#).expect("text");
+        assert_eq!(text.to_messages()[0].role, Role::User);
+        let msgs: JobInput =
+            serde_json::from_str(r#"{"messages":[{"role":"system","content":"x"}]}"#)
+                .expect("messages");
+        assert_eq!(msgs.content_chars(), 1);
+    }
+
+    #[test]
+    fn messages_round_trip_and_reject_other_versions() {
+        let msg = JobMessage {
+            v: SCHEMA_VERSION,
+            job_id: Uuid::now_v7(),
+            tenant: "t".into(),
+            agent: "a".into(),
+            attempt: 1,
+            not_before: None,
+        };
+        assert_eq!(JobMessage::decode(&msg.encode()).expect("decode"), msg);
+        let mut other = msg.clone();
+        other.v = 99;
+        assert!(matches!(
+            JobMessage::decode(&other.encode()),
+            Err(WireError::Version { found: 99 })
+        ));
+        assert!(matches!(
+            JobMessage::decode(b"{not json"),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn status_serializes_snake_case() {
+        assert_eq!(
+            serde_json::to_string(&JobStatus::Succeeded).expect("ser"),
+            r#""succeeded""#
+        );
+        assert_eq!(
+            serde_json::to_string(&EventType::JobFailed).expect("ser"),
+            r#""job.failed""#
+        );
+    }
+
+    #[test]
+    fn event_id_is_stable_per_job_and_event() {
+        let id = Uuid::now_v7();
+        assert_eq!(
+            event_id(id, EventType::JobSucceeded),
+            event_id(id, EventType::JobSucceeded)
+        );
+        assert_ne!(
+            event_id(id, EventType::JobSucceeded),
+            event_id(id, EventType::JobFailed)
+        );
+    }
+
+    #[test]
+    fn retryable_categories_are_the_transient_ones() {
+        assert!(ErrorCategory::RateLimited.is_retryable());
+        assert!(ErrorCategory::InvalidResponse.is_retryable());
+        assert!(!ErrorCategory::Auth.is_retryable());
+        assert!(!ErrorCategory::BadRequest.is_retryable());
+    }
+}

@@ -1,1 +1,142 @@
-//! placeholder
+//! The dispatcher: authenticates a tenant, validates a job, stores its record, publishes it to
+//! RabbitMQ with a confirm, and answers `202` — only once both the record and the message
+//! are durable. It holds no job state of its own, so any number of replicas can run.
+
+mod auth;
+mod jobs;
+mod problem;
+mod request;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use agentfleet_common::broker::Broker;
+use agentfleet_common::config::Config;
+use agentfleet_common::metrics::Metrics;
+use agentfleet_common::ops::{self, Dependencies};
+use agentfleet_common::outbound::Outbound;
+use agentfleet_common::store::{JobStore, Redis, StoreError};
+
+pub use problem::ApiError;
+
+/// Shared, cheap-clone state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    tenants: auth::Tenants,
+    store: JobStore,
+    broker: Broker,
+    metrics: Arc<Metrics>,
+    outbound: Outbound,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatcherError {
+    #[error("redis client: {0}")]
+    Store(#[from] StoreError),
+    #[error("http server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// A dispatcher ready to serve: built from the config, not yet listening.
+pub struct Dispatcher {
+    state: AppState,
+    deps: Dependencies,
+}
+
+impl Dispatcher {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Self, DispatcherError> {
+        let names = config.names();
+        let redis = Redis::connect(&config.redis)?;
+        let store = JobStore::new(redis.clone(), names.clone(), config.redis.result_ttl_secs);
+        let agents = config.agents.keys().cloned().collect();
+        let broker = Broker::new(&config.amqp, names, agents, "agentfleet-dispatcher");
+        let deps = Dependencies {
+            broker: broker.clone(),
+            redis,
+            metrics: metrics.clone(),
+        };
+        // Webhook URLs are only checked here; responses are never read, so no size cap matters.
+        let outbound = Outbound::new(config.webhooks.allow_private_networks, 0);
+        let state = AppState {
+            inner: Arc::new(Inner {
+                tenants: auth::Tenants::new(&config.tenants),
+                config,
+                store,
+                broker,
+                metrics,
+                outbound,
+            }),
+        };
+        Ok(Self { state, deps })
+    }
+
+    pub fn router(&self) -> Router {
+        let max_body = self.state.inner.config.dispatcher.max_body_bytes;
+        let api = Router::new()
+            .route("/v1/jobs", post(jobs::submit))
+            .route("/v1/jobs/{id}", get(jobs::get))
+            .route("/v1/agents", get(jobs::agents))
+            // The handler enforces the limit itself (for a problem+json 413); this only keeps
+            // axum's default 2 MB cap from applying first.
+            .layer(DefaultBodyLimit::max(max_body.saturating_add(1)))
+            .with_state(self.state.clone());
+        api.merge(ops::router(self.deps.clone()))
+            .layer(middleware::from_fn_with_state(
+                self.state.inner.metrics.clone(),
+                record_http,
+            ))
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then drains in-flight requests.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), DispatcherError> {
+        // Connect early so the first request does not pay for it; an outage here is fine,
+        // `/readyz` reports it and publishing reconnects on demand.
+        if let Err(err) = self.state.inner.broker.connection().await {
+            tracing::warn!(error = %err, "broker not reachable at start; will retry on demand");
+        }
+        let router = self.router();
+        tracing::info!(addr = ?listener.local_addr().ok(), "dispatcher listening");
+        let broker = self.state.inner.broker.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        broker.close().await;
+        Ok(())
+    }
+}
+
+async fn record_http(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    metrics
+        .http_request_duration
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .http_requests
+        .with_label_values(&[&route, response.status().as_str()])
+        .inc();
+    response
+}

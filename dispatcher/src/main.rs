@@ -1,1 +1,38 @@
-fn main() {}
+//! `agentfleet-dispatcher --config PATH`: load and validate the config (exiting non-zero with
+//! the bad key named, before binding anything), then serve until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use agentfleet_common::config::Config;
+use agentfleet_common::metrics::Metrics;
+use agentfleet_common::{shutdown, telemetry};
+use agentfleet_dispatcher::Dispatcher;
+
+#[derive(Parser)]
+#[command(version, about = "agentfleet dispatcher: accepts jobs over HTTP and enqueues them")]
+struct Args {
+    /// YAML configuration file; any key can be overridden by AGENTFLEET__SECTION__KEY.
+    #[arg(long, env = "AGENTFLEET_CONFIG")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = Config::load(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?;
+    telemetry::init(&config.telemetry);
+    let listen = config.dispatcher.listen;
+    let dispatcher = Dispatcher::new(config, Arc::new(Metrics::new()))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    dispatcher
+        .serve(listener, shutdown::token_on_signal())
+        .await?;
+    Ok(())
+}

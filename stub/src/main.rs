@@ -1,1 +1,95 @@
-fn main() {}
+//! `agentfleet-stub llm …` serves the OpenAI-compatible stub; `agentfleet-stub webhook …`
+//! serves a verifying webhook receiver that prints each delivery as a JSON line.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use agentfleet_common::signing::WebhookSecret;
+use agentfleet_stub::llm::{Behavior, Fault, StubLlm};
+use agentfleet_stub::receiver::Receiver;
+
+#[derive(Parser)]
+#[command(version, about = "Local LLM stub and webhook receiver for agentfleet demos and tests")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// An OpenAI-compatible /v1/chat/completions stub.
+    Llm {
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        #[arg(long, default_value_t = 12)]
+        prompt_tokens: u64,
+        #[arg(long, default_value_t = 8)]
+        completion_tokens: u64,
+        /// Probability (0..1) that a call fails with a 500 or a 429 (Retry-After: 1).
+        #[arg(long, default_value_t = 0.0)]
+        fault_rate: f64,
+    },
+    /// A webhook receiver that verifies signatures and prints deliveries.
+    Webhook {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Environment variable holding the whsec_ secret to verify with.
+        #[arg(long)]
+        secret_env: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber_init();
+    match Args::parse().command {
+        Command::Llm {
+            listen,
+            latency_ms,
+            prompt_tokens,
+            completion_tokens,
+            fault_rate,
+        } => {
+            if !(0.0..=1.0).contains(&fault_rate) {
+                anyhow::bail!("--fault-rate must be between 0 and 1");
+            }
+            let stub = StubLlm::new(Behavior {
+                latency: Duration::from_millis(latency_ms),
+                prompt_tokens,
+                completion_tokens,
+                fault_rate,
+                random_faults: vec![
+                    Fault::Status { status: 500, retry_after: None },
+                    Fault::Status { status: 429, retry_after: Some(1) },
+                ],
+            });
+            serve(listen, stub.router()).await
+        }
+        Command::Webhook { listen, secret_env } => {
+            let raw = std::env::var(&secret_env)
+                .with_context(|| format!("environment variable {secret_env} is not set"))?;
+            let secret = WebhookSecret::parse(&raw).with_context(|| format!("{secret_env}"))?;
+            serve(listen, Receiver::new(Some(secret)).router()).await
+        }
+    }
+}
+
+async fn serve(listen: SocketAddr, router: axum::Router) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(%listen, "stub listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(agentfleet_common::shutdown::signal())
+        .await?;
+    Ok(())
+}
+
+fn tracing_subscriber_init() {
+    agentfleet_common::telemetry::init(&agentfleet_common::config::TelemetryConfig::default());
+}

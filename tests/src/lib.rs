@@ -1,1 +1,551 @@
-//! placeholder
+//! Test harness: [`TestApp::spawn`] starts the stub LLM, a verifying webhook receiver, the
+//! dispatcher and N workers on port 0 against the real RabbitMQ and Redis on localhost, under
+//! a prefix unique to the test, and returns typed helpers. Dropping the app stops everything
+//! and deletes every queue, exchange and key under its prefix.
+//!
+//! RabbitMQ and Redis must be running (`scripts/test.sh` makes sure); a test fails loudly
+//! rather than skipping when they are not.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use agentfleet_common::broker::DELAY_STEPS_MS;
+use agentfleet_common::config::Config;
+use agentfleet_common::metrics::Metrics;
+use agentfleet_common::signing::WebhookSecret;
+use agentfleet_dispatcher::Dispatcher;
+use agentfleet_stub::llm::{Behavior, StubLlm};
+use agentfleet_stub::receiver::Receiver;
+use agentfleet_worker::Worker;
+
+pub use agentfleet_stub::llm::Fault;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+/// One agent of a test deployment.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    pub name: String,
+    pub concurrency: u16,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    pub timeout_secs: u64,
+    pub retry_attempts: u32,
+    pub retry_max_delay_secs: u64,
+}
+
+impl AgentSpec {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            concurrency: 16,
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            timeout_secs: 10,
+            retry_attempts: 3,
+            retry_max_delay_secs: 1,
+        }
+    }
+
+    /// The model name the agent sends: unique per agent, so the stub counts them apart.
+    pub fn model(&self) -> String {
+        format!("model-{}", self.name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub agents: Vec<AgentSpec>,
+    pub workers: usize,
+    pub behavior: Behavior,
+    pub shutdown_grace_secs: u64,
+    pub webhook_retry_schedule_secs: Vec<u64>,
+    pub allow_private_webhooks: bool,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            agents: vec![AgentSpec::new("summarize")],
+            workers: 2,
+            behavior: Behavior::default(),
+            shutdown_grace_secs: 10,
+            webhook_retry_schedule_secs: vec![1, 1, 2],
+            allow_private_webhooks: true,
+        }
+    }
+}
+
+/// A tenant's credentials as a client holds them.
+#[derive(Debug, Clone)]
+pub struct TenantKeys {
+    pub id: String,
+    pub api_key: String,
+    pub webhook_secret: String,
+}
+
+struct RunningWorker {
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), agentfleet_worker::WorkerError>>,
+    metrics: Arc<Metrics>,
+    metrics_addr: SocketAddr,
+}
+
+pub struct TestApp {
+    pub prefix: String,
+    pub config: Config,
+    pub config_yaml: String,
+    pub dispatcher_addr: SocketAddr,
+    pub dispatcher_metrics: Arc<Metrics>,
+    pub llm: StubLlm,
+    pub llm_addr: SocketAddr,
+    pub receiver: Receiver,
+    pub receiver_addr: SocketAddr,
+    pub acme: TenantKeys,
+    pub globex: TenantKeys,
+    pub http: reqwest::Client,
+    dispatcher_stop: CancellationToken,
+    workers: Vec<Option<RunningWorker>>,
+    children: Vec<std::process::Child>,
+    temp_files: Vec<PathBuf>,
+}
+
+impl TestApp {
+    pub async fn spawn(options: AppOptions) -> anyhow::Result<Self> {
+        let prefix = format!("aftest-{}", uuid::Uuid::now_v7().simple());
+        let llm = StubLlm::new(options.behavior.clone());
+        let llm_addr = agentfleet_stub::spawn_router(bind().await?, llm.router());
+
+        let acme = tenant("acme");
+        let globex = tenant("globex");
+        let receiver = Receiver::new(Some(WebhookSecret::parse(&acme.webhook_secret)?));
+        let receiver_addr = agentfleet_stub::spawn_router(bind().await?, receiver.router());
+
+        let config_yaml = render_config(&prefix, &options, llm_addr, &[&acme, &globex]);
+        let config = Config::from_yaml(&config_yaml).context("test config")?;
+
+        let dispatcher_metrics = Arc::new(Metrics::new());
+        let dispatcher = Dispatcher::new(config.clone(), dispatcher_metrics.clone())?;
+        let listener = bind().await?;
+        let dispatcher_addr = listener.local_addr()?;
+        let dispatcher_stop = CancellationToken::new();
+        tokio::spawn(dispatcher.serve(listener, dispatcher_stop.clone()));
+
+        let mut app = Self {
+            prefix,
+            config,
+            config_yaml,
+            dispatcher_addr,
+            dispatcher_metrics,
+            llm,
+            llm_addr,
+            receiver,
+            receiver_addr,
+            acme,
+            globex,
+            http: reqwest::Client::new(),
+            dispatcher_stop,
+            workers: Vec::new(),
+            children: Vec::new(),
+            temp_files: Vec::new(),
+        };
+        for _ in 0..options.workers {
+            app.start_worker().await?;
+        }
+        app.wait_ready().await?;
+        Ok(app)
+    }
+
+    /// Secrets as the worker reads them from its environment.
+    fn secret_env(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (env_var(&self.acme.id), self.acme.webhook_secret.clone()),
+            (env_var(&self.globex.id), self.globex.webhook_secret.clone()),
+        ])
+    }
+
+    /// Starts one more in-process worker; returns its index.
+    pub async fn start_worker(&mut self) -> anyhow::Result<usize> {
+        self.start_worker_with(self.config.clone()).await
+    }
+
+    pub async fn start_worker_with(&mut self, config: Config) -> anyhow::Result<usize> {
+        let env = self.secret_env();
+        let secrets = config.secrets(|var| env.get(var).cloned())?;
+        let metrics = Arc::new(Metrics::new());
+        let worker = Worker::new(config, secrets, metrics.clone())?;
+        let listener = bind().await?;
+        let metrics_addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker.run(listener, stop.clone()));
+        self.workers.push(Some(RunningWorker {
+            stop,
+            task,
+            metrics,
+            metrics_addr,
+        }));
+        Ok(self.workers.len() - 1)
+    }
+
+    /// Starts the worker binary (`CARGO_BIN_EXE_agentfleet-test-worker`, which only
+    /// integration tests see) as a separate process, so it can be SIGKILLed.
+    pub fn start_worker_process(&mut self, binary: &str) -> anyhow::Result<u32> {
+        let path = self.write_config_file("worker")?;
+        let child = std::process::Command::new(binary)
+            .arg("--config")
+            .arg(&path)
+            .envs(self.secret_env())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("spawning the worker binary")?;
+        let pid = child.id();
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// Writes this app's config to a temporary file (removed on drop).
+    pub fn write_config_file(&mut self, name: &str) -> anyhow::Result<PathBuf> {
+        let path = std::env::temp_dir().join(format!("{}-{name}.yaml", self.prefix));
+        std::fs::write(&path, &self.config_yaml)?;
+        self.temp_files.push(path.clone());
+        Ok(path)
+    }
+
+    /// The secret environment variables a worker process needs.
+    pub fn worker_env(&self) -> HashMap<String, String> {
+        self.secret_env()
+    }
+
+    /// SIGKILLs a worker process started by [`TestApp::start_worker_process`].
+    pub fn kill_worker_process(&mut self, pid: u32) -> anyhow::Result<()> {
+        let child = self
+            .children
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .context("no such worker process")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Asks an in-process worker to shut down gracefully and waits for it (bounded).
+    pub async fn stop_worker(&mut self, index: usize) -> anyhow::Result<Duration> {
+        let worker = self.workers[index].take().context("worker already stopped")?;
+        let started = Instant::now();
+        worker.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(60), worker.task)
+            .await
+            .context("worker did not stop within 60 s")???;
+        Ok(started.elapsed())
+    }
+
+    pub fn worker_metrics(&self, index: usize) -> Option<Arc<Metrics>> {
+        self.workers[index].as_ref().map(|w| w.metrics.clone())
+    }
+
+    pub fn worker_metrics_addr(&self, index: usize) -> Option<SocketAddr> {
+        self.workers[index].as_ref().map(|w| w.metrics_addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.dispatcher_addr)
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("http://{}/hooks/acme", self.receiver_addr)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let url = self.url("/readyz");
+        wait_until(Duration::from_secs(20), "dispatcher ready", || async {
+            let r = self.http.get(&url).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await
+    }
+
+    /// POSTs a job as `tenant` (default body fields are the caller's to set).
+    pub async fn submit_as(&self, tenant: &TenantKeys, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/jobs"))
+            .bearer_auth(&tenant.api_key)
+            .json(body)
+            .send()
+            .await
+            .expect("dispatcher reachable")
+    }
+
+    /// Submits a text job to `agent` as acme with the test webhook; returns the job id.
+    pub async fn submit_job(&self, agent: &str, input: &str) -> anyhow::Result<String> {
+        let response = self
+            .submit_as(
+                &self.acme,
+                &json!({"agent": agent, "input": input, "webhook_url": self.webhook_url()}),
+            )
+            .await;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if status != reqwest::StatusCode::ACCEPTED {
+            bail!("submit answered {status}: {body}");
+        }
+        Ok(body["id"].as_str().context("id")?.to_owned())
+    }
+
+    pub async fn get_job_as(&self, tenant: &TenantKeys, id: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(&format!("/v1/jobs/{id}")))
+            .bearer_auth(&tenant.api_key)
+            .send()
+            .await
+            .expect("dispatcher reachable")
+    }
+
+    pub async fn job(&self, id: &str) -> anyhow::Result<Value> {
+        let response = self.get_job_as(&self.acme, id).await;
+        if !response.status().is_success() {
+            bail!("GET job answered {}", response.status());
+        }
+        Ok(response.json().await?)
+    }
+
+    /// Polls until every job is terminal; returns their records.
+    pub async fn wait_terminal(&self, ids: &[String], within: Duration) -> anyhow::Result<Vec<Value>> {
+        let mut done: HashMap<String, Value> = HashMap::new();
+        let deadline = Instant::now() + within;
+        loop {
+            for id in ids {
+                if done.contains_key(id) {
+                    continue;
+                }
+                let record = self.job(id).await?;
+                if matches!(
+                    record["status"].as_str(),
+                    Some("succeeded" | "failed" | "cancelled")
+                ) {
+                    done.insert(id.clone(), record);
+                }
+            }
+            if done.len() == ids.len() {
+                return Ok(ids.iter().filter_map(|id| done.remove(id)).collect());
+            }
+            if Instant::now() > deadline {
+                bail!("{} of {} jobs terminal after {within:?}", done.len(), ids.len());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls until at least `n` webhook deliveries arrived.
+    pub async fn wait_webhooks(&self, n: usize, within: Duration) -> anyhow::Result<()> {
+        let receiver = self.receiver.clone();
+        wait_until(within, &format!("{n} webhooks"), || {
+            let receiver = receiver.clone();
+            async move { (receiver.count() >= n).then_some(()) }
+        })
+        .await
+    }
+
+    /// Messages ready in an agent's queue (passive declare).
+    pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
+        let conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await?;
+        let _ = conn.close(200, "done".into()).await;
+        Ok(q.message_count())
+    }
+
+    /// Job-record keys under this app's prefix.
+    pub async fn job_keys(&self) -> anyhow::Result<Vec<String>> {
+        let client = redis::Client::open(REDIS_URL)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:job:*", self.prefix))
+            .query_async(&mut conn)
+            .await?;
+        Ok(keys)
+    }
+
+    pub async fn metrics_text(&self, addr: SocketAddr) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.dispatcher_stop.cancel();
+        for worker in self.workers.iter().flatten() {
+            worker.stop.cancel();
+            worker.task.abort();
+        }
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for file in &self.temp_files {
+            let _ = std::fs::remove_file(file);
+        }
+        let prefix = self.prefix.clone();
+        let agents: Vec<String> = self.config.agents.keys().cloned().collect();
+        // Drop cannot await: clean up on a thread with its own runtime.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(async {
+                    if let Err(err) = cleanup(&prefix, &agents).await {
+                        eprintln!("cleanup of {prefix} failed: {err:#}");
+                    }
+                });
+            }
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Deletes every queue, exchange and key of a test prefix.
+async fn cleanup(prefix: &str, agents: &[String]) -> anyhow::Result<()> {
+    let names = agentfleet_common::naming::Names::new(prefix, prefix);
+    let conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    let mut queues: Vec<String> = agents.iter().map(|a| names.agent_queue(a)).collect();
+    queues.push(names.webhook_queue());
+    queues.push(names.dead_queue());
+    queues.extend(DELAY_STEPS_MS.iter().map(|&s| names.delay_queue(s)));
+    for queue in queues {
+        channel
+            .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+            .await?;
+    }
+    for exchange in [names.work_exchange(), names.delay_exchange(), names.dead_exchange()] {
+        channel
+            .exchange_delete(exchange.into(), lapin::options::ExchangeDeleteOptions::default())
+            .await?;
+    }
+    let _ = conn.close(200, "cleanup".into()).await;
+
+    let client = redis::Client::open(REDIS_URL)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(names.redis_pattern())
+        .query_async(&mut conn)
+        .await?;
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn bind() -> anyhow::Result<tokio::net::TcpListener> {
+    Ok(tokio::net::TcpListener::bind("127.0.0.1:0").await?)
+}
+
+fn env_var(tenant: &str) -> String {
+    format!("AFTEST_{}_WEBHOOK_SECRET", tenant.to_uppercase())
+}
+
+fn tenant(id: &str) -> TenantKeys {
+    TenantKeys {
+        id: id.to_owned(),
+        api_key: format!("key-{id}-{}", uuid::Uuid::new_v4().simple()),
+        webhook_secret: WebhookSecret::generate(),
+    }
+}
+
+fn render_config(
+    prefix: &str,
+    options: &AppOptions,
+    llm_addr: SocketAddr,
+    tenants: &[&TenantKeys],
+) -> String {
+    let mut yaml = format!(
+        r#"amqp: {{ url: "{AMQP_URL}", prefix: "{prefix}", publish_timeout_ms: 3000 }}
+redis: {{ url: "{REDIS_URL}", prefix: "{prefix}", result_ttl_secs: 3600 }}
+dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: 4096 }}
+worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace} }}
+webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?} }}
+telemetry: {{ log_level: "warn" }}
+tenants:
+"#,
+        grace = options.shutdown_grace_secs,
+        private = options.allow_private_webhooks,
+        schedule = options.webhook_retry_schedule_secs,
+    );
+    for t in tenants {
+        let hash = hex::encode(Sha256::digest(t.api_key.as_bytes()));
+        yaml.push_str(&format!(
+            "  - {{ id: {}, api_key_sha256: \"{hash}\", webhook_secret_env: {} }}\n",
+            t.id,
+            env_var(&t.id)
+        ));
+    }
+    yaml.push_str("agents:\n");
+    for a in &options.agents {
+        yaml.push_str(&format!(
+            "  {name}:\n    provider: openai\n    base_url: \"http://{llm_addr}/v1\"\n    model: \"{model}\"\n    system_prompt: \"You are a test agent.\"\n    max_tokens: 64\n    concurrency: {c}\n    timeout_secs: {t}\n    retry: {{ attempts: {ra}, max_delay_secs: {rd} }}\n",
+            name = a.name,
+            model = a.model(),
+            c = a.concurrency,
+            t = a.timeout_secs,
+            ra = a.retry_attempts,
+            rd = a.retry_max_delay_secs,
+        ));
+        if let Some(rpm) = a.requests_per_minute {
+            let tpm = a
+                .tokens_per_minute
+                .map(|t| format!(", tokens_per_minute: {t}"))
+                .unwrap_or_default();
+            yaml.push_str(&format!(
+                "    rate_limit: {{ requests_per_minute: {rpm}{tpm} }}\n"
+            ));
+        }
+    }
+    yaml
+}
+
+/// Polls `probe` until it yields a value or `within` passes.
+pub async fn wait_until<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,1 +1,191 @@
-//! placeholder
+//! The worker: consumes the queues of the agents it serves, runs each job (admission, the
+//! provider call, retries), stores the run in Redis and hands the terminal event to the
+//! webhook queue, which it also consumes. Replicas share nothing but RabbitMQ and Redis.
+
+mod consumer;
+mod limits;
+mod provider;
+mod retry;
+mod run;
+mod webhook;
+
+pub mod cli;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use agentfleet_common::broker::Broker;
+use agentfleet_common::config::{AgentConfig, Config, Secrets};
+use agentfleet_common::metrics::Metrics;
+use agentfleet_common::ops::{self, Dependencies};
+use agentfleet_common::outbound::Outbound;
+use agentfleet_common::store::{JobStore, Redis, StoreError};
+
+use consumer::Consumption;
+use limits::AgentLimits;
+use provider::Provider;
+
+/// Largest provider or webhook response body read.
+const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+
+/// State shared by every task of a worker replica.
+pub(crate) struct Shared {
+    config: Config,
+    secrets: Secrets,
+    store: JobStore,
+    broker: Broker,
+    outbound: Outbound,
+    metrics: Arc<Metrics>,
+    /// Cancelled when the grace period is over: runs still going give their message back.
+    hard_stop: CancellationToken,
+}
+
+/// One served agent: its config, provider endpoint and limits.
+pub(crate) struct AgentRuntime {
+    name: String,
+    config: AgentConfig,
+    provider: Provider,
+    limits: AgentLimits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("redis client: {0}")]
+    Store(#[from] StoreError),
+    #[error("metrics server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+pub struct Worker {
+    shared: Arc<Shared>,
+    agents: BTreeMap<String, Arc<AgentRuntime>>,
+    deps: Dependencies,
+    instance: String,
+}
+
+impl Worker {
+    pub fn new(config: Config, secrets: Secrets, metrics: Arc<Metrics>) -> Result<Self, WorkerError> {
+        let names = config.names();
+        let redis = Redis::connect(&config.redis)?;
+        let store = JobStore::new(redis.clone(), names.clone(), config.redis.result_ttl_secs);
+        let served = config.served_agents();
+        let broker = Broker::new(&config.amqp, names.clone(), served.clone(), "agentfleet-worker");
+        let agents = served
+            .iter()
+            .filter_map(|name| config.agents.get(name).map(|agent| (name, agent)))
+            .map(|(name, agent)| {
+                let runtime = AgentRuntime {
+                    name: name.clone(),
+                    config: agent.clone(),
+                    provider: Provider::new(agent, secrets.provider_keys.get(name)),
+                    limits: AgentLimits::new(name, agent, &names, redis.clone()),
+                };
+                (name.clone(), Arc::new(runtime))
+            })
+            .collect();
+        let deps = Dependencies {
+            broker: broker.clone(),
+            redis,
+            metrics: metrics.clone(),
+        };
+        let shared = Arc::new(Shared {
+            outbound: Outbound::new(config.webhooks.allow_private_networks, MAX_RESPONSE_BYTES),
+            config,
+            secrets,
+            store,
+            broker,
+            metrics,
+            hard_stop: CancellationToken::new(),
+        });
+        Ok(Self {
+            shared,
+            agents,
+            deps,
+            instance: uuid::Uuid::now_v7().simple().to_string(),
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops consuming, lets runs in flight finish
+    /// within `worker.shutdown_grace_secs`, gives the rest back to the broker and returns.
+    pub async fn run(
+        self,
+        metrics_listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), WorkerError> {
+        let ops_stop = CancellationToken::new();
+        let ops_server = tokio::spawn({
+            let router = ops::router(self.deps.clone());
+            let stop = ops_stop.clone();
+            async move {
+                axum::serve(metrics_listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }
+        });
+
+        let tracker = TaskTracker::new();
+        let mut loops = tokio::task::JoinSet::new();
+        for (name, agent) in &self.agents {
+            let consumption = Consumption {
+                queue: self.shared.broker.names().agent_queue(name),
+                prefetch: agent.config.concurrency,
+                slots: agent.limits.slots(),
+                consumer_tag: format!("{}.{name}", self.instance),
+            };
+            let shared = self.shared.clone();
+            let agent = agent.clone();
+            loops.spawn(consumer::consume(
+                self.shared.broker.clone(),
+                consumption,
+                tracker.clone(),
+                shutdown.clone(),
+                move |delivery, slot| run::handle_job(shared.clone(), agent.clone(), delivery, slot),
+            ));
+        }
+        let webhook_slots = self.shared.config.webhooks.concurrency;
+        let consumption = Consumption {
+            queue: self.shared.broker.names().webhook_queue(),
+            prefetch: webhook_slots,
+            slots: Arc::new(Semaphore::new(usize::from(webhook_slots))),
+            consumer_tag: format!("{}.webhooks", self.instance),
+        };
+        let shared = self.shared.clone();
+        loops.spawn(consumer::consume(
+            self.shared.broker.clone(),
+            consumption,
+            tracker.clone(),
+            shutdown.clone(),
+            move |delivery, slot| webhook::handle_webhook(shared.clone(), delivery, slot),
+        ));
+        tracing::info!(agents = ?self.agents.keys().collect::<Vec<_>>(), instance = %self.instance, "worker started");
+
+        shutdown.cancelled().await;
+        while loops.join_next().await.is_some() {}
+        tracker.close();
+        let grace = Duration::from_secs(self.shared.config.worker.shutdown_grace_secs);
+        tracing::info!(in_flight = tracker.len(), ?grace, "stopped consuming; draining runs");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                in_flight = tracker.len(),
+                "grace period over; returning unfinished runs to the queue"
+            );
+            self.shared.hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+        }
+        // Closing the connection requeues every delivery that was not acked.
+        self.shared.broker.close().await;
+        ops_stop.cancel();
+        match ops_server.await {
+            Ok(result) => result?,
+            Err(err) => tracing::error!(error = %err, "metrics server task failed"),
+        }
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! API errors as RFC 9457 problem+json. Every error a client can cause gets a 4xx that names
+//! what was wrong; 5xx bodies stay opaque (the cause is logged, never returned).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("not found")]
+    NotFound,
+    #[error("invalid request at `{field}`: {detail}")]
+    InvalidField { field: String, detail: String },
+    #[error("invalid request: {0}")]
+    InvalidBody(String),
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("dependency unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn field(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::InvalidField {
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::InvalidField { .. } | Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Unauthorized => ("unauthorized", "Unauthorized"),
+            Self::NotFound => ("not-found", "Not Found"),
+            Self::InvalidField { .. } | Self::InvalidBody(_) => {
+                ("invalid-request", "Invalid request")
+            }
+            Self::UnsupportedMediaType => ("unsupported-media-type", "Unsupported Media Type"),
+            Self::PayloadTooLarge { .. } => ("payload-too-large", "Payload Too Large"),
+            Self::Unavailable(_) => ("unavailable", "Service Unavailable"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (slug, title) = self.kind();
+        let detail = match &self {
+            // The cause of an outage is for the operator's logs, not for the client.
+            Self::Unavailable(cause) => {
+                tracing::warn!(%cause, "request refused: dependency unavailable");
+                "a dependency is unavailable; retry shortly".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut body = json!({
+            "type": format!("urn:agentfleet:problem:{slug}"),
+            "title": title,
+            "status": status.as_u16(),
+            "detail": detail,
+        });
+        if let Self::InvalidField { field, .. } = &self {
+            body["field"] = json!(field);
+        }
+        let mut response = (status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match self {
+            Self::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+            }
+            Self::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

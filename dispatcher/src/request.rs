@@ -1,0 +1,181 @@
+//! Parsing and validating `POST /v1/jobs` bodies by hand, so every mistake is reported with
+//! the exact field it concerns (`input.messages[2].role`), not a generic serde message.
+
+use serde_json::{Map, Value};
+use url::Url;
+
+use agentfleet_common::wire::{ChatMessage, JobInput, Role};
+
+use crate::problem::ApiError;
+
+/// A validated submission (the agent is checked against the config by the caller).
+#[derive(Debug, PartialEq)]
+pub struct SubmitRequest {
+    pub agent: String,
+    pub input: JobInput,
+    pub webhook_url: Option<Url>,
+    pub metadata: Option<Value>,
+}
+
+const FIELDS: &[&str] = &["agent", "input", "webhook_url", "metadata"];
+const MAX_URL_LEN: usize = 2048;
+
+pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidBody(format!("body is not valid JSON: {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(ApiError::InvalidBody("body must be a JSON object".into()));
+    };
+    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::field(
+            unknown.clone(),
+            format!("unknown field; expected one of {}", FIELDS.join(", ")),
+        ));
+    }
+    let agent = match obj.remove("agent") {
+        Some(Value::String(agent)) if !agent.is_empty() => agent,
+        Some(Value::String(_)) => return Err(ApiError::field("agent", "must not be empty")),
+        Some(_) => return Err(ApiError::field("agent", "must be a string")),
+        None => return Err(ApiError::field("agent", "is required")),
+    };
+    let input = parse_input(obj.remove("input"))?;
+    let webhook_url = match obj.remove("webhook_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(raw)) => {
+            if raw.len() > MAX_URL_LEN {
+                return Err(ApiError::field(
+                    "webhook_url",
+                    format!("longer than {MAX_URL_LEN} characters"),
+                ));
+            }
+            let url = Url::parse(&raw)
+                .map_err(|e| ApiError::field("webhook_url", format!("not a valid URL: {e}")))?;
+            Some(url)
+        }
+        Some(_) => return Err(ApiError::field("webhook_url", "must be a string")),
+    };
+    let metadata = match obj.remove("metadata") {
+        None | Some(Value::Null) => None,
+        Some(meta @ Value::Object(_)) => Some(meta),
+        Some(_) => return Err(ApiError::field("metadata", "must be a JSON object")),
+    };
+    Ok(SubmitRequest {
+        agent,
+        input,
+        webhook_url,
+        metadata,
+    })
+}
+
+fn parse_input(value: Option<Value>) -> Result<JobInput, ApiError> {
+    match value {
+        None | Some(Value::Null) => Err(ApiError::field("input", "is required")),
+        Some(Value::String(text)) => {
+            if text.trim().is_empty() {
+                Err(ApiError::field("input", "must not be empty"))
+            } else {
+                Ok(JobInput::Text(text))
+            }
+        }
+        Some(Value::Object(obj)) => parse_messages(obj),
+        Some(_) => Err(ApiError::field(
+            "input",
+            "must be a string or an object with `messages`",
+        )),
+    }
+}
+
+fn parse_messages(mut obj: Map<String, Value>) -> Result<JobInput, ApiError> {
+    if let Some(unknown) = obj.keys().find(|k| k.as_str() != "messages") {
+        return Err(ApiError::field(
+            format!("input.{unknown}"),
+            "unknown field; expected `messages`",
+        ));
+    }
+    let Some(Value::Array(items)) = obj.remove("messages") else {
+        return Err(ApiError::field("input.messages", "must be an array"));
+    };
+    if items.is_empty() {
+        return Err(ApiError::field("input.messages", "must not be empty"));
+    }
+    let mut messages = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let at = |field: &str| format!("input.messages[{i}]{field}");
+        let Value::Object(mut msg) = item else {
+            return Err(ApiError::field(at(""), "must be an object with `role` and `content`"));
+        };
+        if let Some(unknown) = msg.keys().find(|k| !matches!(k.as_str(), "role" | "content")) {
+            return Err(ApiError::field(
+                at(&format!(".{unknown}")),
+                "unknown field; expected `role` and `content`",
+            ));
+        }
+        let role = match msg.remove("role") {
+            Some(Value::String(role)) => Role::parse(&role).ok_or_else(|| {
+                ApiError::field(at(".role"), "must be one of system, user, assistant")
+            })?,
+            Some(_) => return Err(ApiError::field(at(".role"), "must be a string")),
+            None => return Err(ApiError::field(at(".role"), "is required")),
+        };
+        let content = match msg.remove("content") {
+            Some(Value::String(content)) => content,
+            Some(_) => return Err(ApiError::field(at(".content"), "must be a string")),
+            None => return Err(ApiError::field(at(".content"), "is required")),
+        };
+        messages.push(ChatMessage { role, content });
+    }
+    Ok(JobInput::Messages { messages })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(body: &str) -> String {
+        match parse_submit(body.as_bytes()) {
+            Err(ApiError::InvalidField { field, .. }) => field,
+            Err(other) => format!("<{other}>"),
+            Ok(_) => "<ok>".into(),
+        }
+    }
+
+    #[test]
+    fn accepts_text_and_messages() {
+        let req = parse_submit(br#"{"agent":"a","input":"hi","metadata":{"k":1}}"#).expect("ok");
+        assert_eq!(req.input, JobInput::Text("hi".into()));
+        let req = parse_submit(
+            br#"{"agent":"a","input":{"messages":[{"role":"user","content":"x"}]},"webhook_url":"https://example.com/h"}"#,
+        )
+        .expect("ok");
+        assert!(matches!(req.input, JobInput::Messages { .. }));
+        assert_eq!(req.webhook_url.expect("url").host_str(), Some("example.com"));
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        assert_eq!(field_of(r#"{"input":"x"}"#), "agent");
+        assert_eq!(field_of(r#"{"agent":7,"input":"x"}"#), "agent");
+        assert_eq!(field_of(r#"{"agent":"a"}"#), "input");
+        assert_eq!(field_of(r#"{"agent":"a","input":""}"#), "input");
+        assert_eq!(field_of(r#"{"agent":"a","input":5}"#), "input");
+        assert_eq!(field_of(r#"{"agent":"a","input":{"messages":[]}}"#), "input.messages");
+        assert_eq!(
+            field_of(r#"{"agent":"a","input":{"messages":[{"role":"user","content":"x"},{"role":"robot","content":"x"}]}}"#),
+            "input.messages[1].role"
+        );
+        assert_eq!(
+            field_of(r#"{"agent":"a","input":{"messages":[{"role":"user"}]}}"#),
+            "input.messages[0].content"
+        );
+        assert_eq!(field_of(r#"{"agent":"a","input":"x","webhook_url":"nope"}"#), "webhook_url");
+        assert_eq!(field_of(r#"{"agent":"a","input":"x","metadata":[1]}"#), "metadata");
+        assert_eq!(field_of(r#"{"agent":"a","input":"x","agnet":"b"}"#), "agnet");
+    }
+
+    #[test]
+    fn rejects_non_objects_and_bad_json() {
+        assert!(matches!(parse_submit(b"[1]"), Err(ApiError::InvalidBody(_))));
+        assert!(matches!(parse_submit(b"{\"agent\":"), Err(ApiError::InvalidBody(_))));
+        assert!(matches!(parse_submit(b"\xff\xfe"), Err(ApiError::InvalidBody(_))));
+    }
+}

@@ -1,0 +1,14 @@
+//! Integration tests against the real RabbitMQ and Redis on localhost. Each test spawns its
+//! own app under a unique prefix, so they run in parallel and leave nothing behind.
+
+mod auth;
+mod end_to_end;
+mod lifecycle;
+mod limits;
+mod load;
+mod ops;
+mod retries;
+mod validation;
+
+/// The worker binary built by this crate, for tests that need a separate process.
+pub const WORKER_BIN: &str = env!("CARGO_BIN_EXE_agentfleet-test-worker");

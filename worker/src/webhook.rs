@@ -1,0 +1,186 @@
+//! Webhook delivery, from its own durable queue with its own slots, so a slow receiver never
+//! occupies an agent's concurrency. Each delivery is signed per Standard Webhooks with the
+//! tenant's secret; the `webhook-id` is derived from the job and event, so it is the same on
+//! every retry and every replica. Failures are retried on the configured schedule through the
+//! delay ladder; 410 Gone stops retries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use lapin::message::Delivery;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument as _;
+use url::Url;
+
+use agentfleet_common::outbound::{Destination, OutboundError};
+use agentfleet_common::signing;
+use agentfleet_common::wire::{Versioned, WebhookEvent, WebhookMessage, WebhookStatus};
+
+use crate::run::{remaining_delay, settle, Disposition};
+use crate::Shared;
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Delivered(u16),
+    Gone,
+    Failed(Option<u16>),
+    Blocked,
+}
+
+pub async fn handle_webhook(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemaphorePermit) {
+    let disposition = match WebhookMessage::decode(&delivery.data) {
+        Ok(msg) => {
+            let span = tracing::info_span!(
+                "webhook",
+                job_id = %msg.job_id,
+                tenant = %msg.tenant,
+                event = msg.event.as_str(),
+                attempt = msg.attempt + 1
+            );
+            deliver(&shared, msg).instrument(span).await
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "undecodable webhook message; dead-lettering");
+            shared
+                .metrics
+                .dead_letters
+                .with_label_values(&["undecodable"])
+                .inc();
+            Disposition::DeadLetter
+        }
+    };
+    settle(&shared, delivery, disposition).await;
+}
+
+async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
+    if let Some(remaining) = remaining_delay(msg.not_before, Utc::now()) {
+        return match shared.broker.publish_webhook_delayed(&msg, remaining).await {
+            Ok(()) => Disposition::Ack,
+            Err(_) => Disposition::Requeue,
+        };
+    }
+    let (record, spec) = match shared.store.load_with_spec(msg.job_id).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            tracing::warn!("job is gone; dropping its webhook");
+            return Disposition::Ack;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot load the job for its webhook");
+            return Disposition::Requeue;
+        }
+    };
+    let Some(url) = spec.webhook_url.as_deref().and_then(|u| Url::parse(u).ok()) else {
+        return Disposition::Ack;
+    };
+    let Some(secret) = shared.secrets.webhook.get(&msg.tenant) else {
+        tracing::error!("tenant has no webhook secret configured; cannot sign, dropping");
+        shared
+            .metrics
+            .webhook_deliveries
+            .with_label_values(&["blocked"])
+            .inc();
+        return Disposition::Ack;
+    };
+
+    // The event is the record as it was when the job ended: the delivery bookkeeping is
+    // not part of it, and its timestamp is the end time, so every retry sends the same body.
+    let mut data = record.clone();
+    data.webhook = None;
+    let event = WebhookEvent {
+        event_type: msg.event,
+        timestamp: record.finished_at.unwrap_or_else(Utc::now),
+        data,
+    };
+    let Ok(body) = serde_json::to_vec(&event) else {
+        return Disposition::DeadLetter;
+    };
+    let id = event.id();
+    let timestamp = Utc::now().timestamp();
+    let signature = secret.sign(&id, timestamp, &body);
+    let timestamp = timestamp.to_string();
+    let headers = [
+        (signing::HEADER_ID, id.as_str()),
+        (signing::HEADER_TIMESTAMP, timestamp.as_str()),
+        (signing::HEADER_SIGNATURE, signature.as_str()),
+    ];
+    let timeout = Duration::from_secs(shared.config.webhooks.timeout_secs);
+    let result = shared
+        .outbound
+        .post_json(Destination::Webhook, &url, &headers, body, timeout)
+        .await;
+    let outcome = match &result {
+        Ok(r) if (200..300).contains(&r.status) => Outcome::Delivered(r.status),
+        Ok(r) if r.status == 410 => Outcome::Gone,
+        Ok(r) => Outcome::Failed(Some(r.status)),
+        Err(OutboundError::Blocked(_)) => Outcome::Blocked,
+        Err(_) => Outcome::Failed(None),
+    };
+    if let Err(err) = &result {
+        tracing::info!(error = %err, "webhook attempt failed");
+    }
+
+    let schedule = &shared.config.webhooks.retry_schedule_secs;
+    let retry_delay = match outcome {
+        Outcome::Failed(_) => schedule.get(msg.attempt as usize).map(|&secs| jitter(secs)),
+        _ => None,
+    };
+    let label = match (outcome, retry_delay) {
+        (Outcome::Delivered(_), _) => "delivered",
+        (Outcome::Gone, _) => "gone",
+        (Outcome::Blocked, _) => "blocked",
+        (Outcome::Failed(_), Some(_)) => "retry",
+        (Outcome::Failed(_), None) => "exhausted",
+    };
+    shared
+        .metrics
+        .webhook_deliveries
+        .with_label_values(&[label])
+        .inc();
+    tracing::info!(outcome = label, "webhook attempt done");
+
+    if let Err(err) = record_attempt(shared, &msg, outcome).await {
+        // Bookkeeping only: the delivery itself stands; do not send it again for this.
+        tracing::warn!(error = %err, "cannot record the webhook attempt");
+    }
+    if let Some(delay) = retry_delay {
+        let retry = WebhookMessage {
+            attempt: msg.attempt + 1,
+            not_before: chrono::Duration::from_std(delay).ok().map(|d| Utc::now() + d),
+            ..msg
+        };
+        if let Err(err) = shared.broker.publish_webhook_delayed(&retry, delay).await {
+            tracing::warn!(error = %err, "cannot schedule the webhook retry");
+            return Disposition::Requeue;
+        }
+    }
+    Disposition::Ack
+}
+
+/// ±10% so a burst of failures does not come back as a burst of retries.
+fn jitter(secs: u64) -> Duration {
+    Duration::from_secs(secs).mul_f64(0.9 + 0.2 * rand::random::<f64>())
+}
+
+async fn record_attempt(
+    shared: &Shared,
+    msg: &WebhookMessage,
+    outcome: Outcome,
+) -> Result<(), agentfleet_common::store::StoreError> {
+    let Some(mut record) = shared.store.load(msg.job_id).await? else {
+        return Ok(());
+    };
+    let status = record.webhook.get_or_insert_with(WebhookStatus::default);
+    status.attempts = status.attempts.max(msg.attempt + 1);
+    status.last_status = match outcome {
+        Outcome::Delivered(code) | Outcome::Failed(Some(code)) => Some(code),
+        Outcome::Gone => Some(410),
+        Outcome::Failed(None) | Outcome::Blocked => None,
+    };
+    if matches!(outcome, Outcome::Delivered(_)) {
+        status.delivered_at.get_or_insert_with(Utc::now);
+    }
+    shared.store.save(&record).await
+}

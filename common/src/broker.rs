@@ -17,7 +17,9 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use secrecy::ExposeSecret;
 use tokio::sync::Mutex;
 
@@ -30,8 +32,10 @@ use crate::wire::{JobMessage, Versioned, WebhookMessage};
 /// last hop exact enough.
 pub const DELAY_STEPS_MS: &[u64] = &[250, 1_000, 5_000, 30_000, 120_000, 600_000, 3_600_000];
 
-/// Header that selects a delay queue on the delay exchange.
-const DELAY_HEADER: &str = "x-delay-ms";
+/// Header that selects a delay queue on the delay exchange. It must not start with `x-`:
+/// RabbitMQ's headers exchange ignores such binding arguments when matching, which would
+/// route every delayed message to every delay queue.
+const DELAY_HEADER: &str = "delay-ms";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -62,7 +66,12 @@ struct Inner {
 
 impl Broker {
     /// `agents` are the agents whose queues this process declares.
-    pub fn new(config: &AmqpConfig, names: Names, agents: Vec<String>, connection_name: &str) -> Self {
+    pub fn new(
+        config: &AmqpConfig,
+        names: Names,
+        agents: Vec<String>,
+        connection_name: &str,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config: config.clone(),
@@ -159,7 +168,10 @@ impl Broker {
             .iter()
             .map(|agent| (names.agent_queue(agent), names.agent_routing_key(agent)))
             .collect();
-        work_queues.push((names.webhook_queue(), names.webhook_routing_key().to_owned()));
+        work_queues.push((
+            names.webhook_queue(),
+            names.webhook_routing_key().to_owned(),
+        ));
         for (queue, routing_key) in work_queues {
             self.declare_queue(channel, &queue, self.queue_args(true))
                 .await?;
@@ -203,7 +215,10 @@ impl Broker {
     fn queue_args(&self, dead_letters: bool) -> FieldTable {
         let mut args = FieldTable::default();
         if self.inner.config.queue_type == QueueType::Quorum {
-            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
             if dead_letters {
                 // A message redelivered this often (workers crashing on it) is poison.
                 args.insert(

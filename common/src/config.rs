@@ -273,7 +273,10 @@ impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Secrets")
             .field("webhook_tenants", &self.webhook.keys().collect::<Vec<_>>())
-            .field("provider_agents", &self.provider_keys.keys().collect::<Vec<_>>())
+            .field(
+                "provider_agents",
+                &self.provider_keys.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -345,7 +348,10 @@ impl Config {
                 ConfigError::invalid(&key, format!("environment variable {var} is not set"))
             })?;
             if value.trim().is_empty() {
-                return Err(ConfigError::invalid(&key, format!("environment variable {var} is empty")));
+                return Err(ConfigError::invalid(
+                    &key,
+                    format!("environment variable {var} is empty"),
+                ));
             }
             secrets
                 .provider_keys
@@ -355,8 +361,16 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_url_scheme("amqp.url", self.amqp.url.expose_secret(), &["amqp", "amqps"])?;
-        check_url_scheme("redis.url", self.redis.url.expose_secret(), &["redis", "rediss"])?;
+        check_url_scheme(
+            "amqp.url",
+            self.amqp.url.expose_secret(),
+            &["amqp", "amqps"],
+        )?;
+        check_url_scheme(
+            "redis.url",
+            self.redis.url.expose_secret(),
+            &["redis", "rediss"],
+        )?;
         check_prefix("amqp.prefix", &self.amqp.prefix)?;
         check_prefix("redis.prefix", &self.redis.prefix)?;
         positive("redis.result_ttl_secs", self.redis.result_ttl_secs)?;
@@ -376,7 +390,10 @@ impl Config {
             .map_err(|e| ConfigError::invalid("telemetry.log_level", e.to_string()))?;
 
         if self.agents.is_empty() {
-            return Err(ConfigError::invalid("agents", "at least one agent is required"));
+            return Err(ConfigError::invalid(
+                "agents",
+                "at least one agent is required",
+            ));
         }
         for (name, agent) in &self.agents {
             validate_agent(name, agent)?;
@@ -407,8 +424,9 @@ impl Config {
                 ));
             }
             let key = format!("tenants[{i}].api_key_sha256");
-            let hash = parse_sha256_hex(&tenant.api_key_sha256)
-                .ok_or_else(|| ConfigError::invalid(&key, "must be 64 hex characters (a SHA-256)"))?;
+            let hash = parse_sha256_hex(&tenant.api_key_sha256).ok_or_else(|| {
+                ConfigError::invalid(&key, "must be 64 hex characters (a SHA-256)")
+            })?;
             if !key_hashes.insert(hash) {
                 return Err(ConfigError::invalid(key, "two tenants share this API key"));
             }
@@ -421,7 +439,10 @@ fn validate_agent(name: &str, agent: &AgentConfig) -> Result<(), ConfigError> {
     let key = |field: &str| format!("agents.{name}.{field}");
     check_identifier(&format!("agents.{name}"), name)?;
     if !matches!(agent.base_url.scheme(), "http" | "https") {
-        return Err(ConfigError::invalid(key("base_url"), "must be an http(s) URL"));
+        return Err(ConfigError::invalid(
+            key("base_url"),
+            "must be an http(s) URL",
+        ));
     }
     if agent.model.trim().is_empty() {
         return Err(ConfigError::invalid(key("model"), "must not be empty"));
@@ -615,11 +636,15 @@ agents:
     #[test]
     fn invalid_values_name_their_key() {
         let err = Config::from_yaml(&yaml("concurrency: 0")).expect_err("invalid");
-        assert!(err.to_string().contains("agents.summarize.concurrency"), "{err}");
+        assert!(
+            err.to_string().contains("agents.summarize.concurrency"),
+            "{err}"
+        );
         let err = Config::from_yaml(&yaml("rate_limit: { requests_per_minute: 0 }"))
             .expect_err("invalid");
         assert!(
-            err.to_string().contains("agents.summarize.rate_limit.requests_per_minute"),
+            err.to_string()
+                .contains("agents.summarize.rate_limit.requests_per_minute"),
             "{err}"
         );
         let err = Config::from_yaml(&yaml("concurency: 3")).expect_err("typo");
@@ -632,7 +657,10 @@ agents:
     fn bad_tenant_hash_is_rejected() {
         let bad = yaml("").replace(KEY_HASH, "nothex");
         let err = Config::from_yaml(&bad).expect_err("invalid");
-        assert!(err.to_string().contains("tenants[0].api_key_sha256"), "{err}");
+        assert!(
+            err.to_string().contains("tenants[0].api_key_sha256"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -186,7 +186,10 @@ mod tests {
         // Every family was registered under a listed name: registering one again must fail.
         for name in Metrics::names() {
             let dup = IntCounterVec::new(Opts::new(name, "dup"), &["x"]).expect("metric");
-            assert!(metrics.registry().register(Box::new(dup)).is_err(), "{name}");
+            assert!(
+                metrics.registry().register(Box::new(dup)).is_err(),
+                "{name}"
+            );
         }
     }
 }

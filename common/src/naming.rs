@@ -118,6 +118,9 @@ mod tests {
     #[test]
     fn agent_routing_keys_never_collide_with_webhooks() {
         let names = Names::new("p", "p");
-        assert_ne!(names.agent_routing_key("webhooks"), names.webhook_routing_key());
+        assert_ne!(
+            names.agent_routing_key("webhooks"),
+            names.webhook_routing_key()
+        );
     }
 }

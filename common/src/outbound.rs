@@ -195,13 +195,10 @@ struct PublicOnlyResolver;
 impl Resolve for PublicOnlyResolver {
     fn resolve(&self, name: Name) -> Resolving {
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await?
-                .collect();
-            let public: Vec<SocketAddr> = addrs
-                .into_iter()
-                .filter(|a| is_public_ip(a.ip()))
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> =
+                addrs.into_iter().filter(|a| is_public_ip(a.ip())).collect();
             if public.is_empty() {
                 let err: Box<dyn std::error::Error + Send + Sync> =
                     format!("{BLOCKED_MARKER}: {} has no public address", name.as_str()).into();
@@ -217,10 +214,14 @@ impl Resolve for PublicOnlyResolver {
 /// they are resolved (see [`PublicOnlyResolver`]).
 pub fn check_webhook_url(url: &Url, allow_private: bool) -> Result<(), OutboundError> {
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(OutboundError::Blocked("scheme must be http or https".into()));
+        return Err(OutboundError::Blocked(
+            "scheme must be http or https".into(),
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(OutboundError::Blocked("credentials in the URL are not allowed".into()));
+        return Err(OutboundError::Blocked(
+            "credentials in the URL are not allowed".into(),
+        ));
     }
     let private = match url.host() {
         None => return Err(OutboundError::Blocked("URL has no host".into())),
@@ -306,7 +307,10 @@ mod tests {
             "ftp://example.com/",
             "http://user:pw@example.com/",
         ] {
-            assert!(check_webhook_url(&url(bad), false).is_err(), "{bad} must be blocked");
+            assert!(
+                check_webhook_url(&url(bad), false).is_err(),
+                "{bad} must be blocked"
+            );
         }
     }
 
@@ -322,7 +326,11 @@ mod tests {
     async fn resolver_refuses_names_that_resolve_inward() {
         use std::str::FromStr as _;
         let name = Name::from_str("localhost").expect("name");
-        let err = PublicOnlyResolver.resolve(name).await.err().expect("refused");
+        let err = PublicOnlyResolver
+            .resolve(name)
+            .await
+            .err()
+            .expect("refused");
         assert!(err.to_string().contains(BLOCKED_MARKER), "{err}");
     }
 }

@@ -97,7 +97,10 @@ impl WebhookSecret {
         now: i64,
         tolerance_secs: i64,
     ) -> Result<(), VerifyError> {
-        let ts: i64 = timestamp.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
+        let ts: i64 = timestamp
+            .trim()
+            .parse()
+            .map_err(|_| VerifyError::BadTimestamp)?;
         if (now - ts).abs() > tolerance_secs {
             return Err(VerifyError::Stale);
         }
@@ -139,7 +142,14 @@ mod tests {
         let secret = WebhookSecret::parse(SPEC_SECRET).expect("secret");
         let ts = SPEC_TS.to_string();
         assert_eq!(
-            secret.verify(SPEC_ID, &ts, &format!("v0,xx {SPEC_SIG}"), SPEC_BODY, SPEC_TS, 300),
+            secret.verify(
+                SPEC_ID,
+                &ts,
+                &format!("v0,xx {SPEC_SIG}"),
+                SPEC_BODY,
+                SPEC_TS,
+                300
+            ),
             Ok(())
         );
         assert_eq!(
@@ -166,8 +176,14 @@ mod tests {
             WebhookSecret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").err(),
             Some(SecretError::MissingPrefix)
         );
-        assert_eq!(WebhookSecret::parse("whsec_!!").err(), Some(SecretError::NotBase64));
-        assert_eq!(WebhookSecret::parse("whsec_AAAA").err(), Some(SecretError::BadLength));
+        assert_eq!(
+            WebhookSecret::parse("whsec_!!").err(),
+            Some(SecretError::NotBase64)
+        );
+        assert_eq!(
+            WebhookSecret::parse("whsec_AAAA").err(),
+            Some(SecretError::BadLength)
+        );
         assert!(WebhookSecret::parse(&WebhookSecret::generate()).is_ok());
         let dbg = format!("{:?}", WebhookSecret::parse(SPEC_SECRET).expect("secret"));
         assert!(!dbg.contains("MfKQ"));

@@ -121,7 +121,8 @@ impl JobStore {
     /// Removes a job's record and spec (undoing a `create` whose publish failed).
     pub async fn delete(&self, id: Uuid) -> Result<(), StoreError> {
         let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.names.job_key(id)).arg(self.names.job_spec_key(id));
+        cmd.arg(self.names.job_key(id))
+            .arg(self.names.job_spec_key(id));
         self.redis.cmd::<()>(&cmd).await
     }
 
@@ -144,9 +145,10 @@ impl JobStore {
             .arg(self.names.job_spec_key(id));
         let (record, spec): (Option<String>, Option<String>) = self.redis.cmd(&cmd).await?;
         match (record, spec) {
-            (Some(record), Some(spec)) => {
-                Ok(Some((serde_json::from_str(&record)?, serde_json::from_str(&spec)?)))
-            }
+            (Some(record), Some(spec)) => Ok(Some((
+                serde_json::from_str(&record)?,
+                serde_json::from_str(&spec)?,
+            ))),
             _ => Ok(None),
         }
     }

@@ -61,8 +61,20 @@ mod tests {
     #[test]
     fn accepts_the_right_key_only() {
         let tenants = tenants();
-        assert_eq!(tenants.authenticate(&headers("Bearer secret-key")).ok().map(|t| t.id.as_str()), Some("acme"));
-        assert_eq!(tenants.authenticate(&headers("bearer secret-key")).ok().map(|t| t.id.as_str()), Some("acme"));
+        assert_eq!(
+            tenants
+                .authenticate(&headers("Bearer secret-key"))
+                .ok()
+                .map(|t| t.id.as_str()),
+            Some("acme")
+        );
+        assert_eq!(
+            tenants
+                .authenticate(&headers("bearer secret-key"))
+                .ok()
+                .map(|t| t.id.as_str()),
+            Some("acme")
+        );
         for bad in ["Bearer other", "Basic secret-key", "secret-key", "Bearer "] {
             assert!(tenants.authenticate(&headers(bad)).is_err(), "{bad}");
         }

@@ -109,7 +109,11 @@ pub async fn submit(
             ApiError::PayloadTooLarge { .. } => "too_large",
             _ => "invalid",
         };
-        inner.metrics.jobs_rejected.with_label_values(&[reason]).inc();
+        inner
+            .metrics
+            .jobs_rejected
+            .with_label_values(&[reason])
+            .inc();
     }
     result
 }

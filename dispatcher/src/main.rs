@@ -13,7 +13,10 @@ use agentfleet_common::{shutdown, telemetry};
 use agentfleet_dispatcher::Dispatcher;
 
 #[derive(Parser)]
-#[command(version, about = "agentfleet dispatcher: accepts jobs over HTTP and enqueues them")]
+#[command(
+    version,
+    about = "agentfleet dispatcher: accepts jobs over HTTP and enqueues them"
+)]
 struct Args {
     /// YAML configuration file; any key can be overridden by AGENTFLEET__SECTION__KEY.
     #[arg(long, env = "AGENTFLEET_CONFIG")]
@@ -23,8 +26,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = Config::load(&args.config)
-        .with_context(|| format!("loading {}", args.config.display()))?;
+    let config =
+        Config::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
     telemetry::init(&config.telemetry);
     let listen = config.dispatcher.listen;
     let dispatcher = Dispatcher::new(config, Arc::new(Metrics::new()))?;

@@ -102,9 +102,15 @@ fn parse_messages(mut obj: Map<String, Value>) -> Result<JobInput, ApiError> {
     for (i, item) in items.into_iter().enumerate() {
         let at = |field: &str| format!("input.messages[{i}]{field}");
         let Value::Object(mut msg) = item else {
-            return Err(ApiError::field(at(""), "must be an object with `role` and `content`"));
+            return Err(ApiError::field(
+                at(""),
+                "must be an object with `role` and `content`",
+            ));
         };
-        if let Some(unknown) = msg.keys().find(|k| !matches!(k.as_str(), "role" | "content")) {
+        if let Some(unknown) = msg
+            .keys()
+            .find(|k| !matches!(k.as_str(), "role" | "content"))
+        {
             return Err(ApiError::field(
                 at(&format!(".{unknown}")),
                 "unknown field; expected `role` and `content`",
@@ -148,7 +154,10 @@ mod tests {
         )
         .expect("ok");
         assert!(matches!(req.input, JobInput::Messages { .. }));
-        assert_eq!(req.webhook_url.expect("url").host_str(), Some("example.com"));
+        assert_eq!(
+            req.webhook_url.expect("url").host_str(),
+            Some("example.com")
+        );
     }
 
     #[test]
@@ -158,24 +167,47 @@ mod tests {
         assert_eq!(field_of(r#"{"agent":"a"}"#), "input");
         assert_eq!(field_of(r#"{"agent":"a","input":""}"#), "input");
         assert_eq!(field_of(r#"{"agent":"a","input":5}"#), "input");
-        assert_eq!(field_of(r#"{"agent":"a","input":{"messages":[]}}"#), "input.messages");
         assert_eq!(
-            field_of(r#"{"agent":"a","input":{"messages":[{"role":"user","content":"x"},{"role":"robot","content":"x"}]}}"#),
+            field_of(r#"{"agent":"a","input":{"messages":[]}}"#),
+            "input.messages"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"agent":"a","input":{"messages":[{"role":"user","content":"x"},{"role":"robot","content":"x"}]}}"#
+            ),
             "input.messages[1].role"
         );
         assert_eq!(
             field_of(r#"{"agent":"a","input":{"messages":[{"role":"user"}]}}"#),
             "input.messages[0].content"
         );
-        assert_eq!(field_of(r#"{"agent":"a","input":"x","webhook_url":"nope"}"#), "webhook_url");
-        assert_eq!(field_of(r#"{"agent":"a","input":"x","metadata":[1]}"#), "metadata");
-        assert_eq!(field_of(r#"{"agent":"a","input":"x","agnet":"b"}"#), "agnet");
+        assert_eq!(
+            field_of(r#"{"agent":"a","input":"x","webhook_url":"nope"}"#),
+            "webhook_url"
+        );
+        assert_eq!(
+            field_of(r#"{"agent":"a","input":"x","metadata":[1]}"#),
+            "metadata"
+        );
+        assert_eq!(
+            field_of(r#"{"agent":"a","input":"x","agnet":"b"}"#),
+            "agnet"
+        );
     }
 
     #[test]
     fn rejects_non_objects_and_bad_json() {
-        assert!(matches!(parse_submit(b"[1]"), Err(ApiError::InvalidBody(_))));
-        assert!(matches!(parse_submit(b"{\"agent\":"), Err(ApiError::InvalidBody(_))));
-        assert!(matches!(parse_submit(b"\xff\xfe"), Err(ApiError::InvalidBody(_))));
+        assert!(matches!(
+            parse_submit(b"[1]"),
+            Err(ApiError::InvalidBody(_))
+        ));
+        assert!(matches!(
+            parse_submit(b"{\"agent\":"),
+            Err(ApiError::InvalidBody(_))
+        ));
+        assert!(matches!(
+            parse_submit(b"\xff\xfe"),
+            Err(ApiError::InvalidBody(_))
+        ));
     }
 }

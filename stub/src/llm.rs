@@ -19,7 +19,10 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
     /// This status with an error body, and `Retry-After` when given.
-    Status { status: u16, retry_after: Option<u64> },
+    Status {
+        status: u16,
+        retry_after: Option<u64>,
+    },
     /// Never answer (until the client gives up).
     Hang,
     /// A 200 whose body is not a chat completion.
@@ -156,7 +159,10 @@ async fn chat_completions(
     body: axum::body::Bytes,
 ) -> Response {
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "invalid JSON"}})))
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"message": "invalid JSON"}})),
+        )
             .into_response();
     };
     let model = request["model"].as_str().unwrap_or("unknown").to_owned();
@@ -198,10 +204,16 @@ async fn chat_completions(
     match fault {
         Some(Fault::Hang) => std::future::pending::<Response>().await,
         Some(Fault::Malformed) => (StatusCode::OK, "{\"choices\": \"not a list\"").into_response(),
-        Some(Fault::Status { status, retry_after }) => {
+        Some(Fault::Status {
+            status,
+            retry_after,
+        }) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut response =
-                (status, Json(json!({"error": {"message": "injected fault"}}))).into_response();
+            let mut response = (
+                status,
+                Json(json!({"error": {"message": "injected fault"}})),
+            )
+                .into_response();
             if let Some(secs) = retry_after {
                 if let Ok(value) = secs.to_string().parse() {
                     response.headers_mut().insert("retry-after", value);

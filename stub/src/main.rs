@@ -12,7 +12,10 @@ use agentfleet_stub::llm::{Behavior, Fault, StubLlm};
 use agentfleet_stub::receiver::Receiver;
 
 #[derive(Parser)]
-#[command(version, about = "Local LLM stub and webhook receiver for agentfleet demos and tests")]
+#[command(
+    version,
+    about = "Local LLM stub and webhook receiver for agentfleet demos and tests"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -64,8 +67,14 @@ async fn main() -> anyhow::Result<()> {
                 completion_tokens,
                 fault_rate,
                 random_faults: vec![
-                    Fault::Status { status: 500, retry_after: None },
-                    Fault::Status { status: 429, retry_after: Some(1) },
+                    Fault::Status {
+                        status: 500,
+                        retry_after: None,
+                    },
+                    Fault::Status {
+                        status: 429,
+                        retry_after: Some(1),
+                    },
                 ],
             });
             serve(listen, stub.router()).await

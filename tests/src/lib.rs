@@ -241,7 +241,9 @@ impl TestApp {
 
     /// Asks an in-process worker to shut down gracefully and waits for it (bounded).
     pub async fn stop_worker(&mut self, index: usize) -> anyhow::Result<Duration> {
-        let worker = self.workers[index].take().context("worker already stopped")?;
+        let worker = self.workers[index]
+            .take()
+            .context("worker already stopped")?;
         let started = Instant::now();
         worker.stop.cancel();
         tokio::time::timeout(Duration::from_secs(60), worker.task)
@@ -320,7 +322,11 @@ impl TestApp {
     }
 
     /// Polls until every job is terminal; returns their records.
-    pub async fn wait_terminal(&self, ids: &[String], within: Duration) -> anyhow::Result<Vec<Value>> {
+    pub async fn wait_terminal(
+        &self,
+        ids: &[String],
+        within: Duration,
+    ) -> anyhow::Result<Vec<Value>> {
         let mut done: HashMap<String, Value> = HashMap::new();
         let deadline = Instant::now() + within;
         loop {
@@ -340,7 +346,11 @@ impl TestApp {
                 return Ok(ids.iter().filter_map(|id| done.remove(id)).collect());
             }
             if Instant::now() > deadline {
-                bail!("{} of {} jobs terminal after {within:?}", done.len(), ids.len());
+                bail!(
+                    "{} of {} jobs terminal after {within:?}",
+                    done.len(),
+                    ids.len()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -358,7 +368,8 @@ impl TestApp {
 
     /// Messages ready in an agent's queue (passive declare).
     pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
-        let conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default()).await?;
+        let conn =
+            lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default()).await?;
         let channel = conn.create_channel().await?;
         let q = channel
             .queue_declare(
@@ -443,9 +454,16 @@ async fn cleanup(prefix: &str, agents: &[String]) -> anyhow::Result<()> {
             .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
             .await?;
     }
-    for exchange in [names.work_exchange(), names.delay_exchange(), names.dead_exchange()] {
+    for exchange in [
+        names.work_exchange(),
+        names.delay_exchange(),
+        names.dead_exchange(),
+    ] {
         channel
-            .exchange_delete(exchange.into(), lapin::options::ExchangeDeleteOptions::default())
+            .exchange_delete(
+                exchange.into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
             .await?;
     }
     let _ = conn.close(200, "cleanup".into()).await;

@@ -24,8 +24,8 @@ struct Args {
 
 pub async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = Config::load(&args.config)
-        .with_context(|| format!("loading {}", args.config.display()))?;
+    let config =
+        Config::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
     let secrets = config.secrets(|var| std::env::var(var).ok())?;
     telemetry::init(&config.telemetry);
     let listen = config.worker.metrics_listen;

@@ -70,12 +70,21 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(config: Config, secrets: Secrets, metrics: Arc<Metrics>) -> Result<Self, WorkerError> {
+    pub fn new(
+        config: Config,
+        secrets: Secrets,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, WorkerError> {
         let names = config.names();
         let redis = Redis::connect(&config.redis)?;
         let store = JobStore::new(redis.clone(), names.clone(), config.redis.result_ttl_secs);
         let served = config.served_agents();
-        let broker = Broker::new(&config.amqp, names.clone(), served.clone(), "agentfleet-worker");
+        let broker = Broker::new(
+            &config.amqp,
+            names.clone(),
+            served.clone(),
+            "agentfleet-worker",
+        );
         let agents = served
             .iter()
             .filter_map(|name| config.agents.get(name).map(|agent| (name, agent)))
@@ -145,7 +154,9 @@ impl Worker {
                 consumption,
                 tracker.clone(),
                 shutdown.clone(),
-                move |delivery, slot| run::handle_job(shared.clone(), agent.clone(), delivery, slot),
+                move |delivery, slot| {
+                    run::handle_job(shared.clone(), agent.clone(), delivery, slot)
+                },
             ));
         }
         let webhook_slots = self.shared.config.webhooks.concurrency;
@@ -169,7 +180,11 @@ impl Worker {
         while loops.join_next().await.is_some() {}
         tracker.close();
         let grace = Duration::from_secs(self.shared.config.worker.shutdown_grace_secs);
-        tracing::info!(in_flight = tracker.len(), ?grace, "stopped consuming; draining runs");
+        tracing::info!(
+            in_flight = tracker.len(),
+            ?grace,
+            "stopped consuming; draining runs"
+        );
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(
                 in_flight = tracker.len(),

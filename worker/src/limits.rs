@@ -88,7 +88,10 @@ impl AgentLimits {
         Self {
             slots: Arc::new(Semaphore::new(usize::from(agent.concurrency))),
             requests: limit.map(|l| {
-                Gcra::new(names.rate_key(name, RateKind::Requests), l.requests_per_minute)
+                Gcra::new(
+                    names.rate_key(name, RateKind::Requests),
+                    l.requests_per_minute,
+                )
             }),
             tokens: limit
                 .and_then(|l| l.tokens_per_minute)
@@ -134,7 +137,12 @@ impl AgentLimits {
         self.call(tokens, delta, "adjust").await.map(|_| ())
     }
 
-    async fn take(&self, gcra: &Gcra, cost: f64, stop: &CancellationToken) -> Result<(), AdmitError> {
+    async fn take(
+        &self,
+        gcra: &Gcra,
+        cost: f64,
+        stop: &CancellationToken,
+    ) -> Result<(), AdmitError> {
         loop {
             let wait_us = self.call(gcra, cost, "take").await?;
             if wait_us <= 0 {

@@ -112,7 +112,13 @@ impl Provider {
             headers.push(("authorization", auth.as_str()));
         }
         let response = outbound
-            .post_json(Destination::Provider, &self.endpoint, &headers, body, timeout)
+            .post_json(
+                Destination::Provider,
+                &self.endpoint,
+                &headers,
+                body,
+                timeout,
+            )
             .await
             .map_err(classify_transport)?;
         let retry_after = response
@@ -131,7 +137,10 @@ impl Provider {
                 };
                 Err(Failure {
                     category,
-                    message: format!("provider answered HTTP {status}{}", error_hint(&response.body)),
+                    message: format!(
+                        "provider answered HTTP {status}{}",
+                        error_hint(&response.body)
+                    ),
                     retry_after,
                 })
             }
@@ -166,7 +175,10 @@ pub fn parse_completion(body: &[u8]) -> Result<Completion, Failure> {
     if !value["error"].is_null() {
         return Err(Failure::new(
             ErrorCategory::InvalidResponse,
-            format!("provider returned an error in a 2xx response{}", error_hint(body)),
+            format!(
+                "provider returned an error in a 2xx response{}",
+                error_hint(body)
+            ),
         ));
     }
     let choices = value["choices"]
@@ -229,7 +241,10 @@ mod tests {
         }))
         .expect("agent");
         let provider = Provider::new(&agent, None);
-        assert_eq!(provider.endpoint.as_str(), "http://127.0.0.1:1/v1/chat/completions");
+        assert_eq!(
+            provider.endpoint.as_str(),
+            "http://127.0.0.1:1/v1/chat/completions"
+        );
         let body = provider.request_body(&[ChatMessage {
             role: Role::User,
             content: "x".into(),

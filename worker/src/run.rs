@@ -12,8 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument as _;
 
 use agentfleet_common::wire::{
-    EventType, JobMessage, JobRecord, JobSpec, JobStatus, Versioned, WebhookMessage,
-    SCHEMA_VERSION,
+    EventType, JobMessage, JobRecord, JobSpec, JobStatus, Versioned, WebhookMessage, SCHEMA_VERSION,
 };
 
 use crate::provider::{Completion, Failure};
@@ -144,7 +143,10 @@ async fn process(shared: &Shared, agent: &AgentRuntime, msg: JobMessage) -> Disp
         return Disposition::Requeue;
     }
 
-    let in_flight = shared.metrics.jobs_in_flight.with_label_values(&[&agent.name]);
+    let in_flight = shared
+        .metrics
+        .jobs_in_flight
+        .with_label_values(&[&agent.name]);
     in_flight.inc();
     let outcome = call_provider(shared, agent, &record, &spec).await;
     in_flight.dec();
@@ -200,12 +202,10 @@ async fn call_provider(
     let messages = spec.input.to_messages();
     let started = tokio::time::Instant::now();
     let job_id = record.id.to_string();
-    let call = agent.provider.complete(
-        &shared.outbound,
-        &messages,
-        &job_id,
-        agent.config.timeout(),
-    );
+    let call =
+        agent
+            .provider
+            .complete(&shared.outbound, &messages, &job_id, agent.config.timeout());
     let result = tokio::select! {
         result = call => result,
         () = shared.hard_stop.cancelled() => return None,
@@ -233,7 +233,11 @@ async fn call_provider(
             .llm_tokens
             .with_label_values(&[&agent.name, "completion"])
             .inc_by(usage.completion_tokens);
-        if let Err(err) = agent.limits.settle_tokens(estimate, usage.total_tokens).await {
+        if let Err(err) = agent
+            .limits
+            .settle_tokens(estimate, usage.total_tokens)
+            .await
+        {
             tracing::warn!(error = %err, "could not settle the token budget");
         }
     }
@@ -267,7 +271,9 @@ async fn schedule_retry(
     let retry = JobMessage {
         v: SCHEMA_VERSION,
         attempt: next_attempt,
-        not_before: chrono::Duration::from_std(delay).ok().map(|d| Utc::now() + d),
+        not_before: chrono::Duration::from_std(delay)
+            .ok()
+            .map(|d| Utc::now() + d),
         ..msg.clone()
     };
     if let Err(err) = shared.broker.publish_job_delayed(&retry, delay).await {
@@ -353,8 +359,14 @@ mod tests {
     fn only_future_not_before_delays() {
         let now = Utc::now();
         assert_eq!(remaining_delay(None, now), None);
-        assert_eq!(remaining_delay(Some(now - chrono::Duration::seconds(1)), now), None);
-        assert_eq!(remaining_delay(Some(now + chrono::Duration::milliseconds(10)), now), None);
+        assert_eq!(
+            remaining_delay(Some(now - chrono::Duration::seconds(1)), now),
+            None
+        );
+        assert_eq!(
+            remaining_delay(Some(now + chrono::Duration::milliseconds(10)), now),
+            None
+        );
         assert_eq!(
             remaining_delay(Some(now + chrono::Duration::seconds(2)), now),
             Some(Duration::from_secs(2))

@@ -148,7 +148,9 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
     if let Some(delay) = retry_delay {
         let retry = WebhookMessage {
             attempt: msg.attempt + 1,
-            not_before: chrono::Duration::from_std(delay).ok().map(|d| Utc::now() + d),
+            not_before: chrono::Duration::from_std(delay)
+                .ok()
+                .map(|d| Utc::now() + d),
             ..msg
         };
         if let Err(err) = shared.broker.publish_webhook_delayed(&retry, delay).await {

@@ -32,15 +32,26 @@ async fn a_job_goes_through_to_a_verified_webhook() -> anyhow::Result<()> {
     assert_eq!(accepted["agent"], "summarize");
     assert_eq!(uuid::Uuid::parse_str(&id)?.get_version_num(), 7);
 
-    let records = app.wait_terminal(&[id.clone()], Duration::from_secs(20)).await?;
+    let records = app
+        .wait_terminal(&[id.clone()], Duration::from_secs(20))
+        .await?;
     let record = &records[0];
     assert_eq!(record["status"], "succeeded", "{record}");
     assert_eq!(record["attempts"], 1);
-    assert_eq!(record["output"], "stub answer to: Summarize: the sky is blue.");
-    assert_eq!(record["usage"], json!({"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20}));
+    assert_eq!(
+        record["output"],
+        "stub answer to: Summarize: the sky is blue."
+    );
+    assert_eq!(
+        record["usage"],
+        json!({"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20})
+    );
     assert_eq!(record["metadata"], json!({"ticket": 42}));
     assert!(record["started_at"].is_string() && record["finished_at"].is_string());
-    assert!(record.get("input").is_none(), "the record never carries the input");
+    assert!(
+        record.get("input").is_none(),
+        "the record never carries the input"
+    );
 
     app.wait_webhooks(1, Duration::from_secs(20)).await?;
     let delivery = app.receiver.deliveries().remove(0);
@@ -60,11 +71,14 @@ async fn a_job_goes_through_to_a_verified_webhook() -> anyhow::Result<()> {
     assert_eq!(event["timestamp"], record["finished_at"]);
 
     // The delivery is recorded on the job.
-    let delivered = agentfleet_tests::wait_until(Duration::from_secs(10), "webhook recorded", || async {
-        let record = app.job(&id).await.ok()?;
-        record["webhook"]["delivered_at"].is_string().then_some(record)
-    })
-    .await?;
+    let delivered =
+        agentfleet_tests::wait_until(Duration::from_secs(10), "webhook recorded", || async {
+            let record = app.job(&id).await.ok()?;
+            record["webhook"]["delivered_at"]
+                .is_string()
+                .then_some(record)
+        })
+        .await?;
     assert_eq!(delivered["webhook"]["last_status"], 204);
     assert_eq!(delivered["webhook"]["attempts"], 1);
     assert_eq!(app.llm.calls_per_job().get(&id), Some(&1));
@@ -75,10 +89,16 @@ async fn a_job_goes_through_to_a_verified_webhook() -> anyhow::Result<()> {
 async fn a_job_without_webhook_still_completes() -> anyhow::Result<()> {
     let app = TestApp::spawn(AppOptions::default()).await?;
     let response = app
-        .submit_as(&app.acme, &json!({"agent": "summarize", "input": "plain text"}))
+        .submit_as(
+            &app.acme,
+            &json!({"agent": "summarize", "input": "plain text"}),
+        )
         .await;
     assert_eq!(response.status(), 202);
-    let id = response.json::<Value>().await?["id"].as_str().expect("id").to_owned();
+    let id = response.json::<Value>().await?["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     let records = app.wait_terminal(&[id], Duration::from_secs(20)).await?;
     assert_eq!(records[0]["status"], "succeeded");
     assert_eq!(records[0]["webhook"], Value::Null);

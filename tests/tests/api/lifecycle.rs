@@ -1,1 +1,134 @@
+use std::time::Duration;
 
+use agentfleet_stub::llm::Behavior;
+use agentfleet_tests::{AppOptions, TestApp};
+
+/// SIGTERM-equivalent: the worker stops consuming, lets the runs in flight finish, and
+/// returns well before its grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_runs_in_flight() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn(AppOptions {
+        workers: 1,
+        shutdown_grace_secs: 20,
+        behavior: Behavior {
+            latency: Duration::from_millis(1500),
+            ..Behavior::default()
+        },
+        ..AppOptions::default()
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(app.submit_job("summarize", &format!("job {i}")).await?);
+    }
+    let model = app.config.agents["summarize"].model.clone();
+    agentfleet_tests::wait_until(Duration::from_secs(10), "5 runs in flight", || async {
+        (app.llm.in_flight(&model) == 5).then_some(())
+    })
+    .await?;
+    let took = app.stop_worker(0).await?;
+    assert!(took < Duration::from_secs(10), "stopped in {took:?}");
+    // Finished by the stopping worker itself: no other worker is running.
+    let records = app.wait_terminal(&ids, Duration::from_secs(5)).await?;
+    assert!(
+        records.iter().all(|r| r["status"] == "succeeded"),
+        "{records:?}"
+    );
+    Ok(())
+}
+
+/// A run that outlives the grace period goes back to the queue and another worker finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_past_the_grace_period_are_requeued() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn(AppOptions {
+        workers: 1,
+        shutdown_grace_secs: 1,
+        behavior: Behavior {
+            latency: Duration::from_secs(4),
+            ..Behavior::default()
+        },
+        ..AppOptions::default()
+    })
+    .await?;
+    let id = app.submit_job("summarize", "slow").await?;
+    let model = app.config.agents["summarize"].model.clone();
+    agentfleet_tests::wait_until(Duration::from_secs(10), "run in flight", || async {
+        (app.llm.in_flight(&model) == 1).then_some(())
+    })
+    .await?;
+    let took = app.stop_worker(0).await?;
+    assert!(
+        took < Duration::from_secs(4),
+        "did not wait for the run: {took:?}"
+    );
+    assert_ne!(app.job(&id).await?["status"], "succeeded");
+    app.start_worker().await?;
+    let records = app
+        .wait_terminal(&[id.clone()], Duration::from_secs(30))
+        .await?;
+    assert_eq!(records[0]["status"], "succeeded");
+    assert_eq!(app.llm.calls_per_job().get(&id), Some(&2));
+    Ok(())
+}
+
+/// A worker process SIGKILLed in the middle of runs loses none of them: the broker redelivers
+/// the unacked messages to the next worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_loses_no_job() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn(AppOptions {
+        workers: 0,
+        behavior: Behavior {
+            latency: Duration::from_secs(2),
+            ..Behavior::default()
+        },
+        ..AppOptions::default()
+    })
+    .await?;
+    let pid = app.start_worker_process(crate::WORKER_BIN)?;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(app.submit_job("summarize", &format!("job {i}")).await?);
+    }
+    let model = app.config.agents["summarize"].model.clone();
+    agentfleet_tests::wait_until(Duration::from_secs(20), "8 runs in flight", || async {
+        (app.llm.in_flight(&model) == 8).then_some(())
+    })
+    .await?;
+    app.kill_worker_process(pid)?;
+    app.start_worker().await?;
+    let records = app.wait_terminal(&ids, Duration::from_secs(30)).await?;
+    assert!(
+        records.iter().all(|r| r["status"] == "succeeded"),
+        "{records:?}"
+    );
+    app.wait_webhooks(8, Duration::from_secs(20)).await?;
+    let calls = app.llm.calls_per_job();
+    assert!(
+        ids.iter().all(|id| calls.get(id) == Some(&2)),
+        "each job ran on both workers: {calls:?}"
+    );
+    Ok(())
+}
+
+/// The worker binary refuses an invalid config before binding anything, naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_config_exits_nonzero_naming_the_key() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    app.config_yaml = app
+        .config_yaml
+        .replace("    concurrency: 16\n", "    concurrency: 0\n");
+    let path = app.write_config_file("bad")?;
+    let output = std::process::Command::new(crate::WORKER_BIN)
+        .arg("--config")
+        .arg(&path)
+        .envs(app.worker_env())
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("agents.summarize.concurrency"), "{stderr}");
+    Ok(())
+}

@@ -1,1 +1,106 @@
+use serde_json::{json, Value};
 
+use agentfleet_tests::{AppOptions, TestApp};
+
+/// Each kind of bad submission gets its 4xx naming the problem, and enqueues and stores
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_submissions_get_a_4xx_and_change_nothing() -> anyhow::Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let hook = app.webhook_url();
+    let cases: Vec<(&str, String, u16, Option<&str>)> = vec![
+        ("not JSON", "{\"agent\":".into(), 400, None),
+        ("array body", "[]".into(), 400, None),
+        ("missing agent", json!({"input": "x"}).to_string(), 400, Some("agent")),
+        ("unknown agent", json!({"agent": "nope", "input": "x"}).to_string(), 400, Some("agent")),
+        ("agent not a string", json!({"agent": 1, "input": "x"}).to_string(), 400, Some("agent")),
+        ("missing input", json!({"agent": "summarize"}).to_string(), 400, Some("input")),
+        ("empty input", json!({"agent": "summarize", "input": " "}).to_string(), 400, Some("input")),
+        ("input wrong type", json!({"agent": "summarize", "input": 3}).to_string(), 400, Some("input")),
+        ("no messages", json!({"agent": "summarize", "input": {"messages": []}}).to_string(), 400, Some("input.messages")),
+        (
+            "bad role",
+            json!({"agent": "summarize", "input": {"messages": [{"role": "robot", "content": "x"}]}}).to_string(),
+            400,
+            Some("input.messages[0].role"),
+        ),
+        ("unknown field", json!({"agent": "summarize", "input": "x", "priority": 1}).to_string(), 400, Some("priority")),
+        ("bad webhook URL", json!({"agent": "summarize", "input": "x", "webhook_url": "not a url"}).to_string(), 400, Some("webhook_url")),
+        ("webhook scheme", json!({"agent": "summarize", "input": "x", "webhook_url": "file:///etc/passwd"}).to_string(), 400, Some("webhook_url")),
+        ("metadata not an object", json!({"agent": "summarize", "input": "x", "metadata": "m"}).to_string(), 400, Some("metadata")),
+        ("too large", json!({"agent": "summarize", "input": "x".repeat(5000), "webhook_url": hook}).to_string(), 413, None),
+    ];
+    for (name, body, status, field) in cases {
+        let response = app
+            .http
+            .post(app.url("/v1/jobs"))
+            .bearer_auth(&app.acme.api_key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        assert_eq!(response.status().as_u16(), status, "{name}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{name}"
+        );
+        let problem: Value = response.json().await?;
+        assert_eq!(problem["status"], status, "{name}");
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{name}"
+        );
+        if let Some(field) = field {
+            assert_eq!(problem["field"], field, "{name}: {problem}");
+        }
+    }
+    let response = app
+        .http
+        .post(app.url("/v1/jobs"))
+        .bearer_auth(&app.acme.api_key)
+        .header("content-type", "text/plain")
+        .body(json!({"agent": "summarize", "input": "x"}).to_string())
+        .send()
+        .await?;
+    assert_eq!(response.status(), 415);
+
+    let queue =
+        agentfleet_common::naming::Names::new(&app.prefix, &app.prefix).agent_queue("summarize");
+    assert_eq!(app.queue_depth(&queue).await?, 0, "nothing was enqueued");
+    assert!(app.job_keys().await?.is_empty(), "nothing was stored");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_to_internal_addresses_are_refused() -> anyhow::Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        workers: 0,
+        allow_private_webhooks: false,
+        ..AppOptions::default()
+    })
+    .await?;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/",
+        "http://[::1]/",
+        "http://localhost/",
+    ] {
+        let response = app
+            .submit_as(
+                &app.acme,
+                &json!({"agent": "summarize", "input": "x", "webhook_url": url}),
+            )
+            .await;
+        assert_eq!(response.status(), 400, "{url}");
+        let problem: Value = response.json().await?;
+        assert_eq!(problem["field"], "webhook_url", "{url}");
+    }
+    assert!(app.job_keys().await?.is_empty());
+    Ok(())
+}

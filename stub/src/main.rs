@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Webhook { listen, secret_env } => {
             let raw = std::env::var(&secret_env)
                 .with_context(|| format!("environment variable {secret_env} is not set"))?;
-            let secret = WebhookSecret::parse(&raw).with_context(|| format!("{secret_env}"))?;
+            let secret = WebhookSecret::parse(&raw).with_context(|| secret_env.clone())?;
             serve(listen, Receiver::new(Some(secret)).router()).await
         }
     }

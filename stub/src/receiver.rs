@@ -105,7 +105,15 @@ async fn receive(
         .fail_first
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
-    let event = serde_json::from_slice(&body).ok();
+    let event: Option<Value> = serde_json::from_slice(&body).ok();
+    let (event_type, job_id, status) = event.as_ref().map_or(Default::default(), |e| {
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        (
+            text(&e["type"]),
+            text(&e["data"]["id"]),
+            text(&e["data"]["status"]),
+        )
+    });
     if !failing {
         lock(&receiver.deliveries).push(Delivery {
             webhook_id: webhook_id.clone(),
@@ -118,7 +126,7 @@ async fn receive(
         });
         receiver.notify.notify_waiters();
     }
-    tracing::info!(%webhook_id, verified, failing, "webhook received");
+    tracing::info!(%webhook_id, verified, failing, %event_type, %job_id, %status, "webhook received");
     if failing {
         StatusCode::INTERNAL_SERVER_ERROR
     } else if receiver.secret.is_some() && !verified {

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests and the integration tests against the real RabbitMQ and
+# Redis (started or installed first by scripts/services.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/services.sh
+cargo test --workspace --locked "$@"

@@ -33,7 +33,7 @@ async fn a_job_goes_through_to_a_verified_webhook() -> anyhow::Result<()> {
     assert_eq!(uuid::Uuid::parse_str(&id)?.get_version_num(), 7);
 
     let records = app
-        .wait_terminal(&[id.clone()], Duration::from_secs(20))
+        .wait_terminal(std::slice::from_ref(&id), Duration::from_secs(20))
         .await?;
     let record = &records[0];
     assert_eq!(record["status"], "succeeded", "{record}");

@@ -64,7 +64,7 @@ async fn runs_past_the_grace_period_are_requeued() -> anyhow::Result<()> {
     assert_ne!(app.job(&id).await?["status"], "succeeded");
     app.start_worker().await?;
     let records = app
-        .wait_terminal(&[id.clone()], Duration::from_secs(30))
+        .wait_terminal(std::slice::from_ref(&id), Duration::from_secs(30))
         .await?;
     assert_eq!(records[0]["status"], "succeeded");
     assert_eq!(app.llm.calls_per_job().get(&id), Some(&2));

@@ -16,7 +16,7 @@ async fn a_transient_provider_error_is_retried() -> anyhow::Result<()> {
     }]);
     let id = app.submit_job("summarize", "flaky").await?;
     let records = app
-        .wait_terminal(&[id.clone()], Duration::from_secs(30))
+        .wait_terminal(std::slice::from_ref(&id), Duration::from_secs(30))
         .await?;
     assert_eq!(records[0]["status"], "succeeded", "{}", records[0]);
     assert_eq!(records[0]["attempts"], 2);
@@ -48,7 +48,7 @@ async fn a_permanent_provider_error_fails_the_job() -> anyhow::Result<()> {
     }]);
     let id = app.submit_job("summarize", "bad").await?;
     let records = app
-        .wait_terminal(&[id.clone()], Duration::from_secs(30))
+        .wait_terminal(std::slice::from_ref(&id), Duration::from_secs(30))
         .await?;
     assert_eq!(records[0]["status"], "failed");
     assert_eq!(records[0]["error"]["category"], "bad_request");

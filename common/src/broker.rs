@@ -7,7 +7,9 @@
 //! - `{p}.delay` (headers): `x-delay-ms = N` → `{p}.delay.{N}ms`, a queue whose messages expire
 //!   after N ms and dead-letter back to `{p}.work` with their original routing key. Waiting
 //!   for a retry therefore holds no unacked message and no worker slot.
-//! - `{p}.dead` (fanout) → `{p}.dead`: poison, undecodable and over-delivered messages.
+//! - `{p}.dead` (fanout) → `{p}.dead`: poison, undecodable and over-delivered messages, and a
+//!   copy of every job that failed for good, for inspection.
+//! - `{p}.control` (fanout) → one exclusive queue per worker: cancellation broadcasts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +27,7 @@ use tokio::sync::Mutex;
 
 use crate::config::{AmqpConfig, QueueType};
 use crate::naming::Names;
-use crate::wire::{JobMessage, Versioned, WebhookMessage};
+use crate::wire::{ControlMessage, JobMessage, Versioned, WebhookMessage};
 
 /// Steps of the delay ladder. A delay is served by hopping through the largest step that does
 /// not overshoot what is left (see [`delay_step_for`]); the message's `not_before` makes the
@@ -47,7 +49,12 @@ pub enum BrokerError {
     Nacked,
     #[error("broker could not route the message to any queue")]
     Unroutable,
+    #[error("broker not connected")]
+    NotConnected,
 }
+
+/// A recent failed connect makes fail-fast callers give up at once for this long.
+const FAIL_FAST_HOLD: Duration = Duration::from_millis(500);
 
 /// A cheap-clone handle to the broker.
 #[derive(Clone)]
@@ -60,8 +67,16 @@ struct Inner {
     names: Names,
     agents: Vec<String>,
     connection_name: String,
-    connection: Mutex<Option<Arc<Connection>>>,
+    /// The live connection, read on every publish without waiting on a connect.
+    current: std::sync::RwLock<Option<Arc<Connection>>>,
+    /// Held while connecting, so one caller connects and the others wait (or, fail-fast,
+    /// give up at once).
+    connecting: Mutex<()>,
     publisher: Mutex<Option<Channel>>,
+    /// Request paths (the dispatcher) must answer within a second during an outage: they
+    /// never wait for another caller's connect, and skip connecting right after a failure.
+    fail_fast: bool,
+    last_failure: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Broker {
@@ -78,10 +93,27 @@ impl Broker {
                 names,
                 agents,
                 connection_name: connection_name.to_owned(),
-                connection: Mutex::new(None),
+                current: std::sync::RwLock::new(None),
+                connecting: Mutex::new(()),
                 publisher: Mutex::new(None),
+                fail_fast: false,
+                last_failure: std::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// A broker handle for request paths: see `Inner::fail_fast`.
+    pub fn new_fail_fast(
+        config: &AmqpConfig,
+        names: Names,
+        agents: Vec<String>,
+        connection_name: &str,
+    ) -> Self {
+        let mut broker = Self::new(config, names, agents, connection_name);
+        if let Some(inner) = Arc::get_mut(&mut broker.inner) {
+            inner.fail_fast = true;
+        }
+        broker
     }
 
     pub fn names(&self) -> &Names {
@@ -90,24 +122,62 @@ impl Broker {
 
     /// True while a connection is up. Never blocks on the network.
     pub async fn is_connected(&self) -> bool {
+        self.current_connected().is_some()
+    }
+
+    fn current_connected(&self) -> Option<Arc<Connection>> {
         self.inner
-            .connection
-            .lock()
-            .await
+            .current
+            .read()
+            .ok()?
             .as_ref()
-            .is_some_and(|c| c.status().connected())
+            .filter(|c| c.status().connected())
+            .cloned()
     }
 
     /// The live connection, connecting (and declaring the topology) if there is none.
     pub async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
-        let mut guard = self.inner.connection.lock().await;
-        if let Some(conn) = guard.as_ref() {
-            if conn.status().connected() {
-                return Ok(conn.clone());
-            }
+        if let Some(conn) = self.current_connected() {
+            return Ok(conn);
         }
-        *guard = None;
-        let timeout = Duration::from_millis(self.inner.config.connect_timeout_ms);
+        let _connecting = if self.inner.fail_fast {
+            self.inner
+                .connecting
+                .try_lock()
+                .map_err(|_| BrokerError::NotConnected)?
+        } else {
+            self.inner.connecting.lock().await
+        };
+        // Someone else may have connected while we waited.
+        if let Some(conn) = self.current_connected() {
+            return Ok(conn);
+        }
+        let mut timeout = Duration::from_millis(self.inner.config.connect_timeout_ms);
+        if self.inner.fail_fast {
+            let recent = self
+                .inner
+                .last_failure
+                .lock()
+                .ok()
+                .and_then(|at| *at)
+                .is_some_and(|at| at.elapsed() < FAIL_FAST_HOLD);
+            if recent {
+                return Err(BrokerError::NotConnected);
+            }
+            timeout = timeout.min(Duration::from_millis(700));
+        }
+        let result = self.connect(timeout).await;
+        if let Ok(mut last) = self.inner.last_failure.lock() {
+            *last = result.is_err().then(std::time::Instant::now);
+        }
+        let conn = result?;
+        if let Ok(mut current) = self.inner.current.write() {
+            *current = Some(conn.clone());
+        }
+        Ok(conn)
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<Arc<Connection>, BrokerError> {
         let props = ConnectionProperties::default()
             .with_connection_name(self.inner.connection_name.clone().into());
         let conn = tokio::time::timeout(
@@ -121,14 +191,14 @@ impl Broker {
         bounded(timeout, self.declare_topology(&channel)).await?;
         let _ = channel.close(200, "topology declared".into()).await;
         tracing::info!(prefix = %self.inner.names.amqp_prefix(), "connected to the broker");
-        *guard = Some(conn.clone());
         Ok(conn)
     }
 
     /// Closes the connection; unacked deliveries on it go back to their queues.
     pub async fn close(&self) {
         self.inner.publisher.lock().await.take();
-        if let Some(conn) = self.inner.connection.lock().await.take() {
+        let conn = self.inner.current.write().ok().and_then(|mut c| c.take());
+        if let Some(conn) = conn {
             let _ = conn.close(200, "shutting down".into()).await;
         }
     }
@@ -143,6 +213,7 @@ impl Broker {
             (names.work_exchange(), ExchangeKind::Direct),
             (names.delay_exchange(), ExchangeKind::Headers),
             (names.dead_exchange(), ExchangeKind::Fanout),
+            (names.control_exchange(), ExchangeKind::Fanout),
         ] {
             channel
                 .exchange_declare(exchange.into(), kind, durable, FieldTable::default())
@@ -277,6 +348,19 @@ impl Broker {
         headers: Option<FieldTable>,
         message_id: &str,
     ) -> Result<(), BrokerError> {
+        self.publish_with(exchange, routing_key, payload, headers, message_id, true)
+            .await
+    }
+
+    async fn publish_with(
+        &self,
+        exchange: String,
+        routing_key: String,
+        payload: &[u8],
+        headers: Option<FieldTable>,
+        message_id: &str,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
         let timeout = Duration::from_millis(self.inner.config.publish_timeout_ms);
         let result = bounded(timeout, async {
             let channel = self.publisher().await?;
@@ -288,7 +372,7 @@ impl Broker {
                 props = props.with_headers(headers);
             }
             let options = BasicPublishOptions {
-                mandatory: true,
+                mandatory,
                 ..BasicPublishOptions::default()
             };
             let confirm = channel
@@ -318,6 +402,41 @@ impl Broker {
             &msg.encode(),
             None,
             &msg.job_id.to_string(),
+        )
+        .await
+    }
+
+    /// Keeps a copy of a message in the dead-letter queue, with the reason as a header.
+    pub async fn publish_dead(
+        &self,
+        payload: &[u8],
+        reason: &str,
+        message_id: &str,
+    ) -> Result<(), BrokerError> {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "agentfleet-reason".into(),
+            AMQPValue::LongString(LongString::from(reason)),
+        );
+        self.publish_confirmed(
+            self.inner.names.dead_exchange(),
+            String::new(),
+            payload,
+            Some(headers),
+            message_id,
+        )
+        .await
+    }
+
+    /// Broadcasts to every connected worker. No worker listening is not an error.
+    pub async fn publish_control(&self, msg: &ControlMessage) -> Result<(), BrokerError> {
+        self.publish_with(
+            self.inner.names.control_exchange(),
+            String::new(),
+            &msg.encode(),
+            None,
+            &msg.cancel.to_string(),
+            false,
         )
         .await
     }

@@ -120,6 +120,10 @@ pub struct WorkerConfig {
     pub agents: Vec<String>,
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// How long a run's lease on its job lasts without renewal (renewed every third of it).
+    /// A crashed worker's jobs wait this long before another worker may take them.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -128,6 +132,7 @@ impl Default for WorkerConfig {
             metrics_listen: default_metrics_listen(),
             agents: default_worker_agents(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
+            lease_secs: default_lease_secs(),
         }
     }
 }
@@ -232,6 +237,26 @@ impl Default for RetryConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Consecutive retryable failures of an endpoint that open the circuit.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// How long the circuit stays open before one probe call is let through.
+    #[serde(default = "default_cooldown_secs")]
+    pub cooldown_secs: u64,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: default_failure_threshold(),
+            cooldown_secs: default_cooldown_secs(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
@@ -250,15 +275,29 @@ pub struct AgentConfig {
     pub concurrency: u16,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Deadline of a whole run: admission, every attempt and the waits between them. A job
+    /// may lower it with its own `timeout_secs`.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Bound on one provider HTTP call (default: `timeout_secs`).
+    #[serde(default)]
+    pub request_timeout_secs: Option<u64>,
     #[serde(default)]
     pub retry: RetryConfig,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerConfig,
+    /// Ready messages in the agent's queue above which new jobs are refused with 429.
+    #[serde(default)]
+    pub max_queue_depth: Option<u32>,
 }
 
 impl AgentConfig {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs.unwrap_or(self.timeout_secs))
     }
 }
 
@@ -385,6 +424,12 @@ impl Config {
             ));
         }
         positive("webhooks.timeout_secs", self.webhooks.timeout_secs)?;
+        if self.worker.lease_secs < 3 {
+            return Err(ConfigError::invalid(
+                "worker.lease_secs",
+                "must be at least 3",
+            ));
+        }
         positive("webhooks.concurrency", u64::from(self.webhooks.concurrency))?;
         tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level)
             .map_err(|e| ConfigError::invalid("telemetry.log_level", e.to_string()))?;
@@ -452,6 +497,20 @@ fn validate_agent(name: &str, agent: &AgentConfig) -> Result<(), ConfigError> {
     positive(&key("timeout_secs"), agent.timeout_secs)?;
     positive(&key("retry.attempts"), u64::from(agent.retry.attempts))?;
     positive(&key("retry.max_delay_secs"), agent.retry.max_delay_secs)?;
+    if let Some(secs) = agent.request_timeout_secs {
+        positive(&key("request_timeout_secs"), secs)?;
+    }
+    positive(
+        &key("circuit_breaker.failure_threshold"),
+        u64::from(agent.circuit_breaker.failure_threshold),
+    )?;
+    positive(
+        &key("circuit_breaker.cooldown_secs"),
+        agent.circuit_breaker.cooldown_secs,
+    )?;
+    if let Some(depth) = agent.max_queue_depth {
+        positive(&key("max_queue_depth"), u64::from(depth))?;
+    }
     if let Some(limit) = &agent.rate_limit {
         positive(
             &key("rate_limit.requests_per_minute"),
@@ -552,7 +611,8 @@ fn default_result_ttl_secs() -> u64 {
     604_800
 }
 fn default_redis_timeout_ms() -> u64 {
-    2_000
+    // Requests must fail within a second when Redis hangs.
+    800
 }
 fn default_dispatcher_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
@@ -567,6 +627,15 @@ fn default_worker_agents() -> Vec<String> {
     vec!["*".into()]
 }
 fn default_shutdown_grace_secs() -> u64 {
+    30
+}
+fn default_lease_secs() -> u64 {
+    15
+}
+fn default_failure_threshold() -> u32 {
+    5
+}
+fn default_cooldown_secs() -> u64 {
     30
 }
 fn default_webhook_timeout_secs() -> u64 {

@@ -7,6 +7,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod events;
 pub mod metrics;
 pub mod naming;
 pub mod ops;

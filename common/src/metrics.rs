@@ -21,6 +21,8 @@ pub struct Metrics {
     pub job_retries: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
+    pub circuit_state: IntGaugeVec,
+    pub jobs_cancelled: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
 }
@@ -113,6 +115,16 @@ impl Metrics {
                 "Webhook delivery attempts, by outcome (delivered, retry, gone, exhausted, blocked).",
                 &["status"],
             ),
+            circuit_state: gauge(
+                "agentfleet_circuit_state",
+                "Provider circuit breaker per endpoint: 0 closed, 1 open, 2 half-open.",
+                &["endpoint"],
+            ),
+            jobs_cancelled: counter(
+                "agentfleet_jobs_cancelled_total",
+                "Cancellations accepted, by the status the job had (queued, retrying, running).",
+                &["from"],
+            ),
             http_requests: counter(
                 "agentfleet_http_requests_total",
                 "Dispatcher HTTP requests, by route and status code.",
@@ -155,6 +167,8 @@ impl Metrics {
             "agentfleet_job_retries_total",
             "agentfleet_dead_letters_total",
             "agentfleet_webhook_deliveries_total",
+            "agentfleet_circuit_state",
+            "agentfleet_jobs_cancelled_total",
             "agentfleet_http_requests_total",
             "agentfleet_http_request_duration_seconds",
         ]

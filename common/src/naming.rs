@@ -93,6 +93,36 @@ impl Names {
         format!("{}:rl:{agent}:{kind}", self.redis)
     }
 
+    /// Fanout exchange for control broadcasts to every worker (cancellations).
+    pub fn control_exchange(&self) -> String {
+        format!("{}.control", self.amqp)
+    }
+
+    /// The lease on a job: `{owner}:{fencing token}`, with an expiry.
+    pub fn lease_key(&self, id: Uuid) -> String {
+        format!("{}:lease:{id}", self.redis)
+    }
+
+    /// Counter that issues a job's fencing tokens.
+    pub fn fence_key(&self, id: Uuid) -> String {
+        format!("{}:fence:{id}", self.redis)
+    }
+
+    /// A provider response saved against a job's attempt, so a redelivery does not pay again.
+    pub fn memo_key(&self, id: Uuid, attempt: u32) -> String {
+        format!("{}:memo:{id}:{attempt}", self.redis)
+    }
+
+    /// Set once a job's terminal event was handed to the webhook queue.
+    pub fn handoff_key(&self, id: Uuid) -> String {
+        format!("{}:handoff:{id}", self.redis)
+    }
+
+    /// A tenant's Idempotency-Key.
+    pub fn idempotency_key(&self, tenant: &str, key: &str) -> String {
+        format!("{}:idem:{tenant}:{key}", self.redis)
+    }
+
     /// Pattern matching every key of this deployment (used by tests to clean up).
     pub fn redis_pattern(&self) -> String {
         format!("{}:*", self.redis)

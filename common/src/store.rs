@@ -2,6 +2,7 @@
 //! timeout so an outage fails fast instead of hanging, and the job store built on it.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -11,7 +12,7 @@ use uuid::Uuid;
 
 use crate::config::RedisConfig;
 use crate::naming::Names;
-use crate::wire::{JobRecord, JobSpec};
+use crate::wire::{Completion, JobRecord, JobSpec, JobStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -84,6 +85,105 @@ pub struct JobStore {
     redis: Redis,
     names: Names,
     ttl_secs: u64,
+    scripts: Arc<Scripts>,
+}
+
+struct Scripts {
+    transition: redis::Script,
+    acquire: redis::Script,
+    renew: redis::Script,
+    release: redis::Script,
+}
+
+/// Every write of a job record goes through this script, so the checks and the write are one
+/// atomic step: the writer's lease (fencing token) must still be the current one, and a
+/// terminal record is final (only `bookkeeping` — webhook delivery state — may touch it).
+/// Modes: `run` (a worker holding the lease), `cas` (compare-and-set on the status, for the
+/// dispatcher), `bookkeeping` (terminal records only).
+const TRANSITION: &str = r"
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return 'lost' end
+local current = redis.call('GET', KEYS[1])
+if not current then return 'missing' end
+local status = cjson.decode(current)['status']
+local terminal = status == 'succeeded' or status == 'failed' or status == 'cancelled'
+if ARGV[4] == 'bookkeeping' then
+  if not terminal then return 'conflict' end
+elseif terminal then
+  return 'terminal'
+elseif ARGV[4] == 'cas' and status ~= ARGV[5] then
+  return 'conflict'
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return 'ok'
+";
+
+/// Takes a job's lease if nobody holds it: `{1, token}`, else `{0, ms left on the lease}`.
+const ACQUIRE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1])} end
+local token = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
+return {1, token}
+";
+
+/// Extends a lease still held by its owner; answers the job's status (so a run learns of a
+/// cancellation even if it missed the broadcast), or 'lost'.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local current = redis.call('GET', KEYS[2])
+if not current then return 'missing' end
+return cjson.decode(current)['status']
+";
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// A held lease: the value written under the lease key, which embeds the fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub token: u64,
+    value: String,
+}
+
+/// The outcome of trying to take a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquire {
+    Held(Lease),
+    /// Someone else holds it for about this long.
+    Busy(Duration),
+}
+
+/// What a guarded write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Ok,
+    /// The writer's lease is gone or someone else's: it must stop touching the job.
+    LeaseLost,
+    /// The job already ended; the write was refused.
+    Terminal,
+    /// The status was not what the writer expected.
+    Conflict,
+    Missing,
+}
+
+/// What a lease renewal found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewed {
+    Held(Option<JobStatus>),
+    Lost,
+}
+
+/// What an Idempotency-Key claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is ours: go on and create the job.
+    New,
+    /// The key was used before, for this job with this body fingerprint.
+    Existing { job_id: Uuid, fingerprint: String },
 }
 
 impl JobStore {
@@ -92,7 +192,17 @@ impl JobStore {
             redis,
             names,
             ttl_secs,
+            scripts: Arc::new(Scripts {
+                transition: redis::Script::new(TRANSITION),
+                acquire: redis::Script::new(ACQUIRE),
+                renew: redis::Script::new(RENEW),
+                release: redis::Script::new(RELEASE),
+            }),
         }
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
     }
 
     pub fn redis(&self) -> &Redis {
@@ -153,18 +263,198 @@ impl JobStore {
         }
     }
 
-    /// Overwrites the record (and refreshes the TTL of record and spec).
-    pub async fn save(&self, record: &JobRecord) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .set_ex(
-                self.names.job_key(record.id),
-                serde_json::to_string(record)?,
-                self.ttl_secs,
-            )
-            .ignore()
-            .expire(self.names.job_spec_key(record.id), self.ttl_secs as i64)
-            .ignore();
-        self.redis.pipe::<()>(&pipe).await
+    async fn transition(
+        &self,
+        record: &JobRecord,
+        lease: Option<&Lease>,
+        mode: &str,
+        expected: Option<JobStatus>,
+    ) -> Result<Written, StoreError> {
+        let mut invocation = self.scripts.transition.prepare_invoke();
+        invocation
+            .key(self.names.job_key(record.id))
+            .key(self.names.lease_key(record.id))
+            .key(self.names.job_spec_key(record.id))
+            .arg(serde_json::to_string(record)?)
+            .arg(self.ttl_secs)
+            .arg(lease.map_or("", |l| l.value.as_str()))
+            .arg(mode)
+            .arg(expected.map_or("", JobStatus::as_str));
+        let answer: String = self.redis.script(&invocation).await?;
+        Ok(match answer.as_str() {
+            "ok" => Written::Ok,
+            "lost" => Written::LeaseLost,
+            "terminal" => Written::Terminal,
+            "conflict" => Written::Conflict,
+            _ => Written::Missing,
+        })
+    }
+
+    /// Writes a record as the holder of `lease`; refused if the lease is lost or the job ended.
+    pub async fn save_leased(
+        &self,
+        record: &JobRecord,
+        lease: &Lease,
+    ) -> Result<Written, StoreError> {
+        self.transition(record, Some(lease), "run", None).await
+    }
+
+    /// Writes a record if its stored status is still `expected` (and not terminal).
+    pub async fn save_if_status(
+        &self,
+        record: &JobRecord,
+        expected: JobStatus,
+    ) -> Result<Written, StoreError> {
+        self.transition(record, None, "cas", Some(expected)).await
+    }
+
+    /// Updates delivery bookkeeping on a record that already ended.
+    pub async fn save_bookkeeping(&self, record: &JobRecord) -> Result<Written, StoreError> {
+        self.transition(record, None, "bookkeeping", None).await
+    }
+
+    /// Takes the job's lease for `ttl` as `owner`, issuing a fresh fencing token.
+    pub async fn acquire_lease(
+        &self,
+        id: Uuid,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Acquire, StoreError> {
+        let mut invocation = self.scripts.acquire.prepare_invoke();
+        invocation
+            .key(self.names.lease_key(id))
+            .key(self.names.fence_key(id))
+            .arg(owner)
+            .arg(ttl.as_millis() as u64)
+            .arg(self.ttl_secs);
+        let (held, value): (i64, i64) = self.redis.script(&invocation).await?;
+        if held == 1 {
+            let token = value as u64;
+            Ok(Acquire::Held(Lease {
+                token,
+                value: format!("{owner}:{token}"),
+            }))
+        } else {
+            Ok(Acquire::Busy(Duration::from_millis(value.max(0) as u64)))
+        }
+    }
+
+    pub async fn renew_lease(
+        &self,
+        id: Uuid,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Renewed, StoreError> {
+        let mut invocation = self.scripts.renew.prepare_invoke();
+        invocation
+            .key(self.names.lease_key(id))
+            .key(self.names.job_key(id))
+            .arg(&lease.value)
+            .arg(ttl.as_millis() as u64);
+        let answer: String = self.redis.script(&invocation).await?;
+        Ok(match answer.as_str() {
+            "lost" => Renewed::Lost,
+            status => Renewed::Held(
+                serde_json::from_value(serde_json::Value::String(status.to_owned())).ok(),
+            ),
+        })
+    }
+
+    pub async fn release_lease(&self, id: Uuid, lease: &Lease) -> Result<(), StoreError> {
+        let mut invocation = self.scripts.release.prepare_invoke();
+        invocation.key(self.names.lease_key(id)).arg(&lease.value);
+        let _: i64 = self.redis.script(&invocation).await?;
+        Ok(())
+    }
+
+    /// Saves a provider's answer against the job's attempt.
+    pub async fn save_memo(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        completion: &Completion,
+    ) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.names.memo_key(id, attempt))
+            .arg(serde_json::to_string(completion)?)
+            .arg("EX")
+            .arg(self.ttl_secs);
+        self.redis.cmd::<()>(&cmd).await
+    }
+
+    pub async fn load_memo(
+        &self,
+        id: Uuid,
+        attempt: u32,
+    ) -> Result<Option<Completion>, StoreError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.names.memo_key(id, attempt));
+        let raw: Option<String> = self.redis.cmd(&cmd).await?;
+        raw.map(|raw| serde_json::from_str(&raw))
+            .transpose()
+            .map_err(StoreError::from)
+    }
+
+    /// Notes that the job's terminal event is on the webhook queue.
+    pub async fn mark_handed_off(&self, id: Uuid) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.names.handoff_key(id))
+            .arg(1)
+            .arg("EX")
+            .arg(self.ttl_secs);
+        self.redis.cmd::<()>(&cmd).await
+    }
+
+    pub async fn handed_off(&self, id: Uuid) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(self.names.handoff_key(id));
+        self.redis.cmd(&cmd).await
+    }
+
+    /// Claims a tenant's Idempotency-Key for a new job, or finds who had it.
+    pub async fn claim_idempotency_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        job_id: Uuid,
+        fingerprint: &str,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        let name = self.names.idempotency_key(tenant, key);
+        let value = format!("{job_id} {fingerprint}");
+        // Two rounds: the key may expire between a failed SET NX and the GET.
+        for _ in 0..2 {
+            let mut set = redis::cmd("SET");
+            set.arg(&name)
+                .arg(&value)
+                .arg("NX")
+                .arg("EX")
+                .arg(ttl.as_secs());
+            let created: Option<String> = self.redis.cmd(&set).await?;
+            if created.is_some() {
+                return Ok(Claim::New);
+            }
+            let mut get = redis::cmd("GET");
+            get.arg(&name);
+            let existing: Option<String> = self.redis.cmd(&get).await?;
+            let parsed = existing.as_deref().and_then(|v| {
+                let (id, fingerprint) = v.split_once(' ')?;
+                Some(Claim::Existing {
+                    job_id: Uuid::parse_str(id).ok()?,
+                    fingerprint: fingerprint.to_owned(),
+                })
+            });
+            if let Some(claim) = parsed {
+                return Ok(claim);
+            }
+        }
+        Ok(Claim::New)
+    }
+
+    /// Gives an Idempotency-Key back (its job was never accepted).
+    pub async fn release_idempotency_key(&self, tenant: &str, key: &str) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.names.idempotency_key(tenant, key));
+        self.redis.cmd::<()>(&cmd).await
     }
 }

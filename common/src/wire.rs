@@ -162,6 +162,22 @@ pub struct WebhookStatus {
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
+/// One failed attempt, kept on the record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptError {
+    pub attempt: u32,
+    pub category: ErrorCategory,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A provider's answer, as saved against a job's attempt (see `Names::memo_key`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    pub content: String,
+    pub usage: Usage,
+}
+
 /// The job record: what `GET /v1/jobs/{id}` returns and what a webhook carries as `data`.
 /// Stored as JSON under `Names::job_key`. It holds nothing secret and not the input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +200,9 @@ pub struct JobRecord {
     pub usage: Option<Usage>,
     #[serde(default)]
     pub metadata: Option<Value>,
+    /// Every failed attempt's error, oldest first.
+    #[serde(default)]
+    pub attempt_errors: Vec<AttemptError>,
     #[serde(default)]
     pub webhook: Option<WebhookStatus>,
 }
@@ -209,6 +228,7 @@ impl JobRecord {
             error: None,
             usage: None,
             metadata,
+            attempt_errors: Vec::new(),
             webhook: None,
         }
     }
@@ -220,6 +240,9 @@ pub struct JobSpec {
     pub input: JobInput,
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// The caller's deadline for the whole run, when lower than the agent's.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 /// The work token on an agent queue: "this job needs work". Carries ids, never content or
@@ -305,6 +328,14 @@ pub fn event_id(job_id: Uuid, event: EventType) -> String {
     format!("msg_{}_{kind}", job_id.simple())
 }
 
+/// A broadcast to every worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlMessage {
+    pub v: u16,
+    /// Abort this job's run wherever it is running.
+    pub cancel: Uuid,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     #[error("message is not valid JSON for its schema: {0}")]
@@ -332,6 +363,12 @@ pub trait Versioned: Serialize + for<'de> Deserialize<'de> {
 }
 
 impl Versioned for JobMessage {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}
+
+impl Versioned for ControlMessage {
     fn version(&self) -> u16 {
         self.v
     }

@@ -1,121 +1,253 @@
 //! `/v1/jobs` and `/v1/agents`.
 
+use std::time::Duration;
+
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use serde_json::json;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use agentfleet_common::wire::{JobMessage, JobRecord, JobSpec, SCHEMA_VERSION};
+use agentfleet_common::config::TenantConfig;
+use agentfleet_common::events;
+use agentfleet_common::store::{Claim, Written};
+use agentfleet_common::wire::{
+    ControlMessage, ErrorCategory, JobError, JobMessage, JobRecord, JobSpec, JobStatus,
+    SCHEMA_VERSION,
+};
 
 use crate::problem::ApiError;
-use crate::request::parse_submit;
+use crate::request::{parse_submit, SubmitRequest};
 use crate::AppState;
+
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let inner = &state.inner;
-    let result = async {
-        let tenant_config = inner.tenants.authenticate(&headers)?;
-        let tenant = tenant_config.id.clone();
-        require_json(&headers)?;
-        let limit = inner.config.dispatcher.max_body_bytes;
-        let bytes: Bytes = axum::body::to_bytes(body, limit)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge { limit })?;
-        let request = parse_submit(&bytes)?;
-        if !inner.config.agents.contains_key(&request.agent) {
-            return Err(ApiError::field(
-                "agent",
-                format!("unknown agent `{}`", request.agent),
-            ));
-        }
-        if let Some(url) = &request.webhook_url {
-            if tenant_config.webhook_secret_env.is_none() {
-                return Err(ApiError::field(
-                    "webhook_url",
-                    "this tenant has no webhook signing secret configured",
-                ));
-            }
-            inner
-                .outbound
-                .check_webhook_url(url)
-                .map_err(|e| ApiError::field("webhook_url", e.to_string()))?;
-        }
-
-        let id = Uuid::now_v7();
-        let span = tracing::info_span!("submit", job_id = %id, agent = %request.agent, tenant = %tenant);
-        async {
-            let record = JobRecord::new_queued(id, &tenant, &request.agent, request.metadata, Utc::now());
-            let spec = JobSpec {
-                input: request.input,
-                webhook_url: request.webhook_url.map(String::from),
-            };
-            inner
-                .store
-                .create(&record, &spec)
-                .await
-                .map_err(|e| ApiError::Unavailable(format!("storing the job: {e}")))?;
-            let message = JobMessage {
-                v: SCHEMA_VERSION,
-                job_id: id,
-                tenant: tenant.clone(),
-                agent: record.agent.clone(),
-                attempt: 1,
-                not_before: None,
-            };
-            if let Err(err) = inner.broker.publish_job(&message).await {
-                // Undo the record so nothing half-written stays behind. If Redis is gone too,
-                // the orphan record expires with its TTL; no worker will ever see it.
-                if let Err(undo) = inner.store.delete(id).await {
-                    tracing::error!(error = %undo, "could not remove the record of an unpublished job");
-                }
-                return Err(ApiError::Unavailable(format!("publishing the job: {err}")));
-            }
-            inner
-                .metrics
-                .jobs_submitted
-                .with_label_values(&[&record.agent])
-                .inc();
-            tracing::info!("job accepted");
-            let location = format!("/v1/jobs/{id}");
-            let body = json!({
-                "id": id,
-                "status": record.status,
-                "agent": record.agent,
-                "created_at": record.created_at,
-            });
-            let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
-            if let Ok(value) = HeaderValue::from_str(&location) {
-                response.headers_mut().insert(header::LOCATION, value);
-            }
-            Ok(response)
-        }
-        .instrument(span)
-        .await
-    }
-    .await;
+    let result = submit_inner(&state, &headers, body).await;
     if let Err(err) = &result {
         let reason = match err {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::PayloadTooLarge { .. } => "too_large",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::IdempotencyMismatch | ApiError::Conflict(_) => "conflict",
             _ => "invalid",
         };
-        inner
+        state
+            .inner
             .metrics
             .jobs_rejected
             .with_label_values(&[reason])
             .inc();
     }
     result
+}
+
+async fn submit_inner(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let inner = &state.inner;
+    let tenant = inner.tenants.authenticate(headers)?;
+    require_json(headers)?;
+    let idempotency_key = idempotency_key(headers)?;
+    let limit = inner.config.dispatcher.max_body_bytes;
+    let bytes: Bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit })?;
+    let request = parse_submit(&bytes)?;
+    validate(state, tenant, &request)?;
+    if inner.queue_depths.over_limit(&request.agent) {
+        return Err(ApiError::Overloaded {
+            agent: request.agent,
+        });
+    }
+
+    let id = Uuid::now_v7();
+    let span =
+        tracing::info_span!("submit", job_id = %id, agent = %request.agent, tenant = %tenant.id);
+    async {
+        if let Some(key) = &idempotency_key {
+            let fingerprint = fingerprint(&bytes);
+            let claim = inner
+                .store
+                .claim_idempotency_key(&tenant.id, key, id, &fingerprint, IDEMPOTENCY_TTL)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("claiming the idempotency key: {e}")))?;
+            if let Claim::Existing {
+                job_id,
+                fingerprint: theirs,
+            } = claim
+            {
+                return replay(state, &tenant.id, job_id, theirs == fingerprint).await;
+            }
+        }
+        let accepted = enqueue(state, &tenant.id, id, request).await;
+        if accepted.is_err() {
+            if let Some(key) = &idempotency_key {
+                // The job was never accepted: a retry with the same key must be able to.
+                if let Err(err) = inner.store.release_idempotency_key(&tenant.id, key).await {
+                    tracing::warn!(error = %err, "could not release an idempotency key");
+                }
+            }
+        }
+        accepted
+    }
+    .instrument(span)
+    .await
+}
+
+fn validate(
+    state: &AppState,
+    tenant: &TenantConfig,
+    request: &SubmitRequest,
+) -> Result<(), ApiError> {
+    if !state.inner.config.agents.contains_key(&request.agent) {
+        return Err(ApiError::field(
+            "agent",
+            format!("unknown agent `{}`", request.agent),
+        ));
+    }
+    if let Some(url) = &request.webhook_url {
+        if tenant.webhook_secret_env.is_none() {
+            return Err(ApiError::field(
+                "webhook_url",
+                "this tenant has no webhook signing secret configured",
+            ));
+        }
+        state
+            .inner
+            .outbound
+            .check_webhook_url(url)
+            .map_err(|e| ApiError::field("webhook_url", e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Stores the record and spec, then publishes the work token; undoes the store if the
+/// publish fails, so nothing half-written stays behind.
+async fn enqueue(
+    state: &AppState,
+    tenant: &str,
+    id: Uuid,
+    request: SubmitRequest,
+) -> Result<Response, ApiError> {
+    let inner = &state.inner;
+    let record = JobRecord::new_queued(id, tenant, &request.agent, request.metadata, Utc::now());
+    let spec = JobSpec {
+        input: request.input,
+        webhook_url: request.webhook_url.map(String::from),
+        timeout_secs: request.timeout_secs,
+    };
+    inner
+        .store
+        .create(&record, &spec)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("storing the job: {e}")))?;
+    let message = JobMessage {
+        v: SCHEMA_VERSION,
+        job_id: id,
+        tenant: tenant.to_owned(),
+        agent: record.agent.clone(),
+        attempt: 1,
+        not_before: None,
+    };
+    if let Err(err) = inner.broker.publish_job(&message).await {
+        // If Redis is gone too, the orphan record expires with its TTL; no worker will see it.
+        if let Err(undo) = inner.store.delete(id).await {
+            tracing::error!(error = %undo, "could not remove the record of an unpublished job");
+        }
+        return Err(ApiError::Unavailable(format!("publishing the job: {err}")));
+    }
+    inner
+        .metrics
+        .jobs_submitted
+        .with_label_values(&[&record.agent])
+        .inc();
+    tracing::info!("job accepted");
+    Ok(accepted_response(StatusCode::ACCEPTED, &record))
+}
+
+/// The answer to a repeated Idempotency-Key: the original job, or 422 for another body.
+async fn replay(
+    state: &AppState,
+    tenant: &str,
+    job_id: Uuid,
+    same_body: bool,
+) -> Result<Response, ApiError> {
+    if !same_body {
+        return Err(ApiError::IdempotencyMismatch);
+    }
+    let record = state
+        .inner
+        .store
+        .load(job_id)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("loading the job: {e}")))?;
+    match record {
+        Some(record) if record.tenant == tenant => Ok(accepted_response(StatusCode::OK, &record)),
+        // The first request with this key is still being accepted.
+        _ => Err(ApiError::Conflict(
+            "a request with this Idempotency-Key is in progress; retry shortly".into(),
+        )),
+    }
+}
+
+fn accepted_response(status: StatusCode, record: &JobRecord) -> Response {
+    let body = json!({
+        "id": record.id,
+        "status": record.status,
+        "agent": record.agent,
+        "created_at": record.created_at,
+    });
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("/v1/jobs/{}", record.id)) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY_LEN
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::field(
+                "Idempotency-Key",
+                format!("must be 1-{MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+            )
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// The body's fingerprint: its JSON value re-serialized (object keys sorted), so whitespace
+/// and key order do not make two equal requests differ.
+fn fingerprint(body: &[u8]) -> String {
+    let canonical = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| serde_json::to_vec(&v).ok())
+        .unwrap_or_else(|| body.to_vec());
+    hex::encode(Sha256::digest(&canonical))
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -131,14 +263,9 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-pub async fn get(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<JobRecord>, ApiError> {
-    let tenant = state.inner.tenants.authenticate(&headers)?;
-    // A malformed id is answered exactly like an unknown one.
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+/// Loads a job the tenant may see; another tenant's job is answered like an unknown one.
+async fn load_own(state: &AppState, tenant: &str, id: &str) -> Result<JobRecord, ApiError> {
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
     let record = state
         .inner
         .store
@@ -146,11 +273,105 @@ pub async fn get(
         .await
         .map_err(|e| ApiError::Unavailable(format!("loading the job: {e}")))?
         .ok_or(ApiError::NotFound)?;
-    // Another tenant's job does not exist, as far as this tenant can tell.
-    if record.tenant != tenant.id {
+    if record.tenant != tenant {
         return Err(ApiError::NotFound);
     }
-    Ok(Json(record))
+    Ok(record)
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<JobRecord>, ApiError> {
+    let tenant = state.inner.tenants.authenticate(&headers)?;
+    load_own(&state, &tenant.id, &id).await.map(Json)
+}
+
+/// `DELETE /v1/jobs/{id}`: a queued or retrying job is cancelled at once; a running one is
+/// marked cancelled and its run aborted (by broadcast, and by its lease renewal as a
+/// fallback). Either way the job gets its `job.cancelled` webhook. A finished job is 409.
+pub async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<JobRecord>, ApiError> {
+    let inner = &state.inner;
+    let tenant = inner.tenants.authenticate(&headers)?;
+    // The status may change under us (a worker starts or finishes the run): compare-and-set.
+    for _ in 0..8 {
+        let current = load_own(&state, &tenant.id, &id).await?;
+        if current.status.is_terminal() {
+            return Err(ApiError::Conflict(format!(
+                "job already {}",
+                current.status.as_str()
+            )));
+        }
+        let mut cancelled = current.clone();
+        cancelled.status = JobStatus::Cancelled;
+        cancelled.finished_at = Some(Utc::now());
+        cancelled.error = Some(JobError {
+            category: ErrorCategory::Cancelled,
+            message: "cancelled by the caller".into(),
+        });
+        let written = inner
+            .store
+            .save_if_status(&cancelled, current.status)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("cancelling the job: {e}")))?;
+        match written {
+            Written::Ok => {
+                after_cancel(&state, &cancelled, current.status).await;
+                return Ok(Json(cancelled));
+            }
+            Written::Conflict => continue,
+            Written::Missing => return Err(ApiError::NotFound),
+            Written::Terminal | Written::LeaseLost => {
+                return Err(ApiError::Conflict("job already ended".into()))
+            }
+        }
+    }
+    Err(ApiError::Conflict(
+        "the job kept changing; retry the cancellation".into(),
+    ))
+}
+
+async fn after_cancel(state: &AppState, record: &JobRecord, was: JobStatus) {
+    let inner = &state.inner;
+    inner
+        .metrics
+        .jobs_cancelled
+        .with_label_values(&[was.as_str()])
+        .inc();
+    inner
+        .metrics
+        .jobs_completed
+        .with_label_values(&[&record.agent, JobStatus::Cancelled.as_str()])
+        .inc();
+    tracing::info!(job_id = %record.id, from = was.as_str(), "job cancelled");
+    if was == JobStatus::Running {
+        let msg = ControlMessage {
+            v: SCHEMA_VERSION,
+            cancel: record.id,
+        };
+        if let Err(err) = inner.broker.publish_control(&msg).await {
+            // The run notices at its next lease renewal instead.
+            tracing::warn!(error = %err, "cancellation broadcast failed");
+        }
+    }
+    // The event: if this fails, the job's work token (queued, retrying or running) finds the
+    // job cancelled when a worker sees it, and hands the event off then.
+    match inner.store.load_with_spec(record.id).await {
+        Ok(Some((_, spec))) => {
+            if let Err(err) = events::hand_off(&inner.store, &inner.broker, record, &spec).await {
+                tracing::warn!(error = %err, "cancellation event not handed off; a worker will");
+            }
+        }
+        Ok(None) => {}
+        Err(err) => {
+            tracing::warn!(error = %err, "cancellation event not handed off; a worker will")
+        }
+    }
 }
 
 pub async fn agents(
@@ -174,6 +395,7 @@ pub async fn agents(
                 "rate_limit": agent.rate_limit,
                 "timeout_secs": agent.timeout_secs,
                 "retry": agent.retry,
+                "max_queue_depth": agent.max_queue_depth,
             })
         })
         .collect();

@@ -6,6 +6,7 @@ mod auth;
 mod jobs;
 mod problem;
 mod request;
+mod shedding;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,6 +41,7 @@ struct Inner {
     broker: Broker,
     metrics: Arc<Metrics>,
     outbound: Outbound,
+    queue_depths: shedding::QueueDepths,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +64,7 @@ impl Dispatcher {
         let redis = Redis::connect(&config.redis)?;
         let store = JobStore::new(redis.clone(), names.clone(), config.redis.result_ttl_secs);
         let agents = config.agents.keys().cloned().collect();
-        let broker = Broker::new(&config.amqp, names, agents, "agentfleet-dispatcher");
+        let broker = Broker::new_fail_fast(&config.amqp, names, agents, "agentfleet-dispatcher");
         let deps = Dependencies {
             broker: broker.clone(),
             redis,
@@ -73,6 +75,7 @@ impl Dispatcher {
         let state = AppState {
             inner: Arc::new(Inner {
                 tenants: auth::Tenants::new(&config.tenants),
+                queue_depths: shedding::QueueDepths::new(&config),
                 config,
                 store,
                 broker,
@@ -87,7 +90,7 @@ impl Dispatcher {
         let max_body = self.state.inner.config.dispatcher.max_body_bytes;
         let api = Router::new()
             .route("/v1/jobs", post(jobs::submit))
-            .route("/v1/jobs/{id}", get(jobs::get))
+            .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
             .route("/v1/agents", get(jobs::agents))
             // The handler enforces the limit itself (for a problem+json 413); this only keeps
             // axum's default 2 MB cap from applying first.
@@ -112,6 +115,13 @@ impl Dispatcher {
             tracing::warn!(error = %err, "broker not reachable at start; will retry on demand");
         }
         let router = self.router();
+        tokio::spawn(
+            self.state
+                .inner
+                .queue_depths
+                .clone()
+                .poll(self.state.inner.broker.clone(), shutdown.clone()),
+        );
         tracing::info!(addr = ?listener.local_addr().ok(), "dispatcher listening");
         let broker = self.state.inner.broker.clone();
         axum::serve(listener, router)

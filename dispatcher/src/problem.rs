@@ -21,6 +21,12 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("dependency unavailable: {0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("this Idempotency-Key was used with a different request body")]
+    IdempotencyMismatch,
+    #[error("agent `{agent}` has too many jobs waiting; retry later")]
+    Overloaded { agent: String },
 }
 
 impl ApiError {
@@ -39,6 +45,9 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -52,6 +61,9 @@ impl ApiError {
             Self::UnsupportedMediaType => ("unsupported-media-type", "Unsupported Media Type"),
             Self::PayloadTooLarge { .. } => ("payload-too-large", "Payload Too Large"),
             Self::Unavailable(_) => ("unavailable", "Service Unavailable"),
+            Self::Conflict(_) => ("conflict", "Conflict"),
+            Self::IdempotencyMismatch => ("idempotency-mismatch", "Unprocessable Content"),
+            Self::Overloaded { .. } => ("overloaded", "Too Many Requests"),
         }
     }
 }
@@ -89,6 +101,9 @@ impl IntoResponse for ApiError {
             }
             Self::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::Overloaded { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
             }
             _ => {}
         }

@@ -15,9 +15,12 @@ pub struct SubmitRequest {
     pub input: JobInput,
     pub webhook_url: Option<Url>,
     pub metadata: Option<Value>,
+    pub timeout_secs: Option<u64>,
 }
 
-const FIELDS: &[&str] = &["agent", "input", "webhook_url", "metadata"];
+const FIELDS: &[&str] = &["agent", "input", "webhook_url", "metadata", "timeout_secs"];
+/// The longest deadline a job may ask for (it can only lower the agent's own).
+const MAX_TIMEOUT_SECS: u64 = 86_400;
 const MAX_URL_LEN: usize = 2048;
 
 pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, ApiError> {
@@ -59,11 +62,25 @@ pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, ApiError> {
         Some(meta @ Value::Object(_)) => Some(meta),
         Some(_) => return Err(ApiError::field("metadata", "must be a JSON object")),
     };
+    let timeout_secs = match obj.remove("timeout_secs") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(secs @ 1..=MAX_TIMEOUT_SECS) => Some(secs),
+            _ => {
+                return Err(ApiError::field(
+                    "timeout_secs",
+                    format!("must be a whole number of seconds from 1 to {MAX_TIMEOUT_SECS}"),
+                ))
+            }
+        },
+        Some(_) => return Err(ApiError::field("timeout_secs", "must be a number")),
+    };
     Ok(SubmitRequest {
         agent,
         input,
         webhook_url,
         metadata,
+        timeout_secs,
     })
 }
 

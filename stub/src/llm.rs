@@ -70,6 +70,11 @@ struct Recorded {
     models: HashMap<String, ModelStats>,
     calls: Vec<Call>,
     per_job: HashMap<String, u32>,
+    /// Calls in flight per job id, with the fencing token each came with.
+    job_in_flight: HashMap<String, Vec<String>>,
+    /// Calls that started while another call of the same job, under another lease, was in
+    /// flight: a job running on two workers at once.
+    double_runs: u64,
     /// Faults served, in order, before any normal answer (deterministic tests).
     scripted: VecDeque<Fault>,
 }
@@ -120,6 +125,11 @@ impl StubLlm {
             .map_or(0, |s| s.in_flight)
     }
 
+    /// Times a job was called while another call of it (another lease) was in flight.
+    pub fn double_runs(&self) -> u64 {
+        lock(&self.recorded).double_runs
+    }
+
     pub fn calls(&self) -> Vec<Call> {
         lock(&self.recorded).calls.clone()
     }
@@ -143,12 +153,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct InFlight {
     stub: StubLlm,
     model: String,
+    job: Option<(String, String)>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(stats) = lock(&self.stub.recorded).models.get_mut(&self.model) {
+        let mut rec = lock(&self.stub.recorded);
+        if let Some(stats) = rec.models.get_mut(&self.model) {
             stats.in_flight = stats.in_flight.saturating_sub(1);
+        }
+        if let Some((job, lease)) = &self.job {
+            if let Some(leases) = rec.job_in_flight.get_mut(job) {
+                if let Some(i) = leases.iter().position(|l| l == lease) {
+                    leases.swap_remove(i);
+                }
+                if leases.is_empty() {
+                    rec.job_in_flight.remove(job);
+                }
+            }
         }
     }
 }
@@ -170,6 +192,11 @@ async fn chat_completions(
         .get("x-agentfleet-job-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let lease = headers
+        .get("x-agentfleet-lease")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let behavior = lock(&stub.behavior).clone();
     let fault = {
         let mut rec = lock(&stub.recorded);
@@ -183,6 +210,12 @@ async fn chat_completions(
         });
         if let Some(id) = &job_id {
             *rec.per_job.entry(id.clone()).or_default() += 1;
+            let leases = rec.job_in_flight.entry(id.clone()).or_default();
+            let overlap = leases.iter().any(|l| *l != lease);
+            leases.push(lease.clone());
+            if overlap {
+                rec.double_runs += 1;
+            }
         }
         rec.scripted.pop_front().or_else(|| {
             (behavior.fault_rate > 0.0
@@ -197,6 +230,7 @@ async fn chat_completions(
     let _in_flight = InFlight {
         stub: stub.clone(),
         model: model.clone(),
+        job: job_id.clone().map(|id| (id, lease.clone())),
     };
     if !behavior.latency.is_zero() {
         tokio::time::sleep(behavior.latency).await;

@@ -509,7 +509,7 @@ fn render_config(
         r#"amqp: {{ url: "{AMQP_URL}", prefix: "{prefix}", publish_timeout_ms: 3000 }}
 redis: {{ url: "{REDIS_URL}", prefix: "{prefix}", result_ttl_secs: 3600 }}
 dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: 4096 }}
-worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace} }}
+worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: 3 }}
 webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?} }}
 telemetry: {{ log_level: "warn" }}
 tenants:

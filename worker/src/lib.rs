@@ -2,7 +2,9 @@
 //! provider call, retries), stores the run in Redis and hands the terminal event to the
 //! webhook queue, which it also consumes. Replicas share nothing but RabbitMQ and Redis.
 
+mod circuit;
 mod consumer;
+mod control;
 mod limits;
 mod provider;
 mod retry;
@@ -44,6 +46,10 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     /// Cancelled when the grace period is over: runs still going give their message back.
     hard_stop: CancellationToken,
+    /// Runs in progress here, for cancellation broadcasts.
+    running: Arc<control::Running>,
+    /// This replica's identity in leases and consumer tags.
+    instance: String,
 }
 
 /// One served agent: its config, provider endpoint and limits.
@@ -52,6 +58,7 @@ pub(crate) struct AgentRuntime {
     config: AgentConfig,
     provider: Provider,
     limits: AgentLimits,
+    circuit: Arc<circuit::Circuit>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +73,6 @@ pub struct Worker {
     shared: Arc<Shared>,
     agents: BTreeMap<String, Arc<AgentRuntime>>,
     deps: Dependencies,
-    instance: String,
 }
 
 impl Worker {
@@ -85,15 +91,26 @@ impl Worker {
             served.clone(),
             "agentfleet-worker",
         );
+        let circuits = circuit::Circuits::default();
         let agents = served
             .iter()
             .filter_map(|name| config.agents.get(name).map(|agent| (name, agent)))
             .map(|(name, agent)| {
+                let provider = Provider::new(agent, secrets.provider_keys.get(name));
+                let endpoint = provider.endpoint();
+                let label = format!(
+                    "{}://{}",
+                    endpoint.scheme(),
+                    endpoint.host_str().unwrap_or_default()
+                ) + &endpoint.port().map(|p| format!(":{p}")).unwrap_or_default();
+                let circuit =
+                    circuits.get(endpoint.as_str(), &label, &agent.circuit_breaker, &metrics);
                 let runtime = AgentRuntime {
                     name: name.clone(),
                     config: agent.clone(),
-                    provider: Provider::new(agent, secrets.provider_keys.get(name)),
+                    provider,
                     limits: AgentLimits::new(name, agent, &names, redis.clone()),
+                    circuit,
                 };
                 (name.clone(), Arc::new(runtime))
             })
@@ -111,12 +128,13 @@ impl Worker {
             broker,
             metrics,
             hard_stop: CancellationToken::new(),
+            running: Arc::default(),
+            instance: uuid::Uuid::now_v7().simple().to_string(),
         });
         Ok(Self {
             shared,
             agents,
             deps,
-            instance: uuid::Uuid::now_v7().simple().to_string(),
         })
     }
 
@@ -145,7 +163,7 @@ impl Worker {
                 queue: self.shared.broker.names().agent_queue(name),
                 prefetch: agent.config.concurrency,
                 slots: agent.limits.slots(),
-                consumer_tag: format!("{}.{name}", self.instance),
+                consumer_tag: format!("{}.{name}", self.shared.instance),
             };
             let shared = self.shared.clone();
             let agent = agent.clone();
@@ -164,7 +182,7 @@ impl Worker {
             queue: self.shared.broker.names().webhook_queue(),
             prefetch: webhook_slots,
             slots: Arc::new(Semaphore::new(usize::from(webhook_slots))),
-            consumer_tag: format!("{}.webhooks", self.instance),
+            consumer_tag: format!("{}.webhooks", self.shared.instance),
         };
         let shared = self.shared.clone();
         loops.spawn(consumer::consume(
@@ -174,7 +192,12 @@ impl Worker {
             shutdown.clone(),
             move |delivery, slot| webhook::handle_webhook(shared.clone(), delivery, slot),
         ));
-        tracing::info!(agents = ?self.agents.keys().collect::<Vec<_>>(), instance = %self.instance, "worker started");
+        loops.spawn(control::listen(
+            self.shared.broker.clone(),
+            self.shared.running.clone(),
+            shutdown.clone(),
+        ));
+        tracing::info!(agents = ?self.agents.keys().collect::<Vec<_>>(), instance = %self.shared.instance, "worker started");
 
         shutdown.cancelled().await;
         while loops.join_next().await.is_some() {}

@@ -10,15 +10,9 @@ use url::Url;
 
 use agentfleet_common::config::AgentConfig;
 use agentfleet_common::outbound::{Destination, Outbound, OutboundError};
-use agentfleet_common::wire::{ChatMessage, ErrorCategory, JobError, Role, Usage};
+use agentfleet_common::wire::{ChatMessage, Completion, ErrorCategory, JobError, Role, Usage};
 
 use crate::retry::parse_retry_after;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Completion {
-    pub content: String,
-    pub usage: Usage,
-}
 
 /// A failed call: its category (which decides retrying), a message safe to store and show,
 /// and the provider's `Retry-After` if it sent one.
@@ -98,16 +92,27 @@ impl Provider {
         json!({"model": self.model, "messages": messages, "max_tokens": self.max_tokens})
     }
 
+    /// The endpoint URL, for the circuit breaker's key.
+    pub fn endpoint(&self) -> &Url {
+        &self.endpoint
+    }
+
+    /// Calls the provider. The job id and the run's fencing token travel as headers, so a
+    /// provider-side log (or the test stub) can tell runs apart.
     pub async fn complete(
         &self,
         outbound: &Outbound,
         input: &[ChatMessage],
         job_id: &str,
+        fencing_token: &str,
         timeout: Duration,
     ) -> Result<Completion, Failure> {
         let body = serde_json::to_vec(&self.request_body(input))
             .map_err(|e| Failure::new(ErrorCategory::Internal, e.to_string()))?;
-        let mut headers = vec![("x-agentfleet-job-id", job_id)];
+        let mut headers = vec![
+            ("x-agentfleet-job-id", job_id),
+            ("x-agentfleet-lease", fencing_token),
+        ];
         if let Some(auth) = &self.authorization {
             headers.push(("authorization", auth.as_str()));
         }

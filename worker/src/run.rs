@@ -1,6 +1,9 @@
 //! One job delivery, start to finish. The record in Redis is the truth; the message only says
-//! "this job needs work". A message is acked only after what its processing produced (the
-//! next state, a retry message, the webhook hand-off) is durably stored or confirmed.
+//! "this job needs work". A run changes the record only while it holds the job's lease, and
+//! every write checks the lease's fencing token in the same atomic step (see
+//! `JobStore::save_leased`), so a stalled worker that lost its lease cannot overwrite anything
+//! or send a webhook. A message is acked only after what its processing produced (the next
+//! state, a retry message, the webhook hand-off) is durably stored or confirmed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,14 +11,20 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::AMQPValue;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use agentfleet_common::events;
+use agentfleet_common::store::{Acquire, Lease, Renewed, Written};
 use agentfleet_common::wire::{
-    EventType, JobMessage, JobRecord, JobSpec, JobStatus, Versioned, WebhookMessage, SCHEMA_VERSION,
+    AttemptError, Completion, ErrorCategory, JobMessage, JobRecord, JobSpec, JobStatus, Versioned,
+    SCHEMA_VERSION,
 };
 
-use crate::provider::{Completion, Failure};
+use crate::circuit::{Admission, CallResult};
+use crate::provider::Failure;
 use crate::retry::backoff;
 use crate::{AgentRuntime, Shared};
 
@@ -53,7 +62,10 @@ pub async fn handle_job(
                 tenant = %msg.tenant,
                 attempt = msg.attempt
             );
-            process(&shared, &agent, msg).instrument(span).await
+            let deliveries = delivery_count(&delivery);
+            process(&shared, &agent, msg, deliveries)
+                .instrument(span)
+                .await
         }
         Err(err) => {
             tracing::error!(agent = %agent.name, error = %err, "undecodable job message; dead-lettering");
@@ -66,6 +78,23 @@ pub async fn handle_job(
         }
     };
     settle(&shared, delivery, disposition).await;
+}
+
+/// How often the broker delivered this message before (quorum queues count it).
+fn delivery_count(delivery: &Delivery) -> u32 {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count"))
+        .and_then(|v| match v {
+            AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::LongUInt(n) => Some(*n),
+            AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 /// Acks, requeues or dead-letters a delivery.
@@ -106,7 +135,29 @@ pub fn remaining_delay(not_before: Option<DateTime<Utc>>, now: DateTime<Utc>) ->
     (remaining > DUE_SLACK).then_some(remaining)
 }
 
-async fn process(shared: &Shared, agent: &AgentRuntime, msg: JobMessage) -> Disposition {
+/// Puts the message back on the delay ladder for `delay`, unchanged but for `not_before`.
+async fn delay(shared: &Shared, msg: &JobMessage, delay: Duration) -> Disposition {
+    let later = JobMessage {
+        not_before: chrono::Duration::from_std(delay)
+            .ok()
+            .map(|d| Utc::now() + d),
+        ..msg.clone()
+    };
+    match shared.broker.publish_job_delayed(&later, delay).await {
+        Ok(()) => Disposition::Ack,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not delay a job");
+            Disposition::Requeue
+        }
+    }
+}
+
+async fn process(
+    shared: &Shared,
+    agent: &AgentRuntime,
+    msg: JobMessage,
+    deliveries: u32,
+) -> Disposition {
     if let Some(remaining) = remaining_delay(msg.not_before, Utc::now()) {
         // Still early (a long delay is served in hops): back onto the ladder.
         return match shared.broker.publish_job_delayed(&msg, remaining).await {
@@ -117,7 +168,7 @@ async fn process(shared: &Shared, agent: &AgentRuntime, msg: JobMessage) -> Disp
             }
         };
     }
-    let (mut record, spec) = match shared.store.load_with_spec(msg.job_id).await {
+    let (record, spec) = match shared.store.load_with_spec(msg.job_id).await {
         Ok(Some(found)) => found,
         Ok(None) => {
             tracing::warn!("job record is gone (expired or never stored); dropping the message");
@@ -129,61 +180,267 @@ async fn process(shared: &Shared, agent: &AgentRuntime, msg: JobMessage) -> Disp
         }
     };
     if record.status.is_terminal() {
-        // A redelivery after the job finished: make sure its webhook was handed off (a crash
-        // may have come between storing the result and the hand-off), then drop it.
-        tracing::info!(status = record.status.as_str(), "job already finished");
-        return hand_off_webhook(shared, &record, &spec).await;
+        // Finished or cancelled already: make sure its webhook was handed off (a crash may
+        // have come between storing the result and the hand-off), then drop the message.
+        tracing::info!(
+            status = record.status.as_str(),
+            "job already ended; message dropped"
+        );
+        return ensure_handoff(shared, &record, &spec).await;
+    }
+    let poison = deliveries + 1 >= shared.config.amqp.delivery_limit;
+    if !poison {
+        if let Admission::Wait(wait) = agent.circuit.admit() {
+            tracing::info!(?wait, "provider circuit open; job delayed");
+            return delay(shared, &msg, wait).await;
+        }
+    }
+    let lease_ttl = Duration::from_secs(shared.config.worker.lease_secs);
+    let lease = match shared
+        .store
+        .acquire_lease(msg.job_id, &shared.instance, lease_ttl)
+        .await
+    {
+        Ok(Acquire::Held(lease)) => lease,
+        Ok(Acquire::Busy(left)) => {
+            // Another run holds it (or a crashed one whose lease has not expired): wait in
+            // the delay ladder, not here.
+            tracing::info!(?left, "job leased elsewhere; delayed");
+            return delay(shared, &msg, left.max(Duration::from_millis(250))).await;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot take the lease");
+            return Disposition::Requeue;
+        }
+    };
+
+    let run = CancellationToken::new();
+    let _registered = shared.running.register(msg.job_id, run.clone());
+    let renewal = tokio::spawn(keep_lease(
+        shared.store.clone(),
+        msg.job_id,
+        lease.clone(),
+        lease_ttl,
+        run.clone(),
+    ));
+    let disposition = if poison {
+        tracing::error!(
+            deliveries,
+            "message keeps coming back (workers crash on it); failing the job"
+        );
+        let failure = Failure::new(
+            ErrorCategory::Internal,
+            format!(
+                "delivered {} times without finishing; given up",
+                deliveries + 1
+            ),
+        );
+        let mut record = record;
+        record.error = Some(failure.to_job_error());
+        shared
+            .metrics
+            .dead_letters
+            .with_label_values(&["delivery_limit"])
+            .inc();
+        finish(
+            shared,
+            agent,
+            record,
+            &spec,
+            &lease,
+            &msg,
+            JobStatus::Failed,
+        )
+        .await
+    } else {
+        run_leased(shared, agent, &msg, record, &spec, &lease, &run).await
+    };
+    renewal.abort();
+    if let Err(err) = shared.store.release_lease(msg.job_id, &lease).await {
+        tracing::debug!(error = %err, "lease not released; it expires by itself");
+    }
+    disposition
+}
+
+/// Renews the lease every third of its life. Cancels the run if the lease is lost or the job
+/// was cancelled (a fallback for a missed broadcast).
+async fn keep_lease(
+    store: agentfleet_common::store::JobStore,
+    id: uuid::Uuid,
+    lease: Lease,
+    ttl: Duration,
+    run: CancellationToken,
+) {
+    let every = ttl / 3;
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        match store.renew_lease(id, &lease, ttl).await {
+            Ok(Renewed::Held(status)) => {
+                last_ok = tokio::time::Instant::now();
+                if status == Some(JobStatus::Cancelled) {
+                    run.cancel();
+                }
+            }
+            Ok(Renewed::Lost) => {
+                tracing::warn!("lease lost; aborting the run");
+                run.cancel();
+                return;
+            }
+            Err(err) => {
+                if last_ok.elapsed() >= ttl {
+                    tracing::warn!(error = %err, "lease could not be renewed in time; aborting the run");
+                    run.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Why a run stopped before its provider call ended.
+enum Interrupted {
+    /// The worker is shutting down past its grace period.
+    Shutdown,
+    /// Cancelled by the caller, or the lease went away.
+    Cancelled,
+}
+
+async fn run_leased(
+    shared: &Shared,
+    agent: &AgentRuntime,
+    msg: &JobMessage,
+    mut record: JobRecord,
+    spec: &JobSpec,
+    lease: &Lease,
+    run: &CancellationToken,
+) -> Disposition {
+    record.status = JobStatus::Running;
+    // Attempts count messages, not deliveries: a redelivery after a crash is the same attempt.
+    record.attempts = record.attempts.max(msg.attempt);
+    let started_at = *record.started_at.get_or_insert_with(Utc::now);
+    match shared.store.save_leased(&record, lease).await {
+        Ok(Written::Ok) => {}
+        Ok(Written::Terminal) => return Disposition::Ack,
+        Ok(Written::Missing) => return Disposition::Ack,
+        Ok(Written::LeaseLost | Written::Conflict) => return Disposition::Requeue,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot mark the job running");
+            return Disposition::Requeue;
+        }
     }
 
-    record.status = JobStatus::Running;
-    record.attempts += 1;
-    record.started_at.get_or_insert_with(Utc::now);
-    if let Err(err) = shared.store.save(&record).await {
-        tracing::warn!(error = %err, "cannot mark the job running");
-        return Disposition::Requeue;
-    }
+    let budget = spec.timeout_secs.map_or(agent.config.timeout(), |secs| {
+        Duration::from_secs(secs).min(agent.config.timeout())
+    });
+    let deadline =
+        started_at + chrono::Duration::from_std(budget).unwrap_or(chrono::TimeDelta::MAX);
 
     let in_flight = shared
         .metrics
         .jobs_in_flight
         .with_label_values(&[&agent.name]);
     in_flight.inc();
-    let outcome = call_provider(shared, agent, &record, &spec).await;
+    let outcome = attempt(shared, agent, msg, &record, spec, lease, deadline, run).await;
     in_flight.dec();
 
     let outcome = match outcome {
-        Some(outcome) => outcome,
-        None => return Disposition::Abandon,
+        Ok(outcome) => outcome,
+        Err(Interrupted::Shutdown) => return Disposition::Abandon,
+        Err(Interrupted::Cancelled) => {
+            // Either the caller cancelled (the record says so, and the dispatcher handed the
+            // event off) or the lease is gone (someone else may run it): give the message
+            // back; its redelivery sees which.
+            return match shared.store.load(msg.job_id).await {
+                Ok(Some(current)) if current.status.is_terminal() => {
+                    ensure_handoff(shared, &current, spec).await
+                }
+                _ => Disposition::Requeue,
+            };
+        }
     };
     match outcome {
         Ok(completion) => {
             record.output = Some(completion.content);
             record.usage = Some(completion.usage);
             record.error = None;
-            finish(shared, agent, record, &spec, JobStatus::Succeeded).await
+            finish(
+                shared,
+                agent,
+                record,
+                spec,
+                lease,
+                msg,
+                JobStatus::Succeeded,
+            )
+            .await
         }
         Err(failure) => {
-            let retryable = failure.category.is_retryable();
             record.error = Some(failure.to_job_error());
-            if retryable && record.attempts < agent.config.retry.attempts {
-                schedule_retry(shared, agent, record, &msg, &failure).await
+            record.attempt_errors.push(AttemptError {
+                attempt: record.attempts,
+                category: failure.category,
+                message: failure.message.clone(),
+                at: Utc::now(),
+            });
+            let next_attempt = record.attempts + 1;
+            let wait = backoff(
+                next_attempt,
+                Duration::from_secs(agent.config.retry.max_delay_secs),
+                failure.retry_after,
+            );
+            let in_time = chrono::Duration::from_std(wait).is_ok_and(|w| Utc::now() + w < deadline);
+            if failure.category.is_retryable()
+                && record.attempts < agent.config.retry.attempts
+                && in_time
+            {
+                schedule_retry(shared, agent, record, msg, &failure, lease, wait).await
             } else {
                 tracing::info!(category = failure.category.as_str(), error = %failure.message, "job failed");
-                finish(shared, agent, record, &spec, JobStatus::Failed).await
+                finish(shared, agent, record, spec, lease, msg, JobStatus::Failed).await
             }
         }
     }
 }
 
-/// Admission, then the provider call. `None` when the worker is being stopped hard.
-async fn call_provider(
+#[allow(clippy::too_many_arguments)]
+/// Admission, then the provider call (or the answer saved by an earlier delivery of this
+/// attempt), bounded by the job's deadline.
+async fn attempt(
     shared: &Shared,
     agent: &AgentRuntime,
+    msg: &JobMessage,
     record: &JobRecord,
     spec: &JobSpec,
-) -> Option<Result<Completion, Failure>> {
+    lease: &Lease,
+    deadline: DateTime<Utc>,
+    run: &CancellationToken,
+) -> Result<Result<Completion, Failure>, Interrupted> {
+    let deadline_exceeded = || {
+        Failure::new(
+            ErrorCategory::Timeout,
+            "the job's deadline passed before it finished",
+        )
+    };
+    let remaining = |now: DateTime<Utc>| (deadline - now).to_std().ok().filter(|d| !d.is_zero());
+    if remaining(Utc::now()).is_none() {
+        return Ok(Err(deadline_exceeded()));
+    }
+    match shared.store.load_memo(msg.job_id, msg.attempt).await {
+        Ok(Some(completion)) => {
+            tracing::info!("provider answer for this attempt was saved; not calling again");
+            return Ok(Ok(completion));
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot read the saved answer; calling"),
+    }
+
     let estimate = estimate_tokens(spec, agent.provider.max_tokens());
-    match agent.limits.admit(estimate, &shared.hard_stop).await {
+    let admitted = tokio::select! {
+        admitted = agent.limits.admit(estimate, run) => admitted,
+        () = shared.hard_stop.cancelled() => return Err(Interrupted::Shutdown),
+    };
+    match admitted {
         Ok(waited) => {
             shared
                 .metrics
@@ -191,24 +448,43 @@ async fn call_provider(
                 .with_label_values(&[&agent.name])
                 .observe(waited.as_secs_f64());
         }
-        Err(crate::limits::AdmitError::Stopped) => return None,
+        Err(crate::limits::AdmitError::Stopped) => {
+            return Err(if shared.hard_stop.is_cancelled() {
+                Interrupted::Shutdown
+            } else {
+                Interrupted::Cancelled
+            })
+        }
         Err(err) => {
-            return Some(Err(Failure::new(
-                agentfleet_common::wire::ErrorCategory::Internal,
-                err.to_string(),
-            )))
+            return Ok(Err(Failure::new(ErrorCategory::Internal, err.to_string())));
         }
     }
+    let Some(left) = remaining(Utc::now()) else {
+        return Ok(Err(deadline_exceeded()));
+    };
+    let timeout = agent.config.request_timeout().min(left);
     let messages = spec.input.to_messages();
-    let started = tokio::time::Instant::now();
     let job_id = record.id.to_string();
-    let call =
-        agent
-            .provider
-            .complete(&shared.outbound, &messages, &job_id, agent.config.timeout());
+    let fencing_token = lease.token.to_string();
+    let started = tokio::time::Instant::now();
+    let call = agent.provider.complete(
+        &shared.outbound,
+        &messages,
+        &job_id,
+        &fencing_token,
+        timeout,
+    );
     let result = tokio::select! {
         result = call => result,
-        () = shared.hard_stop.cancelled() => return None,
+        () = run.cancelled() => return Err(Interrupted::Cancelled),
+        () = shared.hard_stop.cancelled() => return Err(Interrupted::Shutdown),
+    };
+    let result = match result {
+        // The request timed out because the job's deadline did, not the per-call bound.
+        Err(f) if f.category == ErrorCategory::Timeout && timeout == left => {
+            Err(deadline_exceeded())
+        }
+        other => other,
     };
     let metrics = &shared.metrics;
     metrics
@@ -223,6 +499,10 @@ async fn call_provider(
         .llm_requests
         .with_label_values(&[&agent.name, outcome])
         .inc();
+    agent.circuit.record(match &result {
+        Err(f) if f.category.is_retryable() => CallResult::Unhealthy,
+        _ => CallResult::Healthy,
+    });
     if let Ok(completion) = &result {
         let usage = completion.usage;
         metrics
@@ -233,6 +513,14 @@ async fn call_provider(
             .llm_tokens
             .with_label_values(&[&agent.name, "completion"])
             .inc_by(usage.completion_tokens);
+        // Saved before anything else, so a crash from here on does not pay for it again.
+        if let Err(err) = shared
+            .store
+            .save_memo(msg.job_id, msg.attempt, completion)
+            .await
+        {
+            tracing::warn!(error = %err, "could not save the provider answer");
+        }
         if let Err(err) = agent
             .limits
             .settle_tokens(estimate, usage.total_tokens)
@@ -241,7 +529,7 @@ async fn call_provider(
             tracing::warn!(error = %err, "could not settle the token budget");
         }
     }
-    Some(result)
+    Ok(result)
 }
 
 /// Tokens a call may use before the provider reports: ~4 characters a token for the prompt,
@@ -256,27 +544,29 @@ async fn schedule_retry(
     mut record: JobRecord,
     msg: &JobMessage,
     failure: &Failure,
+    lease: &Lease,
+    wait: Duration,
 ) -> Disposition {
     let next_attempt = record.attempts + 1;
-    let delay = backoff(
-        next_attempt,
-        Duration::from_secs(agent.config.retry.max_delay_secs),
-        failure.retry_after,
-    );
     record.status = JobStatus::Retrying;
-    if let Err(err) = shared.store.save(&record).await {
-        tracing::warn!(error = %err, "cannot record the retry");
-        return Disposition::Requeue;
+    match shared.store.save_leased(&record, lease).await {
+        Ok(Written::Ok) => {}
+        Ok(Written::Terminal | Written::Missing) => return Disposition::Ack,
+        Ok(Written::LeaseLost | Written::Conflict) => return Disposition::Requeue,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot record the retry");
+            return Disposition::Requeue;
+        }
     }
     let retry = JobMessage {
         v: SCHEMA_VERSION,
         attempt: next_attempt,
-        not_before: chrono::Duration::from_std(delay)
+        not_before: chrono::Duration::from_std(wait)
             .ok()
             .map(|d| Utc::now() + d),
         ..msg.clone()
     };
-    if let Err(err) = shared.broker.publish_job_delayed(&retry, delay).await {
+    if let Err(err) = shared.broker.publish_job_delayed(&retry, wait).await {
         tracing::warn!(error = %err, "cannot schedule the retry");
         return Disposition::Requeue;
     }
@@ -285,7 +575,7 @@ async fn schedule_retry(
         .job_retries
         .with_label_values(&[&agent.name, failure.category.as_str()])
         .inc();
-    tracing::info!(category = failure.category.as_str(), error = %failure.message, ?delay, next_attempt, "retry scheduled");
+    tracing::info!(category = failure.category.as_str(), error = %failure.message, ?wait, next_attempt, "retry scheduled");
     Disposition::Ack
 }
 
@@ -294,14 +584,25 @@ async fn finish(
     agent: &AgentRuntime,
     mut record: JobRecord,
     spec: &JobSpec,
+    lease: &Lease,
+    msg: &JobMessage,
     status: JobStatus,
 ) -> Disposition {
     let now = Utc::now();
     record.status = status;
     record.finished_at = Some(now);
-    if let Err(err) = shared.store.save(&record).await {
-        tracing::warn!(error = %err, "cannot store the result");
-        return Disposition::Requeue;
+    match shared.store.save_leased(&record, lease).await {
+        Ok(Written::Ok) => {}
+        // Cancelled meanwhile: the canceller handed its event off.
+        Ok(Written::Terminal | Written::Missing) => return Disposition::Ack,
+        Ok(Written::LeaseLost | Written::Conflict) => {
+            tracing::warn!("lease lost before the result was stored; giving the job back");
+            return Disposition::Requeue;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot store the result");
+            return Disposition::Requeue;
+        }
     }
     shared
         .metrics
@@ -315,33 +616,33 @@ async fn finish(
         .with_label_values(&[&agent.name])
         .observe(elapsed.as_secs_f64());
     tracing::info!(status = status.as_str(), "job finished");
-    hand_off_webhook(shared, &record, spec).await
+    if status == JobStatus::Failed {
+        // Keep the work token for inspection, beside the poison messages.
+        let reason = record
+            .error
+            .as_ref()
+            .map_or("failed", |e| e.category.as_str());
+        match shared
+            .broker
+            .publish_dead(&msg.encode(), reason, &msg.job_id.to_string())
+            .await
+        {
+            Ok(()) => shared
+                .metrics
+                .dead_letters
+                .with_label_values(&["failed"])
+                .inc(),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not keep a copy in the dead-letter queue")
+            }
+        }
+    }
+    ensure_handoff(shared, &record, spec).await
 }
 
-/// Puts the job's terminal event on the webhook queue (if it has a webhook URL).
-async fn hand_off_webhook(shared: &Shared, record: &JobRecord, spec: &JobSpec) -> Disposition {
-    let Some(event) = EventType::for_status(record.status) else {
-        return Disposition::Ack;
-    };
-    if spec.webhook_url.is_none() {
-        return Disposition::Ack;
-    }
-    if record
-        .webhook
-        .as_ref()
-        .is_some_and(|w| w.delivered_at.is_some())
-    {
-        return Disposition::Ack;
-    }
-    let msg = WebhookMessage {
-        v: SCHEMA_VERSION,
-        job_id: record.id,
-        tenant: record.tenant.clone(),
-        event,
-        attempt: 0,
-        not_before: None,
-    };
-    match shared.broker.publish_webhook(&msg).await {
+/// Puts the job's terminal event on the webhook queue once (if it has a webhook URL).
+pub async fn ensure_handoff(shared: &Shared, record: &JobRecord, spec: &JobSpec) -> Disposition {
+    match events::hand_off(&shared.store, &shared.broker, record, spec).await {
         Ok(()) => Disposition::Ack,
         Err(err) => {
             // Not acked: the redelivery finds the job terminal and hands off again.

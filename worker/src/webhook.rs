@@ -184,5 +184,5 @@ async fn record_attempt(
     if matches!(outcome, Outcome::Delivered(_)) {
         status.delivered_at.get_or_insert_with(Utc::now);
     }
-    shared.store.save(&record).await
+    shared.store.save_bookkeeping(&record).await.map(|_| ())
 }

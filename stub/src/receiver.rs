@@ -30,6 +30,8 @@ pub struct Receiver {
     secret: Option<WebhookSecret>,
     deliveries: Arc<Mutex<Vec<Delivery>>>,
     fail_first: Arc<AtomicU32>,
+    gone: Arc<std::sync::atomic::AtomicBool>,
+    requests: Arc<AtomicU32>,
     notify: Arc<tokio::sync::Notify>,
 }
 
@@ -40,6 +42,8 @@ impl Receiver {
             secret,
             deliveries: Arc::default(),
             fail_first: Arc::default(),
+            gone: Arc::default(),
+            requests: Arc::default(),
             notify: Arc::default(),
         }
     }
@@ -54,6 +58,16 @@ impl Receiver {
     /// Answer 500 to the next `n` deliveries.
     pub fn fail_next(&self, n: u32) {
         self.fail_first.store(n, Ordering::SeqCst);
+    }
+
+    /// Answer 410 Gone to every delivery from now on (the endpoint was removed).
+    pub fn set_gone(&self) {
+        self.gone.store(true, Ordering::SeqCst);
+    }
+
+    /// Every request received, failed ones included.
+    pub fn requests(&self) -> u32 {
+        self.requests.load(Ordering::SeqCst)
     }
 
     pub fn deliveries(&self) -> Vec<Delivery> {
@@ -86,6 +100,10 @@ async fn receive(
             .unwrap_or_default()
             .to_owned()
     };
+    receiver.requests.fetch_add(1, Ordering::SeqCst);
+    if receiver.gone.load(Ordering::SeqCst) {
+        return StatusCode::GONE;
+    }
     let webhook_id = header(signing::HEADER_ID);
     let timestamp = header(signing::HEADER_TIMESTAMP);
     let signature = header(signing::HEADER_SIGNATURE);

@@ -18,6 +18,8 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub mod proxy;
+
 use agentfleet_common::broker::DELAY_STEPS_MS;
 use agentfleet_common::config::Config;
 use agentfleet_common::metrics::Metrics;
@@ -42,6 +44,10 @@ pub struct AgentSpec {
     pub timeout_secs: u64,
     pub retry_attempts: u32,
     pub retry_max_delay_secs: u64,
+    pub request_timeout_secs: Option<u64>,
+    pub max_queue_depth: Option<u32>,
+    pub circuit_failure_threshold: u32,
+    pub circuit_cooldown_secs: u64,
 }
 
 impl AgentSpec {
@@ -54,6 +60,10 @@ impl AgentSpec {
             timeout_secs: 10,
             retry_attempts: 3,
             retry_max_delay_secs: 1,
+            request_timeout_secs: None,
+            max_queue_depth: None,
+            circuit_failure_threshold: 5,
+            circuit_cooldown_secs: 30,
         }
     }
 
@@ -71,6 +81,13 @@ pub struct AppOptions {
     pub shutdown_grace_secs: u64,
     pub webhook_retry_schedule_secs: Vec<u64>,
     pub allow_private_webhooks: bool,
+    /// Where the app's processes reach RabbitMQ and Redis (a proxy, a private server).
+    pub amqp_url: String,
+    pub redis_url: String,
+    /// Where the harness itself inspects and cleans up: the real services behind any proxy.
+    pub admin_amqp_url: String,
+    pub admin_redis_url: String,
+    pub lease_secs: u64,
 }
 
 impl Default for AppOptions {
@@ -82,6 +99,11 @@ impl Default for AppOptions {
             shutdown_grace_secs: 10,
             webhook_retry_schedule_secs: vec![1, 1, 2],
             allow_private_webhooks: true,
+            amqp_url: AMQP_URL.to_owned(),
+            redis_url: REDIS_URL.to_owned(),
+            admin_amqp_url: AMQP_URL.to_owned(),
+            admin_redis_url: REDIS_URL.to_owned(),
+            lease_secs: 3,
         }
     }
 }
@@ -103,6 +125,9 @@ struct RunningWorker {
 
 pub struct TestApp {
     pub prefix: String,
+    /// What the harness itself uses to inspect and clean up (never a proxy).
+    pub amqp_url: String,
+    pub redis_url: String,
     pub config: Config,
     pub config_yaml: String,
     pub dispatcher_addr: SocketAddr,
@@ -143,6 +168,8 @@ impl TestApp {
 
         let mut app = Self {
             prefix,
+            amqp_url: options.admin_amqp_url.clone(),
+            redis_url: options.admin_redis_url.clone(),
             config,
             config_yaml,
             dispatcher_addr,
@@ -304,6 +331,66 @@ impl TestApp {
         Ok(body["id"].as_str().context("id")?.to_owned())
     }
 
+    /// POSTs a job with an `Idempotency-Key`.
+    pub async fn submit_with_key(
+        &self,
+        tenant: &TenantKeys,
+        key: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/jobs"))
+            .bearer_auth(&tenant.api_key)
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("dispatcher reachable")
+    }
+
+    /// `DELETE /v1/jobs/{id}` as acme.
+    pub async fn cancel(&self, id: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(&format!("/v1/jobs/{id}")))
+            .bearer_auth(&self.acme.api_key)
+            .send()
+            .await
+            .expect("dispatcher reachable")
+    }
+
+    /// A Redis connection to the real server, for inspecting and seeding state.
+    pub async fn redis(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.redis_url.as_str())?;
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+
+    /// Publishes raw bytes straight onto a queue (to test what workers do with garbage).
+    pub async fn publish_raw(&self, queue: &str, payload: &[u8]) -> anyhow::Result<()> {
+        let conn =
+            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
+                .await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await?;
+        channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                lapin::options::BasicPublishOptions::default(),
+                payload,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+        let _ = conn.close(200, "done".into()).await;
+        Ok(())
+    }
+
+    pub fn names(&self) -> agentfleet_common::naming::Names {
+        agentfleet_common::naming::Names::new(&self.prefix, &self.prefix)
+    }
+
     pub async fn get_job_as(&self, tenant: &TenantKeys, id: &str) -> reqwest::Response {
         self.http
             .get(self.url(&format!("/v1/jobs/{id}")))
@@ -387,7 +474,7 @@ impl TestApp {
 
     /// Job-record keys under this app's prefix.
     pub async fn job_keys(&self) -> anyhow::Result<Vec<String>> {
-        let client = redis::Client::open(REDIS_URL)?;
+        let client = redis::Client::open(self.redis_url.as_str())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}:job:*", self.prefix))
@@ -422,6 +509,7 @@ impl Drop for TestApp {
             let _ = std::fs::remove_file(file);
         }
         let prefix = self.prefix.clone();
+        let (amqp_url, redis_url) = (self.amqp_url.clone(), self.redis_url.clone());
         let agents: Vec<String> = self.config.agents.keys().cloned().collect();
         // Drop cannot await: clean up on a thread with its own runtime.
         let cleanup = std::thread::spawn(move || {
@@ -430,7 +518,7 @@ impl Drop for TestApp {
                 .build();
             if let Ok(runtime) = runtime {
                 runtime.block_on(async {
-                    if let Err(err) = cleanup(&prefix, &agents).await {
+                    if let Err(err) = cleanup(&prefix, &agents, &amqp_url, &redis_url).await {
                         eprintln!("cleanup of {prefix} failed: {err:#}");
                     }
                 });
@@ -441,9 +529,14 @@ impl Drop for TestApp {
 }
 
 /// Deletes every queue, exchange and key of a test prefix.
-async fn cleanup(prefix: &str, agents: &[String]) -> anyhow::Result<()> {
+async fn cleanup(
+    prefix: &str,
+    agents: &[String],
+    amqp_url: &str,
+    redis_url: &str,
+) -> anyhow::Result<()> {
     let names = agentfleet_common::naming::Names::new(prefix, prefix);
-    let conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default()).await?;
+    let conn = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     let mut queues: Vec<String> = agents.iter().map(|a| names.agent_queue(a)).collect();
     queues.push(names.webhook_queue());
@@ -468,7 +561,7 @@ async fn cleanup(prefix: &str, agents: &[String]) -> anyhow::Result<()> {
     }
     let _ = conn.close(200, "cleanup".into()).await;
 
-    let client = redis::Client::open(REDIS_URL)?;
+    let client = redis::Client::open(redis_url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(names.redis_pattern())
@@ -506,14 +599,17 @@ fn render_config(
     tenants: &[&TenantKeys],
 ) -> String {
     let mut yaml = format!(
-        r#"amqp: {{ url: "{AMQP_URL}", prefix: "{prefix}", publish_timeout_ms: 3000 }}
-redis: {{ url: "{REDIS_URL}", prefix: "{prefix}", result_ttl_secs: 3600 }}
+        r#"amqp: {{ url: "{amqp}", prefix: "{prefix}", publish_timeout_ms: 3000 }}
+redis: {{ url: "{redis}", prefix: "{prefix}", result_ttl_secs: 3600 }}
 dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: 4096 }}
-worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: 3 }}
+worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease} }}
 webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?} }}
 telemetry: {{ log_level: "warn" }}
 tenants:
 "#,
+        amqp = options.amqp_url,
+        redis = options.redis_url,
+        lease = options.lease_secs,
         grace = options.shutdown_grace_secs,
         private = options.allow_private_webhooks,
         schedule = options.webhook_retry_schedule_secs,
@@ -529,14 +625,22 @@ tenants:
     yaml.push_str("agents:\n");
     for a in &options.agents {
         yaml.push_str(&format!(
-            "  {name}:\n    provider: openai\n    base_url: \"http://{llm_addr}/v1\"\n    model: \"{model}\"\n    system_prompt: \"You are a test agent.\"\n    max_tokens: 64\n    concurrency: {c}\n    timeout_secs: {t}\n    retry: {{ attempts: {ra}, max_delay_secs: {rd} }}\n",
+            "  {name}:\n    provider: openai\n    base_url: \"http://{llm_addr}/v1\"\n    model: \"{model}\"\n    system_prompt: \"You are a test agent.\"\n    max_tokens: 64\n    concurrency: {c}\n    timeout_secs: {t}\n    retry: {{ attempts: {ra}, max_delay_secs: {rd} }}\n    circuit_breaker: {{ failure_threshold: {cf}, cooldown_secs: {cc} }}\n",
             name = a.name,
             model = a.model(),
             c = a.concurrency,
             t = a.timeout_secs,
             ra = a.retry_attempts,
             rd = a.retry_max_delay_secs,
+            cf = a.circuit_failure_threshold,
+            cc = a.circuit_cooldown_secs,
         ));
+        if let Some(secs) = a.request_timeout_secs {
+            yaml.push_str(&format!("    request_timeout_secs: {secs}\n"));
+        }
+        if let Some(depth) = a.max_queue_depth {
+            yaml.push_str(&format!("    max_queue_depth: {depth}\n"));
+        }
         if let Some(rpm) = a.requests_per_minute {
             let tpm = a
                 .tokens_per_minute

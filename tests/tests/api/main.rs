@@ -7,6 +7,8 @@ mod lifecycle;
 mod limits;
 mod load;
 mod ops;
+mod outages;
+mod reliability;
 mod retries;
 mod validation;
 

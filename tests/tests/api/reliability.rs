@@ -1,0 +1,564 @@
+//! Issue 3: errors, retries, dead letters, deadlines, cancellation, fencing, saved answers,
+//! idempotency, the circuit breaker, load shedding and webhook give-up.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use agentfleet_common::store::{Acquire, JobStore, Redis, Written};
+use agentfleet_common::wire::{Completion, Usage};
+use agentfleet_stub::llm::Behavior;
+use agentfleet_tests::{wait_until, AgentSpec, AppOptions, Fault, TestApp};
+
+fn one_worker() -> AppOptions {
+    AppOptions {
+        workers: 1,
+        ..AppOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_and_each_attempt_error_recorded() -> anyhow::Result<()> {
+    let app = TestApp::spawn(one_worker()).await?;
+    app.llm.script_faults([Fault::Status {
+        status: 429,
+        retry_after: Some(2),
+    }]);
+    let id = app.submit_job("summarize", "x").await?;
+    let record = app
+        .wait_terminal(std::slice::from_ref(&id), Duration::from_secs(30))
+        .await?
+        .remove(0);
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["attempts"], 2);
+    assert_eq!(record["attempt_errors"][0]["category"], "rate_limited");
+    assert_eq!(record["attempt_errors"][0]["attempt"], 1);
+    let calls = app.llm.calls();
+    let gap = calls[1].at.duration_since(calls[0].at);
+    assert!(
+        gap >= Duration::from_millis(1950),
+        "retried after {gap:?}, Retry-After said 2 s"
+    );
+    Ok(())
+}
+
+/// Each kind of provider failure gets its category; the transient ones are retried (2
+/// attempts here), the permanent ones are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_classified_and_only_transient_ones_retried() -> anyhow::Result<()> {
+    let mut agent = AgentSpec::new("summarize");
+    agent.retry_attempts = 2;
+    agent.request_timeout_secs = Some(1);
+    agent.circuit_failure_threshold = 100;
+    let app = TestApp::spawn(AppOptions {
+        agents: vec![agent],
+        ..one_worker()
+    })
+    .await?;
+    let cases = [
+        (
+            Fault::Status {
+                status: 500,
+                retry_after: None,
+            },
+            "provider_error",
+            2,
+        ),
+        (
+            Fault::Status {
+                status: 503,
+                retry_after: None,
+            },
+            "provider_error",
+            2,
+        ),
+        (
+            Fault::Status {
+                status: 429,
+                retry_after: None,
+            },
+            "rate_limited",
+            2,
+        ),
+        (Fault::Malformed, "invalid_response", 2),
+        (Fault::Hang, "timeout", 2),
+        (
+            Fault::Status {
+                status: 400,
+                retry_after: None,
+            },
+            "bad_request",
+            1,
+        ),
+        (
+            Fault::Status {
+                status: 401,
+                retry_after: None,
+            },
+            "auth",
+            1,
+        ),
+        (
+            Fault::Status {
+                status: 403,
+                retry_after: None,
+            },
+            "auth",
+            1,
+        ),
+    ];
+    for (fault, category, calls) in cases {
+        app.llm.script_faults(vec![fault.clone(); calls]);
+        let id = app.submit_job("summarize", "x").await?;
+        let record = app
+            .wait_terminal(std::slice::from_ref(&id), Duration::from_secs(30))
+            .await?
+            .remove(0);
+        assert_eq!(record["status"], "failed", "{fault:?}: {record}");
+        assert_eq!(record["error"]["category"], category, "{fault:?}");
+        assert_eq!(
+            app.llm.calls_per_job().get(&id),
+            Some(&(calls as u32)),
+            "{fault:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_jobs_and_undecodable_messages_land_in_the_dead_letter_queue() -> anyhow::Result<()>
+{
+    let app = TestApp::spawn(one_worker()).await?;
+    let dead = app.names().dead_queue();
+    app.llm.script_faults([Fault::Status {
+        status: 400,
+        retry_after: None,
+    }]);
+    let id = app.submit_job("summarize", "x").await?;
+    app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await?;
+    wait_until(Duration::from_secs(10), "failed job's copy", || async {
+        (app.queue_depth(&dead).await.ok()? == 1).then_some(())
+    })
+    .await?;
+
+    app.publish_raw(&app.names().agent_queue("summarize"), b"{not a job")
+        .await?;
+    wait_until(Duration::from_secs(10), "garbage dead-lettered", || async {
+        (app.queue_depth(&dead).await.ok()? == 2).then_some(())
+    })
+    .await?;
+    // And the worker carries on.
+    let ok = app.submit_job("summarize", "still working").await?;
+    let record = app
+        .wait_terminal(&[ok], Duration::from_secs(20))
+        .await?
+        .remove(0);
+    assert_eq!(record["status"], "succeeded");
+    Ok(())
+}
+
+/// A message redelivered up to the delivery limit (workers kept dying on it) fails its job
+/// for good — terminal, with a webhook — instead of looping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_its_delivery_limit_fails_the_job() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let id = app.submit_job("summarize", "poison").await?;
+    // Play a worker that crashes on it: take it and give it back, 19 times (limit 20).
+    let conn =
+        lapin::Connection::connect(&app.amqp_url, lapin::ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    let queue = app.names().agent_queue("summarize");
+    for _ in 0..19 {
+        let delivery = wait_until(Duration::from_secs(5), "message", || async {
+            channel
+                .basic_get(
+                    queue.as_str().into(),
+                    lapin::options::BasicGetOptions::default(),
+                )
+                .await
+                .ok()
+                .flatten()
+        })
+        .await?;
+        delivery
+            .nack(lapin::options::BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await?;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    app.start_worker().await?;
+    let record = app
+        .wait_terminal(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await?
+        .remove(0);
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["error"]["category"], "internal");
+    assert_eq!(app.llm.call_count(), 0, "the poison job was not run again");
+    app.wait_webhooks(1, Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_own_deadline_bounds_the_whole_run() -> anyhow::Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        behavior: Behavior {
+            latency: Duration::from_secs(5),
+            ..Behavior::default()
+        },
+        ..one_worker()
+    })
+    .await?;
+    let response = app
+        .submit_as(
+            &app.acme,
+            &json!({"agent": "summarize", "input": "x", "timeout_secs": 1}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await?["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let started = std::time::Instant::now();
+    let record = app
+        .wait_terminal(std::slice::from_ref(&id), Duration::from_secs(10))
+        .await?
+        .remove(0);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "ended after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["error"]["category"], "timeout");
+    assert_eq!(record["attempts"], 1, "a passed deadline is not retried");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_queued_job_skips_it_and_sends_job_cancelled() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let id = app.submit_job("summarize", "never run").await?;
+    let response = app.cancel(&id).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await?;
+    assert_eq!(body["status"], "cancelled");
+    assert_eq!(body["error"]["category"], "cancelled");
+    app.start_worker().await?;
+    app.wait_webhooks(1, Duration::from_secs(15)).await?;
+    let event = app.receiver.deliveries()[0].event.clone().expect("event");
+    assert_eq!(event["type"], "job.cancelled");
+    // The work token was dropped, not run.
+    let queue = app.names().agent_queue("summarize");
+    wait_until(Duration::from_secs(10), "queue drained", || async {
+        (app.queue_depth(&queue).await.ok()? == 0).then_some(())
+    })
+    .await?;
+    assert_eq!(app.llm.call_count(), 0);
+    assert_eq!(app.receiver.count(), 1, "one event");
+    assert_eq!(app.cancel(&id).await.status(), 409, "already cancelled");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_job_aborts_the_provider_call() -> anyhow::Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        behavior: Behavior {
+            latency: Duration::from_secs(30),
+            ..Behavior::default()
+        },
+        ..one_worker()
+    })
+    .await?;
+    let id = app.submit_job("summarize", "slow").await?;
+    let model = app.config.agents["summarize"].model.clone();
+    wait_until(Duration::from_secs(10), "run in flight", || async {
+        (app.llm.in_flight(&model) == 1).then_some(())
+    })
+    .await?;
+    assert_eq!(app.cancel(&id).await.status(), 200);
+    let started = std::time::Instant::now();
+    wait_until(Duration::from_secs(3), "provider call dropped", || async {
+        (app.llm.in_flight(&model) == 0).then_some(())
+    })
+    .await?;
+    let aborted_in = started.elapsed();
+    assert!(
+        aborted_in < Duration::from_secs(2),
+        "aborted after {aborted_in:?}"
+    );
+    app.wait_webhooks(1, Duration::from_secs(10)).await?;
+    let event = app.receiver.deliveries()[0].event.clone().expect("event");
+    assert_eq!(event["type"], "job.cancelled");
+    assert_eq!(app.job(&id).await?["status"], "cancelled");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_finished_job_is_a_conflict() -> anyhow::Result<()> {
+    let app = TestApp::spawn(one_worker()).await?;
+    let id = app.submit_job("summarize", "x").await?;
+    app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await?;
+    let response = app.cancel(&id).await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(app.job(&id).await?["status"], "succeeded");
+    let other = app
+        .http
+        .delete(app.url(&format!("/v1/jobs/{id}")))
+        .bearer_auth(&app.globex.api_key)
+        .send()
+        .await?;
+    assert_eq!(other.status(), 404, "another tenant cannot cancel it");
+    Ok(())
+}
+
+/// A stalled worker whose lease expired cannot write, and the new holder can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_lost_its_lease_cannot_overwrite_the_job() -> anyhow::Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let id = app.submit_job("summarize", "x").await?;
+    let store = JobStore::new(Redis::connect(&app.config.redis)?, app.names(), 3600);
+    let uuid = uuid::Uuid::parse_str(&id)?;
+    let Acquire::Held(stale) = store
+        .acquire_lease(uuid, "stalled", Duration::from_millis(200))
+        .await?
+    else {
+        anyhow::bail!("first lease refused");
+    };
+    assert!(matches!(
+        store
+            .acquire_lease(uuid, "other", Duration::from_secs(5))
+            .await?,
+        Acquire::Busy(_)
+    ));
+    let fresh = wait_until(Duration::from_secs(5), "stale lease to expire", || async {
+        match store
+            .acquire_lease(uuid, "fresh", Duration::from_secs(5))
+            .await
+            .ok()?
+        {
+            Acquire::Held(lease) => Some(lease),
+            Acquire::Busy(_) => None,
+        }
+    })
+    .await?;
+    assert!(fresh.token > stale.token, "fencing tokens only grow");
+    let mut record = store.load(uuid).await?.expect("record");
+    record.output = Some("from the stalled worker".into());
+    assert_eq!(
+        store.save_leased(&record, &stale).await?,
+        Written::LeaseLost
+    );
+    assert_eq!(store.load(uuid).await?.expect("record").output, None);
+    record.output = Some("from the holder".into());
+    assert_eq!(store.save_leased(&record, &fresh).await?, Written::Ok);
+    Ok(())
+}
+
+/// A provider answer saved for the attempt (the worker crashed after the call, before the
+/// ack) is used by the redelivery instead of paying for the call again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_provider_answer_is_not_paid_for_twice() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let id = app.submit_job("summarize", "x").await?;
+    let store = JobStore::new(Redis::connect(&app.config.redis)?, app.names(), 3600);
+    let saved = Completion {
+        content: "answer from before the crash".into(),
+        usage: Usage {
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            total_tokens: 3,
+        },
+    };
+    store
+        .save_memo(uuid::Uuid::parse_str(&id)?, 1, &saved)
+        .await?;
+    app.start_worker().await?;
+    let record = app
+        .wait_terminal(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await?
+        .remove(0);
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["output"], "answer from before the crash");
+    assert_eq!(app.llm.call_count(), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_return_the_original_job() -> anyhow::Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let body = json!({"agent": "summarize", "input": "once"});
+    let first = app.submit_with_key(&app.acme, "order-7", &body).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await?;
+    // Same body, keys in another order: the same request.
+    let again = app
+        .submit_with_key(
+            &app.acme,
+            "order-7",
+            &json!({"input": "once", "agent": "summarize"}),
+        )
+        .await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await?["id"], first["id"]);
+    let different = app
+        .submit_with_key(
+            &app.acme,
+            "order-7",
+            &json!({"agent": "summarize", "input": "twice"}),
+        )
+        .await;
+    assert_eq!(different.status(), 422);
+    let other_tenant = app.submit_with_key(&app.globex, "order-7", &body).await;
+    assert_eq!(other_tenant.status(), 202, "keys are per tenant");
+    assert_ne!(other_tenant.json::<Value>().await?["id"], first["id"]);
+    let bad = app.submit_with_key(&app.acme, "", &body).await;
+    assert_eq!(bad.status(), 400);
+    let queue = app.names().agent_queue("summarize");
+    assert_eq!(
+        app.queue_depth(&queue).await?,
+        2,
+        "one job per tenant, not more"
+    );
+    Ok(())
+}
+
+/// Two consecutive failures open the circuit for 2 s: the retry waits out the cool-down
+/// instead of hitting the provider, then a probe succeeds and closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_breaker_holds_calls_during_its_cooldown() -> anyhow::Result<()> {
+    let mut agent = AgentSpec::new("summarize");
+    agent.circuit_failure_threshold = 2;
+    agent.circuit_cooldown_secs = 2;
+    agent.retry_attempts = 5;
+    let app = TestApp::spawn(AppOptions {
+        agents: vec![agent],
+        ..one_worker()
+    })
+    .await?;
+    app.llm.script_faults(vec![
+        Fault::Status {
+            status: 500,
+            retry_after: None
+        };
+        2
+    ]);
+    let id = app.submit_job("summarize", "x").await?;
+    let metrics_addr = app.worker_metrics_addr(0).expect("worker");
+    wait_until(Duration::from_secs(10), "circuit open", || async {
+        let text = app.metrics_text(metrics_addr).await.ok()?;
+        text.contains("agentfleet_circuit_state{endpoint=")
+            .then_some(())?;
+        text.lines()
+            .any(|l| l.starts_with("agentfleet_circuit_state") && l.ends_with(" 1"))
+            .then_some(())
+    })
+    .await?;
+    let record = app
+        .wait_terminal(std::slice::from_ref(&id), Duration::from_secs(30))
+        .await?
+        .remove(0);
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let calls = app.llm.calls();
+    assert_eq!(calls.len(), 3);
+    let gap = calls[2].at.duration_since(calls[1].at);
+    assert!(
+        gap >= Duration::from_millis(1900),
+        "the probe came {gap:?} after the circuit opened"
+    );
+    let text = app.metrics_text(metrics_addr).await?;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("agentfleet_circuit_state") && l.ends_with(" 0")),
+        "closed again:\n{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_sheds_load_with_429() -> anyhow::Result<()> {
+    let mut agent = AgentSpec::new("summarize");
+    agent.max_queue_depth = Some(3);
+    let app = TestApp::spawn(AppOptions {
+        agents: vec![agent],
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let body = json!({"agent": "summarize", "input": "x"});
+    let mut accepted = 0;
+    let shed = wait_until(Duration::from_secs(10), "a 429", || async {
+        let response = app.submit_as(&app.acme, &body).await;
+        match response.status().as_u16() {
+            202 => None,
+            429 => Some(response),
+            other => panic!("unexpected {other}"),
+        }
+    });
+    let response = shed.await?;
+    assert_eq!(response.headers()["retry-after"], "2");
+    let problem: Value = response.json().await?;
+    assert_eq!(problem["type"], "urn:agentfleet:problem:overloaded");
+    let depth = app
+        .queue_depth(&app.names().agent_queue("summarize"))
+        .await?;
+    accepted += depth;
+    assert!(accepted >= 3, "accepted up to the limit first ({accepted})");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_from_the_receiver_stops_webhook_retries() -> anyhow::Result<()> {
+    let app = TestApp::spawn(one_worker()).await?;
+    app.receiver.set_gone();
+    let id = app.submit_job("summarize", "x").await?;
+    let record = wait_until(Duration::from_secs(20), "410 recorded", || async {
+        let r = app.job(&id).await.ok()?;
+        (r["webhook"]["last_status"] == 410).then_some(r)
+    })
+    .await?;
+    assert_eq!(record["webhook"]["attempts"], 1);
+    assert!(record["webhook"]["delivered_at"].is_null());
+    // The decision is made at the attempt: a 410 is counted as gone, never as a retry.
+    let metrics = app.worker_metrics(0).expect("worker");
+    assert_eq!(
+        metrics
+            .webhook_deliveries
+            .with_label_values(&["gone"])
+            .get(),
+        1
+    );
+    assert_eq!(
+        metrics
+            .webhook_deliveries
+            .with_label_values(&["retry"])
+            .get(),
+        0
+    );
+    assert_eq!(app.receiver.requests(), 1);
+    Ok(())
+}

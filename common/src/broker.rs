@@ -4,9 +4,10 @@
 //!
 //! Topology, all names from [`Names`]:
 //! - `{p}.work` (direct): `jobs.{agent}` → `{p}.jobs.{agent}`, `webhooks` → `{p}.webhooks`.
-//! - `{p}.delay` (headers): `x-delay-ms = N` → `{p}.delay.{N}ms`, a queue whose messages expire
-//!   after N ms and dead-letter back to `{p}.work` with their original routing key. Waiting
-//!   for a retry therefore holds no unacked message and no worker slot.
+//! - `{p}.delay` (headers): `delay-ms = N` → `{p}.delay.{N}ms`, a queue whose messages expire
+//!   after N ms and dead-letter (at least once, on quorum queues) back to `{p}.work` with their
+//!   original routing key. Waiting for a retry therefore holds no unacked message and no
+//!   worker slot.
 //! - `{p}.dead` (fanout) → `{p}.dead`: poison, undecodable and over-delivered messages, and a
 //!   copy of every job that failed for good, for inspection.
 //! - `{p}.control` (fanout) → one exclusive queue per worker: cancellation broadcasts.
@@ -265,6 +266,25 @@ impl Broker {
                 "x-dead-letter-exchange".into(),
                 AMQPValue::LongString(LongString::from(names.work_exchange())),
             );
+            if self.inner.config.queue_type == QueueType::Quorum {
+                // Expired messages move back to the work queues at least once: the broker
+                // re-publishes with confirms and retries until the target has them. (Classic
+                // queues dead-letter at most once: a message expiring while its target is not
+                // ready — right after a broker restart — would be dropped. The chaos test
+                // caught exactly that.)
+                args.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("quorum".into()),
+                );
+                args.insert(
+                    "x-dead-letter-strategy".into(),
+                    AMQPValue::LongString("at-least-once".into()),
+                );
+                args.insert(
+                    "x-overflow".into(),
+                    AMQPValue::LongString("reject-publish".into()),
+                );
+            }
             self.declare_queue(channel, &queue, args).await?;
             let mut binding = FieldTable::default();
             binding.insert("x-match".into(), AMQPValue::LongString("all".into()));

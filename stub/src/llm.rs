@@ -70,6 +70,8 @@ struct Recorded {
     models: HashMap<String, ModelStats>,
     calls: Vec<Call>,
     per_job: HashMap<String, u32>,
+    /// Calls per (job id, attempt): more than one is a duplicate call for the same attempt.
+    per_attempt: HashMap<(String, String), u32>,
     /// Calls in flight per job id, with the fencing token each came with.
     job_in_flight: HashMap<String, Vec<String>>,
     /// Calls that started while another call of the same job, under another lease, was in
@@ -123,6 +125,24 @@ impl StubLlm {
             .models
             .get(model)
             .map_or(0, |s| s.in_flight)
+    }
+
+    /// Calls beyond the first for the same job and attempt (paid twice).
+    pub fn duplicate_calls(&self) -> u64 {
+        lock(&self.recorded)
+            .per_attempt
+            .values()
+            .map(|&n| u64::from(n.saturating_sub(1)))
+            .sum()
+    }
+
+    /// Calls in flight across all models.
+    pub fn total_in_flight(&self) -> u64 {
+        lock(&self.recorded)
+            .models
+            .values()
+            .map(|s| s.in_flight)
+            .sum()
     }
 
     /// Times a job was called while another call of it (another lease) was in flight.
@@ -192,6 +212,11 @@ async fn chat_completions(
         .get("x-agentfleet-job-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let attempt = headers
+        .get("x-agentfleet-attempt")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let lease = headers
         .get("x-agentfleet-lease")
         .and_then(|v| v.to_str().ok())
@@ -210,6 +235,9 @@ async fn chat_completions(
         });
         if let Some(id) = &job_id {
             *rec.per_job.entry(id.clone()).or_default() += 1;
+            *rec.per_attempt
+                .entry((id.clone(), attempt.clone()))
+                .or_default() += 1;
             let leases = rec.job_in_flight.entry(id.clone()).or_default();
             let overlap = leases.iter().any(|l| *l != lease);
             leases.push(lease.clone());

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub mod proxy;
+pub mod services;
 
 use agentfleet_common::broker::DELAY_STEPS_MS;
 use agentfleet_common::config::Config;
@@ -433,8 +434,12 @@ impl TestApp {
                 return Ok(ids.iter().filter_map(|id| done.remove(id)).collect());
             }
             if Instant::now() > deadline {
+                let mut stuck = Vec::new();
+                for id in ids.iter().filter(|id| !done.contains_key(*id)).take(5) {
+                    stuck.push(self.job(id).await.unwrap_or_default());
+                }
                 bail!(
-                    "{} of {} jobs terminal after {within:?}",
+                    "{} of {} jobs terminal after {within:?}; some that are not: {stuck:#?}",
                     done.len(),
                     ids.len()
                 );

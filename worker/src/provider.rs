@@ -104,6 +104,7 @@ impl Provider {
         outbound: &Outbound,
         input: &[ChatMessage],
         job_id: &str,
+        attempt: &str,
         fencing_token: &str,
         timeout: Duration,
     ) -> Result<Completion, Failure> {
@@ -111,6 +112,7 @@ impl Provider {
             .map_err(|e| Failure::new(ErrorCategory::Internal, e.to_string()))?;
         let mut headers = vec![
             ("x-agentfleet-job-id", job_id),
+            ("x-agentfleet-attempt", attempt),
             ("x-agentfleet-lease", fencing_token),
         ];
         if let Some(auth) = &self.authorization {

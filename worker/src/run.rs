@@ -466,11 +466,13 @@ async fn attempt(
     let messages = spec.input.to_messages();
     let job_id = record.id.to_string();
     let fencing_token = lease.token.to_string();
+    let attempt_number = msg.attempt.to_string();
     let started = tokio::time::Instant::now();
     let call = agent.provider.complete(
         &shared.outbound,
         &messages,
         &job_id,
+        &attempt_number,
         &fencing_token,
         timeout,
     );

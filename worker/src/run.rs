@@ -67,17 +67,24 @@ pub async fn handle_job(
                 .instrument(span)
                 .await
         }
-        Err(err) => {
-            tracing::error!(agent = %agent.name, error = %err, "undecodable job message; dead-lettering");
-            shared
-                .metrics
-                .dead_letters
-                .with_label_values(&["undecodable"])
-                .inc();
-            Disposition::DeadLetter
-        }
+        Err(err) => undecodable(&shared, &agent.name, &err),
     };
     settle(&shared, delivery, disposition).await;
+}
+
+/// A message no worker could ever process: to the dead-letter queue, without stopping.
+pub fn undecodable(
+    shared: &Shared,
+    queue: &str,
+    err: &agentfleet_common::wire::WireError,
+) -> Disposition {
+    tracing::error!(queue, error = %err, "undecodable message; dead-lettering");
+    shared
+        .metrics
+        .dead_letters
+        .with_label_values(&["undecodable"])
+        .inc();
+    Disposition::DeadLetter
 }
 
 /// How often the broker delivered this message before (quorum queues count it).

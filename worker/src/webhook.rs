@@ -17,7 +17,7 @@ use agentfleet_common::outbound::{Destination, OutboundError};
 use agentfleet_common::signing;
 use agentfleet_common::wire::{Versioned, WebhookEvent, WebhookMessage, WebhookStatus};
 
-use crate::run::{remaining_delay, settle, Disposition};
+use crate::run::{remaining_delay, settle, undecodable, Disposition};
 use crate::Shared;
 
 /// How one attempt ended.
@@ -41,15 +41,7 @@ pub async fn handle_webhook(shared: Arc<Shared>, delivery: Delivery, _slot: Owne
             );
             deliver(&shared, msg).instrument(span).await
         }
-        Err(err) => {
-            tracing::error!(error = %err, "undecodable webhook message; dead-lettering");
-            shared
-                .metrics
-                .dead_letters
-                .with_label_values(&["undecodable"])
-                .inc();
-            Disposition::DeadLetter
-        }
+        Err(err) => undecodable(&shared, "webhooks", &err),
     };
     settle(&shared, delivery, disposition).await;
 }

@@ -132,3 +132,33 @@ async fn invalid_config_exits_nonzero_naming_the_key() -> anyhow::Result<()> {
     assert!(stderr.contains("agents.summarize.concurrency"), "{stderr}");
     Ok(())
 }
+
+/// Any key can be overridden from the environment (`AGENTFLEET__SECTION__KEY`), and an
+/// overridden value is validated like a file value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_overrides_are_applied_and_validated() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let path = app.write_config_file("env")?;
+    let output = std::process::Command::new(crate::WORKER_BIN)
+        .arg("--config")
+        .arg(&path)
+        .envs(app.worker_env())
+        .env("AGENTFLEET__AGENTS__SUMMARIZE__TIMEOUT_SECS", "0")
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("agents.summarize.timeout_secs"), "{stderr}");
+    let output = std::process::Command::new(crate::WORKER_BIN)
+        .arg("--config")
+        .arg(&path)
+        .env("AGENTFLEET__WORKER__SHUTDOWN_GRACE_SECS", "soon")
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("shutdown_grace_secs"), "{stderr}");
+    Ok(())
+}

@@ -1,0 +1,432 @@
+//! A deployment under measurement: the harness's [`TestApp`] (unique prefix, stub LLM and
+//! verifying webhook receiver in this process, cleanup on drop) plus the real dispatcher and
+//! worker binaries as separate processes, so their memory and CPU can be read from `/proc`
+//! and several workers are several processes, as in production.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt as _;
+use serde_json::{json, Value};
+
+use agentfleet_stub::llm::Behavior;
+use agentfleet_stub::receiver::Delivery;
+use agentfleet_tests::{AgentSpec, AppOptions, TestApp};
+
+use crate::procfs::Groups;
+
+/// The binaries under measurement.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub dispatcher: PathBuf,
+    pub worker: PathBuf,
+    /// Where each process's stderr goes (one file per process and run).
+    pub logs: PathBuf,
+}
+
+impl Binaries {
+    /// Checks the binaries exist and makes an empty log folder.
+    pub fn check(&self) -> anyhow::Result<()> {
+        for bin in [&self.dispatcher, &self.worker] {
+            if !bin.is_file() {
+                bail!(
+                    "{} is missing: build it with `cargo build --release -p agentfleet-dispatcher -p agentfleet-worker` (scripts/bench.sh does)",
+                    bin.display()
+                );
+            }
+        }
+        std::fs::create_dir_all(&self.logs)
+            .with_context(|| format!("creating {}", self.logs.display()))?;
+        // The logs of earlier runs (one file per process and run) would pile up.
+        for entry in std::fs::read_dir(&self.logs)?.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("aftest-") && name.ends_with(".log") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What to deploy.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    pub agent: AgentSpec,
+    pub latency: Duration,
+    /// Worker processes started with the fleet (more with [`Fleet::start_worker`]).
+    pub workers: usize,
+    /// `webhooks.concurrency` of the workers: the shipped default, not the harness's.
+    pub webhook_concurrency: u16,
+}
+
+impl FleetOptions {
+    pub fn new(agent: AgentSpec, latency: Duration, workers: usize) -> Self {
+        Self {
+            agent,
+            latency,
+            workers,
+            webhook_concurrency: 32,
+        }
+    }
+}
+
+/// A child process, killed when dropped.
+struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(command: &mut Command, name: &str, log: PathBuf) -> anyhow::Result<Self> {
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    /// An error if the process has exited, with the end of its log.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            bail!(
+                "{} exited ({status}); last log lines: {}",
+                self.name,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One job as the client sent it.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub id: String,
+    pub at: Instant,
+    pub wall: DateTime<Utc>,
+    /// Until the 202 came back.
+    pub answered: Duration,
+}
+
+pub struct Fleet {
+    // Fields drop in order: the processes must be gone before the app deletes the queues they
+    // would otherwise re-declare on reconnect.
+    dispatcher: Process,
+    workers: Vec<Process>,
+    worker_ports: Vec<u16>,
+    pub app: TestApp,
+    pub agent: String,
+    pub model: String,
+    options: FleetOptions,
+    bins: Binaries,
+    config: PathBuf,
+    dispatcher_url: String,
+    http: reqwest::Client,
+}
+
+impl Fleet {
+    pub async fn start(bins: &Binaries, options: FleetOptions) -> anyhow::Result<Self> {
+        let mut app = TestApp::spawn(AppOptions {
+            agents: vec![options.agent.clone()],
+            workers: 0,
+            behavior: Behavior {
+                latency: options.latency,
+                ..Behavior::default()
+            },
+            ..AppOptions::default()
+        })
+        .await?;
+        let config = app.write_config_file("bench")?;
+        let port = free_port()?;
+        let mut command = Command::new(&bins.dispatcher);
+        command.arg("--config").arg(&config).env(
+            "AGENTFLEET__DISPATCHER__LISTEN",
+            format!("127.0.0.1:{port}"),
+        );
+        let mut dispatcher = Process::spawn(
+            &mut command,
+            "dispatcher",
+            bins.logs.join(format!("{}-dispatcher.log", app.prefix)),
+        )?;
+        let dispatcher_url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        wait_ready(&http, &format!("{dispatcher_url}/readyz"), &mut dispatcher).await?;
+        let mut fleet = Self {
+            dispatcher,
+            workers: Vec::new(),
+            worker_ports: Vec::new(),
+            agent: options.agent.name.clone(),
+            model: options.agent.model(),
+            app,
+            bins: bins.clone(),
+            config,
+            dispatcher_url,
+            http,
+            options: options.clone(),
+        };
+        for _ in 0..options.workers {
+            fleet.start_worker().await?;
+        }
+        Ok(fleet)
+    }
+
+    /// Starts one more worker process and waits until it is connected; returns its pid.
+    pub async fn start_worker(&mut self) -> anyhow::Result<u32> {
+        let pid = self.spawn_worker()?;
+        self.wait_worker_ready(self.workers.len() - 1).await?;
+        Ok(pid)
+    }
+
+    /// Starts one more worker process without waiting for it.
+    pub fn spawn_worker(&mut self) -> anyhow::Result<u32> {
+        let port = free_port()?;
+        let index = self.workers.len();
+        let mut command = Command::new(&self.bins.worker);
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .envs(self.app.worker_env())
+            .env(
+                "AGENTFLEET__WORKER__METRICS_LISTEN",
+                format!("127.0.0.1:{port}"),
+            )
+            .env(
+                "AGENTFLEET__WEBHOOKS__CONCURRENCY",
+                self.options.webhook_concurrency.to_string(),
+            );
+        let process = Process::spawn(
+            &mut command,
+            &format!("worker {index}"),
+            self.bins
+                .logs
+                .join(format!("{}-worker-{index}.log", self.app.prefix)),
+        )?;
+        let pid = process.child.id();
+        self.workers.push(process);
+        self.worker_ports.push(port);
+        Ok(pid)
+    }
+
+    pub async fn wait_worker_ready(&mut self, index: usize) -> anyhow::Result<()> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.worker_ports[index]);
+        let http = self.http.clone();
+        wait_ready(&http, &url, &mut self.workers[index]).await
+    }
+
+    /// The Prometheus text of worker `index`.
+    pub async fn worker_metrics(&self, index: usize) -> anyhow::Result<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.worker_ports[index]);
+        Ok(self.http.get(url).send().await?.text().await?)
+    }
+
+    pub fn dispatcher_pid(&self) -> u32 {
+        self.dispatcher.child.id()
+    }
+
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers.iter().map(|w| w.child.id()).collect()
+    }
+
+    /// Fails if a process of the fleet died.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.dispatcher.check_alive()?;
+        for worker in &mut self.workers {
+            worker.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// The processes whose CPU a scenario accounts for.
+    pub fn cpu_groups(&self) -> Groups {
+        let mut groups = Groups::standard();
+        groups.add("dispatcher", self.dispatcher_pid());
+        for pid in self.worker_pids() {
+            groups.add("workers", pid);
+        }
+        groups
+    }
+
+    /// A handle that submits jobs from spawned tasks.
+    pub fn client(&self) -> Client {
+        Client {
+            inner: Arc::new(ClientInner {
+                http: self.http.clone(),
+                url: format!("{}/v1/jobs", self.dispatcher_url),
+                api_key: self.app.acme.api_key.clone(),
+                agent: self.agent.clone(),
+                webhook_url: self.app.webhook_url(),
+            }),
+        }
+    }
+
+    /// Submits `n` jobs with `clients` in flight at once; fails on any refusal.
+    pub async fn submit_many(&self, n: usize, clients: usize) -> anyhow::Result<Vec<Sent>> {
+        let client = self.client();
+        futures_util::stream::iter(0..n)
+            .map(|i| {
+                let client = client.clone();
+                async move { client.submit(i).await }
+            })
+            .buffer_unordered(clients)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Deliveries received so far, by job id (the first delivery of each job).
+    pub fn deliveries_by_job(&self) -> HashMap<String, Delivery> {
+        let mut by_job = HashMap::new();
+        for d in self.app.receiver.deliveries() {
+            if let Some(id) = d
+                .event
+                .as_ref()
+                .and_then(|e| e["data"]["id"].as_str())
+                .map(str::to_owned)
+            {
+                by_job.entry(id).or_insert(d);
+            }
+        }
+        by_job
+    }
+
+    /// Waits until every job in `sent` has its webhook; fails if a process died meanwhile.
+    pub async fn wait_webhooks_for(
+        &mut self,
+        baseline: usize,
+        sent: usize,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.app.receiver.count() >= baseline + sent {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{} of {sent} webhooks after {within:?}",
+                    self.app.receiver.count().saturating_sub(baseline)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Submits jobs to the dispatcher process.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    http: reqwest::Client,
+    url: String,
+    api_key: String,
+    agent: String,
+    webhook_url: String,
+}
+
+impl Client {
+    /// POSTs job `i`; the answer's status and id (when accepted).
+    pub async fn post(&self, i: usize) -> Result<(u16, Option<String>), reqwest::Error> {
+        let c = &self.inner;
+        let body = json!({
+            "agent": c.agent,
+            "input": format!("bench job {i}"),
+            "webhook_url": c.webhook_url,
+        });
+        let response = c
+            .http
+            .post(&c.url)
+            .bearer_auth(&c.api_key)
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or_default();
+        Ok((status, body["id"].as_str().map(str::to_owned)))
+    }
+
+    /// POSTs job `i` and expects a 202.
+    pub async fn submit(&self, i: usize) -> anyhow::Result<Sent> {
+        let at = Instant::now();
+        let wall = Utc::now();
+        match self.post(i).await? {
+            (202, Some(id)) => Ok(Sent {
+                id,
+                at,
+                wall,
+                answered: at.elapsed(),
+            }),
+            (status, _) => bail!("the dispatcher answered {status} to job {i}"),
+        }
+    }
+}
+
+/// A port free on loopback right now (the child binds it a moment later).
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+async fn wait_ready(
+    http: &reqwest::Client,
+    url: &str,
+    process: &mut Process,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        process.check_alive()?;
+        if let Ok(response) = http.get(url).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{} not ready within 30 s ({url})", process.name);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `finished_at` of a delivery's job record.
+pub fn finished_at(delivery: &Delivery) -> Option<DateTime<Utc>> {
+    let event = delivery.event.as_ref()?;
+    event["data"]["finished_at"].as_str()?.parse().ok()
+}
+
+/// Whether the delivery reports a succeeded job.
+pub fn succeeded(delivery: &Delivery) -> bool {
+    delivery
+        .event
+        .as_ref()
+        .is_some_and(|e| e["type"] == "job.succeeded")
+}

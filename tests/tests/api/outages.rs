@@ -12,6 +12,35 @@ async fn proxy_for(url_port: u16) -> anyhow::Result<Proxy> {
     Proxy::start(([127, 0, 0, 1], url_port).into()).await
 }
 
+/// `n` submissions during an outage: each refused with 503 and `Retry-After: 1`, within a second.
+async fn assert_fast_503s(app: &TestApp, n: usize) {
+    for _ in 0..n {
+        let started = Instant::now();
+        let response = app
+            .submit_as(&app.acme, &json!({"agent": "summarize", "input": "x"}))
+            .await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "1");
+    }
+}
+
+/// Polls until submissions are accepted again, with no restart of anything.
+async fn wait_recovered(app: &TestApp) -> anyhow::Result<()> {
+    wait_until(
+        Duration::from_secs(15),
+        "submissions to recover",
+        || async {
+            let response = app
+                .submit_as(&app.acme, &json!({"agent": "summarize", "input": "x"}))
+                .await;
+            (response.status() == 202).then_some(())
+        },
+    )
+    .await
+}
+
 /// While Redis is unreachable the dispatcher answers 503 with Retry-After within a second,
 /// enqueues nothing, reports not-ready, and recovers by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,19 +59,7 @@ async fn redis_outage_gives_fast_503s_and_recovers() -> anyhow::Result<()> {
         202
     );
     proxy.cut();
-    for _ in 0..3 {
-        let started = Instant::now();
-        let response = app
-            .submit_as(&app.acme, &json!({"agent": "summarize", "input": "x"}))
-            .await;
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "took {:?}",
-            started.elapsed()
-        );
-        assert_eq!(response.status(), 503);
-        assert_eq!(response.headers()["retry-after"], "1");
-    }
+    assert_fast_503s(&app, 3).await;
     let ready = app.http.get(app.url("/readyz")).send().await?;
     assert_eq!(ready.status(), 503);
     assert_eq!(ready.json::<serde_json::Value>().await?["redis"], "down");
@@ -54,17 +71,7 @@ async fn redis_outage_gives_fast_503s_and_recovers() -> anyhow::Result<()> {
     );
 
     proxy.restore();
-    wait_until(
-        Duration::from_secs(15),
-        "submissions to recover",
-        || async {
-            let response = app
-                .submit_as(&app.acme, &json!({"agent": "summarize", "input": "x"}))
-                .await;
-            (response.status() == 202).then_some(())
-        },
-    )
-    .await?;
+    wait_recovered(&app).await?;
     Ok(())
 }
 
@@ -79,21 +86,7 @@ async fn broker_outage_gives_fast_503s_leaves_nothing_and_recovers() -> anyhow::
     })
     .await?;
     proxy.cut();
-    let mut refused = 0;
-    for _ in 0..5 {
-        let started = Instant::now();
-        let response = app
-            .submit_as(&app.acme, &json!({"agent": "summarize", "input": "x"}))
-            .await;
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "took {:?}",
-            started.elapsed()
-        );
-        assert_eq!(response.status(), 503);
-        refused += 1;
-    }
-    assert_eq!(refused, 5);
+    assert_fast_503s(&app, 5).await;
     assert!(
         app.job_keys().await?.is_empty(),
         "no record of a refused job stays behind"
@@ -102,17 +95,7 @@ async fn broker_outage_gives_fast_503s_leaves_nothing_and_recovers() -> anyhow::
     assert_eq!(ready.status(), 503);
 
     proxy.restore();
-    wait_until(
-        Duration::from_secs(15),
-        "submissions to recover",
-        || async {
-            let response = app
-                .submit_as(&app.acme, &json!({"agent": "summarize", "input": "x"}))
-                .await;
-            (response.status() == 202).then_some(())
-        },
-    )
-    .await?;
+    wait_recovered(&app).await?;
     Ok(())
 }
 

@@ -23,12 +23,32 @@ pub async fn hand_off(
     record: &JobRecord,
     spec: &JobSpec,
 ) -> Result<(), HandoffError> {
-    let Some(event) = EventType::for_status(record.status) else {
-        return Ok(());
-    };
-    if spec.webhook_url.is_none() || store.handed_off(record.id).await? {
+    if event_of(record, spec).is_none() || store.handed_off(record.id).await? {
         return Ok(());
     }
+    publish_event(broker, record, spec).await?;
+    if let Err(err) = store.mark_handed_off(record.id).await {
+        tracing::warn!(error = %err, "cannot note the webhook hand-off");
+    }
+    Ok(())
+}
+
+/// The event to deliver for this job: only a terminal job with a webhook URL has one.
+fn event_of(record: &JobRecord, spec: &JobSpec) -> Option<EventType> {
+    EventType::for_status(record.status).filter(|_| spec.webhook_url.is_some())
+}
+
+/// Publishes the terminal event of a job that the caller has just ended itself (so it cannot
+/// have been handed off before), without noting the hand-off: the caller notes it in its own
+/// closing write. Answers whether there was an event to publish.
+pub async fn publish_event(
+    broker: &Broker,
+    record: &JobRecord,
+    spec: &JobSpec,
+) -> Result<bool, BrokerError> {
+    let Some(event) = event_of(record, spec) else {
+        return Ok(false);
+    };
     let msg = WebhookMessage {
         v: SCHEMA_VERSION,
         job_id: record.id,
@@ -38,8 +58,5 @@ pub async fn hand_off(
         not_before: None,
     };
     broker.publish_webhook(&msg).await?;
-    if let Err(err) = store.mark_handed_off(record.id).await {
-        tracing::warn!(error = %err, "cannot note the webhook hand-off");
-    }
-    Ok(())
+    Ok(true)
 }

@@ -90,17 +90,21 @@ pub struct JobStore {
 
 struct Scripts {
     transition: redis::Script,
-    acquire: redis::Script,
+    begin: redis::Script,
     renew: redis::Script,
-    release: redis::Script,
+    close: redis::Script,
 }
 
-/// Every write of a job record goes through this script, so the checks and the write are one
-/// atomic step: the writer's lease (fencing token) must still be the current one, and a
-/// terminal record is final (only `bookkeeping` — webhook delivery state — may touch it).
-/// Modes: `run` (a worker holding the lease), `cas` (compare-and-set on the status, for the
-/// dispatcher), `bookkeeping` (terminal records only).
+/// Every write of a job record goes through this script (or `BEGIN`, which makes the same
+/// checks), so the checks and the write are one atomic step: the writer's lease (fencing
+/// token) must still be the current one, and a terminal record is final (only `bookkeeping` —
+/// webhook delivery state — may touch it). Modes: `run` (a worker holding the lease), `cas`
+/// (compare-and-set on the status, for the dispatcher), `bookkeeping` (terminal records only).
+/// A provider answer (`ARGV[6]`, for the memo key `KEYS[4]`) is saved first and whatever the
+/// checks find: it is the answer for that attempt, and saving it in the same round trip as the
+/// result costs nothing extra.
 const TRANSITION: &str = r"
+if ARGV[6] and ARGV[6] ~= '' then redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[2]) end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return 'lost' end
 local current = redis.call('GET', KEYS[1])
 if not current then return 'missing' end
@@ -118,12 +122,22 @@ redis.call('EXPIRE', KEYS[3], ARGV[2])
 return 'ok'
 ";
 
-/// Takes a job's lease if nobody holds it: `{1, token}`, else `{0, ms left on the lease}`.
-const ACQUIRE: &str = r"
+/// Starts a run in one step: takes the job's lease if nobody holds it, with a fresh fencing
+/// token, and writes the run's record if the stored status is still the one the run read.
+/// Answers `{1, token}`, `{0, ms left on someone else's lease}`, or `{2, 0}` missing,
+/// `{3, 0}` terminal, `{4, 0}` status changed meanwhile.
+const BEGIN: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1])} end
+local current = redis.call('GET', KEYS[3])
+if not current then return {2, 0} end
+local status = cjson.decode(current)['status']
+if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return {3, 0} end
+if status ~= ARGV[5] then return {4, 0} end
 local token = redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[4])
 return {1, token}
 ";
 
@@ -137,8 +151,11 @@ if not current then return 'missing' end
 return cjson.decode(current)['status']
 ";
 
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+/// Ends a run: notes the webhook hand-off when there was one (`ARGV[3]` = '1'), then releases
+/// the lease if it is still ours.
+const CLOSE: &str = r"
+if ARGV[3] == '1' then redis.call('SET', KEYS[2], 1, 'EX', ARGV[2]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 ";
 
@@ -149,12 +166,15 @@ pub struct Lease {
     value: String,
 }
 
-/// The outcome of trying to take a lease.
+/// The outcome of trying to start a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Acquire {
+pub enum Begun {
+    /// The lease is ours and the record says the run started.
     Held(Lease),
-    /// Someone else holds it for about this long.
+    /// Someone else holds the lease for about this long; nothing was written.
     Busy(Duration),
+    /// The record was not written: `Missing`, `Terminal` or `Conflict` (status changed).
+    Refused(Written),
 }
 
 /// What a guarded write found.
@@ -194,9 +214,9 @@ impl JobStore {
             ttl_secs,
             scripts: Arc::new(Scripts {
                 transition: redis::Script::new(TRANSITION),
-                acquire: redis::Script::new(ACQUIRE),
+                begin: redis::Script::new(BEGIN),
                 renew: redis::Script::new(RENEW),
-                release: redis::Script::new(RELEASE),
+                close: redis::Script::new(CLOSE),
             }),
         }
     }
@@ -263,12 +283,38 @@ impl JobStore {
         }
     }
 
+    /// What a run needs, in one round trip: the record, the spec, and the provider answer
+    /// saved for `attempt` by an earlier delivery, if any. `None` if the record or the spec is
+    /// gone (expired or never made).
+    pub async fn load_for_run(
+        &self,
+        id: Uuid,
+        attempt: u32,
+    ) -> Result<Option<(JobRecord, JobSpec, Option<Completion>)>, StoreError> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(self.names.job_key(id))
+            .arg(self.names.job_spec_key(id))
+            .arg(self.names.memo_key(id, attempt));
+        let (record, spec, memo): (Option<String>, Option<String>, Option<String>) =
+            self.redis.cmd(&cmd).await?;
+        let (Some(record), Some(spec)) = (record, spec) else {
+            return Ok(None);
+        };
+        let memo = memo.map(|raw| serde_json::from_str(&raw)).transpose()?;
+        Ok(Some((
+            serde_json::from_str(&record)?,
+            serde_json::from_str(&spec)?,
+            memo,
+        )))
+    }
+
     async fn transition(
         &self,
         record: &JobRecord,
         lease: Option<&Lease>,
         mode: &str,
         expected: Option<JobStatus>,
+        memo: Option<(u32, &Completion)>,
     ) -> Result<Written, StoreError> {
         let mut invocation = self.scripts.transition.prepare_invoke();
         invocation
@@ -280,6 +326,11 @@ impl JobStore {
             .arg(lease.map_or("", |l| l.value.as_str()))
             .arg(mode)
             .arg(expected.map_or("", JobStatus::as_str));
+        if let Some((attempt, completion)) = memo {
+            invocation
+                .key(self.names.memo_key(record.id, attempt))
+                .arg(serde_json::to_string(completion)?);
+        }
         let answer: String = self.redis.script(&invocation).await?;
         Ok(match answer.as_str() {
             "ok" => Written::Ok,
@@ -296,7 +347,27 @@ impl JobStore {
         record: &JobRecord,
         lease: &Lease,
     ) -> Result<Written, StoreError> {
-        self.transition(record, Some(lease), "run", None).await
+        self.transition(record, Some(lease), "run", None, None)
+            .await
+    }
+
+    /// `save_leased`, saving in the same step the provider's answer for `attempt` that the
+    /// record was made from, so a redelivery does not pay for the call again.
+    pub async fn save_leased_with_memo(
+        &self,
+        record: &JobRecord,
+        lease: &Lease,
+        attempt: u32,
+        completion: &Completion,
+    ) -> Result<Written, StoreError> {
+        self.transition(
+            record,
+            Some(lease),
+            "run",
+            None,
+            Some((attempt, completion)),
+        )
+        .await
     }
 
     /// Writes a record if its stored status is still `expected` (and not terminal).
@@ -305,38 +376,52 @@ impl JobStore {
         record: &JobRecord,
         expected: JobStatus,
     ) -> Result<Written, StoreError> {
-        self.transition(record, None, "cas", Some(expected)).await
+        self.transition(record, None, "cas", Some(expected), None)
+            .await
     }
 
     /// Updates delivery bookkeeping on a record that already ended.
     pub async fn save_bookkeeping(&self, record: &JobRecord) -> Result<Written, StoreError> {
-        self.transition(record, None, "bookkeeping", None).await
+        self.transition(record, None, "bookkeeping", None, None)
+            .await
     }
 
-    /// Takes the job's lease for `ttl` as `owner`, issuing a fresh fencing token.
-    pub async fn acquire_lease(
+    /// Starts a run as `owner`: takes the job's lease for `ttl` with a fresh fencing token and
+    /// writes `record` (the run's view: running, attempt counted), provided nobody holds the
+    /// lease and the stored status is still `expected` (what the run read). One round trip.
+    pub async fn begin_run(
         &self,
-        id: Uuid,
+        record: &JobRecord,
+        expected: JobStatus,
         owner: &str,
         ttl: Duration,
-    ) -> Result<Acquire, StoreError> {
-        let mut invocation = self.scripts.acquire.prepare_invoke();
+    ) -> Result<Begun, StoreError> {
+        let id = record.id;
+        let mut invocation = self.scripts.begin.prepare_invoke();
         invocation
             .key(self.names.lease_key(id))
             .key(self.names.fence_key(id))
+            .key(self.names.job_key(id))
+            .key(self.names.job_spec_key(id))
             .arg(owner)
             .arg(ttl.as_millis() as u64)
-            .arg(self.ttl_secs);
-        let (held, value): (i64, i64) = self.redis.script(&invocation).await?;
-        if held == 1 {
-            let token = value as u64;
-            Ok(Acquire::Held(Lease {
-                token,
-                value: format!("{owner}:{token}"),
-            }))
-        } else {
-            Ok(Acquire::Busy(Duration::from_millis(value.max(0) as u64)))
-        }
+            .arg(serde_json::to_string(record)?)
+            .arg(self.ttl_secs)
+            .arg(expected.as_str());
+        let (code, value): (i64, i64) = self.redis.script(&invocation).await?;
+        Ok(match code {
+            1 => {
+                let token = value as u64;
+                Begun::Held(Lease {
+                    token,
+                    value: format!("{owner}:{token}"),
+                })
+            }
+            0 => Begun::Busy(Duration::from_millis(value.max(0) as u64)),
+            3 => Begun::Refused(Written::Terminal),
+            4 => Begun::Refused(Written::Conflict),
+            _ => Begun::Refused(Written::Missing),
+        })
     }
 
     pub async fn renew_lease(
@@ -360,14 +445,27 @@ impl JobStore {
         })
     }
 
-    pub async fn release_lease(&self, id: Uuid, lease: &Lease) -> Result<(), StoreError> {
-        let mut invocation = self.scripts.release.prepare_invoke();
-        invocation.key(self.names.lease_key(id)).arg(&lease.value);
+    /// Ends a run: releases the lease if it is still ours and, when `handed_off`, notes in
+    /// the same step that the job's terminal event is on the webhook queue.
+    pub async fn close_run(
+        &self,
+        id: Uuid,
+        lease: &Lease,
+        handed_off: bool,
+    ) -> Result<(), StoreError> {
+        let mut invocation = self.scripts.close.prepare_invoke();
+        invocation
+            .key(self.names.lease_key(id))
+            .key(self.names.handoff_key(id))
+            .arg(&lease.value)
+            .arg(self.ttl_secs)
+            .arg(if handed_off { "1" } else { "" });
         let _: i64 = self.redis.script(&invocation).await?;
         Ok(())
     }
 
-    /// Saves a provider's answer against the job's attempt.
+    /// Saves a provider's answer against the job's attempt (the worker saves it together
+    /// with the result, `save_leased_with_memo`).
     pub async fn save_memo(
         &self,
         id: Uuid,
@@ -380,19 +478,6 @@ impl JobStore {
             .arg("EX")
             .arg(self.ttl_secs);
         self.redis.cmd::<()>(&cmd).await
-    }
-
-    pub async fn load_memo(
-        &self,
-        id: Uuid,
-        attempt: u32,
-    ) -> Result<Option<Completion>, StoreError> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.names.memo_key(id, attempt));
-        let raw: Option<String> = self.redis.cmd(&cmd).await?;
-        raw.map(|raw| serde_json::from_str(&raw))
-            .transpose()
-            .map_err(StoreError::from)
     }
 
     /// Notes that the job's terminal event is on the webhook queue.

@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     broker: Broker,
     outbound: Outbound,
     metrics: Arc<Metrics>,
+    /// Cancelled when shutdown begins: deliveries still waiting for a call slot go back.
+    draining: CancellationToken,
     /// Cancelled when the grace period is over: runs still going give their message back.
     hard_stop: CancellationToken,
     /// Runs in progress here, for cancellation broadcasts.
@@ -127,6 +129,7 @@ impl Worker {
             store,
             broker,
             metrics,
+            draining: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             running: Arc::default(),
             instance: uuid::Uuid::now_v7().simple().to_string(),
@@ -159,10 +162,11 @@ impl Worker {
         let tracker = TaskTracker::new();
         let mut loops = tokio::task::JoinSet::new();
         for (name, agent) in &self.agents {
+            let window = AgentLimits::delivery_window(agent.config.concurrency);
             let consumption = Consumption {
                 queue: self.shared.broker.names().agent_queue(name),
-                prefetch: agent.config.concurrency,
-                slots: agent.limits.slots(),
+                prefetch: window,
+                slots: Arc::new(Semaphore::new(usize::from(window))),
                 consumer_tag: format!("{}.{name}", self.shared.instance),
             };
             let shared = self.shared.clone();
@@ -200,6 +204,7 @@ impl Worker {
         tracing::info!(agents = ?self.agents.keys().collect::<Vec<_>>(), instance = %self.shared.instance, "worker started");
 
         shutdown.cancelled().await;
+        self.shared.draining.cancel();
         while loops.join_next().await.is_some() {}
         tracker.close();
         let grace = Duration::from_secs(self.shared.config.worker.shutdown_grace_secs);

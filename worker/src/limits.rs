@@ -1,5 +1,6 @@
 //! The one admission decision before a provider call: the agent's concurrency on this replica
-//! (a semaphore, whose permits also bound the queue prefetch) and its fleet-wide rate limits
+//! (a semaphore of call slots, held from the start of a run to the end of its provider call;
+//! the queue prefetch is a little larger, `delivery_window`) and its fleet-wide rate limits
 //! (requests/min and tokens/min), kept as GCRA state in Redis so that every replica draws on
 //! the same budget. Nothing else in the worker sleeps on limits.
 //!
@@ -10,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use agentfleet_common::config::AgentConfig;
@@ -67,7 +68,8 @@ impl Gcra {
 
 /// The limits of one agent.
 pub struct AgentLimits {
-    slots: Arc<Semaphore>,
+    /// Provider calls in flight on this replica (the agent's `concurrency`).
+    calls: Arc<Semaphore>,
     requests: Option<Gcra>,
     tokens: Option<Gcra>,
     script: Arc<redis::Script>,
@@ -86,7 +88,7 @@ impl AgentLimits {
     pub fn new(name: &str, agent: &AgentConfig, names: &Names, redis: Redis) -> Self {
         let limit = agent.rate_limit.as_ref();
         Self {
-            slots: Arc::new(Semaphore::new(usize::from(agent.concurrency))),
+            calls: Arc::new(Semaphore::new(usize::from(agent.concurrency))),
             requests: limit.map(|l| {
                 Gcra::new(
                     names.rate_key(name, RateKind::Requests),
@@ -101,9 +103,24 @@ impl AgentLimits {
         }
     }
 
-    /// The agent's concurrency slots on this replica.
-    pub fn slots(&self) -> Arc<Semaphore> {
-        self.slots.clone()
+    /// Waits for one of the agent's call slots on this replica. A run takes it before it
+    /// starts (so a job waiting for a slot is still `queued`, not leased) and drops it as soon
+    /// as its provider call ends: storing the result and handing the webhook off do not hold
+    /// the provider's concurrency, so the next run starts while this one finishes.
+    pub async fn call_slot(&self) -> OwnedSemaphorePermit {
+        // The semaphore is never closed.
+        self.calls
+            .clone()
+            .acquire_owned()
+            .await
+            .unwrap_or_else(|_| unreachable!("call slots are never closed"))
+    }
+
+    /// How many deliveries of this agent's queue a replica holds at once: its call slots
+    /// plus a quarter more, so the runs that are finishing (storing results, handing off
+    /// webhooks) do not keep the next calls waiting for the broker.
+    pub fn delivery_window(concurrency: u16) -> u16 {
+        concurrency.saturating_add(concurrency.div_ceil(4))
     }
 
     /// Waits until one request costing `estimated_tokens` fits the fleet-wide limits, and

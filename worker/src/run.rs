@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use agentfleet_common::events;
-use agentfleet_common::store::{Acquire, Lease, Renewed, Written};
+use agentfleet_common::store::{Begun, Lease, Renewed, Written};
 use agentfleet_common::wire::{
     AttemptError, Completion, ErrorCategory, JobMessage, JobRecord, JobSpec, JobStatus, Versioned,
     SCHEMA_VERSION,
@@ -38,6 +38,24 @@ pub enum Disposition {
     DeadLetter,
     /// Shutting down mid-run: leave it unacked; closing the connection requeues it.
     Abandon,
+    /// Not started (shutting down while it waited for a slot): back to the queue at once.
+    GiveBack,
+}
+
+/// How a run ended: what to do with its delivery, and whether it handed the job's terminal
+/// event to the webhook queue (noted in the same write that releases the lease).
+struct Ending {
+    disposition: Disposition,
+    handed_off: bool,
+}
+
+impl From<Disposition> for Ending {
+    fn from(disposition: Disposition) -> Self {
+        Self {
+            disposition,
+            handed_off: false,
+        }
+    }
 }
 
 /// Pause before giving a message back after an infrastructure error, so an outage does not
@@ -120,6 +138,14 @@ pub async fn settle(shared: &Shared, delivery: Delivery, disposition: Dispositio
                 })
                 .await
         }
+        Disposition::GiveBack => {
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+        }
         Disposition::DeadLetter => {
             delivery
                 .nack(BasicNackOptions {
@@ -175,7 +201,7 @@ async fn process(
             }
         };
     }
-    let (record, spec) = match shared.store.load_with_spec(msg.job_id).await {
+    let (mut record, spec, memo) = match shared.store.load_for_run(msg.job_id, msg.attempt).await {
         Ok(Some(found)) => found,
         Ok(None) => {
             tracing::warn!("job record is gone (expired or never stored); dropping the message");
@@ -202,21 +228,44 @@ async fn process(
             return delay(shared, &msg, wait).await;
         }
     }
+    // A free call slot before anything is written: until then the job is still queued.
+    let slot = if poison {
+        None
+    } else {
+        tokio::select! {
+            slot = agent.limits.call_slot() => Some(slot),
+            () = shared.draining.cancelled() => return Disposition::GiveBack,
+        }
+    };
     let lease_ttl = Duration::from_secs(shared.config.worker.lease_secs);
+    let read_status = record.status;
+    if !poison {
+        record.status = JobStatus::Running;
+        // Attempts count messages, not deliveries: a redelivery after a crash is the same
+        // attempt.
+        record.attempts = record.attempts.max(msg.attempt);
+        record.started_at.get_or_insert_with(Utc::now);
+    }
     let lease = match shared
         .store
-        .acquire_lease(msg.job_id, &shared.instance, lease_ttl)
+        .begin_run(&record, read_status, &shared.instance, lease_ttl)
         .await
     {
-        Ok(Acquire::Held(lease)) => lease,
-        Ok(Acquire::Busy(left)) => {
+        Ok(Begun::Held(lease)) => lease,
+        Ok(Begun::Busy(left)) => {
             // Another run holds it (or a crashed one whose lease has not expired): wait in
             // the delay ladder, not here.
             tracing::info!(?left, "job leased elsewhere; delayed");
             return delay(shared, &msg, left.max(Duration::from_millis(250))).await;
         }
+        // Ended since it was read (cancelled: the canceller handed its event off) or gone.
+        Ok(Begun::Refused(Written::Terminal | Written::Missing)) => return Disposition::Ack,
+        Ok(Begun::Refused(_)) => {
+            tracing::info!("job changed while its run was starting; given back");
+            return Disposition::Requeue;
+        }
         Err(err) => {
-            tracing::warn!(error = %err, "cannot take the lease");
+            tracing::warn!(error = %err, "cannot start the run");
             return Disposition::Requeue;
         }
     };
@@ -230,7 +279,9 @@ async fn process(
         lease_ttl,
         run.clone(),
     ));
-    let disposition = if poison {
+    let ending = if let Some(slot) = slot {
+        run_leased(shared, agent, &msg, record, &spec, memo, slot, &lease, &run).await
+    } else {
         tracing::error!(
             deliveries,
             "message keeps coming back (workers crash on it); failing the job"
@@ -242,7 +293,6 @@ async fn process(
                 deliveries + 1
             ),
         );
-        let mut record = record;
         record.error = Some(failure.to_job_error());
         shared
             .metrics
@@ -257,16 +307,21 @@ async fn process(
             &lease,
             &msg,
             JobStatus::Failed,
+            None,
         )
         .await
-    } else {
-        run_leased(shared, agent, &msg, record, &spec, &lease, &run).await
     };
     renewal.abort();
-    if let Err(err) = shared.store.release_lease(msg.job_id, &lease).await {
-        tracing::debug!(error = %err, "lease not released; it expires by itself");
+    if let Err(err) = shared
+        .store
+        .close_run(msg.job_id, &lease, ending.handed_off)
+        .await
+    {
+        // The lease expires by itself; a missing hand-off note only matters to a
+        // redelivery, and this delivery is acked.
+        tracing::debug!(error = %err, "run not closed");
     }
-    disposition
+    ending.disposition
 }
 
 /// Renews the lease every third of its life. Cancels the run if the lease is lost or the job
@@ -313,30 +368,20 @@ enum Interrupted {
     Cancelled,
 }
 
+/// The run proper, once `begin_run` has stored it as running under `lease`.
+#[allow(clippy::too_many_arguments)]
 async fn run_leased(
     shared: &Shared,
     agent: &AgentRuntime,
     msg: &JobMessage,
     mut record: JobRecord,
     spec: &JobSpec,
+    memo: Option<Completion>,
+    slot: OwnedSemaphorePermit,
     lease: &Lease,
     run: &CancellationToken,
-) -> Disposition {
-    record.status = JobStatus::Running;
-    // Attempts count messages, not deliveries: a redelivery after a crash is the same attempt.
-    record.attempts = record.attempts.max(msg.attempt);
-    let started_at = *record.started_at.get_or_insert_with(Utc::now);
-    match shared.store.save_leased(&record, lease).await {
-        Ok(Written::Ok) => {}
-        Ok(Written::Terminal) => return Disposition::Ack,
-        Ok(Written::Missing) => return Disposition::Ack,
-        Ok(Written::LeaseLost | Written::Conflict) => return Disposition::Requeue,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot mark the job running");
-            return Disposition::Requeue;
-        }
-    }
-
+) -> Ending {
+    let started_at = record.started_at.unwrap_or_else(Utc::now);
     let budget = spec.timeout_secs.map_or(agent.config.timeout(), |secs| {
         Duration::from_secs(secs).min(agent.config.timeout())
     });
@@ -348,12 +393,15 @@ async fn run_leased(
         .jobs_in_flight
         .with_label_values(&[&agent.name]);
     in_flight.inc();
-    let outcome = attempt(shared, agent, msg, &record, spec, lease, deadline, run).await;
+    let outcome = attempt(
+        shared, agent, msg, &record, spec, memo, slot, lease, deadline, run,
+    )
+    .await;
     in_flight.dec();
 
     let outcome = match outcome {
         Ok(outcome) => outcome,
-        Err(Interrupted::Shutdown) => return Disposition::Abandon,
+        Err(Interrupted::Shutdown) => return Disposition::Abandon.into(),
         Err(Interrupted::Cancelled) => {
             // Either the caller cancelled (the record says so, and the dispatcher handed the
             // event off) or the lease is gone (someone else may run it): give the message
@@ -363,12 +411,13 @@ async fn run_leased(
                     ensure_handoff(shared, &current, spec).await
                 }
                 _ => Disposition::Requeue,
-            };
+            }
+            .into();
         }
     };
     match outcome {
         Ok(completion) => {
-            record.output = Some(completion.content);
+            record.output = Some(completion.content.clone());
             record.usage = Some(completion.usage);
             record.error = None;
             finish(
@@ -379,6 +428,7 @@ async fn run_leased(
                 lease,
                 msg,
                 JobStatus::Succeeded,
+                Some(&completion),
             )
             .await
         }
@@ -401,10 +451,22 @@ async fn run_leased(
                 && record.attempts < agent.config.retry.attempts
                 && in_time
             {
-                schedule_retry(shared, agent, record, msg, &failure, lease, wait).await
+                schedule_retry(shared, agent, record, msg, &failure, lease, wait)
+                    .await
+                    .into()
             } else {
                 tracing::info!(category = failure.category.as_str(), error = %failure.message, "job failed");
-                finish(shared, agent, record, spec, lease, msg, JobStatus::Failed).await
+                finish(
+                    shared,
+                    agent,
+                    record,
+                    spec,
+                    lease,
+                    msg,
+                    JobStatus::Failed,
+                    None,
+                )
+                .await
             }
         }
     }
@@ -419,6 +481,8 @@ async fn attempt(
     msg: &JobMessage,
     record: &JobRecord,
     spec: &JobSpec,
+    memo: Option<Completion>,
+    slot: OwnedSemaphorePermit,
     lease: &Lease,
     deadline: DateTime<Utc>,
     run: &CancellationToken,
@@ -433,13 +497,9 @@ async fn attempt(
     if remaining(Utc::now()).is_none() {
         return Ok(Err(deadline_exceeded()));
     }
-    match shared.store.load_memo(msg.job_id, msg.attempt).await {
-        Ok(Some(completion)) => {
-            tracing::info!("provider answer for this attempt was saved; not calling again");
-            return Ok(Ok(completion));
-        }
-        Ok(None) => {}
-        Err(err) => tracing::warn!(error = %err, "cannot read the saved answer; calling"),
+    if let Some(completion) = memo {
+        tracing::info!("provider answer for this attempt was saved; not calling again");
+        return Ok(Ok(completion));
     }
 
     let estimate = estimate_tokens(spec, agent.provider.max_tokens());
@@ -488,6 +548,8 @@ async fn attempt(
         () = run.cancelled() => return Err(Interrupted::Cancelled),
         () = shared.hard_stop.cancelled() => return Err(Interrupted::Shutdown),
     };
+    // The provider is done with this run: the next one may call while this one finishes.
+    drop(slot);
     let result = match result {
         // The request timed out because the job's deadline did, not the per-call bound.
         Err(f) if f.category == ErrorCategory::Timeout && timeout == left => {
@@ -522,14 +584,7 @@ async fn attempt(
             .llm_tokens
             .with_label_values(&[&agent.name, "completion"])
             .inc_by(usage.completion_tokens);
-        // Saved before anything else, so a crash from here on does not pay for it again.
-        if let Err(err) = shared
-            .store
-            .save_memo(msg.job_id, msg.attempt, completion)
-            .await
-        {
-            tracing::warn!(error = %err, "could not save the provider answer");
-        }
+        // The answer itself is saved with the result (`finish`), in the same round trip.
         if let Err(err) = agent
             .limits
             .settle_tokens(estimate, usage.total_tokens)
@@ -588,6 +643,9 @@ async fn schedule_retry(
     Disposition::Ack
 }
 
+/// Stores the job's end (with the provider answer it came from, if any), keeps a copy of a
+/// failed job's message, and hands the terminal event off.
+#[allow(clippy::too_many_arguments)]
 async fn finish(
     shared: &Shared,
     agent: &AgentRuntime,
@@ -596,21 +654,31 @@ async fn finish(
     lease: &Lease,
     msg: &JobMessage,
     status: JobStatus,
-) -> Disposition {
+    answer: Option<&Completion>,
+) -> Ending {
     let now = Utc::now();
     record.status = status;
     record.finished_at = Some(now);
-    match shared.store.save_leased(&record, lease).await {
+    let written = match answer {
+        Some(answer) => {
+            shared
+                .store
+                .save_leased_with_memo(&record, lease, msg.attempt, answer)
+                .await
+        }
+        None => shared.store.save_leased(&record, lease).await,
+    };
+    match written {
         Ok(Written::Ok) => {}
         // Cancelled meanwhile: the canceller handed its event off.
-        Ok(Written::Terminal | Written::Missing) => return Disposition::Ack,
+        Ok(Written::Terminal | Written::Missing) => return Disposition::Ack.into(),
         Ok(Written::LeaseLost | Written::Conflict) => {
             tracing::warn!("lease lost before the result was stored; giving the job back");
-            return Disposition::Requeue;
+            return Disposition::Requeue.into();
         }
         Err(err) => {
             tracing::warn!(error = %err, "cannot store the result");
-            return Disposition::Requeue;
+            return Disposition::Requeue.into();
         }
     }
     shared
@@ -646,7 +714,19 @@ async fn finish(
             }
         }
     }
-    ensure_handoff(shared, &record, spec).await
+    // This run just ended the job, so nobody handed its event off before: publish without
+    // looking for the note, and let `close_run` write the note.
+    match events::publish_event(&shared.broker, &record, spec).await {
+        Ok(handed_off) => Ending {
+            disposition: Disposition::Ack,
+            handed_off,
+        },
+        Err(err) => {
+            // Not acked: the redelivery finds the job terminal and hands off then.
+            tracing::warn!(error = %err, "cannot hand off the webhook");
+            Disposition::Requeue.into()
+        }
+    }
 }
 
 /// Puts the job's terminal event on the webhook queue once (if it has a webhook URL).

@@ -133,7 +133,7 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
         .inc();
     tracing::info!(outcome = label, "webhook attempt done");
 
-    if let Err(err) = record_attempt(shared, &msg, outcome).await {
+    if let Err(err) = record_attempt(shared, record, &msg, outcome).await {
         // Bookkeeping only: the delivery itself stands; do not send it again for this.
         tracing::warn!(error = %err, "cannot record the webhook attempt");
     }
@@ -158,14 +158,15 @@ fn jitter(secs: u64) -> Duration {
     Duration::from_secs(secs).mul_f64(0.9 + 0.2 * rand::random::<f64>())
 }
 
+/// Notes the attempt on the record loaded for it: a terminal record changes only by this
+/// bookkeeping, so there is nothing newer to read back first (two deliveries of the same
+/// event racing can only leave the lower attempt count, which the next attempt corrects).
 async fn record_attempt(
     shared: &Shared,
+    mut record: agentfleet_common::wire::JobRecord,
     msg: &WebhookMessage,
     outcome: Outcome,
 ) -> Result<(), agentfleet_common::store::StoreError> {
-    let Some(mut record) = shared.store.load(msg.job_id).await? else {
-        return Ok(());
-    };
     let status = record.webhook.get_or_insert_with(WebhookStatus::default);
     status.attempts = status.attempts.max(msg.attempt + 1);
     status.last_status = match outcome {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use agentfleet_common::store::{Acquire, JobStore, Redis, Written};
-use agentfleet_common::wire::{Completion, Usage};
+use agentfleet_common::store::{Begun, JobStore, Redis, Written};
+use agentfleet_common::wire::{Completion, JobStatus, Usage};
 use agentfleet_stub::llm::Behavior;
 use agentfleet_tests::{wait_until, AgentSpec, AppOptions, Fault, TestApp};
 
@@ -335,26 +335,26 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_the_job() -> anyhow::Resu
     let id = app.submit_job("summarize", "x").await?;
     let store = JobStore::new(Redis::connect(&app.config.redis)?, app.names(), 3600);
     let uuid = uuid::Uuid::parse_str(&id)?;
-    let Acquire::Held(stale) = store
-        .acquire_lease(uuid, "stalled", Duration::from_millis(200))
-        .await?
-    else {
-        anyhow::bail!("first lease refused");
+    let queued = store.load(uuid).await?.expect("record");
+    let begin = |owner: &'static str, ttl: Duration| {
+        let (store, queued) = (store.clone(), queued.clone());
+        async move {
+            store
+                .begin_run(&queued, JobStatus::Queued, owner, ttl)
+                .await
+        }
+    };
+    let Begun::Held(stale) = begin("stalled", Duration::from_millis(200)).await? else {
+        anyhow::bail!("first run refused");
     };
     assert!(matches!(
-        store
-            .acquire_lease(uuid, "other", Duration::from_secs(5))
-            .await?,
-        Acquire::Busy(_)
+        begin("other", Duration::from_secs(5)).await?,
+        Begun::Busy(_)
     ));
     let fresh = wait_until(Duration::from_secs(5), "stale lease to expire", || async {
-        match store
-            .acquire_lease(uuid, "fresh", Duration::from_secs(5))
-            .await
-            .ok()?
-        {
-            Acquire::Held(lease) => Some(lease),
-            Acquire::Busy(_) => None,
+        match begin("fresh", Duration::from_secs(5)).await.ok()? {
+            Begun::Held(lease) => Some(lease),
+            _ => None,
         }
     })
     .await?;
@@ -368,6 +368,46 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_the_job() -> anyhow::Resu
     assert_eq!(store.load(uuid).await?.expect("record").output, None);
     record.output = Some("from the holder".into());
     assert_eq!(store.save_leased(&record, &fresh).await?, Written::Ok);
+    Ok(())
+}
+
+/// A run starts only on the job as it read it: a status changed meanwhile, or a job that
+/// ended, is refused, and the refusal writes nothing (no lease, no record change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_does_not_start_on_a_job_that_changed_or_ended() -> anyhow::Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let id = app.submit_job("summarize", "x").await?;
+    let store = JobStore::new(Redis::connect(&app.config.redis)?, app.names(), 3600);
+    let uuid = uuid::Uuid::parse_str(&id)?;
+    let queued = store.load(uuid).await?.expect("record");
+    let mut running = queued.clone();
+    running.status = JobStatus::Running;
+    let ttl = Duration::from_secs(5);
+    assert_eq!(
+        store
+            .begin_run(&running, JobStatus::Retrying, "w", ttl)
+            .await?,
+        Begun::Refused(Written::Conflict)
+    );
+    assert_eq!(
+        store.load(uuid).await?.expect("record").status,
+        JobStatus::Queued
+    );
+    assert_eq!(app.cancel(&id).await.status(), 200);
+    assert_eq!(
+        store
+            .begin_run(&running, JobStatus::Queued, "w", ttl)
+            .await?,
+        Begun::Refused(Written::Terminal)
+    );
+    assert_eq!(
+        store.load(uuid).await?.expect("record").status,
+        JobStatus::Cancelled
+    );
     Ok(())
 }
 

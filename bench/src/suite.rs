@@ -16,7 +16,7 @@ pub struct Settings {
     pub short: bool,
     /// Concurrent HTTP clients (and confirms in flight for the baselines).
     pub clients: usize,
-    /// 1 and 6: no-op jobs per run; the agent's concurrency (= prefetch).
+    /// 1 and 6: no-op jobs per run; the agent's concurrency (prefetch: `delivery_window`).
     pub throughput_jobs: usize,
     pub throughput_concurrency: u16,
     /// 2: jobs at `latency_rate` per second with the stub answering after `latency_stub`.

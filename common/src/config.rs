@@ -210,6 +210,26 @@ pub enum ProviderKind {
     Openai,
 }
 
+/// The prefetch of an agent with `concurrency` call slots; see
+/// [`AgentConfig::delivery_window`].
+pub fn delivery_window(concurrency: u16) -> u16 {
+    concurrency.saturating_add(concurrency.div_ceil(4))
+}
+
+/// How a worker speaks HTTP to an agent's provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpVersion {
+    /// Over https, HTTP/2 when the server offers it (ALPN), else HTTP/1.1; over http, HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only: one connection per call in flight.
+    Http1,
+    /// HTTP/2 only, also over plain http (prior knowledge): every call in flight shares one
+    /// connection, up to the server's limit on concurrent streams.
+    Http2,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
@@ -270,9 +290,12 @@ pub struct AgentConfig {
     pub system_prompt: Option<String>,
     #[serde(default = "default_max_tokens")]
     pub max_tokens: u32,
-    /// In-flight runs of this agent per worker replica (also the queue prefetch).
+    /// Provider calls of this agent in flight per worker replica. The queue prefetch is a
+    /// quarter more, so runs that are finishing do not hold up the next calls.
     #[serde(default = "default_concurrency")]
     pub concurrency: u16,
+    #[serde(default)]
+    pub http_version: HttpVersion,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     /// Deadline of a whole run: admission, every attempt and the waits between them. A job
@@ -298,6 +321,13 @@ impl AgentConfig {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs.unwrap_or(self.timeout_secs))
+    }
+
+    /// How many deliveries of this agent's queue a worker replica holds at once (its
+    /// prefetch): the call slots plus a quarter more, so the runs that are finishing (storing
+    /// results, handing off webhooks) do not keep the next calls waiting for the broker.
+    pub fn delivery_window(&self) -> u16 {
+        delivery_window(self.concurrency)
     }
 }
 
@@ -700,6 +730,20 @@ agents:
         assert_eq!(agent.retry.attempts, 3);
         assert_eq!(config.dispatcher.max_body_bytes, 1_048_576);
         assert_eq!(config.served_agents(), vec!["summarize".to_string()]);
+        assert_eq!(agent.http_version, HttpVersion::Auto);
+        assert_eq!(agent.delivery_window(), 20);
+    }
+
+    #[test]
+    fn http_version_is_one_of_three() {
+        let config = Config::from_yaml(&yaml("http_version: http2")).expect("valid");
+        assert_eq!(config.agents["summarize"].http_version, HttpVersion::Http2);
+        let err = Config::from_yaml(&yaml("http_version: http3")).expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains("http3") && text.contains("agents.summarize"),
+            "{err}"
+        );
     }
 
     #[test]

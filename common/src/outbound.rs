@@ -12,11 +12,13 @@ use bytes_limit::read_limited;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::{Host, Url};
 
+use crate::config::HttpVersion;
+
 /// Whose URL a request goes to, which decides whether the SSRF guard applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
     /// An operator-configured provider endpoint: trusted, may be on a private network.
-    Provider,
+    Provider(HttpVersion),
     /// A tenant-chosen webhook URL: guarded unless private networks are explicitly allowed.
     Webhook,
 }
@@ -76,7 +78,10 @@ pub struct OutboundResponse {
 
 #[derive(Clone)]
 pub struct Outbound {
+    /// One client (one connection pool) per way of speaking to providers.
     providers: reqwest::Client,
+    providers_http1: reqwest::Client,
+    providers_http2: reqwest::Client,
     webhooks: reqwest::Client,
     allow_private_webhooks: bool,
     max_response_bytes: usize,
@@ -93,19 +98,24 @@ impl Outbound {
         };
         // Building a client only fails when the TLS backend cannot initialise, which is a
         // broken build rather than bad input.
-        let providers = base()
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .unwrap_or_else(|e| panic!("HTTP client: {e}"));
+        let provider = || base().redirect(reqwest::redirect::Policy::limited(3));
+        let build = |builder: reqwest::ClientBuilder| {
+            builder
+                .build()
+                .unwrap_or_else(|e| panic!("HTTP client: {e}"))
+        };
+        let providers = build(provider());
+        let providers_http1 = build(provider().http1_only());
+        let providers_http2 = build(provider().http2_prior_knowledge());
         let mut webhooks = base().redirect(reqwest::redirect::Policy::none());
         if !allow_private_webhooks {
             webhooks = webhooks.dns_resolver(Arc::new(PublicOnlyResolver));
         }
-        let webhooks = webhooks
-            .build()
-            .unwrap_or_else(|e| panic!("HTTP client: {e}"));
+        let webhooks = build(webhooks);
         Self {
             providers,
+            providers_http1,
+            providers_http2,
             webhooks,
             allow_private_webhooks,
             max_response_bytes,
@@ -127,7 +137,9 @@ impl Outbound {
         timeout: Duration,
     ) -> Result<OutboundResponse, OutboundError> {
         let client = match destination {
-            Destination::Provider => &self.providers,
+            Destination::Provider(HttpVersion::Auto) => &self.providers,
+            Destination::Provider(HttpVersion::Http1) => &self.providers_http1,
+            Destination::Provider(HttpVersion::Http2) => &self.providers_http2,
             Destination::Webhook => {
                 self.check_webhook_url(url)?;
                 &self.webhooks

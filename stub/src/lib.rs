@@ -9,17 +9,49 @@ pub mod receiver;
 use std::net::SocketAddr;
 
 use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+
+/// Concurrent HTTP/2 streams a client may open on one connection. High, so that a worker
+/// speaking HTTP/2 can keep thousands of slow calls in flight on one connection (hosted
+/// providers set their own, often lower, limit).
+pub const MAX_HTTP2_STREAMS: u32 = 10_000;
 
 /// Serves `router` on `listener` in a background task until the process (or test) ends.
 pub fn spawn_router(listener: TcpListener, router: Router) -> SocketAddr {
     let addr = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, router).await {
-            tracing::error!(error = %err, "stub server stopped");
-        }
-    });
+    tokio::spawn(serve(listener, router));
     addr
+}
+
+/// Serves `router` on `listener`, HTTP/1.1 and HTTP/2 without TLS (prior knowledge), each
+/// connection in its own task.
+pub async fn serve(listener: TcpListener, router: Router) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // Out of file descriptors, typically: back off rather than spin.
+                tracing::warn!(error = %err, "stub cannot accept");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http2().max_concurrent_streams(MAX_HTTP2_STREAMS);
+            if let Err(err) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %err, "stub connection ended");
+            }
+        });
+    }
 }

@@ -57,6 +57,8 @@ pub struct Call {
     pub model: String,
     pub job_id: Option<String>,
     pub at: Instant,
+    /// The HTTP version the call came over.
+    pub version: http::Version,
 }
 
 #[derive(Default)]
@@ -197,6 +199,7 @@ impl Drop for InFlight {
 
 async fn chat_completions(
     State(stub): State<StubLlm>,
+    version: http::Version,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -232,6 +235,7 @@ async fn chat_completions(
             model: model.clone(),
             job_id: job_id.clone(),
             at: Instant::now(),
+            version,
         });
         if let Some(id) = &job_id {
             *rec.per_job.entry(id.clone()).or_default() += 1;

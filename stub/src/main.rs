@@ -93,9 +93,10 @@ async fn serve(listen: SocketAddr, router: axum::Router) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, "stub listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(agentfleet_common::shutdown::signal())
-        .await?;
+    tokio::select! {
+        () = agentfleet_stub::serve(listener, router) => {}
+        () = agentfleet_common::shutdown::signal() => {}
+    }
     Ok(())
 }
 

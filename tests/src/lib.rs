@@ -22,7 +22,7 @@ pub mod proxy;
 pub mod services;
 
 use agentfleet_common::broker::DELAY_STEPS_MS;
-use agentfleet_common::config::Config;
+use agentfleet_common::config::{Config, HttpVersion};
 use agentfleet_common::metrics::Metrics;
 use agentfleet_common::signing::WebhookSecret;
 use agentfleet_dispatcher::Dispatcher;
@@ -49,6 +49,7 @@ pub struct AgentSpec {
     pub max_queue_depth: Option<u32>,
     pub circuit_failure_threshold: u32,
     pub circuit_cooldown_secs: u64,
+    pub http_version: HttpVersion,
 }
 
 impl AgentSpec {
@@ -65,6 +66,7 @@ impl AgentSpec {
             max_queue_depth: None,
             circuit_failure_threshold: 5,
             circuit_cooldown_secs: 30,
+            http_version: HttpVersion::Auto,
         }
     }
 
@@ -642,6 +644,11 @@ tenants:
         ));
         if let Some(secs) = a.request_timeout_secs {
             yaml.push_str(&format!("    request_timeout_secs: {secs}\n"));
+        }
+        match a.http_version {
+            HttpVersion::Auto => {}
+            HttpVersion::Http1 => yaml.push_str("    http_version: http1\n"),
+            HttpVersion::Http2 => yaml.push_str("    http_version: http2\n"),
         }
         if let Some(depth) = a.max_queue_depth {
             yaml.push_str(&format!("    max_queue_depth: {depth}\n"));

@@ -162,7 +162,7 @@ impl Worker {
         let tracker = TaskTracker::new();
         let mut loops = tokio::task::JoinSet::new();
         for (name, agent) in &self.agents {
-            let window = AgentLimits::delivery_window(agent.config.concurrency);
+            let window = agent.config.delivery_window();
             let consumption = Consumption {
                 queue: self.shared.broker.names().agent_queue(name),
                 prefetch: window,

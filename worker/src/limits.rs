@@ -1,6 +1,6 @@
 //! The one admission decision before a provider call: the agent's concurrency on this replica
 //! (a semaphore of call slots, held from the start of a run to the end of its provider call;
-//! the queue prefetch is a little larger, `delivery_window`) and its fleet-wide rate limits
+//! the queue prefetch is a little larger, `AgentConfig::delivery_window`) and its fleet-wide rate limits
 //! (requests/min and tokens/min), kept as GCRA state in Redis so that every replica draws on
 //! the same budget. Nothing else in the worker sleeps on limits.
 //!
@@ -114,13 +114,6 @@ impl AgentLimits {
             .acquire_owned()
             .await
             .unwrap_or_else(|_| unreachable!("call slots are never closed"))
-    }
-
-    /// How many deliveries of this agent's queue a replica holds at once: its call slots
-    /// plus a quarter more, so the runs that are finishing (storing results, handing off
-    /// webhooks) do not keep the next calls waiting for the broker.
-    pub fn delivery_window(concurrency: u16) -> u16 {
-        concurrency.saturating_add(concurrency.div_ceil(4))
     }
 
     /// Waits until one request costing `estimated_tokens` fits the fleet-wide limits, and

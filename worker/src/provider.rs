@@ -8,7 +8,7 @@ use secrecy::ExposeSecret as _;
 use serde_json::{json, Value};
 use url::Url;
 
-use agentfleet_common::config::AgentConfig;
+use agentfleet_common::config::{AgentConfig, HttpVersion};
 use agentfleet_common::outbound::{Destination, Outbound, OutboundError};
 use agentfleet_common::wire::{ChatMessage, Completion, ErrorCategory, JobError, Role, Usage};
 
@@ -46,6 +46,7 @@ pub struct Provider {
     model: String,
     system_prompt: Option<String>,
     max_tokens: u32,
+    http_version: HttpVersion,
     authorization: Option<String>,
 }
 
@@ -68,6 +69,7 @@ impl Provider {
             model: agent.model.clone(),
             system_prompt: agent.system_prompt.clone(),
             max_tokens: agent.max_tokens,
+            http_version: agent.http_version,
             authorization: api_key.map(|k| format!("Bearer {}", k.expose_secret())),
         }
     }
@@ -120,7 +122,7 @@ impl Provider {
         }
         let response = outbound
             .post_json(
-                Destination::Provider,
+                Destination::Provider(self.http_version),
                 &self.endpoint,
                 &headers,
                 body,

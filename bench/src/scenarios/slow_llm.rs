@@ -1,5 +1,5 @@
 //! Scenario 3, Slow-LLM concurrency: N jobs already queued, a stub that takes 1 s, one worker
-//! process with agent concurrency C. The makespan (worker started → last job finished, from the job
+//! process with agent concurrency C, once over HTTP/2 and once over HTTP/1.1. The makespan (worker started → last job finished, from the job
 //! records) against the ideal ⌈N/C⌉ × 1 s, and the worker's peak RSS with C runs in flight.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde_json::json;
 
+use agentfleet_common::config::HttpVersion;
 use agentfleet_tests::AgentSpec;
 
 use crate::fleet::{finished_at, succeeded, Fleet, FleetOptions};
@@ -18,13 +19,121 @@ use crate::suite::Ctx;
 
 const MB: f64 = 1e6;
 
+/// What one run of the scenario measured.
+struct Measured {
+    enqueue: Duration,
+    makespan: f64,
+    ideal: f64,
+    hwm: u64,
+    rss_at_peak: u64,
+    peak_in_flight: u64,
+    first_call: Option<Duration>,
+    ramp: Option<f64>,
+    wave_starts: Vec<f64>,
+    last_call: Option<f64>,
+    last_webhook: Option<Duration>,
+    failed: usize,
+}
+
+/// The scenario runs once per way of speaking HTTP to the provider: HTTP/2 (what a worker
+/// uses with a hosted provider over TLS, which offers it: every call on one connection) and
+/// HTTP/1.1 (one connection per call in flight, e.g. a plain-http local model server).
+const TRANSPORTS: [(HttpVersion, &str); 2] = [
+    (HttpVersion::Http2, "HTTP/2"),
+    (HttpVersion::Http1, "HTTP/1.1"),
+];
+
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    let s = &ctx.settings;
+    let (n, c) = (s.slow_jobs, s.slow_concurrency);
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let mut details = serde_json::Map::new();
+    for (version, label) in TRANSPORTS {
+        let m = measure(ctx, version).await?;
+        let ratio = m.makespan / m.ideal;
+        let peak_hwm_mb = m.hwm as f64 / MB;
+        rows.push(
+            Row::new(&format!("makespan, {label}"), m.makespan, "s")
+                .display(format!(
+                    "{label}: makespan {:.2} s ({n} jobs, C = {c}, 1 s each)",
+                    m.makespan
+                ))
+                .baseline("ideal ⌈N/C⌉ × 1 s", m.ideal, "s")
+                .goal("≤ 1.1", ratio <= 1.1),
+        );
+        rows.push(
+            Row::new(&format!("worker peak RSS, {label}"), peak_hwm_mb, "MB")
+                .display(format!(
+                    "{label}: worker peak RSS (VmHWM) {peak_hwm_mb:.1} MB; {:.1} MB at {} runs in flight",
+                    m.rss_at_peak as f64 / MB,
+                    m.peak_in_flight
+                ))
+                .goal("≤ 100 MB", peak_hwm_mb <= 100.0),
+        );
+        let waves_text: Vec<String> = m.wave_starts.iter().map(|t| format!("{t:.2}")).collect();
+        notes.push(format!(
+            "{label}: enqueued in {:.1} s before the worker started. From the worker's spawn: first provider call at {:.0} ms, call #{c} at {:.2} s, waves of {c} calls began at {} s, last call at {:.2} s, last job finished at {:.2} s, last webhook at {:.2} s.",
+            m.enqueue.as_secs_f64(),
+            m.first_call.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+            m.ramp.unwrap_or(f64::NAN),
+            waves_text.join(" / "),
+            m.last_call.unwrap_or(f64::NAN),
+            m.makespan,
+            m.last_webhook.map_or(f64::NAN, |d| d.as_secs_f64()),
+        ));
+        if m.peak_in_flight < u64::from(c) {
+            notes.push(format!(
+                "{label}: only {} runs were seen in flight at once, not {c}.",
+                m.peak_in_flight
+            ));
+        }
+        if m.failed > 0 {
+            notes.push(format!(
+                "{label}: {} jobs failed instead of succeeding.",
+                m.failed
+            ));
+        }
+        details.insert(
+            label.to_owned(),
+            json!({
+                "enqueue_secs": m.enqueue.as_secs_f64(),
+                "makespan_secs": m.makespan,
+                "ideal_secs": m.ideal,
+                "ratio": ratio,
+                "first_call_ms": m.first_call.map(|d| d.as_secs_f64() * 1e3),
+                "call_c_started_secs": m.ramp,
+                "wave_starts_secs": m.wave_starts,
+                "last_call_secs": m.last_call,
+                "last_webhook_secs": m.last_webhook.map(|d| d.as_secs_f64()),
+                "peak_in_flight": m.peak_in_flight,
+                "worker_vmhwm_bytes": m.hwm,
+                "worker_rss_at_peak_bytes": m.rss_at_peak,
+                "failed_jobs": m.failed,
+            }),
+        );
+    }
+    details.insert("jobs".into(), json!(n));
+    details.insert("concurrency".into(), json!(c));
+    details.insert(
+        "stub_latency_secs".into(),
+        json!(s.slow_latency.as_secs_f64()),
+    );
+    Ok(Outcome {
+        rows,
+        notes,
+        details: serde_json::Value::Object(details),
+    })
+}
+
+async fn measure(ctx: &Ctx, http_version: HttpVersion) -> anyhow::Result<Measured> {
     let s = &ctx.settings;
     let n = s.slow_jobs;
     let c = s.slow_concurrency;
     let mut agent = AgentSpec::new("slow");
     agent.concurrency = c;
     agent.timeout_secs = 30;
+    agent.http_version = http_version;
     let mut fleet = Fleet::start(&ctx.bins, FleetOptions::new(agent, s.slow_latency, 0)).await?;
 
     let enqueue_started = Instant::now();
@@ -77,76 +186,35 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         .map(|at| at.duration_since(spawned));
     let mut call_starts: Vec<Instant> = fleet.app.llm.calls().iter().map(|c| c.at).collect();
     call_starts.sort();
+    let since_spawn = |at: &Instant| at.duration_since(spawned).as_secs_f64();
     let first_call = call_starts.first().map(|at| at.duration_since(spawned));
     // When each wave of C calls began: wave k starts with call k·C.
     let wave_starts: Vec<f64> = call_starts
         .iter()
         .step_by(usize::from(c))
-        .map(|at| at.duration_since(spawned).as_secs_f64())
+        .map(since_spawn)
         .collect();
-    let ramp = call_starts
-        .get(usize::from(c) - 1)
-        .map(|at| at.duration_since(spawned).as_secs_f64());
+    let ramp = call_starts.get(usize::from(c) - 1).map(since_spawn);
+    let last_call = call_starts.last().map(since_spawn);
     let makespan = (last_finished - spawned_wall)
         .to_std()
         .unwrap_or_default()
         .as_secs_f64();
     let waves = n.div_ceil(usize::from(c));
     let ideal = waves as f64 * s.slow_latency.as_secs_f64();
-    let ratio = makespan / ideal;
-    let peak_hwm_mb = hwm as f64 / MB;
     drop(fleet);
-
-    let rows = vec![
-        Row::new("makespan", makespan, "s")
-            .display(format!(
-                "makespan {makespan:.2} s ({n} jobs, C = {c}, 1 s each)"
-            ))
-            .baseline("ideal ⌈N/C⌉ × 1 s", ideal, "s")
-            .goal("≤ 1.1", ratio <= 1.1),
-        Row::new("worker peak RSS", peak_hwm_mb, "MB")
-            .display(format!(
-                "worker peak RSS (VmHWM): {peak_hwm_mb:.1} MB; {:.1} MB at {peak_in_flight} runs in flight",
-                rss_at_peak as f64 / MB
-            ))
-            .goal("≤ 100 MB", peak_hwm_mb <= 100.0),
-    ];
-    let waves_text: Vec<String> = wave_starts.iter().map(|t| format!("{t:.2}")).collect();
-    let mut notes = vec![format!(
-        "Enqueued in {:.1} s before the worker started. From the worker's spawn: first provider call at {:.0} ms, call #{c} at {:.2} s, waves of {c} calls began at {} s, last job finished at {makespan:.2} s, last webhook at {:.2} s.",
-        enqueue.as_secs_f64(),
-        first_call.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
-        ramp.unwrap_or(f64::NAN),
-        waves_text.join(" / "),
-        last_webhook.map_or(f64::NAN, |d| d.as_secs_f64()),
-    )];
-    if peak_in_flight < u64::from(c) {
-        notes.push(format!(
-            "Only {peak_in_flight} runs were seen in flight at once, not {c}."
-        ));
-    }
-    if failed > 0 {
-        notes.push(format!("{failed} jobs failed instead of succeeding."));
-    }
-    Ok(Outcome {
-        rows,
-        notes,
-        details: json!({
-            "jobs": n,
-            "concurrency": c,
-            "stub_latency_secs": s.slow_latency.as_secs_f64(),
-            "enqueue_secs": enqueue.as_secs_f64(),
-            "makespan_secs": makespan,
-            "ideal_secs": ideal,
-            "ratio": ratio,
-            "first_call_ms": first_call.map(|d| d.as_secs_f64() * 1e3),
-            "call_c_started_secs": ramp,
-            "wave_starts_secs": wave_starts,
-            "last_webhook_secs": last_webhook.map(|d| d.as_secs_f64()),
-            "peak_in_flight": peak_in_flight,
-            "worker_vmhwm_bytes": hwm,
-            "worker_rss_at_peak_bytes": rss_at_peak,
-            "failed_jobs": failed,
-        }),
+    Ok(Measured {
+        enqueue,
+        makespan,
+        ideal,
+        hwm,
+        rss_at_peak,
+        peak_in_flight,
+        first_call,
+        ramp,
+        wave_starts,
+        last_call,
+        last_webhook,
+        failed,
     })
 }

@@ -18,7 +18,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let ceiling = baseline::pipeline(
         s.throughput_jobs,
         s.clients,
-        s.throughput_concurrency,
+        // The worker's prefetch for this agent.
+        agentfleet_common::config::delivery_window(s.throughput_concurrency),
         &payload,
         Duration::from_secs(60),
     )

@@ -1,14 +1,19 @@
 use std::time::Duration;
 
+use agentfleet_common::config::HttpVersion;
 use agentfleet_stub::llm::Behavior;
 use agentfleet_tests::{AgentSpec, AppOptions, TestApp};
 
 /// With one worker and concurrency 4, the stub never sees more than 4 calls of the agent at
-/// once — and does see 4, so the limit is what bounds it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agents_concurrency_is_never_exceeded() -> anyhow::Result<()> {
+/// once — and does see 4, so the limit is what bounds it — whichever way the worker speaks
+/// HTTP to the provider (HTTP/2 puts every call on one connection).
+async fn concurrency_is_never_exceeded(
+    http_version: HttpVersion,
+    expected: http::Version,
+) -> anyhow::Result<()> {
     let mut narrow = AgentSpec::new("narrow");
     narrow.concurrency = 4;
+    narrow.http_version = http_version;
     let model = narrow.model();
     let app = TestApp::spawn(AppOptions {
         agents: vec![narrow],
@@ -27,7 +32,23 @@ async fn an_agents_concurrency_is_never_exceeded() -> anyhow::Result<()> {
     let records = app.wait_terminal(&ids, Duration::from_secs(60)).await?;
     assert!(records.iter().all(|r| r["status"] == "succeeded"));
     assert_eq!(app.llm.peak_in_flight(&model), 4);
+    let calls = app.llm.calls();
+    assert_eq!(calls.len(), 24);
+    assert!(
+        calls.iter().all(|c| c.version == expected),
+        "every call over {expected:?}"
+    );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_concurrency_is_never_exceeded_over_http1() -> anyhow::Result<()> {
+    concurrency_is_never_exceeded(HttpVersion::Auto, http::Version::HTTP_11).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_concurrency_is_never_exceeded_over_http2() -> anyhow::Result<()> {
+    concurrency_is_never_exceeded(HttpVersion::Http2, http::Version::HTTP_2).await
 }
 
 /// Two workers share one fleet-wide limit of 120 requests/min (2/s, burst 2): the calls the

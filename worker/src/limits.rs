@@ -72,6 +72,10 @@ pub struct AgentLimits {
     calls: Arc<Semaphore>,
     requests: Option<Gcra>,
     tokens: Option<Gcra>,
+    /// Runs on this replica wait for their rate-limit turn one behind the other (tokio's
+    /// mutex is fair, first come first served), so no run is passed over again and again while
+    /// newer ones win the race to Redis, and only the head of the line polls Redis.
+    turn: tokio::sync::Mutex<()>,
     script: Arc<redis::Script>,
     redis: Redis,
 }
@@ -98,6 +102,7 @@ impl AgentLimits {
             tokens: limit
                 .and_then(|l| l.tokens_per_minute)
                 .map(|tpm| Gcra::new(names.rate_key(name, RateKind::Tokens), tpm)),
+            turn: tokio::sync::Mutex::new(()),
             script: Arc::new(redis::Script::new(GCRA)),
             redis,
         }
@@ -124,6 +129,13 @@ impl AgentLimits {
         stop: &CancellationToken,
     ) -> Result<Duration, AdmitError> {
         let started = tokio::time::Instant::now();
+        if self.requests.is_none() && self.tokens.is_none() {
+            return Ok(started.elapsed());
+        }
+        let _turn = tokio::select! {
+            turn = self.turn.lock() => turn,
+            () = stop.cancelled() => return Err(AdmitError::Stopped),
+        };
         if let Some(requests) = &self.requests {
             self.take(requests, 1.0, stop).await?;
         }
@@ -132,6 +144,19 @@ impl AgentLimits {
                 .await?;
         }
         Ok(started.elapsed())
+    }
+
+    /// Gives back what `admit` took for a call that was not made after all (the job's
+    /// deadline passed while it waited), so the fleet's budget is not spent on nothing.
+    pub async fn refund(&self, estimated_tokens: u64) -> Result<(), StoreError> {
+        if let Some(requests) = &self.requests {
+            self.call(requests, -1.0, "adjust").await?;
+        }
+        if let Some(tokens) = &self.tokens {
+            self.call(tokens, -tokens.clamp(estimated_tokens as f64), "adjust")
+                .await?;
+        }
+        Ok(())
     }
 
     /// Corrects the token budget once the provider reported real usage.

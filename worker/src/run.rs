@@ -527,6 +527,9 @@ async fn attempt(
         }
     }
     let Some(left) = remaining(Utc::now()) else {
+        if let Err(err) = agent.limits.refund(estimate).await {
+            tracing::warn!(error = %err, "could not give back an unused rate-limit turn");
+        }
         return Ok(Err(deadline_exceeded()));
     };
     let timeout = agent.config.request_timeout().min(left);

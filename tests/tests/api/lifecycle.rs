@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use agentfleet_stub::llm::Behavior;
-use agentfleet_tests::{AppOptions, TestApp};
+use agentfleet_tests::{AgentSpec, AppOptions, TestApp};
 
 /// SIGTERM-equivalent: the worker stops consuming, lets the runs in flight finish, and
 /// returns well before its grace period.
@@ -34,6 +34,48 @@ async fn graceful_shutdown_finishes_runs_in_flight() -> anyhow::Result<()> {
         records.iter().all(|r| r["status"] == "succeeded"),
         "{records:?}"
     );
+    Ok(())
+}
+
+/// A delivery still waiting for a call slot when shutdown begins goes back to the queue at
+/// once, untouched (still `queued`), instead of being started during the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_waiting_for_a_slot_go_back_at_shutdown() -> anyhow::Result<()> {
+    let mut single = AgentSpec::new("single");
+    single.concurrency = 1;
+    let model = single.model();
+    let mut app = TestApp::spawn(AppOptions {
+        agents: vec![single],
+        workers: 1,
+        shutdown_grace_secs: 20,
+        behavior: Behavior {
+            latency: Duration::from_millis(1500),
+            ..Behavior::default()
+        },
+        ..AppOptions::default()
+    })
+    .await?;
+    let running = app.submit_job("single", "first").await?;
+    agentfleet_tests::wait_until(Duration::from_secs(10), "first run in flight", || async {
+        (app.llm.in_flight(&model) == 1).then_some(())
+    })
+    .await?;
+    let waiting = app.submit_job("single", "second").await?;
+    // The worker's prefetch (two, for one slot) has taken it: nothing is ready in the queue.
+    let queue = app.names().agent_queue("single");
+    agentfleet_tests::wait_until(Duration::from_secs(10), "second delivered", || async {
+        (app.queue_depth(&queue).await.ok()? == 0).then_some(())
+    })
+    .await?;
+    app.stop_worker(0).await?;
+    assert_eq!(app.job(&running).await?["status"], "succeeded");
+    assert_eq!(app.job(&waiting).await?["status"], "queued");
+    assert_eq!(app.llm.calls_per_job().get(&waiting), None);
+    app.start_worker().await?;
+    let records = app
+        .wait_terminal(std::slice::from_ref(&waiting), Duration::from_secs(30))
+        .await?;
+    assert_eq!(records[0]["status"], "succeeded");
     Ok(())
 }
 

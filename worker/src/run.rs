@@ -126,19 +126,13 @@ fn delivery_count(delivery: &Delivery) -> u32 {
 pub async fn settle(shared: &Shared, delivery: Delivery, disposition: Disposition) {
     let result = match disposition {
         Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
-        Disposition::Requeue => {
-            tokio::select! {
-                () = tokio::time::sleep(REQUEUE_PAUSE) => {}
-                () = shared.hard_stop.cancelled() => {}
+        Disposition::Requeue | Disposition::GiveBack => {
+            if disposition == Disposition::Requeue {
+                tokio::select! {
+                    () = tokio::time::sleep(REQUEUE_PAUSE) => {}
+                    () = shared.hard_stop.cancelled() => {}
+                }
             }
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
-        Disposition::GiveBack => {
             delivery
                 .nack(BasicNackOptions {
                     requeue: true,

@@ -5,6 +5,7 @@
 mod circuit;
 mod consumer;
 mod control;
+mod delivery;
 mod limits;
 mod provider;
 mod retry;

@@ -17,7 +17,7 @@ use agentfleet_common::outbound::{Destination, OutboundError};
 use agentfleet_common::signing;
 use agentfleet_common::wire::{Versioned, WebhookEvent, WebhookMessage, WebhookStatus};
 
-use crate::run::{remaining_delay, settle, undecodable, Disposition};
+use crate::delivery::{after_delayed_publish, remaining_delay, settle, undecodable, Disposition};
 use crate::Shared;
 
 /// How one attempt ended.
@@ -48,10 +48,8 @@ pub async fn handle_webhook(shared: Arc<Shared>, delivery: Delivery, _slot: Owne
 
 async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
     if let Some(remaining) = remaining_delay(msg.not_before, Utc::now()) {
-        return match shared.broker.publish_webhook_delayed(&msg, remaining).await {
-            Ok(()) => Disposition::Ack,
-            Err(_) => Disposition::Requeue,
-        };
+        let published = shared.broker.publish_webhook_delayed(&msg, remaining).await;
+        return after_delayed_publish(published, "an early webhook");
     }
     let (record, spec) = match shared.store.load_with_spec(msg.job_id).await {
         Ok(Some(found)) => found,
@@ -145,10 +143,8 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
                 .map(|d| Utc::now() + d),
             ..msg
         };
-        if let Err(err) = shared.broker.publish_webhook_delayed(&retry, delay).await {
-            tracing::warn!(error = %err, "cannot schedule the webhook retry");
-            return Disposition::Requeue;
-        }
+        let published = shared.broker.publish_webhook_delayed(&retry, delay).await;
+        return after_delayed_publish(published, "the webhook retry");
     }
     Disposition::Ack
 }

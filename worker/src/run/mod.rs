@@ -1,0 +1,260 @@
+//! One job delivery, start to finish. The record in Redis is the truth; the message only says
+//! "this job needs work". A run changes the record only while it holds the job's lease, and
+//! every write checks the lease's fencing token in the same atomic step (see
+//! `JobStore::save_leased`), so a stalled worker that lost its lease cannot overwrite anything
+//! or send a webhook. A message is acked only after what its processing produced (the next
+//! state, a retry message, the webhook hand-off) is durably stored or confirmed.
+//!
+//! The delivery goes through [`intake`] (too early? already ended? circuit open? a call slot),
+//! then [`Run::begin`] takes the lease and marks the job running, [`Run::execute`] makes the
+//! attempt and decides its end ([`outcome`]), and [`Run::close`] releases the lease.
+
+mod call;
+mod lease;
+mod outcome;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::message::Delivery;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use agentfleet_common::store::{Begun, Lease, Written};
+use agentfleet_common::wire::{Completion, JobMessage, JobRecord, JobSpec, JobStatus, Versioned};
+
+use crate::circuit::Admission;
+use crate::delivery::{
+    after_delayed_publish, delivery_count, remaining_delay, settle, undecodable, Disposition,
+};
+use crate::{AgentRuntime, Shared};
+
+pub use outcome::ensure_handoff;
+
+/// Early ends of a delivery: `Err(disposition)` means "settle the delivery this way now".
+type Settled<T> = Result<T, Disposition>;
+
+pub async fn handle_job(
+    shared: Arc<Shared>,
+    agent: Arc<AgentRuntime>,
+    delivery: Delivery,
+    _slot: OwnedSemaphorePermit,
+) {
+    let disposition = match JobMessage::decode(&delivery.data) {
+        Ok(msg) => {
+            let span = tracing::info_span!(
+                "run",
+                job_id = %msg.job_id,
+                agent = %msg.agent,
+                tenant = %msg.tenant,
+                attempt = msg.attempt
+            );
+            let deliveries = delivery_count(&delivery);
+            process(&shared, &agent, msg, deliveries)
+                .instrument(span)
+                .await
+        }
+        Err(err) => undecodable(&shared, &agent.name, &err),
+    };
+    settle(&shared, delivery, disposition).await;
+}
+
+async fn process(
+    shared: &Shared,
+    agent: &AgentRuntime,
+    msg: JobMessage,
+    deliveries: u32,
+) -> Disposition {
+    let admitted = match intake(shared, agent, &msg, deliveries).await {
+        Ok(admitted) => admitted,
+        Err(disposition) => return disposition,
+    };
+    let Admitted {
+        record,
+        spec,
+        memo,
+        slot,
+    } = admitted;
+    let mut run = match Run::begin(shared, agent, msg, record, spec, slot.is_none()).await {
+        Ok(run) => run,
+        Err(disposition) => return disposition,
+    };
+    let _registered = shared.running.register(run.msg.job_id, run.cancel.clone());
+    let renewal = tokio::spawn(lease::keep(
+        shared.store.clone(),
+        run.msg.job_id,
+        run.lease.clone(),
+        lease_ttl(shared),
+        run.cancel.clone(),
+    ));
+    let ending = match slot {
+        Some(slot) => run.execute(slot, memo).await,
+        None => run.give_up(deliveries).await,
+    };
+    renewal.abort();
+    run.close(ending).await
+}
+
+/// A delivery that may run: its job, any provider answer saved for this attempt, and a call
+/// slot (`None` for a message that keeps coming back: it is failed, not run).
+struct Admitted {
+    record: JobRecord,
+    spec: JobSpec,
+    memo: Option<Completion>,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+/// Everything before the lease: a message that is early goes back round the delay ladder, a
+/// job that ended or vanished is dropped, an open circuit delays the job, and a run waits for
+/// one of the agent's call slots (the job is still `queued` meanwhile).
+async fn intake(
+    shared: &Shared,
+    agent: &AgentRuntime,
+    msg: &JobMessage,
+    deliveries: u32,
+) -> Settled<Admitted> {
+    if let Some(remaining) = remaining_delay(msg.not_before, Utc::now()) {
+        // Still early (a long delay is served in hops): back onto the ladder.
+        let published = shared.broker.publish_job_delayed(msg, remaining).await;
+        return Err(after_delayed_publish(published, "an early job"));
+    }
+    let (record, spec, memo) = match shared.store.load_for_run(msg.job_id, msg.attempt).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            tracing::warn!("job record is gone (expired or never stored); dropping the message");
+            return Err(Disposition::Ack);
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot load the job");
+            return Err(Disposition::Requeue);
+        }
+    };
+    if record.status.is_terminal() {
+        // Finished or cancelled already: make sure its webhook was handed off (a crash may
+        // have come between storing the result and the hand-off), then drop the message.
+        tracing::info!(
+            status = record.status.as_str(),
+            "job already ended; message dropped"
+        );
+        return Err(ensure_handoff(shared, &record, &spec).await);
+    }
+    let poison = deliveries + 1 >= shared.config.amqp.delivery_limit;
+    let slot = if poison {
+        None
+    } else {
+        if let Admission::Wait(wait) = agent.circuit.admit() {
+            tracing::info!(?wait, "provider circuit open; job delayed");
+            return Err(delay(shared, msg, wait).await);
+        }
+        tokio::select! {
+            slot = agent.limits.call_slot() => Some(slot),
+            () = shared.draining.cancelled() => return Err(Disposition::GiveBack),
+        }
+    };
+    Ok(Admitted {
+        record,
+        spec,
+        memo,
+        slot,
+    })
+}
+
+/// Puts the message back on the delay ladder for `delay`, unchanged but for `not_before`.
+async fn delay(shared: &Shared, msg: &JobMessage, delay: Duration) -> Disposition {
+    let later = JobMessage {
+        not_before: chrono::Duration::from_std(delay)
+            .ok()
+            .map(|d| Utc::now() + d),
+        ..msg.clone()
+    };
+    let published = shared.broker.publish_job_delayed(&later, delay).await;
+    after_delayed_publish(published, "a job")
+}
+
+/// What one delivery works with once it holds the job's lease.
+struct Run<'a> {
+    shared: &'a Shared,
+    agent: &'a AgentRuntime,
+    msg: JobMessage,
+    /// The run's view of the record: what it writes back, under the lease.
+    record: JobRecord,
+    spec: JobSpec,
+    lease: Lease,
+    /// Cancelled by a cancellation broadcast or a lost lease.
+    cancel: CancellationToken,
+    /// The job's deadline: the agent's `timeout_secs`, lowered by the job's, from its start.
+    deadline: DateTime<Utc>,
+}
+
+impl<'a> Run<'a> {
+    /// Takes the job's lease and stores the record as `running` (a message that keeps coming
+    /// back keeps its status: it is about to be failed).
+    async fn begin(
+        shared: &'a Shared,
+        agent: &'a AgentRuntime,
+        msg: JobMessage,
+        mut record: JobRecord,
+        spec: JobSpec,
+        poison: bool,
+    ) -> Settled<Run<'a>> {
+        let read_status = record.status;
+        if !poison {
+            record.status = JobStatus::Running;
+            // Attempts count messages, not deliveries: a redelivery after a crash is the same
+            // attempt.
+            record.attempts = record.attempts.max(msg.attempt);
+            record.started_at.get_or_insert_with(Utc::now);
+        }
+        let begun = shared
+            .store
+            .begin_run(&record, read_status, &shared.instance, lease_ttl(shared))
+            .await;
+        let lease = match begun {
+            Ok(Begun::Held(lease)) => lease,
+            Ok(Begun::Busy(left)) => {
+                // Another run holds it (or a crashed one whose lease has not expired): wait in
+                // the delay ladder, not here.
+                tracing::info!(?left, "job leased elsewhere; delayed");
+                return Err(delay(shared, &msg, left.max(Duration::from_millis(250))).await);
+            }
+            // Ended since it was read (cancelled: the canceller handed its event off) or gone.
+            Ok(Begun::Refused(Written::Terminal | Written::Missing)) => {
+                return Err(Disposition::Ack)
+            }
+            Ok(Begun::Refused(_)) => {
+                tracing::info!("job changed while its run was starting; given back");
+                return Err(Disposition::Requeue);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot start the run");
+                return Err(Disposition::Requeue);
+            }
+        };
+        let deadline = deadline(&record, &spec, agent);
+        Ok(Run {
+            shared,
+            agent,
+            msg,
+            record,
+            spec,
+            lease,
+            cancel: CancellationToken::new(),
+            deadline,
+        })
+    }
+}
+
+/// The job's deadline: from its first start, the agent's run timeout, lowered by the job's.
+fn deadline(record: &JobRecord, spec: &JobSpec, agent: &AgentRuntime) -> DateTime<Utc> {
+    let started_at = record.started_at.unwrap_or_else(Utc::now);
+    let budget = spec.timeout_secs.map_or(agent.config.timeout(), |secs| {
+        Duration::from_secs(secs).min(agent.config.timeout())
+    });
+    started_at + chrono::Duration::from_std(budget).unwrap_or(chrono::TimeDelta::MAX)
+}
+
+fn lease_ttl(shared: &Shared) -> Duration {
+    Duration::from_secs(shared.config.worker.lease_secs)
+}

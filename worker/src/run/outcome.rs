@@ -1,0 +1,281 @@
+//! How a run ends: success, a retry through the delay ladder, or failure — each stored under
+//! the lease before anything is published — then the terminal event handed to the webhook
+//! queue, and the lease released.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::OwnedSemaphorePermit;
+
+use agentfleet_common::events;
+use agentfleet_common::store::Written;
+use agentfleet_common::wire::{
+    AttemptError, Completion, ErrorCategory, JobMessage, JobRecord, JobSpec, JobStatus,
+    SCHEMA_VERSION,
+};
+
+use super::call::Interrupted;
+use super::{Run, Settled};
+use crate::delivery::Disposition;
+use crate::provider::Failure;
+use crate::retry::backoff;
+use crate::Shared;
+
+/// How a run ended: what to do with its delivery, and whether it handed the job's terminal
+/// event to the webhook queue (noted in the same write that releases the lease).
+pub(super) struct Ending {
+    disposition: Disposition,
+    handed_off: bool,
+}
+
+impl From<Disposition> for Ending {
+    fn from(disposition: Disposition) -> Self {
+        Self {
+            disposition,
+            handed_off: false,
+        }
+    }
+}
+
+impl Run<'_> {
+    /// The attempt, then its end.
+    pub(super) async fn execute(
+        &mut self,
+        slot: OwnedSemaphorePermit,
+        memo: Option<Completion>,
+    ) -> Ending {
+        let in_flight = self
+            .shared
+            .metrics
+            .jobs_in_flight
+            .with_label_values(&[&self.agent.name]);
+        in_flight.inc();
+        let attempted = self.attempt(slot, memo).await;
+        in_flight.dec();
+        match attempted {
+            Ok(Ok(completion)) => self.succeed(&completion).await,
+            Ok(Err(failure)) => self.fail_or_retry(&failure).await,
+            Err(Interrupted::Shutdown) => Disposition::Abandon.into(),
+            Err(Interrupted::Cancelled) => self.interrupted().await.into(),
+        }
+    }
+
+    /// A message that keeps coming back (workers crash on it): the job fails as `internal`.
+    pub(super) async fn give_up(&mut self, deliveries: u32) -> Ending {
+        tracing::error!(
+            deliveries,
+            "message keeps coming back (workers crash on it); failing the job"
+        );
+        let failure = Failure::new(
+            ErrorCategory::Internal,
+            format!(
+                "delivered {} times without finishing; given up",
+                deliveries + 1
+            ),
+        );
+        self.record.error = Some(failure.to_job_error());
+        self.shared
+            .metrics
+            .dead_letters
+            .with_label_values(&["delivery_limit"])
+            .inc();
+        self.finish(JobStatus::Failed, None).await
+    }
+
+    /// Releases the lease (noting the hand-off in the same step) and answers the disposition.
+    pub(super) async fn close(&self, ending: Ending) -> Disposition {
+        let closed = self
+            .shared
+            .store
+            .close_run(self.msg.job_id, &self.lease, ending.handed_off)
+            .await;
+        if let Err(err) = closed {
+            // The lease expires by itself; a missing hand-off note only matters to a
+            // redelivery, and this delivery is acked.
+            tracing::debug!(error = %err, "run not closed");
+        }
+        ending.disposition
+    }
+
+    /// Either the caller cancelled (the record says so, and the dispatcher handed the event
+    /// off) or the lease is gone (someone else may run it): give the message back unless the
+    /// job ended; its redelivery sees which.
+    async fn interrupted(&self) -> Disposition {
+        match self.shared.store.load(self.msg.job_id).await {
+            Ok(Some(current)) if current.status.is_terminal() => {
+                ensure_handoff(self.shared, &current, &self.spec).await
+            }
+            _ => Disposition::Requeue,
+        }
+    }
+
+    async fn succeed(&mut self, completion: &Completion) -> Ending {
+        self.record.output = Some(completion.content.clone());
+        self.record.usage = Some(completion.usage);
+        self.record.error = None;
+        self.finish(JobStatus::Succeeded, Some(completion)).await
+    }
+
+    async fn fail_or_retry(&mut self, failure: &Failure) -> Ending {
+        let record = &mut self.record;
+        record.error = Some(failure.to_job_error());
+        record.attempt_errors.push(AttemptError {
+            attempt: record.attempts,
+            category: failure.category,
+            message: failure.message.clone(),
+            at: Utc::now(),
+        });
+        let retry = &self.agent.config.retry;
+        let wait = backoff(
+            record.attempts + 1,
+            Duration::from_secs(retry.max_delay_secs),
+            failure.retry_after,
+        );
+        let in_time =
+            chrono::Duration::from_std(wait).is_ok_and(|w| Utc::now() + w < self.deadline);
+        if failure.category.is_retryable() && record.attempts < retry.attempts && in_time {
+            return self.schedule_retry(failure, wait).await.into();
+        }
+        tracing::info!(category = failure.category.as_str(), error = %failure.message, "job failed");
+        self.finish(JobStatus::Failed, None).await
+    }
+
+    async fn schedule_retry(&mut self, failure: &Failure, wait: Duration) -> Disposition {
+        let next_attempt = self.record.attempts + 1;
+        self.record.status = JobStatus::Retrying;
+        if let Err(disposition) = self.store(None).await {
+            return disposition;
+        }
+        let retry = JobMessage {
+            v: SCHEMA_VERSION,
+            attempt: next_attempt,
+            not_before: chrono::Duration::from_std(wait)
+                .ok()
+                .map(|d| Utc::now() + d),
+            ..self.msg.clone()
+        };
+        if let Err(err) = self.shared.broker.publish_job_delayed(&retry, wait).await {
+            tracing::warn!(error = %err, "cannot schedule the retry");
+            return Disposition::Requeue;
+        }
+        self.shared
+            .metrics
+            .job_retries
+            .with_label_values(&[&self.agent.name, failure.category.as_str()])
+            .inc();
+        tracing::info!(category = failure.category.as_str(), error = %failure.message, ?wait, next_attempt, "retry scheduled");
+        Disposition::Ack
+    }
+
+    /// Writes the run's record under the lease (with the provider answer it came from, if
+    /// any); a refusal says how to settle the delivery.
+    async fn store(&self, answer: Option<&Completion>) -> Settled<()> {
+        let store = &self.shared.store;
+        let written = match answer {
+            Some(answer) => {
+                store
+                    .save_leased_with_memo(&self.record, &self.lease, self.msg.attempt, answer)
+                    .await
+            }
+            None => store.save_leased(&self.record, &self.lease).await,
+        };
+        match written {
+            Ok(Written::Ok) => Ok(()),
+            // Cancelled meanwhile: the canceller handed its event off.
+            Ok(Written::Terminal | Written::Missing) => Err(Disposition::Ack),
+            Ok(Written::LeaseLost | Written::Conflict) => {
+                tracing::warn!("lease lost before the run's state was stored; giving the job back");
+                Err(Disposition::Requeue)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot store the run's state");
+                Err(Disposition::Requeue)
+            }
+        }
+    }
+
+    /// Stores the job's end, keeps a copy of a failed job's message, and hands the terminal
+    /// event off.
+    async fn finish(&mut self, status: JobStatus, answer: Option<&Completion>) -> Ending {
+        self.record.status = status;
+        self.record.finished_at = Some(Utc::now());
+        if let Err(disposition) = self.store(answer).await {
+            return disposition.into();
+        }
+        self.count_end(status);
+        if status == JobStatus::Failed {
+            self.keep_failed_copy().await;
+        }
+        // This run just ended the job, so nobody handed its event off before: publish without
+        // looking for the note, and let `close` write the note.
+        match events::publish_event(&self.shared.broker, &self.record, &self.spec).await {
+            Ok(handed_off) => Ending {
+                disposition: Disposition::Ack,
+                handed_off,
+            },
+            Err(err) => {
+                // Not acked: the redelivery finds the job terminal and hands off then.
+                tracing::warn!(error = %err, "cannot hand off the webhook");
+                Disposition::Requeue.into()
+            }
+        }
+    }
+
+    fn count_end(&self, status: JobStatus) {
+        let metrics = &self.shared.metrics;
+        metrics
+            .jobs_completed
+            .with_label_values(&[&self.agent.name, status.as_str()])
+            .inc();
+        let elapsed = (Utc::now() - self.record.created_at)
+            .to_std()
+            .unwrap_or_default();
+        metrics
+            .job_duration
+            .with_label_values(&[&self.agent.name])
+            .observe(elapsed.as_secs_f64());
+        tracing::info!(status = status.as_str(), "job finished");
+    }
+
+    /// Keeps the work token of a failed job for inspection, beside the poison messages.
+    async fn keep_failed_copy(&self) {
+        let reason = self
+            .record
+            .error
+            .as_ref()
+            .map_or("failed", |e| e.category.as_str());
+        let msg = &self.msg;
+        let kept = self
+            .shared
+            .broker
+            .publish_dead(
+                &agentfleet_common::wire::Versioned::encode(msg),
+                reason,
+                &msg.job_id.to_string(),
+            )
+            .await;
+        match kept {
+            Ok(()) => self
+                .shared
+                .metrics
+                .dead_letters
+                .with_label_values(&["failed"])
+                .inc(),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not keep a copy in the dead-letter queue")
+            }
+        }
+    }
+}
+
+/// Puts the job's terminal event on the webhook queue once (if it has a webhook URL).
+pub async fn ensure_handoff(shared: &Shared, record: &JobRecord, spec: &JobSpec) -> Disposition {
+    match events::hand_off(&shared.store, &shared.broker, record, spec).await {
+        Ok(()) => Disposition::Ack,
+        Err(err) => {
+            // Not acked: the redelivery finds the job terminal and hands off again.
+            tracing::warn!(error = %err, "cannot hand off the webhook");
+            Disposition::Requeue
+        }
+    }
+}

@@ -22,6 +22,8 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("stored job data is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("a redis script answered `{0}`, which this version does not know")]
+    UnexpectedAnswer(String),
 }
 
 /// A cheap-clone handle to Redis with a per-command timeout.
@@ -95,24 +97,46 @@ struct Scripts {
     close: redis::Script,
 }
 
+impl Scripts {
+    fn new() -> Self {
+        let prelude = lua_prelude();
+        let script = |body: &str| redis::Script::new(&format!("{prelude}{body}"));
+        Self {
+            transition: script(TRANSITION),
+            begin: script(BEGIN),
+            renew: script(RENEW),
+            close: script(CLOSE),
+        }
+    }
+}
+
+/// Every job script starts with this, generated from [`JobStatus`] at startup: the terminal
+/// statuses as a Lua set, so no script spells them. (`TERMINAL[status]` is `true` or `nil`.)
+fn lua_prelude() -> String {
+    let terminal: Vec<String> = JobStatus::ALL
+        .iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| format!("['{}'] = true", s.as_str()))
+        .collect();
+    format!("local TERMINAL = {{{}}}\n", terminal.join(", "))
+}
+
 /// Every write of a job record goes through this script (or `BEGIN`, which makes the same
 /// checks), so the checks and the write are one atomic step: the writer's lease (fencing
-/// token) must still be the current one, and a terminal record is final (only `bookkeeping` —
-/// webhook delivery state — may touch it). Modes: `run` (a worker holding the lease), `cas`
-/// (compare-and-set on the status, for the dispatcher), `bookkeeping` (terminal records only).
-/// A provider answer (`ARGV[6]`, for the memo key `KEYS[4]`) is saved first and whatever the
-/// checks find: it is the answer for that attempt, and saving it in the same round trip as the
-/// result costs nothing extra.
+/// token) must still be the current one, and a terminal record is final (only bookkeeping —
+/// webhook delivery state — may touch it). `ARGV[4]` is a [`WriteMode`]; it answers a
+/// [`Written`] by name. A provider answer (`ARGV[6]`, for the memo key `KEYS[4]`) is saved
+/// first and whatever the checks find: it is the answer for that attempt, and saving it in the
+/// same round trip as the result costs nothing extra.
 const TRANSITION: &str = r"
 if ARGV[6] and ARGV[6] ~= '' then redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[2]) end
-if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return 'lost' end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return 'lease_lost' end
 local current = redis.call('GET', KEYS[1])
 if not current then return 'missing' end
 local status = cjson.decode(current)['status']
-local terminal = status == 'succeeded' or status == 'failed' or status == 'cancelled'
 if ARGV[4] == 'bookkeeping' then
-  if not terminal then return 'conflict' end
-elseif terminal then
+  if not TERMINAL[status] then return 'conflict' end
+elseif TERMINAL[status] then
   return 'terminal'
 elseif ARGV[4] == 'cas' and status ~= ARGV[5] then
   return 'conflict'
@@ -124,27 +148,27 @@ return 'ok'
 
 /// Starts a run in one step: takes the job's lease if nobody holds it, with a fresh fencing
 /// token, and writes the run's record if the stored status is still the one the run read.
-/// Answers `{1, token}`, `{0, ms left on someone else's lease}`, or `{2, 0}` missing,
-/// `{3, 0}` terminal, `{4, 0}` status changed meanwhile.
+/// Answers `{'ok', token}`, `{'busy', ms left on someone else's lease}`, or a refusal
+/// (`missing`, `terminal`, `conflict`: status changed meanwhile) with 0.
 const BEGIN: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1])} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'busy', redis.call('PTTL', KEYS[1])} end
 local current = redis.call('GET', KEYS[3])
-if not current then return {2, 0} end
+if not current then return {'missing', 0} end
 local status = cjson.decode(current)['status']
-if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return {3, 0} end
-if status ~= ARGV[5] then return {4, 0} end
+if TERMINAL[status] then return {'terminal', 0} end
+if status ~= ARGV[5] then return {'conflict', 0} end
 local token = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[4])
-return {1, token}
+return {'ok', token}
 ";
 
 /// Extends a lease still held by its owner; answers the job's status (so a run learns of a
-/// cancellation even if it missed the broadcast), or 'lost'.
+/// cancellation even if it missed the broadcast), or 'lease_lost'.
 const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lease_lost' end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local current = redis.call('GET', KEYS[2])
 if not current then return 'missing' end
@@ -158,6 +182,27 @@ if ARGV[3] == '1' then redis.call('SET', KEYS[2], 1, 'EX', ARGV[2]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 ";
+
+/// Who writes a record, and so which checks the write must pass.
+#[derive(Debug, Clone, Copy)]
+enum WriteMode<'a> {
+    /// A worker holding the job's lease.
+    Leased(&'a Lease),
+    /// Compare-and-set on the status (the dispatcher, which holds no lease).
+    IfStatus(JobStatus),
+    /// Delivery bookkeeping on a record that already ended.
+    Bookkeeping,
+}
+
+impl WriteMode<'_> {
+    fn script_name(self) -> &'static str {
+        match self {
+            Self::Leased(_) => "run",
+            Self::IfStatus(_) => "cas",
+            Self::Bookkeeping => "bookkeeping",
+        }
+    }
+}
 
 /// A held lease: the value written under the lease key, which embeds the fencing token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +235,20 @@ pub enum Written {
     Missing,
 }
 
+impl Written {
+    /// The verdict a script answered, by the name the scripts use.
+    fn from_answer(answer: &str) -> Result<Self, StoreError> {
+        Ok(match answer {
+            "ok" => Self::Ok,
+            "lease_lost" => Self::LeaseLost,
+            "terminal" => Self::Terminal,
+            "conflict" => Self::Conflict,
+            "missing" => Self::Missing,
+            other => return Err(StoreError::UnexpectedAnswer(other.to_owned())),
+        })
+    }
+}
+
 /// What a lease renewal found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Renewed {
@@ -212,12 +271,7 @@ impl JobStore {
             redis,
             names,
             ttl_secs,
-            scripts: Arc::new(Scripts {
-                transition: redis::Script::new(TRANSITION),
-                begin: redis::Script::new(BEGIN),
-                renew: redis::Script::new(RENEW),
-                close: redis::Script::new(CLOSE),
-            }),
+            scripts: Arc::new(Scripts::new()),
         }
     }
 
@@ -311,11 +365,14 @@ impl JobStore {
     async fn transition(
         &self,
         record: &JobRecord,
-        lease: Option<&Lease>,
-        mode: &str,
-        expected: Option<JobStatus>,
+        mode: WriteMode<'_>,
         memo: Option<(u32, &Completion)>,
     ) -> Result<Written, StoreError> {
+        let (lease, expected) = match mode {
+            WriteMode::Leased(lease) => (lease.value.as_str(), ""),
+            WriteMode::IfStatus(status) => ("", status.as_str()),
+            WriteMode::Bookkeeping => ("", ""),
+        };
         let mut invocation = self.scripts.transition.prepare_invoke();
         invocation
             .key(self.names.job_key(record.id))
@@ -323,22 +380,16 @@ impl JobStore {
             .key(self.names.job_spec_key(record.id))
             .arg(serde_json::to_string(record)?)
             .arg(self.ttl_secs)
-            .arg(lease.map_or("", |l| l.value.as_str()))
-            .arg(mode)
-            .arg(expected.map_or("", JobStatus::as_str));
+            .arg(lease)
+            .arg(mode.script_name())
+            .arg(expected);
         if let Some((attempt, completion)) = memo {
             invocation
                 .key(self.names.memo_key(record.id, attempt))
                 .arg(serde_json::to_string(completion)?);
         }
         let answer: String = self.redis.script(&invocation).await?;
-        Ok(match answer.as_str() {
-            "ok" => Written::Ok,
-            "lost" => Written::LeaseLost,
-            "terminal" => Written::Terminal,
-            "conflict" => Written::Conflict,
-            _ => Written::Missing,
-        })
+        Written::from_answer(&answer)
     }
 
     /// Writes a record as the holder of `lease`; refused if the lease is lost or the job ended.
@@ -347,7 +398,7 @@ impl JobStore {
         record: &JobRecord,
         lease: &Lease,
     ) -> Result<Written, StoreError> {
-        self.transition(record, Some(lease), "run", None, None)
+        self.transition(record, WriteMode::Leased(lease), None)
             .await
     }
 
@@ -362,9 +413,7 @@ impl JobStore {
     ) -> Result<Written, StoreError> {
         self.transition(
             record,
-            Some(lease),
-            "run",
-            None,
+            WriteMode::Leased(lease),
             Some((attempt, completion)),
         )
         .await
@@ -376,14 +425,13 @@ impl JobStore {
         record: &JobRecord,
         expected: JobStatus,
     ) -> Result<Written, StoreError> {
-        self.transition(record, None, "cas", Some(expected), None)
+        self.transition(record, WriteMode::IfStatus(expected), None)
             .await
     }
 
     /// Updates delivery bookkeeping on a record that already ended.
     pub async fn save_bookkeeping(&self, record: &JobRecord) -> Result<Written, StoreError> {
-        self.transition(record, None, "bookkeeping", None, None)
-            .await
+        self.transition(record, WriteMode::Bookkeeping, None).await
     }
 
     /// Starts a run as `owner`: takes the job's lease for `ttl` with a fresh fencing token and
@@ -408,19 +456,17 @@ impl JobStore {
             .arg(serde_json::to_string(record)?)
             .arg(self.ttl_secs)
             .arg(expected.as_str());
-        let (code, value): (i64, i64) = self.redis.script(&invocation).await?;
-        Ok(match code {
-            1 => {
-                let token = value as u64;
-                Begun::Held(Lease {
-                    token,
-                    value: format!("{owner}:{token}"),
-                })
-            }
-            0 => Begun::Busy(Duration::from_millis(value.max(0) as u64)),
-            3 => Begun::Refused(Written::Terminal),
-            4 => Begun::Refused(Written::Conflict),
-            _ => Begun::Refused(Written::Missing),
+        let (answer, value): (String, i64) = self.redis.script(&invocation).await?;
+        let value = u64::try_from(value).unwrap_or(0);
+        Ok(match answer.as_str() {
+            "busy" => Begun::Busy(Duration::from_millis(value)),
+            verdict => match Written::from_answer(verdict)? {
+                Written::Ok => Begun::Held(Lease {
+                    token: value,
+                    value: format!("{owner}:{value}"),
+                }),
+                refused => Begun::Refused(refused),
+            },
         })
     }
 
@@ -438,10 +484,8 @@ impl JobStore {
             .arg(ttl.as_millis() as u64);
         let answer: String = self.redis.script(&invocation).await?;
         Ok(match answer.as_str() {
-            "lost" => Renewed::Lost,
-            status => Renewed::Held(
-                serde_json::from_value(serde_json::Value::String(status.to_owned())).ok(),
-            ),
+            "lease_lost" => Renewed::Lost,
+            status => Renewed::Held(JobStatus::parse(status)),
         })
     }
 
@@ -541,5 +585,35 @@ impl JobStore {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(self.names.idempotency_key(tenant, key));
         self.redis.cmd::<()>(&cmd).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prelude_names_exactly_the_terminal_statuses() {
+        let prelude = lua_prelude();
+        for &status in JobStatus::ALL {
+            assert_eq!(
+                prelude.contains(&format!("['{}']", status.as_str())),
+                status.is_terminal(),
+                "{status:?} in {prelude}"
+            );
+        }
+    }
+
+    #[test]
+    fn script_answers_are_typed() {
+        assert_eq!(Written::from_answer("ok").ok(), Some(Written::Ok));
+        assert_eq!(
+            Written::from_answer("lease_lost").ok(),
+            Some(Written::LeaseLost)
+        );
+        assert!(matches!(
+            Written::from_answer("lost"),
+            Err(StoreError::UnexpectedAnswer(_))
+        ));
     }
 }

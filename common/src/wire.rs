@@ -11,33 +11,53 @@ use uuid::Uuid;
 /// Version of the broker message schema. A worker refuses (dead-letters) other versions.
 pub const SCHEMA_VERSION: u16 = 1;
 
-/// `queued → running → succeeded | failed | cancelled`, with `running → retrying → running`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    Queued,
-    Running,
-    Retrying,
-    Succeeded,
-    Failed,
-    Cancelled,
+/// Declares [`JobStatus`] from one table: each status, its wire name, and whether it is
+/// terminal. Everything else (the API, the webhook events, the terminal set the Redis scripts
+/// check, the test harness) derives from it, so a new status is one line here.
+macro_rules! job_statuses {
+    ($($variant:ident => $name:literal, terminal: $terminal:literal;)+) => {
+        /// `queued → running → succeeded | failed | cancelled`, with `running → retrying →
+        /// running` between attempts and `running → awaiting_approval → running` while a
+        /// human decides on a risky step.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum JobStatus {
+            $(#[serde(rename = $name)] $variant,)+
+        }
+
+        impl JobStatus {
+            /// Every status, in lifecycle order.
+            pub const ALL: &'static [JobStatus] = &[$(JobStatus::$variant,)+];
+
+            pub fn is_terminal(self) -> bool {
+                match self {
+                    $(Self::$variant => $terminal,)+
+                }
+            }
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)+
+                }
+            }
+
+            pub fn parse(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-impl JobStatus {
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Retrying => "retrying",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
+job_statuses! {
+    Queued => "queued", terminal: false;
+    Running => "running", terminal: false;
+    Retrying => "retrying", terminal: false;
+    AwaitingApproval => "awaiting_approval", terminal: false;
+    Succeeded => "succeeded", terminal: true;
+    Failed => "failed", terminal: true;
+    Cancelled => "cancelled", terminal: true;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -415,6 +435,25 @@ mod tests {
             JobMessage::decode(b"{not json"),
             Err(WireError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn statuses_have_one_spelling() {
+        for &status in JobStatus::ALL {
+            let json = serde_json::to_string(&status).expect("ser");
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+            assert_eq!(JobStatus::parse(status.as_str()), Some(status));
+        }
+        let terminal: Vec<_> = JobStatus::ALL.iter().filter(|s| s.is_terminal()).collect();
+        assert_eq!(
+            terminal,
+            [
+                &JobStatus::Succeeded,
+                &JobStatus::Failed,
+                &JobStatus::Cancelled
+            ]
+        );
+        assert!(!JobStatus::AwaitingApproval.is_terminal());
     }
 
     #[test]

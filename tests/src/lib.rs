@@ -25,6 +25,7 @@ use agentfleet_common::broker::DELAY_STEPS_MS;
 use agentfleet_common::config::{Config, HttpVersion};
 use agentfleet_common::metrics::Metrics;
 use agentfleet_common::signing::WebhookSecret;
+use agentfleet_common::wire::JobStatus;
 use agentfleet_dispatcher::Dispatcher;
 use agentfleet_stub::llm::{Behavior, StubLlm};
 use agentfleet_stub::receiver::Receiver;
@@ -425,10 +426,8 @@ impl TestApp {
                     continue;
                 }
                 let record = self.job(id).await?;
-                if matches!(
-                    record["status"].as_str(),
-                    Some("succeeded" | "failed" | "cancelled")
-                ) {
+                let status = record["status"].as_str().and_then(JobStatus::parse);
+                if status.is_some_and(JobStatus::is_terminal) {
                     done.insert(id.clone(), record);
                 }
             }

@@ -113,6 +113,11 @@ impl Names {
         format!("{}:memo:{id}:{attempt}", self.redis)
     }
 
+    /// The run's step log: a list, one JSON step per element, appended under the lease.
+    pub fn steps_key(&self, id: Uuid) -> String {
+        format!("{}:steps:{id}", self.redis)
+    }
+
     /// Set once a job's terminal event was handed to the webhook queue.
     pub fn handoff_key(&self, id: Uuid) -> String {
         format!("{}:handoff:{id}", self.redis)

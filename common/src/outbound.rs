@@ -1,5 +1,5 @@
-//! The one outbound HTTP client. Every call to a provider or a webhook receiver goes through
-//! [`Outbound::post_json`], which applies the timeout, caps the response size, verifies TLS
+//! The one outbound HTTP client. Every call to a provider, a tool or a webhook receiver goes
+//! through [`Outbound::send`], which applies the timeout, caps the response size, verifies TLS
 //! (rustls, webpki roots) and, for caller-chosen URLs (webhooks), the SSRF guard: the
 //! destination must be http(s) and every address it resolves to must be public, checked at
 //! connect time by the resolver so DNS rebinding cannot slip past a check made earlier.
@@ -19,8 +19,22 @@ use crate::config::HttpVersion;
 pub enum Destination {
     /// An operator-configured provider endpoint: trusted, may be on a private network.
     Provider(HttpVersion),
+    /// An operator-configured HTTP tool: trusted host (it may be internal), but redirects are
+    /// not followed, so a tool server cannot send a call to a host the operator did not name.
+    Tool,
     /// A tenant-chosen webhook URL: guarded unless private networks are explicitly allowed.
     Webhook,
+}
+
+/// One outbound request.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub method: reqwest::Method,
+    pub url: &'a Url,
+    pub headers: &'a [(&'a str, &'a str)],
+    /// A JSON body, sent with `Content-Type: application/json`.
+    pub json_body: Option<Vec<u8>>,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +96,7 @@ pub struct Outbound {
     providers: reqwest::Client,
     providers_http1: reqwest::Client,
     providers_http2: reqwest::Client,
+    tools: reqwest::Client,
     webhooks: reqwest::Client,
     allow_private_webhooks: bool,
     max_response_bytes: usize,
@@ -107,6 +122,7 @@ impl Outbound {
         let providers = build(provider());
         let providers_http1 = build(provider().http1_only());
         let providers_http2 = build(provider().http2_prior_knowledge());
+        let tools = build(base().redirect(reqwest::redirect::Policy::none()));
         let mut webhooks = base().redirect(reqwest::redirect::Policy::none());
         if !allow_private_webhooks {
             webhooks = webhooks.dns_resolver(Arc::new(PublicOnlyResolver));
@@ -116,6 +132,7 @@ impl Outbound {
             providers,
             providers_http1,
             providers_http2,
+            tools,
             webhooks,
             allow_private_webhooks,
             max_response_bytes,
@@ -136,25 +153,46 @@ impl Outbound {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<OutboundResponse, OutboundError> {
+        let request = Request {
+            method: reqwest::Method::POST,
+            url,
+            headers,
+            json_body: Some(body),
+            timeout,
+        };
+        self.send(destination, request).await
+    }
+
+    /// Sends a request and reads the whole response (bounded in time and size).
+    pub async fn send(
+        &self,
+        destination: Destination,
+        request: Request<'_>,
+    ) -> Result<OutboundResponse, OutboundError> {
         let client = match destination {
             Destination::Provider(HttpVersion::Auto) => &self.providers,
             Destination::Provider(HttpVersion::Http1) => &self.providers_http1,
             Destination::Provider(HttpVersion::Http2) => &self.providers_http2,
+            Destination::Tool => &self.tools,
             Destination::Webhook => {
-                self.check_webhook_url(url)?;
+                self.check_webhook_url(request.url)?;
                 &self.webhooks
             }
         };
-        let mut request = client
-            .post(url.clone())
-            .timeout(timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
+        let timeout = request.timeout;
+        let mut builder = client
+            .request(request.method, request.url.clone())
+            .timeout(timeout);
+        if let Some(body) = request.json_body {
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        for (name, value) in request.headers {
+            builder = builder.header(*name, *value);
         }
         let work = async {
-            let response = request.send().await?;
+            let response = builder.send().await?;
             let status = response.status().as_u16();
             let retry_after = response
                 .headers()

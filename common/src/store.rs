@@ -95,6 +95,7 @@ struct Scripts {
     begin: redis::Script,
     renew: redis::Script,
     close: redis::Script,
+    append_steps: redis::Script,
 }
 
 impl Scripts {
@@ -106,6 +107,7 @@ impl Scripts {
             begin: script(BEGIN),
             renew: script(RENEW),
             close: script(CLOSE),
+            append_steps: script(APPEND_STEPS),
         }
     }
 }
@@ -181,6 +183,17 @@ const CLOSE: &str = r"
 if ARGV[3] == '1' then redis.call('SET', KEYS[2], 1, 'EX', ARGV[2]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
+";
+
+/// Appends steps to a run's log (`KEYS[2]`) as the holder of the lease (`KEYS[1]`), if the
+/// log is as long as the writer believes (`ARGV[2]`): a step is never appended twice, nor
+/// after someone else's. Answers a [`Written`] by name.
+const APPEND_STEPS: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lease_lost' end
+if redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[2]) then return 'conflict' end
+for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 'ok'
 ";
 
 /// Who writes a record, and so which checks the write must pass.
@@ -506,6 +519,37 @@ impl JobStore {
             .arg(if handed_off { "1" } else { "" });
         let _: i64 = self.redis.script(&invocation).await?;
         Ok(())
+    }
+
+    /// Appends `steps` (JSON, in order) to the job's step log as the holder of `lease`, where
+    /// the log holds `expected_len` steps so far. `Conflict` means the log is not what the
+    /// writer thinks: another run wrote to it.
+    pub async fn append_steps(
+        &self,
+        id: Uuid,
+        lease: &Lease,
+        expected_len: usize,
+        steps: &[String],
+    ) -> Result<Written, StoreError> {
+        let mut invocation = self.scripts.append_steps.prepare_invoke();
+        invocation
+            .key(self.names.lease_key(id))
+            .key(self.names.steps_key(id))
+            .arg(&lease.value)
+            .arg(expected_len)
+            .arg(self.ttl_secs);
+        for step in steps {
+            invocation.arg(step);
+        }
+        let answer: String = self.redis.script(&invocation).await?;
+        Written::from_answer(&answer)
+    }
+
+    /// The job's step log, oldest first, as stored (JSON per step).
+    pub async fn load_steps(&self, id: Uuid) -> Result<Vec<String>, StoreError> {
+        let mut cmd = redis::cmd("LRANGE");
+        cmd.arg(self.names.steps_key(id)).arg(0).arg(-1);
+        self.redis.cmd(&cmd).await
     }
 
     /// Saves a provider's answer against the job's attempt (the worker saves it together

@@ -231,7 +231,7 @@ async fn process(
             () = shared.draining.cancelled() => return Disposition::GiveBack,
         }
     };
-    let lease_ttl = Duration::from_secs(shared.config.worker.lease_secs);
+    let lease_ttl = shared.config.worker.lease;
     let read_status = record.status;
     if !poison {
         record.status = JobStatus::Running;
@@ -376,8 +376,8 @@ async fn run_leased(
     run: &CancellationToken,
 ) -> Ending {
     let started_at = record.started_at.unwrap_or_else(Utc::now);
-    let budget = spec.timeout_secs.map_or(agent.config.timeout(), |secs| {
-        Duration::from_secs(secs).min(agent.config.timeout())
+    let budget = spec.timeout_secs.map_or(agent.config.timeout, |secs| {
+        Duration::from_secs(secs).min(agent.config.timeout)
     });
     let deadline =
         started_at + chrono::Duration::from_std(budget).unwrap_or(chrono::TimeDelta::MAX);
@@ -437,7 +437,7 @@ async fn run_leased(
             let next_attempt = record.attempts + 1;
             let wait = backoff(
                 next_attempt,
-                Duration::from_secs(agent.config.retry.max_delay_secs),
+                agent.config.retry.max_delay,
                 failure.retry_after,
             );
             let in_time = chrono::Duration::from_std(wait).is_ok_and(|w| Utc::now() + w < deadline);

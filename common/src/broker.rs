@@ -153,7 +153,7 @@ impl Broker {
         if let Some(conn) = self.current_connected() {
             return Ok(conn);
         }
-        let mut timeout = Duration::from_millis(self.inner.config.connect_timeout_ms);
+        let mut timeout = self.inner.config.connect_timeout;
         if self.inner.fail_fast {
             let recent = self
                 .inner
@@ -381,7 +381,7 @@ impl Broker {
         message_id: &str,
         mandatory: bool,
     ) -> Result<(), BrokerError> {
-        let timeout = Duration::from_millis(self.inner.config.publish_timeout_ms);
+        let timeout = self.inner.config.publish_timeout;
         let result = bounded(timeout, async {
             let channel = self.publisher().await?;
             let mut props = BasicProperties::default()

@@ -37,7 +37,7 @@ impl Redis {
     /// Connects lazily: a process starts even while Redis is down, and reports not-ready.
     pub fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
         let client = redis::Client::open(config.url.expose_secret())?;
-        let timeout = Duration::from_millis(config.timeout_ms);
+        let timeout = config.timeout;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

@@ -393,7 +393,7 @@ pub async fn agents(
                 "max_tokens": agent.max_tokens,
                 "concurrency": agent.concurrency,
                 "rate_limit": agent.rate_limit,
-                "timeout_secs": agent.timeout_secs,
+                "timeout_secs": agent.timeout.as_secs(),
                 "retry": agent.retry,
                 "max_queue_depth": agent.max_queue_depth,
             })

@@ -62,7 +62,11 @@ impl Dispatcher {
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Self, DispatcherError> {
         let names = config.names();
         let redis = Redis::connect(&config.redis)?;
-        let store = JobStore::new(redis.clone(), names.clone(), config.redis.result_ttl_secs);
+        let store = JobStore::new(
+            redis.clone(),
+            names.clone(),
+            config.redis.result_ttl.as_secs(),
+        );
         let agents = config.agents.keys().cloned().collect();
         let broker = Broker::new_fail_fast(&config.amqp, names, agents, "agentfleet-dispatcher");
         let deps = Dependencies {

@@ -54,7 +54,7 @@ impl Circuit {
         gauge.set(0);
         Self {
             threshold: config.failure_threshold,
-            cooldown: Duration::from_secs(config.cooldown_secs),
+            cooldown: config.cooldown,
             phase: Mutex::new(Phase::Closed { failures: 0 }),
             gauge,
         }
@@ -150,7 +150,7 @@ mod tests {
         let metrics = Metrics::new();
         let config = CircuitBreakerConfig {
             failure_threshold: threshold,
-            cooldown_secs: 1,
+            cooldown: Duration::from_secs(1),
         };
         let mut c = Circuit::new(&config, metrics.circuit_state.with_label_values(&["e"]));
         c.cooldown = Duration::from_millis(cooldown_ms);

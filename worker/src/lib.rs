@@ -86,7 +86,11 @@ impl Worker {
     ) -> Result<Self, WorkerError> {
         let names = config.names();
         let redis = Redis::connect(&config.redis)?;
-        let store = JobStore::new(redis.clone(), names.clone(), config.redis.result_ttl_secs);
+        let store = JobStore::new(
+            redis.clone(),
+            names.clone(),
+            config.redis.result_ttl.as_secs(),
+        );
         let served = config.served_agents();
         let broker = Broker::new(
             &config.amqp,
@@ -208,7 +212,7 @@ impl Worker {
         self.shared.draining.cancel();
         while loops.join_next().await.is_some() {}
         tracker.close();
-        let grace = Duration::from_secs(self.shared.config.worker.shutdown_grace_secs);
+        let grace = self.shared.config.worker.shutdown_grace;
         tracing::info!(
             in_flight = tracker.len(),
             ?grace,

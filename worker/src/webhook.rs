@@ -96,7 +96,7 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
         (signing::HEADER_TIMESTAMP, timestamp.as_str()),
         (signing::HEADER_SIGNATURE, signature.as_str()),
     ];
-    let timeout = Duration::from_secs(shared.config.webhooks.timeout_secs);
+    let timeout = shared.config.webhooks.timeout;
     let result = shared
         .outbound
         .post_json(Destination::Webhook, &url, &headers, body, timeout)
@@ -112,9 +112,11 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
         tracing::info!(error = %err, "webhook attempt failed");
     }
 
-    let schedule = &shared.config.webhooks.retry_schedule_secs;
+    let schedule = &shared.config.webhooks.retry_schedule;
     let retry_delay = match outcome {
-        Outcome::Failed(_) => schedule.get(msg.attempt as usize).map(|&secs| jitter(secs)),
+        Outcome::Failed(_) => schedule
+            .get(msg.attempt as usize)
+            .map(|&delay| jitter(delay)),
         _ => None,
     };
     let label = match (outcome, retry_delay) {
@@ -150,8 +152,8 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
 }
 
 /// ±10% so a burst of failures does not come back as a burst of retries.
-fn jitter(secs: u64) -> Duration {
-    Duration::from_secs(secs).mul_f64(0.9 + 0.2 * rand::random::<f64>())
+fn jitter(delay: Duration) -> Duration {
+    delay.mul_f64(0.9 + 0.2 * rand::random::<f64>())
 }
 
 /// Notes the attempt on the record loaded for it: a terminal record changes only by this

@@ -86,7 +86,7 @@ async fn process(
         shared.store.clone(),
         run.msg.job_id,
         run.lease.clone(),
-        lease_ttl(shared),
+        shared.config.worker.lease,
         run.cancel.clone(),
     ));
     let ending = match slot {
@@ -209,7 +209,7 @@ impl<'a> Run<'a> {
         }
         let begun = shared
             .store
-            .begin_run(&record, read_status, &shared.instance, lease_ttl(shared))
+            .begin_run(&record, read_status, &shared.instance, shared.config.worker.lease)
             .await;
         let lease = match begun {
             Ok(Begun::Held(lease)) => lease,
@@ -249,12 +249,8 @@ impl<'a> Run<'a> {
 /// The job's deadline: from its first start, the agent's run timeout, lowered by the job's.
 fn deadline(record: &JobRecord, spec: &JobSpec, agent: &AgentRuntime) -> DateTime<Utc> {
     let started_at = record.started_at.unwrap_or_else(Utc::now);
-    let budget = spec.timeout_secs.map_or(agent.config.timeout(), |secs| {
-        Duration::from_secs(secs).min(agent.config.timeout())
+    let budget = spec.timeout_secs.map_or(agent.config.timeout, |secs| {
+        Duration::from_secs(secs).min(agent.config.timeout)
     });
     started_at + chrono::Duration::from_std(budget).unwrap_or(chrono::TimeDelta::MAX)
-}
-
-fn lease_ttl(shared: &Shared) -> Duration {
-    Duration::from_secs(shared.config.worker.lease_secs)
 }

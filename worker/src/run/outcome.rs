@@ -128,7 +128,7 @@ impl Run<'_> {
         let retry = &self.agent.config.retry;
         let wait = backoff(
             record.attempts + 1,
-            Duration::from_secs(retry.max_delay_secs),
+            retry.max_delay,
             failure.retry_after,
         );
         let in_time =

@@ -1,0 +1,217 @@
+//! The agents: which provider and model each one calls, and how hard — concurrency, rate
+//! limits, deadlines, retries and the circuit breaker.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::duration;
+use super::validation::{invalid, positive};
+use super::ConfigError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible `/chat/completions`: OpenAI, vLLM, Ollama, LiteLLM…
+    Openai,
+}
+
+/// The prefetch of an agent with `concurrency` call slots; see
+/// [`AgentConfig::delivery_window`].
+pub fn delivery_window(concurrency: u16) -> u16 {
+    concurrency.saturating_add(concurrency.div_ceil(4))
+}
+
+/// How a worker speaks HTTP to an agent's provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpVersion {
+    /// Over https, HTTP/2 when the server offers it (ALPN), else HTTP/1.1; over http, HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only: one connection per call in flight.
+    Http1,
+    /// HTTP/2 only, also over plain http (prior knowledge): every call in flight shares one
+    /// connection, up to the server's limit on concurrent streams.
+    Http2,
+}
+
+// === impl RateLimitConfig ===
+
+/// Serialized as configured: the API's agent listing shows it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests_per_minute: u32,
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
+}
+
+impl RateLimitConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        positive(
+            &format!("{at}.requests_per_minute"),
+            self.requests_per_minute,
+        )?;
+        if let Some(tpm) = self.tokens_per_minute {
+            positive(&format!("{at}.tokens_per_minute"), tpm)?;
+        }
+        Ok(())
+    }
+}
+
+// === impl RetryConfig ===
+
+/// Serialized with the keys of the file (`max_delay_secs` in whole seconds): the API's agent
+/// listing shows it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// Upper bound on the backoff between two attempts.
+    #[serde(rename = "max_delay_secs", with = "duration::secs")]
+    pub max_delay: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        positive(&format!("{at}.attempts"), self.attempts)?;
+        positive(&format!("{at}.max_delay_secs"), self.max_delay)
+    }
+}
+
+// === impl CircuitBreakerConfig ===
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Consecutive retryable failures of an endpoint that open the circuit.
+    pub failure_threshold: u32,
+    /// How long the circuit stays open before one probe call is let through.
+    #[serde(rename = "cooldown_secs", with = "duration::secs")]
+    pub cooldown: Duration,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+impl CircuitBreakerConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        positive(&format!("{at}.failure_threshold"), self.failure_threshold)?;
+        positive(&format!("{at}.cooldown_secs"), self.cooldown)
+    }
+}
+
+// === impl AgentConfig ===
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub provider: ProviderKind,
+    pub base_url: Url,
+    /// Environment variable holding the provider's API key, when it needs one.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    pub model: String,
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// Provider calls of this agent in flight per worker replica. The queue prefetch is a
+    /// quarter more, so runs that are finishing do not hold up the next calls.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u16,
+    #[serde(default)]
+    pub http_version: HttpVersion,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Deadline of a whole run: admission, every attempt and the waits between them. A job
+    /// may lower it with its own `timeout_secs`.
+    #[serde(
+        rename = "timeout_secs",
+        with = "duration::secs",
+        default = "default_timeout"
+    )]
+    pub timeout: Duration,
+    /// Bound on one provider HTTP call, when set; read it through
+    /// [`AgentConfig::request_timeout()`], which falls back to `timeout`.
+    #[serde(rename = "request_timeout_secs", with = "duration::secs_opt", default)]
+    pub request_timeout: Option<Duration>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerConfig,
+    /// Ready messages in the agent's queue above which new jobs are refused with 429.
+    #[serde(default)]
+    pub max_queue_depth: Option<u32>,
+}
+
+impl AgentConfig {
+    /// Bound on one provider HTTP call: `request_timeout_secs`, else the run's `timeout_secs`.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout.unwrap_or(self.timeout)
+    }
+
+    /// How many deliveries of this agent's queue a worker replica holds at once (its
+    /// prefetch): the call slots plus a quarter more, so the runs that are finishing (storing
+    /// results, handing off webhooks) do not keep the next calls waiting for the broker.
+    pub fn delivery_window(&self) -> u16 {
+        delivery_window(self.concurrency)
+    }
+
+    /// Checks the agent configured at `at` (`agents.<name>`); the name itself is checked by
+    /// [`super::Config::validate`].
+    pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("{at}.{field}");
+        if !matches!(self.base_url.scheme(), "http" | "https") {
+            return Err(invalid(key("base_url"), "must be an http(s) URL"));
+        }
+        if self.model.trim().is_empty() {
+            return Err(invalid(key("model"), "must not be empty"));
+        }
+        positive(&key("max_tokens"), self.max_tokens)?;
+        positive(&key("concurrency"), self.concurrency)?;
+        positive(&key("timeout_secs"), self.timeout)?;
+        self.retry.validate(&key("retry"))?;
+        if let Some(timeout) = self.request_timeout {
+            positive(&key("request_timeout_secs"), timeout)?;
+        }
+        self.circuit_breaker.validate(&key("circuit_breaker"))?;
+        if let Some(depth) = self.max_queue_depth {
+            positive(&key("max_queue_depth"), depth)?;
+        }
+        if let Some(limit) = &self.rate_limit {
+            limit.validate(&key("rate_limit"))?;
+        }
+        Ok(())
+    }
+}
+
+fn default_max_tokens() -> u32 {
+    512
+}
+
+fn default_concurrency() -> u16 {
+    16
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(60)
+}

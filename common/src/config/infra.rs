@@ -1,0 +1,271 @@
+//! The infrastructure a process talks to or runs on: the broker, Redis, the dispatcher's
+//! listener, the worker replica, webhook delivery and telemetry.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::duration;
+use super::validation::{check_prefix, check_url_scheme, invalid, positive};
+use super::ConfigError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueType {
+    /// Replicated, with a delivery limit for poison messages. The default.
+    #[default]
+    Quorum,
+    /// For brokers without quorum queues.
+    Classic,
+}
+
+// === impl AmqpConfig ===
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// May hold credentials, so it is a secret: never logged.
+    pub url: SecretString,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default)]
+    pub queue_type: QueueType,
+    /// Deliveries of one message (quorum queues) before it is dead-lettered as poison.
+    #[serde(default = "default_delivery_limit")]
+    pub delivery_limit: u32,
+    #[serde(
+        rename = "connect_timeout_ms",
+        with = "duration::millis",
+        default = "default_connect_timeout"
+    )]
+    pub connect_timeout: Duration,
+    /// How long a publish may wait for the broker's confirm before the caller gets 503.
+    #[serde(
+        rename = "publish_timeout_ms",
+        with = "duration::millis",
+        default = "default_publish_timeout"
+    )]
+    pub publish_timeout: Duration,
+}
+
+impl AmqpConfig {
+    pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("{at}.{field}");
+        check_url_scheme(&key("url"), self.url.expose_secret(), &["amqp", "amqps"])?;
+        check_prefix(&key("prefix"), &self.prefix)?;
+        positive(&key("connect_timeout_ms"), self.connect_timeout)?;
+        positive(&key("publish_timeout_ms"), self.publish_timeout)?;
+        positive(&key("delivery_limit"), self.delivery_limit)
+    }
+}
+
+fn default_prefix() -> String {
+    "agentfleet".into()
+}
+
+fn default_delivery_limit() -> u32 {
+    20
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_millis(3_000)
+}
+
+fn default_publish_timeout() -> Duration {
+    Duration::from_millis(5_000)
+}
+
+// === impl RedisConfig ===
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: SecretString,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// How long job records and specs are kept; a Redis `EX` value, so whole seconds.
+    #[serde(
+        rename = "result_ttl_secs",
+        with = "duration::secs",
+        default = "default_result_ttl"
+    )]
+    pub result_ttl: Duration,
+    /// Upper bound on one Redis command, so an outage fails requests instead of hanging them.
+    #[serde(
+        rename = "timeout_ms",
+        with = "duration::millis",
+        default = "default_redis_timeout"
+    )]
+    pub timeout: Duration,
+}
+
+impl RedisConfig {
+    pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("{at}.{field}");
+        check_url_scheme(&key("url"), self.url.expose_secret(), &["redis", "rediss"])?;
+        check_prefix(&key("prefix"), &self.prefix)?;
+        positive(&key("result_ttl_secs"), self.result_ttl)?;
+        positive(&key("timeout_ms"), self.timeout)
+    }
+}
+
+fn default_result_ttl() -> Duration {
+    // A week.
+    Duration::from_secs(604_800)
+}
+
+fn default_redis_timeout() -> Duration {
+    // Requests must fail within a second when Redis hangs.
+    Duration::from_millis(800)
+}
+
+// === impl DispatcherConfig ===
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatcherConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1_048_576,
+        }
+    }
+}
+
+impl DispatcherConfig {
+    pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if self.max_body_bytes < 64 {
+            return Err(invalid(
+                format!("{at}.max_body_bytes"),
+                "must be at least 64 bytes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+// === impl WorkerConfig ===
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub metrics_listen: SocketAddr,
+    /// Agents this replica serves; `"*"` means all configured agents.
+    pub agents: Vec<String>,
+    /// How long a stopping replica lets its runs finish before it gives the rest back.
+    #[serde(rename = "shutdown_grace_secs", with = "duration::secs")]
+    pub shutdown_grace: Duration,
+    /// How long a run's lease on its job lasts without renewal (renewed every third of it).
+    /// A crashed worker's jobs wait this long before another worker may take them.
+    #[serde(rename = "lease_secs", with = "duration::secs")]
+    pub lease: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            agents: vec!["*".into()],
+            shutdown_grace: Duration::from_secs(30),
+            lease: Duration::from_secs(15),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks the replica on its own; whether the agents it names exist is checked by
+    /// [`super::Config::validate`], which sees them.
+    pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if self.lease < Duration::from_secs(3) {
+            return Err(invalid(format!("{at}.lease_secs"), "must be at least 3"));
+        }
+        if self.agents.is_empty() {
+            return Err(invalid(
+                format!("{at}.agents"),
+                "list the agents to serve, or \"*\" for all",
+            ));
+        }
+        Ok(())
+    }
+}
+
+// === impl WebhookConfig ===
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Bound on one delivery attempt.
+    #[serde(rename = "timeout_secs", with = "duration::secs")]
+    pub timeout: Duration,
+    /// Deliveries in flight per worker replica, separate from any agent's concurrency.
+    pub concurrency: u16,
+    /// Delay before each retry of a failed delivery; its length is the number of retries.
+    #[serde(rename = "retry_schedule_secs", with = "duration::secs_list")]
+    pub retry_schedule: Vec<Duration>,
+    /// Allow webhook URLs that resolve to loopback, private or link-local addresses.
+    /// Off in production (SSRF guard); on for local demos and tests.
+    pub allow_private_networks: bool,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            concurrency: 32,
+            // The Standard Webhooks recommendation: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+            retry_schedule: [5, 300, 1_800, 7_200, 18_000, 36_000, 36_000]
+                .map(Duration::from_secs)
+                .to_vec(),
+            allow_private_networks: false,
+        }
+    }
+}
+
+impl WebhookConfig {
+    pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        positive(&format!("{at}.timeout_secs"), self.timeout)?;
+        positive(&format!("{at}.concurrency"), self.concurrency)
+    }
+}
+
+// === impl TelemetryConfig ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// A `tracing` filter directive, e.g. `info` or `agentfleet_worker=debug,info`.
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_level: "info".into(),
+            log_format: LogFormat::Json,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map(drop)
+            .map_err(|e| invalid(format!("{at}.log_level"), e.to_string()))
+    }
+}

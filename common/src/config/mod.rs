@@ -1,0 +1,148 @@
+//! One typed configuration, loaded once: a YAML file, then `AGENTFLEET__SECTION__KEY`
+//! environment overrides, then validation that names the offending key. Secrets are never in
+//! the file: the file names the environment variables that hold them, and only the process
+//! that needs a secret resolves it (see [`Config::secrets`]).
+//!
+//! The top [`Config`] is built from one part per concept, each in its own file and each
+//! validating itself under the key it sits at: `infra` (broker, Redis, listeners, webhooks,
+//! telemetry), `agents`, `tenants`, and the `secrets` resolved from the environment; the
+//! shared checks are in `validation`. Durations are [`Duration`](std::time::Duration)s from
+//! load time on, while the file keeps whole numbers with the unit in the key (`lease_secs`,
+//! `timeout_ms`): the `duration` helpers convert them, so no caller does.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::naming::Names;
+
+mod agents;
+mod duration;
+mod infra;
+mod secrets;
+mod tenants;
+mod validation;
+
+#[cfg(test)]
+mod tests;
+
+pub use agents::{
+    delivery_window, AgentConfig, CircuitBreakerConfig, HttpVersion, ProviderKind, RateLimitConfig,
+    RetryConfig,
+};
+pub use infra::{
+    AmqpConfig, DispatcherConfig, LogFormat, QueueType, RedisConfig, TelemetryConfig,
+    WebhookConfig, WorkerConfig,
+};
+pub use secrets::Secrets;
+pub use tenants::TenantConfig;
+pub use validation::{is_identifier, parse_sha256_hex};
+
+use validation::{check_identifier, invalid};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration at `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub amqp: AmqpConfig,
+    pub redis: RedisConfig,
+    #[serde(default)]
+    pub dispatcher: DispatcherConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub webhooks: WebhookConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    pub agents: BTreeMap<String, AgentConfig>,
+}
+
+impl Config {
+    /// Loads the YAML file at `path`, applies `AGENTFLEET__SECTION__KEY` overrides from the
+    /// process environment, and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let source = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Yaml))
+            .add_source(environment_overrides());
+        Self::build(source)
+    }
+
+    /// Parses and validates a YAML document, with no environment overrides (tests, tools).
+    pub fn from_yaml(yaml: &str) -> Result<Self, ConfigError> {
+        let source = config::Config::builder()
+            .add_source(config::File::from_str(yaml, config::FileFormat::Yaml));
+        Self::build(source)
+    }
+
+    fn build(
+        source: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Self, ConfigError> {
+        let config: Self = source.build()?.try_deserialize()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn names(&self) -> Names {
+        Names::new(&self.amqp.prefix, &self.redis.prefix)
+    }
+
+    /// The agents a worker replica serves, in a stable order.
+    pub fn served_agents(&self) -> Vec<String> {
+        if self.worker.agents.iter().any(|a| a == "*") {
+            self.agents.keys().cloned().collect()
+        } else {
+            let mut agents = self.worker.agents.clone();
+            agents.sort();
+            agents.dedup();
+            agents
+        }
+    }
+
+    /// Validates each part under its key, then what only the whole can see: that the worker
+    /// serves agents that exist.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.amqp.validate("amqp")?;
+        self.redis.validate("redis")?;
+        self.dispatcher.validate("dispatcher")?;
+        self.worker.validate("worker")?;
+        self.webhooks.validate("webhooks")?;
+        self.telemetry.validate("telemetry")?;
+
+        if self.agents.is_empty() {
+            return Err(invalid("agents", "at least one agent is required"));
+        }
+        for (name, agent) in &self.agents {
+            let at = format!("agents.{name}");
+            check_identifier(&at, name)?;
+            agent.validate(&at)?;
+        }
+        for (i, agent) in self.worker.agents.iter().enumerate() {
+            if agent != "*" && !self.agents.contains_key(agent) {
+                return Err(invalid(
+                    format!("worker.agents[{i}]"),
+                    format!("unknown agent `{agent}`"),
+                ));
+            }
+        }
+
+        tenants::validate_tenants(&self.tenants, "tenants")
+    }
+}
+
+fn environment_overrides() -> config::Environment {
+    config::Environment::with_prefix("AGENTFLEET")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",")
+        .with_list_parse_key("worker.agents")
+}

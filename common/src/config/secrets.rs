@@ -1,0 +1,66 @@
+//! Secrets, which are never in the file: the file names the environment variables that hold
+//! them, and only the process that needs a secret resolves it, once, at start.
+
+use std::collections::HashMap;
+
+use secrecy::SecretString;
+
+use super::validation::invalid;
+use super::{Config, ConfigError};
+use crate::signing::WebhookSecret;
+
+/// Secrets resolved from the environment by the process that needs them.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    pub webhook: HashMap<String, WebhookSecret>,
+    pub provider_keys: HashMap<String, SecretString>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("webhook_tenants", &self.webhook.keys().collect::<Vec<_>>())
+            .field(
+                "provider_agents",
+                &self.provider_keys.keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Config {
+    /// Resolves the secrets the worker needs: every tenant's webhook secret and every
+    /// agent's provider key. `lookup` is the environment (`std::env::var` in production).
+    pub fn secrets(&self, lookup: impl Fn(&str) -> Option<String>) -> Result<Secrets, ConfigError> {
+        let mut secrets = Secrets::default();
+        for (i, tenant) in self.tenants.iter().enumerate() {
+            let Some(var) = &tenant.webhook_secret_env else {
+                continue;
+            };
+            let key = format!("tenants[{i}].webhook_secret_env");
+            let value = lookup(var)
+                .ok_or_else(|| invalid(&key, format!("environment variable {var} is not set")))?;
+            let secret = WebhookSecret::parse(&value)
+                .map_err(|e| invalid(&key, format!("environment variable {var}: {e}")))?;
+            secrets.webhook.insert(tenant.id.clone(), secret);
+        }
+        for (name, agent) in &self.agents {
+            let Some(var) = &agent.api_key_env else {
+                continue;
+            };
+            let key = format!("agents.{name}.api_key_env");
+            let value = lookup(var)
+                .ok_or_else(|| invalid(&key, format!("environment variable {var} is not set")))?;
+            if value.trim().is_empty() {
+                return Err(invalid(
+                    &key,
+                    format!("environment variable {var} is empty"),
+                ));
+            }
+            secrets
+                .provider_keys
+                .insert(name.clone(), SecretString::from(value));
+        }
+        Ok(secrets)
+    }
+}

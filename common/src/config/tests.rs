@@ -1,0 +1,297 @@
+//! Loading the whole configuration: defaults, keys named in errors, durations, overrides.
+
+use std::time::Duration;
+
+use super::*;
+
+const KEY_HASH: &str = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+
+fn yaml(extra_agent: &str) -> String {
+    format!(
+        r#"
+amqp: {{ url: "amqp://guest:guest@127.0.0.1:5672/%2f", prefix: "t1" }}
+redis: {{ url: "redis://127.0.0.1:6379/0", prefix: "t1" }}
+tenants:
+  - id: acme
+    api_key_sha256: "{KEY_HASH}"
+    webhook_secret_env: ACME_SECRET
+agents:
+  summarize:
+    provider: openai
+    base_url: "http://127.0.0.1:8000/v1"
+    model: "m"
+    {extra_agent}
+"#
+    )
+}
+
+#[test]
+fn loads_defaults() {
+    let config = Config::from_yaml(&yaml("")).expect("valid");
+    let agent = &config.agents["summarize"];
+    assert_eq!(agent.concurrency, 16);
+    assert_eq!(agent.retry.attempts, 3);
+    assert_eq!(config.dispatcher.max_body_bytes, 1_048_576);
+    assert_eq!(config.served_agents(), vec!["summarize".to_string()]);
+    assert_eq!(agent.http_version, HttpVersion::Auto);
+    assert_eq!(agent.delivery_window(), 20);
+}
+
+#[test]
+fn http_version_is_one_of_three() {
+    let config = Config::from_yaml(&yaml("http_version: http2")).expect("valid");
+    assert_eq!(config.agents["summarize"].http_version, HttpVersion::Http2);
+    let err = Config::from_yaml(&yaml("http_version: http3")).expect_err("invalid");
+    let text = err.to_string();
+    assert!(
+        text.contains("http3") && text.contains("agents.summarize"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_values_name_their_key() {
+    let err = Config::from_yaml(&yaml("concurrency: 0")).expect_err("invalid");
+    assert!(
+        err.to_string().contains("agents.summarize.concurrency"),
+        "{err}"
+    );
+    let err =
+        Config::from_yaml(&yaml("rate_limit: { requests_per_minute: 0 }")).expect_err("invalid");
+    assert!(
+        err.to_string()
+            .contains("agents.summarize.rate_limit.requests_per_minute"),
+        "{err}"
+    );
+    let err = Config::from_yaml(&yaml("concurency: 3")).expect_err("typo");
+    assert!(err.to_string().contains("concurency"), "{err}");
+    let err = Config::from_yaml(&yaml("timeout_secs: soon")).expect_err("type");
+    assert!(err.to_string().contains("timeout_secs"), "{err}");
+}
+
+#[test]
+fn bad_tenant_hash_is_rejected() {
+    let bad = yaml("").replace(KEY_HASH, "nothex");
+    let err = Config::from_yaml(&bad).expect_err("invalid");
+    assert!(
+        err.to_string().contains("tenants[0].api_key_sha256"),
+        "{err}"
+    );
+}
+
+#[test]
+fn secrets_come_from_the_lookup_and_never_print() {
+    let config = Config::from_yaml(&yaml("")).expect("valid");
+    let err = config.secrets(|_| None).expect_err("missing");
+    assert!(err.to_string().contains("ACME_SECRET"), "{err}");
+    let secrets = config
+        .secrets(|_| Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()))
+        .expect("resolved");
+    assert!(secrets.webhook.contains_key("acme"));
+    assert!(!format!("{secrets:?}").contains("MfKQ"));
+    assert!(!format!("{:?}", config.amqp).contains("guest:guest"));
+}
+
+#[test]
+fn identifiers_are_safe_for_names() {
+    assert!(is_identifier("summarize-v2"));
+    assert!(!is_identifier("Summarize"));
+    assert!(!is_identifier("a.b"));
+    assert!(!is_identifier(""));
+    assert!(!is_identifier("-x"));
+}
+
+/// The base document with more top-level sections after it.
+fn yaml_with(sections: &str, extra_agent: &str) -> String {
+    format!("{}{sections}\n", yaml(extra_agent))
+}
+
+/// Loads like [`Config::load`], with `vars` standing in for the process environment.
+fn load_with_env(yaml: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let vars = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let source = config::Config::builder()
+        .add_source(config::File::from_str(yaml, config::FileFormat::Yaml))
+        .add_source(environment_overrides().source(Some(vars)));
+    Config::build(source)
+}
+
+#[test]
+fn durations_default_to_the_documented_values() {
+    let config = Config::from_yaml(&yaml("")).expect("valid");
+    assert_eq!(config.amqp.connect_timeout, Duration::from_millis(3_000));
+    assert_eq!(config.amqp.publish_timeout, Duration::from_millis(5_000));
+    assert_eq!(config.redis.result_ttl, Duration::from_secs(604_800));
+    assert_eq!(config.redis.timeout, Duration::from_millis(800));
+    assert_eq!(config.worker.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(config.worker.lease, Duration::from_secs(15));
+    assert_eq!(config.webhooks.timeout, Duration::from_secs(10));
+    assert_eq!(
+        config.webhooks.retry_schedule,
+        [5, 300, 1_800, 7_200, 18_000, 36_000, 36_000].map(Duration::from_secs)
+    );
+    let agent = &config.agents["summarize"];
+    assert_eq!(agent.timeout, Duration::from_secs(60));
+    assert_eq!(agent.request_timeout, None);
+    assert_eq!(agent.request_timeout(), agent.timeout);
+    assert_eq!(agent.retry.max_delay, Duration::from_secs(30));
+    assert_eq!(agent.circuit_breaker.cooldown, Duration::from_secs(30));
+}
+
+#[test]
+fn duration_keys_parse_into_durations() {
+    let doc = yaml_with(
+        "worker: { lease_secs: 5, shutdown_grace_secs: 12 }\n\
+         webhooks: { timeout_secs: 4, retry_schedule_secs: [1, 60] }",
+        "timeout_secs: 45\n    request_timeout_secs: 7\n    \
+         retry: { max_delay_secs: 9 }\n    circuit_breaker: { cooldown_secs: 11 }",
+    )
+    .replace(
+        r#"redis: { url: "redis://127.0.0.1:6379/0", prefix: "t1" }"#,
+        r#"redis: { url: "redis://127.0.0.1:6379/0", prefix: "t1", timeout_ms: 250, result_ttl_secs: 3600 }"#,
+    )
+    .replace(
+        r#"%2f", prefix: "t1" }"#,
+        r#"%2f", prefix: "t1", connect_timeout_ms: 1500, publish_timeout_ms: 2500 }"#,
+    );
+    let config = Config::from_yaml(&doc).expect("valid");
+    assert_eq!(config.amqp.connect_timeout, Duration::from_millis(1_500));
+    assert_eq!(config.amqp.publish_timeout, Duration::from_millis(2_500));
+    assert_eq!(config.redis.timeout, Duration::from_millis(250));
+    assert_eq!(config.redis.result_ttl, Duration::from_secs(3_600));
+    assert_eq!(config.worker.lease, Duration::from_secs(5));
+    assert_eq!(config.worker.shutdown_grace, Duration::from_secs(12));
+    assert_eq!(config.webhooks.timeout, Duration::from_secs(4));
+    assert_eq!(
+        config.webhooks.retry_schedule,
+        [Duration::from_secs(1), Duration::from_secs(60)]
+    );
+    let agent = &config.agents["summarize"];
+    assert_eq!(agent.timeout, Duration::from_secs(45));
+    assert_eq!(agent.request_timeout, Some(Duration::from_secs(7)));
+    assert_eq!(agent.request_timeout(), Duration::from_secs(7));
+    assert_eq!(agent.retry.max_delay, Duration::from_secs(9));
+    assert_eq!(agent.circuit_breaker.cooldown, Duration::from_secs(11));
+}
+
+#[test]
+fn negative_or_fractional_durations_are_refused_naming_the_key() {
+    let cases = [
+        (yaml("timeout_secs: -5"), "agents.summarize.timeout_secs"),
+        (yaml("timeout_secs: 1.5"), "agents.summarize.timeout_secs"),
+        (
+            yaml("request_timeout_secs: 0.5"),
+            "agents.summarize.request_timeout_secs",
+        ),
+        (
+            yaml("retry: { max_delay_secs: -1 }"),
+            "agents.summarize.retry.max_delay_secs",
+        ),
+        (
+            yaml_with("worker: { lease_secs: 7.5 }", ""),
+            "worker.lease_secs",
+        ),
+        (
+            yaml_with("webhooks: { retry_schedule_secs: [5, -2] }", ""),
+            "webhooks.retry_schedule_secs[1]",
+        ),
+        (
+            yaml("").replace(
+                r#"%2f", prefix: "t1" }"#,
+                r#"%2f", prefix: "t1", connect_timeout_ms: 2.5 }"#,
+            ),
+            "amqp.connect_timeout_ms",
+        ),
+    ];
+    for (doc, key) in cases {
+        let err = Config::from_yaml(&doc).expect_err(key);
+        assert!(matches!(err, ConfigError::Load(_)), "{key}: {err}");
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+}
+
+#[test]
+fn zero_durations_name_the_file_key() {
+    let err = Config::from_yaml(&yaml("timeout_secs: 0")).expect_err("zero");
+    assert!(
+        err.to_string()
+            .contains("`agents.summarize.timeout_secs`: must be greater than zero"),
+        "{err}"
+    );
+    let err = Config::from_yaml(&yaml("circuit_breaker: { cooldown_secs: 0 }")).expect_err("zero");
+    assert!(
+        err.to_string()
+            .contains("agents.summarize.circuit_breaker.cooldown_secs"),
+        "{err}"
+    );
+    let err = Config::from_yaml(&yaml_with("worker: { lease_secs: 2 }", "")).expect_err("short");
+    assert!(err.to_string().contains("worker.lease_secs"), "{err}");
+}
+
+#[test]
+fn environment_overrides_reach_duration_keys() {
+    let config =
+        load_with_env(&yaml(""), &[("AGENTFLEET__WORKER__LEASE_SECS", "5")]).expect("valid");
+    assert_eq!(config.worker.lease, Duration::from_secs(5));
+    let config = load_with_env(
+        &yaml(""),
+        &[("AGENTFLEET__AGENTS__SUMMARIZE__REQUEST_TIMEOUT_SECS", "8")],
+    )
+    .expect("valid");
+    assert_eq!(
+        config.agents["summarize"].request_timeout(),
+        Duration::from_secs(8)
+    );
+
+    // The shapes the binaries' own test relies on (tests/tests/api/lifecycle.rs).
+    let err = load_with_env(
+        &yaml(""),
+        &[("AGENTFLEET__AGENTS__SUMMARIZE__TIMEOUT_SECS", "0")],
+    )
+    .expect_err("zero");
+    assert!(
+        err.to_string().contains("agents.summarize.timeout_secs"),
+        "{err}"
+    );
+    let err = load_with_env(
+        &yaml(""),
+        &[("AGENTFLEET__WORKER__SHUTDOWN_GRACE_SECS", "soon")],
+    )
+    .expect_err("not a number");
+    assert!(err.to_string().contains("shutdown_grace_secs"), "{err}");
+}
+
+#[test]
+fn serialized_parts_keep_the_file_keys() {
+    // The API's agent listing serializes these: the wire shape is the file's.
+    let config =
+        Config::from_yaml(&yaml("retry: { attempts: 4, max_delay_secs: 9 }")).expect("valid");
+    let agent = &config.agents["summarize"];
+    assert_eq!(
+        serde_json::to_value(&agent.retry).expect("json"),
+        serde_json::json!({ "attempts": 4, "max_delay_secs": 9 })
+    );
+    assert_eq!(
+        serde_json::to_value(&agent.circuit_breaker).expect("json"),
+        serde_json::json!({ "failure_threshold": 5, "cooldown_secs": 30 })
+    );
+}
+
+#[test]
+fn shipped_configs_still_load() {
+    // Deployed files keep their `*_secs` / `*_ms` keys: the ones in this repository must load,
+    // the compose one with the URLs docker-compose.yml sets in the environment.
+    let local = include_str!("../../../deploy/local/agentfleet.yaml");
+    Config::from_yaml(local).unwrap_or_else(|e| panic!("deploy/local: {e}"));
+    let compose = include_str!("../../../deploy/compose/agentfleet.yaml");
+    load_with_env(
+        compose,
+        &[
+            ("AGENTFLEET__AMQP__URL", "amqp://u:p@rabbitmq:5672/%2f"),
+            ("AGENTFLEET__REDIS__URL", "redis://redis:6379/0"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("deploy/compose: {e}"));
+}

@@ -209,7 +209,12 @@ impl<'a> Run<'a> {
         }
         let begun = shared
             .store
-            .begin_run(&record, read_status, &shared.instance, shared.config.worker.lease)
+            .begin_run(
+                &record,
+                read_status,
+                &shared.instance,
+                shared.config.worker.lease,
+            )
             .await;
         let lease = match begun {
             Ok(Begun::Held(lease)) => lease,

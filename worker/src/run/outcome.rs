@@ -126,11 +126,7 @@ impl Run<'_> {
             at: Utc::now(),
         });
         let retry = &self.agent.config.retry;
-        let wait = backoff(
-            record.attempts + 1,
-            retry.max_delay,
-            failure.retry_after,
-        );
+        let wait = backoff(record.attempts + 1, retry.max_delay, failure.retry_after);
         let in_time =
             chrono::Duration::from_std(wait).is_ok_and(|w| Utc::now() + w < self.deadline);
         if failure.category.is_retryable() && record.attempts < retry.attempts && in_time {

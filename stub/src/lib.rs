@@ -1,10 +1,14 @@
 //! Local stand-ins for the outside world, used by tests, benchmarks, the README demo and
 //! docker-compose: an OpenAI-compatible LLM ([`llm`]) whose latency, token counts and faults
-//! are configurable and which counts what it sees, and a webhook receiver ([`receiver`]) that
-//! verifies Standard Webhooks signatures and records deliveries.
+//! are configurable, which counts what it sees and can play scripted tool-calling
+//! conversations ([`script`]); an HTTP tool server ([`tools`]) that counts calls and effects;
+//! and a webhook receiver ([`receiver`]) that verifies Standard Webhooks signatures and records
+//! deliveries.
 
 pub mod llm;
 pub mod receiver;
+pub mod script;
+pub mod tools;
 
 use std::net::SocketAddr;
 

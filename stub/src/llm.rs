@@ -3,6 +3,9 @@
 //! malformed bodies), and records per model the calls in flight (and their peak) and, per job
 //! id (`x-agentfleet-job-id`), how often it was called — which is how tests check concurrency
 //! limits, rate limits and "ran exactly once" from the outside.
+//!
+//! A model given a [`Scenario`] ([`StubLlm::script_model`]) answers from that script instead:
+//! tool calls and final answers over several turns (see [`crate::script`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -14,6 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+
+use crate::script::{self, Reply, Scenario};
 
 /// A fault the stub injects instead of a normal answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,12 +86,17 @@ struct Recorded {
     double_runs: u64,
     /// Faults served, in order, before any normal answer (deterministic tests).
     scripted: VecDeque<Fault>,
+    /// The last request body per job id, kept for scripted models only: a load benchmark of
+    /// plain calls would otherwise hold every job's prompt in memory.
+    last_request: HashMap<String, Value>,
 }
 
 /// The stub's shared state; clone it to keep a handle after `router()`.
 #[derive(Clone, Default)]
 pub struct StubLlm {
     behavior: Arc<Mutex<Behavior>>,
+    /// Scenarios by model name; other models answer unscripted.
+    scenarios: Arc<Mutex<HashMap<String, Scenario>>>,
     recorded: Arc<Mutex<Recorded>>,
 }
 
@@ -94,6 +104,7 @@ impl StubLlm {
     pub fn new(behavior: Behavior) -> Self {
         Self {
             behavior: Arc::new(Mutex::new(behavior)),
+            scenarios: Arc::default(),
             recorded: Arc::default(),
         }
     }
@@ -107,6 +118,12 @@ impl StubLlm {
 
     pub fn set_behavior(&self, behavior: Behavior) {
         *lock(&self.behavior) = behavior;
+    }
+
+    /// Answer calls of `model` from `scenario` from now on. Latency and faults still apply,
+    /// before the script.
+    pub fn script_model(&self, model: &str, scenario: Scenario) {
+        lock(&self.scenarios).insert(model.to_owned(), scenario);
     }
 
     /// Serve these faults, in order, to the next calls.
@@ -164,6 +181,21 @@ impl StubLlm {
     pub fn calls_per_job(&self) -> HashMap<String, u32> {
         lock(&self.recorded).per_job.clone()
     }
+
+    /// Calls of one job, across attempts.
+    pub fn calls_for_job(&self, job_id: &str) -> u32 {
+        lock(&self.recorded)
+            .per_job
+            .get(job_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The last request body a scripted model got for this job: the conversation as sent,
+    /// with its `tools` and `tool` messages.
+    pub fn last_request(&self, job_id: &str) -> Option<Value> {
+        lock(&self.recorded).last_request.get(job_id).cloned()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -210,70 +242,114 @@ async fn chat_completions(
         )
             .into_response();
     };
-    let model = request["model"].as_str().unwrap_or("unknown").to_owned();
-    let job_id = headers
-        .get("x-agentfleet-job-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let attempt = headers
-        .get("x-agentfleet-attempt")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let lease = headers
-        .get("x-agentfleet-lease")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let meta = CallMeta::new(&request, &headers);
     let behavior = lock(&stub.behavior).clone();
-    let fault = {
-        let mut rec = lock(&stub.recorded);
-        let stats = rec.models.entry(model.clone()).or_default();
-        stats.in_flight += 1;
-        stats.peak_in_flight = stats.peak_in_flight.max(stats.in_flight);
-        rec.calls.push(Call {
-            model: model.clone(),
-            job_id: job_id.clone(),
-            at: Instant::now(),
-            version,
-        });
-        if let Some(id) = &job_id {
-            *rec.per_job.entry(id.clone()).or_default() += 1;
-            *rec.per_attempt
-                .entry((id.clone(), attempt.clone()))
-                .or_default() += 1;
-            let leases = rec.job_in_flight.entry(id.clone()).or_default();
-            let overlap = leases.iter().any(|l| *l != lease);
-            leases.push(lease.clone());
-            if overlap {
-                rec.double_runs += 1;
-            }
-        }
-        rec.scripted.pop_front().or_else(|| {
-            (behavior.fault_rate > 0.0
-                && !behavior.random_faults.is_empty()
-                && rand_unit() < behavior.fault_rate)
-                .then(|| {
-                    let i = (rand_unit() * behavior.random_faults.len() as f64) as usize;
-                    behavior.random_faults[i.min(behavior.random_faults.len() - 1)].clone()
-                })
-        })
-    };
+    let scenario = lock(&stub.scenarios).get(&meta.model).cloned();
+    let fault = stub.record(
+        &meta,
+        version,
+        &behavior,
+        scenario.is_some().then_some(&request),
+    );
     let _in_flight = InFlight {
         stub: stub.clone(),
-        model: model.clone(),
-        job: job_id.clone().map(|id| (id, lease.clone())),
+        model: meta.model.clone(),
+        job: meta.job_id.clone().map(|id| (id, meta.lease.clone())),
     };
     if !behavior.latency.is_zero() {
         tokio::time::sleep(behavior.latency).await;
     }
     match fault {
-        Some(Fault::Hang) => std::future::pending::<Response>().await,
-        Some(Fault::Malformed) => (StatusCode::OK, "{\"choices\": \"not a list\"").into_response(),
-        Some(Fault::Status {
+        Some(fault) => fault_response(fault).await,
+        None => match scenario.and_then(|s| s.reply(&request)) {
+            Some(reply) => scripted_answer(&meta.model, &request, reply, &behavior),
+            None => plain_answer(&meta.model, &request, &behavior),
+        },
+    }
+}
+
+/// Who a call is for, from its body and the worker's headers.
+struct CallMeta {
+    model: String,
+    job_id: Option<String>,
+    attempt: String,
+    lease: String,
+}
+
+impl CallMeta {
+    fn new(request: &Value, headers: &HeaderMap) -> Self {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Self {
+            model: request["model"].as_str().unwrap_or("unknown").to_owned(),
+            job_id: header("x-agentfleet-job-id"),
+            attempt: header("x-agentfleet-attempt").unwrap_or_default(),
+            lease: header("x-agentfleet-lease").unwrap_or_default(),
+        }
+    }
+}
+
+impl StubLlm {
+    /// Counts the call (in flight, per job, per attempt, overlapping leases), keeps `request`
+    /// as the job's last one when given, and picks the fault the call gets, if any.
+    fn record(
+        &self,
+        meta: &CallMeta,
+        version: http::Version,
+        behavior: &Behavior,
+        request: Option<&Value>,
+    ) -> Option<Fault> {
+        let mut rec = lock(&self.recorded);
+        let stats = rec.models.entry(meta.model.clone()).or_default();
+        stats.in_flight += 1;
+        stats.peak_in_flight = stats.peak_in_flight.max(stats.in_flight);
+        rec.calls.push(Call {
+            model: meta.model.clone(),
+            job_id: meta.job_id.clone(),
+            at: Instant::now(),
+            version,
+        });
+        if let Some(id) = &meta.job_id {
+            *rec.per_job.entry(id.clone()).or_default() += 1;
+            *rec.per_attempt
+                .entry((id.clone(), meta.attempt.clone()))
+                .or_default() += 1;
+            let leases = rec.job_in_flight.entry(id.clone()).or_default();
+            let overlap = leases.iter().any(|l| *l != meta.lease);
+            leases.push(meta.lease.clone());
+            if overlap {
+                rec.double_runs += 1;
+            }
+            if let Some(request) = request {
+                rec.last_request.insert(id.clone(), request.clone());
+            }
+        }
+        rec.scripted.pop_front().or_else(|| random_fault(behavior))
+    }
+}
+
+fn random_fault(behavior: &Behavior) -> Option<Fault> {
+    let faults = &behavior.random_faults;
+    (behavior.fault_rate > 0.0 && !faults.is_empty() && rand_unit() < behavior.fault_rate).then(
+        || {
+            let i = (rand_unit() * faults.len() as f64) as usize;
+            faults[i.min(faults.len() - 1)].clone()
+        },
+    )
+}
+
+async fn fault_response(fault: Fault) -> Response {
+    match fault {
+        Fault::Hang => std::future::pending::<Response>().await,
+        Fault::Malformed => (StatusCode::OK, "{\"choices\": \"not a list\"").into_response(),
+        Fault::Status {
             status,
             retry_after,
-        }) => {
+        } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let mut response = (
                 status,
@@ -287,31 +363,59 @@ async fn chat_completions(
             }
             response
         }
-        None => {
-            let last = request["messages"]
-                .as_array()
-                .and_then(|m| m.last())
-                .and_then(|m| m["content"].as_str())
-                .unwrap_or_default();
-            let echo: String = last.chars().take(200).collect();
-            Json(json!({
-                "id": "chatcmpl-stub",
-                "object": "chat.completion",
-                "model": model,
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": format!("stub answer to: {echo}")},
-                    "finish_reason": "stop"
-                }],
-                "usage": {
-                    "prompt_tokens": behavior.prompt_tokens,
-                    "completion_tokens": behavior.completion_tokens,
-                    "total_tokens": behavior.prompt_tokens + behavior.completion_tokens
-                }
-            }))
-            .into_response()
-        }
     }
+}
+
+/// The unscripted answer: echoes the last message, with the configured token counts.
+fn plain_answer(model: &str, request: &Value, behavior: &Behavior) -> Response {
+    let last = request["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default();
+    let echo: String = last.chars().take(200).collect();
+    let message = json!({"role": "assistant", "content": format!("stub answer to: {echo}")});
+    completion(
+        model,
+        message,
+        "stop",
+        behavior.prompt_tokens,
+        behavior.completion_tokens,
+    )
+}
+
+/// A scripted answer. Its prompt tokens grow with the conversation, as a real model's do, so
+/// that token budgets over several turns can be tested.
+fn scripted_answer(model: &str, request: &Value, reply: Reply, behavior: &Behavior) -> Response {
+    let prompt_tokens = script::estimate_prompt_tokens(request);
+    completion(
+        model,
+        reply.message,
+        reply.finish_reason,
+        prompt_tokens,
+        behavior.completion_tokens,
+    )
+}
+
+fn completion(
+    model: &str,
+    message: Value,
+    finish_reason: &str,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+) -> Response {
+    Json(json!({
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens.saturating_add(completion_tokens)
+        }
+    }))
+    .into_response()
 }
 
 fn rand_unit() -> f64 {

@@ -1,5 +1,6 @@
-//! `agentfleet-stub llm …` serves the OpenAI-compatible stub; `agentfleet-stub webhook …`
-//! serves a verifying webhook receiver that prints each delivery as a JSON line.
+//! `agentfleet-stub llm …` serves the OpenAI-compatible stub; `agentfleet-stub tools …` serves
+//! the counting tool server; `agentfleet-stub webhook …` serves a verifying webhook receiver
+//! that prints each delivery as a JSON line.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,11 +11,13 @@ use clap::{Parser, Subcommand};
 use agentfleet_common::signing::WebhookSecret;
 use agentfleet_stub::llm::{Behavior, Fault, StubLlm};
 use agentfleet_stub::receiver::Receiver;
+use agentfleet_stub::script::ModelScenario;
+use agentfleet_stub::tools::ToolServer;
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Local LLM stub and webhook receiver for agentfleet demos and tests"
+    about = "Local LLM stub, tool server and webhook receiver for agentfleet demos and tests"
 )]
 struct Args {
     #[command(subcommand)]
@@ -24,18 +27,11 @@ struct Args {
 #[derive(Subcommand)]
 enum Command {
     /// An OpenAI-compatible /v1/chat/completions stub.
-    Llm {
-        #[arg(long, default_value = "127.0.0.1:8000")]
+    Llm(LlmArgs),
+    /// An HTTP tool server that counts calls (/lookup, /orders, /payments, /big, /slow, /fail).
+    Tools {
+        #[arg(long, default_value = "127.0.0.1:9100")]
         listen: SocketAddr,
-        #[arg(long, default_value_t = 0)]
-        latency_ms: u64,
-        #[arg(long, default_value_t = 12)]
-        prompt_tokens: u64,
-        #[arg(long, default_value_t = 8)]
-        completion_tokens: u64,
-        /// Probability (0..1) that a call fails with a 500 or a 429 (Retry-After: 1).
-        #[arg(long, default_value_t = 0.0)]
-        fault_rate: f64,
     },
     /// A webhook receiver that verifies signatures and prints deliveries.
     Webhook {
@@ -47,38 +43,69 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct LlmArgs {
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    #[arg(long, default_value_t = 12)]
+    prompt_tokens: u64,
+    #[arg(long, default_value_t = 8)]
+    completion_tokens: u64,
+    /// Probability (0..1) that a call fails with a 500 or a 429 (Retry-After: 1).
+    #[arg(long, default_value_t = 0.0)]
+    fault_rate: f64,
+    /// MODEL=SCENARIO: answer MODEL from a built-in scenario (tool-then-answer,
+    /// parallel-tools, five-turns, loop-forever). Repeatable; without any, the environment
+    /// variable is read as a comma-separated list.
+    #[arg(
+        long = "scenario",
+        env = "AGENTFLEET_STUB_SCENARIOS",
+        value_delimiter = ',',
+        value_name = "MODEL=SCENARIO"
+    )]
+    scenarios: Vec<ModelScenario>,
+}
+
+impl LlmArgs {
+    fn stub(self) -> anyhow::Result<StubLlm> {
+        if !(0.0..=1.0).contains(&self.fault_rate) {
+            anyhow::bail!("--fault-rate must be between 0 and 1");
+        }
+        let stub = StubLlm::new(Behavior {
+            latency: Duration::from_millis(self.latency_ms),
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            fault_rate: self.fault_rate,
+            random_faults: vec![
+                Fault::Status {
+                    status: 500,
+                    retry_after: None,
+                },
+                Fault::Status {
+                    status: 429,
+                    retry_after: Some(1),
+                },
+            ],
+        });
+        for ModelScenario { model, scenario } in self.scenarios {
+            tracing::info!(%model, turns = scenario.turns().len(), "model scripted");
+            stub.script_model(&model, scenario);
+        }
+        Ok(stub)
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber_init();
     match Args::parse().command {
-        Command::Llm {
-            listen,
-            latency_ms,
-            prompt_tokens,
-            completion_tokens,
-            fault_rate,
-        } => {
-            if !(0.0..=1.0).contains(&fault_rate) {
-                anyhow::bail!("--fault-rate must be between 0 and 1");
-            }
-            let stub = StubLlm::new(Behavior {
-                latency: Duration::from_millis(latency_ms),
-                prompt_tokens,
-                completion_tokens,
-                fault_rate,
-                random_faults: vec![
-                    Fault::Status {
-                        status: 500,
-                        retry_after: None,
-                    },
-                    Fault::Status {
-                        status: 429,
-                        retry_after: Some(1),
-                    },
-                ],
-            });
-            serve(listen, stub.router()).await
+        Command::Llm(args) => {
+            let listen = args.listen;
+            serve(listen, args.stub()?.router()).await
         }
+        Command::Tools { listen } => serve(listen, ToolServer::new().router()).await,
         Command::Webhook { listen, secret_env } => {
             let raw = std::env::var(&secret_env)
                 .with_context(|| format!("environment variable {secret_env} is not set"))?;

@@ -48,5 +48,6 @@ pub use message::{
 };
 pub use runtime::{
     decide, Action, CallPlan, FinalOutput, ModelRequest, PlannedCall, RunInput, Stop, StopReason,
+    UnresolvedCall,
 };
 pub use step::{conversation, totals, truncate_tool_output, Step, StepKind, ToolStatus, Totals};

@@ -93,6 +93,17 @@ pub struct Stop {
     pub reason: StopReason,
     /// For people: which limit, which tool, what was wrong.
     pub message: String,
+    /// For `UncertainSideEffect`: the call whose outcome is unknown. The worker records it as a
+    /// tool step with status `uncertain`, so the trace shows which write to check.
+    pub unresolved: Option<UnresolvedCall>,
+}
+
+/// A tool call whose intent was recorded but whose result never was.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnresolvedCall {
+    pub call_id: String,
+    pub name: String,
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +141,11 @@ impl std::fmt::Display for StopReason {
 }
 
 fn stop(reason: StopReason, message: String) -> Action {
-    Action::Stop(Stop { reason, message })
+    Action::Stop(Stop {
+        reason,
+        message,
+        unresolved: None,
+    })
 }
 
 /// The next action of the run.
@@ -283,6 +298,7 @@ impl Run<'_> {
             return Some(Stop {
                 reason: StopReason::MaxTurns,
                 message,
+                unresolved: None,
             });
         }
         let used = totals.usage.total_tokens;
@@ -294,6 +310,7 @@ impl Run<'_> {
             return Some(Stop {
                 reason: StopReason::BudgetExceeded,
                 message,
+                unresolved: None,
             });
         }
         if totals.cost_usd >= limits.max_cost_usd {
@@ -304,6 +321,7 @@ impl Run<'_> {
             return Some(Stop {
                 reason: StopReason::BudgetExceeded,
                 message,
+                unresolved: None,
             });
         }
         None
@@ -376,7 +394,15 @@ fn unresolved_intent(call: &ToolCall) -> Action {
         "tool `{name}` (call `{id}`) may have run: its intent was recorded but its result \
          never was, and a write is not repeated blindly"
     );
-    stop(StopReason::UncertainSideEffect, message)
+    Action::Stop(Stop {
+        reason: StopReason::UncertainSideEffect,
+        message,
+        unresolved: Some(UnresolvedCall {
+            call_id: call.id.clone(),
+            name: call.function.name.clone(),
+            arguments: call.function.arguments.clone(),
+        }),
+    })
 }
 
 fn plan_call(def: &AgentDefinition, turn: u32, index: usize, call: &ToolCall) -> PlannedCall {

@@ -16,4 +16,5 @@ pub mod shutdown;
 pub mod signing;
 pub mod store;
 pub mod telemetry;
+pub mod tool_url;
 pub mod wire;

@@ -414,6 +414,11 @@ fn intent_without_result_stops_as_uncertain() {
     ];
     let stop = stopped(decide(&def, &input(), &steps));
     assert_eq!(stop.reason, StopReason::UncertainSideEffect);
+    let unresolved = stop.unresolved.as_ref().expect("the unresolved call");
+    assert_eq!(
+        (unresolved.call_id.as_str(), unresolved.name.as_str()),
+        ("m1", "send_mail")
+    );
     assert!(
         stop.message
             .starts_with("tool `send_mail` (call `m1`) may have run"),

@@ -2,7 +2,8 @@
 //! around, never a hidden global, so tests read their own counters.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric agentfleet exports. Names are part of the public contract: dashboards and
@@ -15,6 +16,9 @@ pub struct Metrics {
     pub job_duration: HistogramVec,
     pub jobs_in_flight: IntGaugeVec,
     pub llm_tokens: IntCounterVec,
+    pub llm_cost_usd: CounterVec,
+    pub tool_calls: IntCounterVec,
+    pub tool_call_duration: HistogramVec,
     pub llm_requests: IntCounterVec,
     pub llm_request_duration: HistogramVec,
     pub rate_limit_wait: HistogramVec,
@@ -54,7 +58,31 @@ impl Metrics {
             register(&registry, name, Box::new(metric.clone()));
             metric
         };
+        let llm_cost_usd = CounterVec::new(
+            Opts::new(
+                "agentfleet_llm_cost_usd_total",
+                "What model calls cost in USD, from the price table.",
+            ),
+            &["agent"],
+        )
+        .unwrap_or_else(|e| panic!("metric agentfleet_llm_cost_usd_total is malformed: {e}"));
+        register(
+            &registry,
+            "agentfleet_llm_cost_usd_total",
+            Box::new(llm_cost_usd.clone()),
+        );
         Self {
+            llm_cost_usd,
+            tool_calls: counter(
+                "agentfleet_tool_calls_total",
+                "Tool calls, by status (ok, error, invalid, uncertain).",
+                &["tool", "status"],
+            ),
+            tool_call_duration: histogram(
+                "agentfleet_tool_call_duration_seconds",
+                "Duration of one executed tool call.",
+                &["tool"],
+            ),
             jobs_submitted: counter(
                 "agentfleet_jobs_submitted_total",
                 "Jobs accepted by the dispatcher (202).",
@@ -161,6 +189,9 @@ impl Metrics {
             "agentfleet_job_duration_seconds",
             "agentfleet_jobs_in_flight",
             "agentfleet_llm_tokens_total",
+            "agentfleet_llm_cost_usd_total",
+            "agentfleet_tool_calls_total",
+            "agentfleet_tool_call_duration_seconds",
             "agentfleet_llm_requests_total",
             "agentfleet_llm_request_duration_seconds",
             "agentfleet_rate_limit_wait_seconds",

@@ -108,11 +108,6 @@ impl Names {
         format!("{}:fence:{id}", self.redis)
     }
 
-    /// A provider response saved against a job's attempt, so a redelivery does not pay again.
-    pub fn memo_key(&self, id: Uuid, attempt: u32) -> String {
-        format!("{}:memo:{id}:{attempt}", self.redis)
-    }
-
     /// The run's step log: a list, one JSON step per element, appended under the lease.
     pub fn steps_key(&self, id: Uuid) -> String {
         format!("{}:steps:{id}", self.redis)

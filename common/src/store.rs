@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::config::RedisConfig;
 use crate::naming::Names;
-use crate::wire::{Completion, JobRecord, JobSpec, JobStatus};
+use crate::wire::{JobRecord, JobSpec, JobStatus, Step};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -127,11 +127,8 @@ fn lua_prelude() -> String {
 /// checks), so the checks and the write are one atomic step: the writer's lease (fencing
 /// token) must still be the current one, and a terminal record is final (only bookkeeping —
 /// webhook delivery state — may touch it). `ARGV[4]` is a [`WriteMode`]; it answers a
-/// [`Written`] by name. A provider answer (`ARGV[6]`, for the memo key `KEYS[4]`) is saved
-/// first and whatever the checks find: it is the answer for that attempt, and saving it in the
-/// same round trip as the result costs nothing extra.
+/// [`Written`] by name. The spec and the step log (`KEYS[3]`, `KEYS[4]`) expire with the record.
 const TRANSITION: &str = r"
-if ARGV[6] and ARGV[6] ~= '' then redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[2]) end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return 'lease_lost' end
 local current = redis.call('GET', KEYS[1])
 if not current then return 'missing' end
@@ -145,6 +142,7 @@ elseif ARGV[4] == 'cas' and status ~= ARGV[5] then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
+redis.call('EXPIRE', KEYS[4], ARGV[2])
 return 'ok'
 ";
 
@@ -195,6 +193,12 @@ for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 'ok'
 ";
+
+fn parse_steps(raw: &[String]) -> Result<Vec<Step>, StoreError> {
+    raw.iter()
+        .map(|step| serde_json::from_str(step).map_err(StoreError::from))
+        .collect()
+}
 
 /// Who writes a record, and so which checks the write must pass.
 #[derive(Debug, Clone, Copy)]
@@ -350,28 +354,29 @@ impl JobStore {
         }
     }
 
-    /// What a run needs, in one round trip: the record, the spec, and the provider answer
-    /// saved for `attempt` by an earlier delivery, if any. `None` if the record or the spec is
-    /// gone (expired or never made).
+    /// What a run needs, in one round trip: the record, the spec, and the run's step log so
+    /// far. `None` if the record or the spec is gone (expired or never made).
     pub async fn load_for_run(
         &self,
         id: Uuid,
-        attempt: u32,
-    ) -> Result<Option<(JobRecord, JobSpec, Option<Completion>)>, StoreError> {
-        let mut cmd = redis::cmd("MGET");
-        cmd.arg(self.names.job_key(id))
+    ) -> Result<Option<(JobRecord, JobSpec, Vec<Step>)>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET")
+            .arg(self.names.job_key(id))
             .arg(self.names.job_spec_key(id))
-            .arg(self.names.memo_key(id, attempt));
-        let (record, spec, memo): (Option<String>, Option<String>, Option<String>) =
-            self.redis.cmd(&cmd).await?;
+            .cmd("LRANGE")
+            .arg(self.names.steps_key(id))
+            .arg(0)
+            .arg(-1);
+        let ((record, spec), steps): ((Option<String>, Option<String>), Vec<String>) =
+            self.redis.pipe(&pipe).await?;
         let (Some(record), Some(spec)) = (record, spec) else {
             return Ok(None);
         };
-        let memo = memo.map(|raw| serde_json::from_str(&raw)).transpose()?;
         Ok(Some((
             serde_json::from_str(&record)?,
             serde_json::from_str(&spec)?,
-            memo,
+            parse_steps(&steps)?,
         )))
     }
 
@@ -379,7 +384,6 @@ impl JobStore {
         &self,
         record: &JobRecord,
         mode: WriteMode<'_>,
-        memo: Option<(u32, &Completion)>,
     ) -> Result<Written, StoreError> {
         let (lease, expected) = match mode {
             WriteMode::Leased(lease) => (lease.value.as_str(), ""),
@@ -391,16 +395,12 @@ impl JobStore {
             .key(self.names.job_key(record.id))
             .key(self.names.lease_key(record.id))
             .key(self.names.job_spec_key(record.id))
+            .key(self.names.steps_key(record.id))
             .arg(serde_json::to_string(record)?)
             .arg(self.ttl_secs)
             .arg(lease)
             .arg(mode.script_name())
             .arg(expected);
-        if let Some((attempt, completion)) = memo {
-            invocation
-                .key(self.names.memo_key(record.id, attempt))
-                .arg(serde_json::to_string(completion)?);
-        }
         let answer: String = self.redis.script(&invocation).await?;
         Written::from_answer(&answer)
     }
@@ -411,25 +411,7 @@ impl JobStore {
         record: &JobRecord,
         lease: &Lease,
     ) -> Result<Written, StoreError> {
-        self.transition(record, WriteMode::Leased(lease), None)
-            .await
-    }
-
-    /// `save_leased`, saving in the same step the provider's answer for `attempt` that the
-    /// record was made from, so a redelivery does not pay for the call again.
-    pub async fn save_leased_with_memo(
-        &self,
-        record: &JobRecord,
-        lease: &Lease,
-        attempt: u32,
-        completion: &Completion,
-    ) -> Result<Written, StoreError> {
-        self.transition(
-            record,
-            WriteMode::Leased(lease),
-            Some((attempt, completion)),
-        )
-        .await
+        self.transition(record, WriteMode::Leased(lease)).await
     }
 
     /// Writes a record if its stored status is still `expected` (and not terminal).
@@ -438,13 +420,12 @@ impl JobStore {
         record: &JobRecord,
         expected: JobStatus,
     ) -> Result<Written, StoreError> {
-        self.transition(record, WriteMode::IfStatus(expected), None)
-            .await
+        self.transition(record, WriteMode::IfStatus(expected)).await
     }
 
     /// Updates delivery bookkeeping on a record that already ended.
     pub async fn save_bookkeeping(&self, record: &JobRecord) -> Result<Written, StoreError> {
-        self.transition(record, WriteMode::Bookkeeping, None).await
+        self.transition(record, WriteMode::Bookkeeping).await
     }
 
     /// Starts a run as `owner`: takes the job's lease for `ttl` with a fresh fencing token and
@@ -529,7 +510,7 @@ impl JobStore {
         id: Uuid,
         lease: &Lease,
         expected_len: usize,
-        steps: &[String],
+        steps: &[Step],
     ) -> Result<Written, StoreError> {
         let mut invocation = self.scripts.append_steps.prepare_invoke();
         invocation
@@ -539,33 +520,18 @@ impl JobStore {
             .arg(expected_len)
             .arg(self.ttl_secs);
         for step in steps {
-            invocation.arg(step);
+            invocation.arg(serde_json::to_string(step)?);
         }
         let answer: String = self.redis.script(&invocation).await?;
         Written::from_answer(&answer)
     }
 
-    /// The job's step log, oldest first, as stored (JSON per step).
-    pub async fn load_steps(&self, id: Uuid) -> Result<Vec<String>, StoreError> {
+    /// The job's step log, oldest first.
+    pub async fn load_steps(&self, id: Uuid) -> Result<Vec<Step>, StoreError> {
         let mut cmd = redis::cmd("LRANGE");
         cmd.arg(self.names.steps_key(id)).arg(0).arg(-1);
-        self.redis.cmd(&cmd).await
-    }
-
-    /// Saves a provider's answer against the job's attempt (the worker saves it together
-    /// with the result, `save_leased_with_memo`).
-    pub async fn save_memo(
-        &self,
-        id: Uuid,
-        attempt: u32,
-        completion: &Completion,
-    ) -> Result<(), StoreError> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.names.memo_key(id, attempt))
-            .arg(serde_json::to_string(completion)?)
-            .arg("EX")
-            .arg(self.ttl_secs);
-        self.redis.cmd::<()>(&cmd).await
+        let raw: Vec<String> = self.redis.cmd(&cmd).await?;
+        parse_steps(&raw)
     }
 
     /// Notes that the job's terminal event is on the webhook queue.

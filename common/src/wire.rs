@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use agentfleet_agent::{LimitOverrides, StopReason};
+
 /// Version of the broker message schema. A worker refuses (dead-letters) other versions.
 pub const SCHEMA_VERSION: u16 = 1;
 
@@ -127,6 +129,14 @@ pub enum ErrorCategory {
     Auth,
     Cancelled,
     BudgetExceeded,
+    /// The run reached its agent's (or job's) `max_turns`.
+    MaxTurns,
+    /// The run reached its `max_tool_calls`.
+    MaxToolCalls,
+    /// A `write` tool may have run before a crash, and is not repeated blindly.
+    UncertainSideEffect,
+    /// The final answer failed the agent's output schema, even after a repair turn.
+    InvalidOutput,
     WebhookBlocked,
     Internal,
 }
@@ -155,8 +165,26 @@ impl ErrorCategory {
             Self::Auth => "auth",
             Self::Cancelled => "cancelled",
             Self::BudgetExceeded => "budget_exceeded",
+            Self::MaxTurns => "max_turns",
+            Self::MaxToolCalls => "max_tool_calls",
+            Self::UncertainSideEffect => "uncertain_side_effect",
+            Self::InvalidOutput => "invalid_output",
             Self::WebhookBlocked => "webhook_blocked",
             Self::Internal => "internal",
+        }
+    }
+}
+
+impl From<StopReason> for ErrorCategory {
+    /// How a run the agent runtime stopped is categorised on the record.
+    fn from(reason: StopReason) -> Self {
+        match reason {
+            StopReason::MaxTurns => Self::MaxTurns,
+            StopReason::MaxToolCalls => Self::MaxToolCalls,
+            StopReason::BudgetExceeded => Self::BudgetExceeded,
+            StopReason::UncertainSideEffect => Self::UncertainSideEffect,
+            StopReason::InvalidOutput => Self::InvalidOutput,
+            StopReason::InvalidModelResponse => Self::InvalidResponse,
         }
     }
 }
@@ -167,12 +195,7 @@ pub struct JobError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub total_tokens: u64,
-}
+pub use agentfleet_agent::{Step, Usage};
 
 /// Delivery state of the job's webhook, kept on the record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -191,13 +214,6 @@ pub struct AttemptError {
     pub at: DateTime<Utc>,
 }
 
-/// A provider's answer, as saved against a job's attempt (see `Names::memo_key`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Completion {
-    pub content: String,
-    pub usage: Usage,
-}
-
 /// The job record: what `GET /v1/jobs/{id}` returns and what a webhook carries as `data`.
 /// Stored as JSON under `Names::job_key`. It holds nothing secret and not the input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,12 +228,22 @@ pub struct JobRecord {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub finished_at: Option<DateTime<Utc>>,
+    /// The final answer: text, or JSON when the agent has an output schema.
     #[serde(default)]
-    pub output: Option<String>,
+    pub output: Option<Value>,
     #[serde(default)]
     pub error: Option<JobError>,
+    /// Tokens of every model call of the run.
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// What the run's model calls cost, from the price table (0 for an unpriced model).
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    /// Model calls and tool calls the run made.
+    #[serde(default)]
+    pub turns: Option<u32>,
+    #[serde(default)]
+    pub tool_calls: Option<u32>,
     #[serde(default)]
     pub metadata: Option<Value>,
     /// Every failed attempt's error, oldest first.
@@ -225,6 +251,10 @@ pub struct JobRecord {
     pub attempt_errors: Vec<AttemptError>,
     #[serde(default)]
     pub webhook: Option<WebhookStatus>,
+    /// The run's step log. Never stored on the record (it lives in its own list): filled in
+    /// for `GET /v1/jobs/{id}?include=steps` and for the webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<Step>>,
 }
 
 impl JobRecord {
@@ -247,9 +277,13 @@ impl JobRecord {
             output: None,
             error: None,
             usage: None,
+            cost_usd: None,
+            turns: None,
+            tool_calls: None,
             metadata,
             attempt_errors: Vec::new(),
             webhook: None,
+            steps: None,
         }
     }
 }
@@ -263,6 +297,9 @@ pub struct JobSpec {
     /// The caller's deadline for the whole run, when lower than the agent's.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// The caller's limits for the run, where lower than the agent's.
+    #[serde(default)]
+    pub limits: Option<LimitOverrides>,
 }
 
 /// The work token on an agent queue: "this job needs work". Carries ids, never content or

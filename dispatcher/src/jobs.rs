@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,7 +17,7 @@ use agentfleet_common::config::TenantConfig;
 use agentfleet_common::events;
 use agentfleet_common::store::{Claim, Written};
 use agentfleet_common::wire::{
-    ControlMessage, ErrorCategory, JobError, JobMessage, JobRecord, JobSpec, JobStatus,
+    ControlMessage, ErrorCategory, JobError, JobMessage, JobRecord, JobSpec, JobStatus, Step,
     SCHEMA_VERSION,
 };
 
@@ -150,6 +150,7 @@ async fn enqueue(
         input: request.input,
         webhook_url: request.webhook_url.map(String::from),
         timeout_secs: request.timeout_secs,
+        limits: request.limits,
     };
     inner
         .store
@@ -279,13 +280,59 @@ async fn load_own(state: &AppState, tenant: &str, id: &str) -> Result<JobRecord,
     Ok(record)
 }
 
+/// `GET /v1/jobs/{id}`, with the run's steps when asked for (`?include=steps`): prompts, tool
+/// arguments and results are the owning tenant's to read.
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<JobRecord>, ApiError> {
     let tenant = state.inner.tenants.authenticate(&headers)?;
-    load_own(&state, &tenant.id, &id).await.map(Json)
+    let with_steps = wants_steps(query.as_deref())?;
+    let mut record = load_own(&state, &tenant.id, &id).await?;
+    if with_steps {
+        record.steps = Some(load_steps(&state, record.id).await?);
+    }
+    Ok(Json(record))
+}
+
+/// `GET /v1/jobs/{id}/steps`: the run's step log alone.
+pub async fn steps(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Step>>, ApiError> {
+    let tenant = state.inner.tenants.authenticate(&headers)?;
+    let record = load_own(&state, &tenant.id, &id).await?;
+    load_steps(&state, record.id).await.map(Json)
+}
+
+async fn load_steps(state: &AppState, id: Uuid) -> Result<Vec<Step>, ApiError> {
+    state
+        .inner
+        .store
+        .load_steps(id)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("loading the steps: {e}")))
+}
+
+/// `include=steps` (the only thing that can be included); anything else is a 400.
+fn wants_steps(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut steps = false;
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match (key.as_ref(), value.as_ref()) {
+            ("include", "steps") => steps = true,
+            ("include", _) => return Err(ApiError::field("include", "the only value is `steps`")),
+            (other, _) => {
+                return Err(ApiError::field(
+                    other.to_owned(),
+                    "unknown query parameter; expected `include`",
+                ))
+            }
+        }
+    }
+    Ok(steps)
 }
 
 /// `DELETE /v1/jobs/{id}`: a queued or retrying job is cancelled at once; a running one is

@@ -95,6 +95,7 @@ impl Dispatcher {
         let api = Router::new()
             .route("/v1/jobs", post(jobs::submit))
             .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
+            .route("/v1/jobs/{id}/steps", get(jobs::steps))
             .route("/v1/agents", get(jobs::agents))
             // The handler enforces the limit itself (for a problem+json 413); this only keeps
             // axum's default 2 MB cap from applying first.

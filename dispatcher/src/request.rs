@@ -4,6 +4,7 @@
 use serde_json::{Map, Value};
 use url::Url;
 
+use agentfleet_agent::LimitOverrides;
 use agentfleet_common::wire::{ChatMessage, JobInput, Role};
 
 use crate::problem::ApiError;
@@ -16,9 +17,23 @@ pub struct SubmitRequest {
     pub webhook_url: Option<Url>,
     pub metadata: Option<Value>,
     pub timeout_secs: Option<u64>,
+    pub limits: Option<LimitOverrides>,
 }
 
-const FIELDS: &[&str] = &["agent", "input", "webhook_url", "metadata", "timeout_secs"];
+const FIELDS: &[&str] = &[
+    "agent",
+    "input",
+    "webhook_url",
+    "metadata",
+    "timeout_secs",
+    "limits",
+];
+const LIMIT_FIELDS: &[&str] = &[
+    "max_turns",
+    "max_tool_calls",
+    "max_total_tokens",
+    "max_cost_usd",
+];
 /// The longest deadline a job may ask for (it can only lower the agent's own).
 const MAX_TIMEOUT_SECS: u64 = 86_400;
 const MAX_URL_LEN: usize = 2048;
@@ -75,13 +90,67 @@ pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, ApiError> {
         },
         Some(_) => return Err(ApiError::field("timeout_secs", "must be a number")),
     };
+    let limits = parse_limits(obj.remove("limits"))?;
     Ok(SubmitRequest {
         agent,
         input,
         webhook_url,
         metadata,
         timeout_secs,
+        limits,
     })
+}
+
+/// `limits: {max_turns, max_tool_calls, max_total_tokens, max_cost_usd}`, each optional and
+/// positive. They can only lower the agent's limits; a higher value is not an error, it just
+/// has no effect (the agent's ceiling holds).
+fn parse_limits(value: Option<Value>) -> Result<Option<LimitOverrides>, ApiError> {
+    let obj = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(obj)) => obj,
+        Some(_) => return Err(ApiError::field("limits", "must be a JSON object")),
+    };
+    if let Some(unknown) = obj.keys().find(|k| !LIMIT_FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::field(
+            format!("limits.{unknown}"),
+            format!("unknown field; expected one of {}", LIMIT_FIELDS.join(", ")),
+        ));
+    }
+    let count = |name: &str| -> Result<Option<u64>, ApiError> {
+        match obj.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => match value.as_u64() {
+                Some(n) if n > 0 => Ok(Some(n)),
+                _ => Err(ApiError::field(
+                    format!("limits.{name}"),
+                    "must be a whole number greater than zero",
+                )),
+            },
+        }
+    };
+    let narrow = |name: &str| -> Result<Option<u32>, ApiError> {
+        count(name)?
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+            .map_or(Ok(None), |n| Ok(Some(n)))
+    };
+    let max_cost_usd = match obj.get("max_cost_usd") {
+        None | Some(Value::Null) => None,
+        Some(value) => match value.as_f64() {
+            Some(usd) if usd.is_finite() && usd > 0.0 => Some(usd),
+            _ => {
+                return Err(ApiError::field(
+                    "limits.max_cost_usd",
+                    "must be a number greater than zero",
+                ))
+            }
+        },
+    };
+    Ok(Some(LimitOverrides {
+        max_turns: narrow("max_turns")?,
+        max_tool_calls: narrow("max_tool_calls")?,
+        max_total_tokens: count("max_total_tokens")?,
+        max_cost_usd,
+    }))
 }
 
 fn parse_input(value: Option<Value>) -> Result<JobInput, ApiError> {
@@ -210,6 +279,34 @@ mod tests {
             field_of(r#"{"agent":"a","input":"x","agnet":"b"}"#),
             "agnet"
         );
+        assert_eq!(
+            field_of(r#"{"agent":"a","input":"x","limits":{"max_turns":0}}"#),
+            "limits.max_turns"
+        );
+        assert_eq!(
+            field_of(r#"{"agent":"a","input":"x","limits":{"max_cost_usd":"1"}}"#),
+            "limits.max_cost_usd"
+        );
+        assert_eq!(
+            field_of(r#"{"agent":"a","input":"x","limits":{"max_turnz":3}}"#),
+            "limits.max_turnz"
+        );
+        assert_eq!(
+            field_of(r#"{"agent":"a","input":"x","limits":[1]}"#),
+            "limits"
+        );
+    }
+
+    #[test]
+    fn limits_are_read() {
+        let req = parse_submit(
+            br#"{"agent":"a","input":"x","limits":{"max_turns":3,"max_cost_usd":0.5}}"#,
+        )
+        .expect("ok");
+        let limits = req.limits.expect("limits");
+        assert_eq!(limits.max_turns, Some(3));
+        assert_eq!(limits.max_cost_usd, Some(0.5));
+        assert_eq!(limits.max_tool_calls, None);
     }
 
     #[test]

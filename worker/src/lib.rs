@@ -10,6 +10,7 @@ mod limits;
 mod provider;
 mod retry;
 mod run;
+mod tools;
 mod webhook;
 
 pub mod cli;
@@ -23,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use agentfleet_agent::AgentDefinition;
 use agentfleet_common::broker::Broker;
 use agentfleet_common::config::{AgentConfig, Config, Secrets};
 use agentfleet_common::metrics::Metrics;
@@ -53,12 +55,16 @@ pub(crate) struct Shared {
     running: Arc<control::Running>,
     /// This replica's identity in leases and consumer tags.
     instance: String,
+    /// Every configured HTTP tool, by name.
+    tools: std::collections::HashMap<String, tools::HttpTool>,
 }
 
-/// One served agent: its config, provider endpoint and limits.
+/// One served agent: its config, what the agent runtime knows of it, provider endpoint and
+/// limits.
 pub(crate) struct AgentRuntime {
     name: String,
     config: AgentConfig,
+    definition: AgentDefinition,
     provider: Provider,
     limits: AgentLimits,
     circuit: Arc<circuit::Circuit>,
@@ -66,6 +72,13 @@ pub(crate) struct AgentRuntime {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    #[error("{0}")]
+    Config(#[from] agentfleet_common::config::ConfigError),
+    #[error("tool `{tool}`: {error}")]
+    Tool {
+        tool: String,
+        error: agentfleet_common::tool_url::TemplateError,
+    },
     #[error("redis client: {0}")]
     Store(#[from] StoreError),
     #[error("metrics server: {0}")]
@@ -99,29 +112,29 @@ impl Worker {
             "agentfleet-worker",
         );
         let circuits = circuit::Circuits::default();
-        let agents = served
-            .iter()
-            .filter_map(|name| config.agents.get(name).map(|agent| (name, agent)))
-            .map(|(name, agent)| {
-                let provider = Provider::new(agent, secrets.provider_keys.get(name));
-                let endpoint = provider.endpoint();
-                let label = format!(
-                    "{}://{}",
-                    endpoint.scheme(),
-                    endpoint.host_str().unwrap_or_default()
-                ) + &endpoint.port().map(|p| format!(":{p}")).unwrap_or_default();
-                let circuit =
-                    circuits.get(endpoint.as_str(), &label, &agent.circuit_breaker, &metrics);
-                let runtime = AgentRuntime {
-                    name: name.clone(),
-                    config: agent.clone(),
-                    provider,
-                    limits: AgentLimits::new(name, agent, &names, redis.clone()),
-                    circuit,
-                };
-                (name.clone(), Arc::new(runtime))
-            })
-            .collect();
+        let mut agents = BTreeMap::new();
+        for name in &served {
+            let Some(agent) = config.agents.get(name) else {
+                continue;
+            };
+            let provider = Provider::new(agent, secrets.provider_keys.get(name));
+            let circuit = circuits.get(
+                provider.endpoint().as_str(),
+                &endpoint_label(provider.endpoint()),
+                &agent.circuit_breaker,
+                &metrics,
+            );
+            let runtime = AgentRuntime {
+                name: name.clone(),
+                config: agent.clone(),
+                definition: config.agent_definition(name)?,
+                provider,
+                limits: AgentLimits::new(name, agent, &names, redis.clone()),
+                circuit,
+            };
+            agents.insert(name.clone(), Arc::new(runtime));
+        }
+        let tools = build_tools(&config, &secrets)?;
         let deps = Dependencies {
             broker: broker.clone(),
             redis,
@@ -138,6 +151,7 @@ impl Worker {
             hard_stop: CancellationToken::new(),
             running: Arc::default(),
             instance: uuid::Uuid::now_v7().simple().to_string(),
+            tools,
         });
         Ok(Self {
             shared,
@@ -236,4 +250,33 @@ impl Worker {
         tracing::info!("worker stopped");
         Ok(())
     }
+}
+
+/// `scheme://host[:port]` of a provider endpoint: the circuit breaker's label.
+fn endpoint_label(endpoint: &url::Url) -> String {
+    let port = endpoint.port().map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{}://{}{port}",
+        endpoint.scheme(),
+        endpoint.host_str().unwrap_or_default()
+    )
+}
+
+fn build_tools(
+    config: &Config,
+    secrets: &Secrets,
+) -> Result<std::collections::HashMap<String, tools::HttpTool>, WorkerError> {
+    config
+        .tools
+        .iter()
+        .map(|(name, tool)| {
+            let headers = secrets.tool_headers.get(name).cloned().unwrap_or_default();
+            tools::HttpTool::new(tool, headers)
+                .map(|built| (name.clone(), built))
+                .map_err(|error| WorkerError::Tool {
+                    tool: name.clone(),
+                    error,
+                })
+        })
+        .collect()
 }

@@ -8,9 +8,10 @@ use secrecy::ExposeSecret as _;
 use serde_json::{json, Value};
 use url::Url;
 
+use agentfleet_agent::{parse_assistant, AssistantMessage, ModelRequest, Usage};
 use agentfleet_common::config::{AgentConfig, HttpVersion};
 use agentfleet_common::outbound::{Destination, Outbound, OutboundError};
-use agentfleet_common::wire::{ChatMessage, Completion, ErrorCategory, JobError, Role, Usage};
+use agentfleet_common::wire::{ErrorCategory, JobError};
 
 use crate::retry::parse_retry_after;
 
@@ -40,12 +41,27 @@ impl Failure {
     }
 }
 
+/// What one model call came back with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelAnswer {
+    pub message: AssistantMessage,
+    pub usage: Usage,
+}
+
+/// One model call: the request the runtime decided on, and what identifies the run to the
+/// provider (headers a provider-side log, or the test stub, can tell runs apart by).
+pub struct ModelCall<'a> {
+    pub request: &'a ModelRequest,
+    pub job_id: &'a str,
+    pub attempt: &'a str,
+    pub fencing_token: &'a str,
+    pub timeout: Duration,
+}
+
 /// One configured agent's provider endpoint.
 pub struct Provider {
     endpoint: Url,
     model: String,
-    system_prompt: Option<String>,
-    max_tokens: u32,
     http_version: HttpVersion,
     authorization: Option<String>,
 }
@@ -67,31 +83,23 @@ impl Provider {
         Self {
             endpoint,
             model: agent.model.clone(),
-            system_prompt: agent.system_prompt.clone(),
-            max_tokens: agent.max_tokens,
             http_version: agent.http_version,
             authorization: api_key.map(|k| format!("Bearer {}", k.expose_secret())),
         }
     }
 
-    pub fn max_tokens(&self) -> u32 {
-        self.max_tokens
-    }
-
-    pub fn request_body(&self, input: &[ChatMessage]) -> Value {
-        let mut messages = Vec::with_capacity(input.len() + 1);
-        if let Some(prompt) = &self.system_prompt {
-            messages.push(json!({"role": "system", "content": prompt}));
+    /// The OpenAI chat request: the conversation (system prompt included: the runtime puts it
+    /// first), the tools when the agent has any, and the call's `max_tokens`.
+    pub fn request_body(&self, request: &ModelRequest) -> Value {
+        let mut body = json!({
+            "model": self.model,
+            "messages": request.messages,
+            "max_tokens": request.max_tokens,
+        });
+        if !request.tools.is_empty() {
+            body["tools"] = Value::Array(request.tools.clone());
         }
-        for m in input {
-            let role = match m.role {
-                Role::System => "system",
-                Role::User => "user",
-                Role::Assistant => "assistant",
-            };
-            messages.push(json!({"role": role, "content": m.content}));
-        }
-        json!({"model": self.model, "messages": messages, "max_tokens": self.max_tokens})
+        body
     }
 
     /// The endpoint URL, for the circuit breaker's key.
@@ -104,18 +112,14 @@ impl Provider {
     pub async fn complete(
         &self,
         outbound: &Outbound,
-        input: &[ChatMessage],
-        job_id: &str,
-        attempt: &str,
-        fencing_token: &str,
-        timeout: Duration,
-    ) -> Result<Completion, Failure> {
-        let body = serde_json::to_vec(&self.request_body(input))
+        call: ModelCall<'_>,
+    ) -> Result<ModelAnswer, Failure> {
+        let body = serde_json::to_vec(&self.request_body(call.request))
             .map_err(|e| Failure::new(ErrorCategory::Internal, e.to_string()))?;
         let mut headers = vec![
-            ("x-agentfleet-job-id", job_id),
-            ("x-agentfleet-attempt", attempt),
-            ("x-agentfleet-lease", fencing_token),
+            ("x-agentfleet-job-id", call.job_id),
+            ("x-agentfleet-attempt", call.attempt),
+            ("x-agentfleet-lease", call.fencing_token),
         ];
         if let Some(auth) = &self.authorization {
             headers.push(("authorization", auth.as_str()));
@@ -126,7 +130,7 @@ impl Provider {
                 &self.endpoint,
                 &headers,
                 body,
-                timeout,
+                call.timeout,
             )
             .await
             .map_err(classify_transport)?;
@@ -136,24 +140,25 @@ impl Provider {
             .and_then(|v| parse_retry_after(v, Utc::now()));
         match response.status {
             200..=299 => parse_completion(&response.body),
-            status => {
-                let category = match status {
-                    429 => ErrorCategory::RateLimited,
-                    401 | 403 => ErrorCategory::Auth,
-                    408 => ErrorCategory::Timeout,
-                    500..=599 => ErrorCategory::ProviderError,
-                    _ => ErrorCategory::BadRequest,
-                };
-                Err(Failure {
-                    category,
-                    message: format!(
-                        "provider answered HTTP {status}{}",
-                        error_hint(&response.body)
-                    ),
-                    retry_after,
-                })
-            }
+            status => Err(Failure {
+                category: status_category(status),
+                message: format!(
+                    "provider answered HTTP {status}{}",
+                    error_hint(&response.body)
+                ),
+                retry_after,
+            }),
         }
+    }
+}
+
+fn status_category(status: u16) -> ErrorCategory {
+    match status {
+        429 => ErrorCategory::RateLimited,
+        401 | 403 => ErrorCategory::Auth,
+        408 => ErrorCategory::Timeout,
+        500..=599 => ErrorCategory::ProviderError,
+        _ => ErrorCategory::BadRequest,
     }
 }
 
@@ -176,38 +181,34 @@ fn error_hint(body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-/// `choices[0].message.content` and `usage`; anything else in a 2xx is `invalid_response`.
-pub fn parse_completion(body: &[u8]) -> Result<Completion, Failure> {
-    let invalid = |why: &str| Failure::new(ErrorCategory::InvalidResponse, why.to_owned());
-    let value: Value =
-        serde_json::from_slice(body).map_err(|_| invalid("provider response is not JSON"))?;
+/// `choices[0].message` (content and tool calls) and `usage`; anything else in a 2xx is
+/// `invalid_response`.
+pub fn parse_completion(body: &[u8]) -> Result<ModelAnswer, Failure> {
+    let invalid = |why: String| Failure::new(ErrorCategory::InvalidResponse, why);
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|_| invalid("provider response is not JSON".into()))?;
     if !value["error"].is_null() {
-        return Err(Failure::new(
-            ErrorCategory::InvalidResponse,
-            format!(
-                "provider returned an error in a 2xx response{}",
-                error_hint(body)
-            ),
-        ));
+        return Err(invalid(format!(
+            "provider returned an error in a 2xx response{}",
+            error_hint(body)
+        )));
     }
     let choices = value["choices"]
         .as_array()
-        .ok_or_else(|| invalid("provider response has no `choices` list"))?;
+        .ok_or_else(|| invalid("provider response has no `choices` list".into()))?;
     let first = choices
         .first()
-        .ok_or_else(|| invalid("provider response has an empty `choices` list"))?;
-    let content = first["message"]["content"]
-        .as_str()
-        .ok_or_else(|| invalid("`choices[0].message.content` is not a string"))?
-        .to_owned();
+        .ok_or_else(|| invalid("provider response has an empty `choices` list".into()))?;
+    let message = parse_assistant(&first["message"])
+        .map_err(|e| invalid(format!("`choices[0].message`: {e}")))?;
     let count = |field: &str| value["usage"][field].as_u64().unwrap_or(0);
     let prompt_tokens = count("prompt_tokens");
     let completion_tokens = count("completion_tokens");
     let total_tokens = value["usage"]["total_tokens"]
         .as_u64()
         .unwrap_or(prompt_tokens + completion_tokens);
-    Ok(Completion {
-        content,
+    Ok(ModelAnswer {
+        message,
         usage: Usage {
             prompt_tokens,
             completion_tokens,
@@ -223,9 +224,17 @@ mod tests {
     #[test]
     fn parses_a_completion() {
         let body = br#"{"choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
-        let c = parse_completion(body).expect("ok");
-        assert_eq!(c.content, "hi");
-        assert_eq!(c.usage.total_tokens, 5);
+        let answer = parse_completion(body).expect("ok");
+        assert_eq!(answer.message.content.as_deref(), Some("hi"));
+        assert_eq!(answer.usage.total_tokens, 5);
+    }
+
+    #[test]
+    fn parses_tool_calls() {
+        let body = br#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"lookup","arguments":"{\"id\":\"1\"}"}}]}}]}"#;
+        let answer = parse_completion(body).expect("ok");
+        assert_eq!(answer.message.tool_calls.len(), 1);
+        assert_eq!(answer.message.tool_calls[0].function.name, "lookup");
     }
 
     #[test]
@@ -235,6 +244,7 @@ mod tests {
             br#"{"choices":"x"}"#,
             br#"{"choices":[]}"#,
             br#"{"choices":[{"message":{"content":7}}]}"#,
+            br#"{"choices":[{"message":{"role":"assistant","tool_calls":[{"type":"function"}]}}]}"#,
             br#"{"error":{"message":"overloaded"},"choices":[]}"#,
         ] {
             let f = parse_completion(body).expect_err("invalid");
@@ -243,10 +253,9 @@ mod tests {
     }
 
     #[test]
-    fn request_puts_the_system_prompt_first() {
+    fn request_carries_the_conversation_and_tools() {
         let agent: AgentConfig = serde_json::from_value(json!({
-            "provider": "openai", "base_url": "http://127.0.0.1:1/v1", "model": "m",
-            "system_prompt": "be brief"
+            "provider": "openai", "base_url": "http://127.0.0.1:1/v1", "model": "m"
         }))
         .expect("agent");
         let provider = Provider::new(&agent, None);
@@ -254,12 +263,25 @@ mod tests {
             provider.endpoint.as_str(),
             "http://127.0.0.1:1/v1/chat/completions"
         );
-        let body = provider.request_body(&[ChatMessage {
-            role: Role::User,
-            content: "x".into(),
-        }]);
+        let request = ModelRequest {
+            turn: 0,
+            messages: vec![
+                agentfleet_agent::Message::system("be brief"),
+                agentfleet_agent::Message::user("x"),
+            ],
+            tools: vec![json!({"type": "function", "function": {"name": "t"}})],
+            feedback: None,
+            max_tokens: 64,
+        };
+        let body = provider.request_body(&request);
         assert_eq!(body["messages"][0]["role"], "system");
         assert_eq!(body["messages"][1]["content"], "x");
-        assert_eq!(body["max_tokens"], 512);
+        assert_eq!(body["max_tokens"], 64);
+        assert_eq!(body["tools"][0]["function"]["name"], "t");
+        let plain = ModelRequest {
+            tools: Vec::new(),
+            ..request
+        };
+        assert!(provider.request_body(&plain).get("tools").is_none());
     }
 }

@@ -51,7 +51,7 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
         let published = shared.broker.publish_webhook_delayed(&msg, remaining).await;
         return after_delayed_publish(published, "an early webhook");
     }
-    let (record, spec) = match shared.store.load_with_spec(msg.job_id).await {
+    let (record, spec, steps) = match shared.store.load_for_run(msg.job_id).await {
         Ok(Some(found)) => found,
         Ok(None) => {
             tracing::warn!("job is gone; dropping its webhook");
@@ -75,10 +75,12 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
         return Disposition::Ack;
     };
 
-    // The event is the record as it was when the job ended: the delivery bookkeeping is
-    // not part of it, and its timestamp is the end time, so every retry sends the same body.
+    // The event is the record as it was when the job ended, with the run's steps: the
+    // delivery bookkeeping is not part of it, and its timestamp is the end time, so every
+    // retry sends the same body.
     let mut data = record.clone();
     data.webhook = None;
+    data.steps = Some(steps);
     let event = WebhookEvent {
         event_type: msg.event,
         timestamp: record.finished_at.unwrap_or_else(Utc::now),

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use url::Url;
+
+use agentfleet_agent::Limits;
 
 use super::duration;
 use super::validation::{invalid, positive};
@@ -161,6 +164,16 @@ pub struct AgentConfig {
     /// Ready messages in the agent's queue above which new jobs are refused with 429.
     #[serde(default)]
     pub max_queue_depth: Option<u32>,
+    /// Names of the tools (from the top-level `tools:`) the model may call.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Hard limits of one run; a job may lower them, never raise them.
+    #[serde(default)]
+    pub limits: Limits,
+    /// JSON Schema the final answer must satisfy: the answer is parsed as JSON, validated, and
+    /// sent back once for repair when it fails.
+    #[serde(default)]
+    pub output_schema: Option<Value>,
 }
 
 impl AgentConfig {
@@ -199,6 +212,19 @@ impl AgentConfig {
         }
         if let Some(limit) = &self.rate_limit {
             limit.validate(&key("rate_limit"))?;
+        }
+        positive(&key("limits.max_turns"), self.limits.max_turns)?;
+        positive(&key("limits.max_tool_calls"), self.limits.max_tool_calls)?;
+        positive(
+            &key("limits.max_total_tokens"),
+            self.limits.max_total_tokens,
+        )?;
+        let cost = self.limits.max_cost_usd;
+        if !(cost.is_finite() && cost > 0.0) {
+            return Err(invalid(
+                key("limits.max_cost_usd"),
+                "must be a positive number",
+            ));
         }
         Ok(())
     }

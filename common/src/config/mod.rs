@@ -15,6 +15,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use agentfleet_agent::{AgentDefinition, OutputSchema, Price};
+
 use crate::naming::Names;
 
 mod agents;
@@ -22,6 +24,7 @@ mod duration;
 mod infra;
 mod secrets;
 mod tenants;
+mod tools;
 mod validation;
 
 #[cfg(test)]
@@ -37,6 +40,7 @@ pub use infra::{
 };
 pub use secrets::Secrets;
 pub use tenants::TenantConfig;
+pub use tools::{HeaderValue, HttpToolConfig, ToolConfig, ToolMethod};
 pub use validation::{is_identifier, parse_sha256_hex};
 
 use validation::{check_identifier, invalid};
@@ -65,6 +69,13 @@ pub struct Config {
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
     pub agents: BTreeMap<String, AgentConfig>,
+    /// HTTP tools, by name; agents list the ones they may call.
+    #[serde(default)]
+    pub tools: BTreeMap<String, ToolConfig>,
+    /// USD per million input and output tokens, by model name: every step and run is priced
+    /// with its model's entry (a model without one costs nothing).
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
 }
 
 impl Config {
@@ -121,10 +132,25 @@ impl Config {
         if self.agents.is_empty() {
             return Err(invalid("agents", "at least one agent is required"));
         }
+        for (name, tool) in &self.tools {
+            tool.validate(name, &format!("tools.{name}"))?;
+        }
+        for (model, price) in &self.prices {
+            let at = format!("prices.{model}");
+            for (field, value) in [
+                ("input_usd_per_million", price.input_usd_per_million),
+                ("output_usd_per_million", price.output_usd_per_million),
+            ] {
+                if !(value.is_finite() && value >= 0.0) {
+                    return Err(invalid(format!("{at}.{field}"), "must be a number ≥ 0"));
+                }
+            }
+        }
         for (name, agent) in &self.agents {
             let at = format!("agents.{name}");
             check_identifier(&at, name)?;
             agent.validate(&at)?;
+            self.agent_definition(name)?;
         }
         for (i, agent) in self.worker.agents.iter().enumerate() {
             if agent != "*" && !self.agents.contains_key(agent) {
@@ -136,6 +162,49 @@ impl Config {
         }
 
         tenants::validate_tenants(&self.tenants, "tenants")
+    }
+}
+
+impl Config {
+    /// What the agent runtime needs to know about agent `name`: its tools (with their compiled
+    /// argument schemas), limits, output schema and its model's price.
+    pub fn agent_definition(&self, name: &str) -> Result<AgentDefinition, ConfigError> {
+        let at = format!("agents.{name}");
+        let agent = self
+            .agents
+            .get(name)
+            .ok_or_else(|| invalid(&at, "no such agent"))?;
+        let mut tools = Vec::with_capacity(agent.tools.len());
+        for (i, tool) in agent.tools.iter().enumerate() {
+            let key = format!("{at}.tools[{i}]");
+            let config = self
+                .tools
+                .get(tool)
+                .ok_or_else(|| invalid(&key, format!("unknown tool `{tool}`")))?;
+            let spec = config
+                .spec(tool)
+                .map_err(|e| invalid(format!("tools.{tool}"), e.to_string()))?;
+            tools.push(spec);
+        }
+        let output_schema = agent
+            .output_schema
+            .clone()
+            .map(OutputSchema::new)
+            .transpose()
+            .map_err(|e| invalid(format!("{at}.output_schema"), e.to_string()))?;
+        let definition = AgentDefinition {
+            system_prompt: agent.system_prompt.clone(),
+            tools,
+            limits: agent.limits,
+            output_schema,
+            price: self.prices.get(&agent.model).copied(),
+            max_tokens: agent.max_tokens,
+            ..AgentDefinition::default()
+        };
+        definition
+            .check()
+            .map_err(|e| invalid(format!("{at}.tools"), e.to_string()))?;
+        Ok(definition)
     }
 }
 

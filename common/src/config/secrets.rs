@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use secrecy::SecretString;
 
 use super::validation::invalid;
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, HeaderValue};
 use crate::signing::WebhookSecret;
 
 /// Secrets resolved from the environment by the process that needs them.
@@ -14,6 +14,9 @@ use crate::signing::WebhookSecret;
 pub struct Secrets {
     pub webhook: HashMap<String, WebhookSecret>,
     pub provider_keys: HashMap<String, SecretString>,
+    /// Every tool's headers, literal or from the environment, by tool name; kept secret
+    /// alike, since a header is where a tool's credentials go.
+    pub tool_headers: HashMap<String, Vec<(String, SecretString)>>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -24,6 +27,7 @@ impl std::fmt::Debug for Secrets {
                 "provider_agents",
                 &self.provider_keys.keys().collect::<Vec<_>>(),
             )
+            .field("tools", &self.tool_headers.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -60,6 +64,29 @@ impl Config {
             secrets
                 .provider_keys
                 .insert(name.clone(), SecretString::from(value));
+        }
+        for (name, tool) in &self.tools {
+            let mut headers = Vec::with_capacity(tool.http.headers.len());
+            for (header, value) in &tool.http.headers {
+                let value = match value {
+                    HeaderValue::Literal(text) => text.clone(),
+                    HeaderValue::FromEnv { env } => {
+                        let key = format!("tools.{name}.http.headers.{header}");
+                        let value = lookup(env).ok_or_else(|| {
+                            invalid(&key, format!("environment variable {env} is not set"))
+                        })?;
+                        if reqwest::header::HeaderValue::from_str(&value).is_err() {
+                            return Err(invalid(
+                                &key,
+                                format!("environment variable {env} is not a valid header value"),
+                            ));
+                        }
+                        value
+                    }
+                };
+                headers.push((header.clone(), SecretString::from(value)));
+            }
+            secrets.tool_headers.insert(name.clone(), headers);
         }
         Ok(secrets)
     }

@@ -295,3 +295,109 @@ fn shipped_configs_still_load() {
     )
     .unwrap_or_else(|e| panic!("deploy/compose: {e}"));
 }
+
+const TOOLS: &str = r#"
+tools:
+  lookup:
+    description: "Looks a record up"
+    parameters:
+      type: object
+      properties:
+        recordId: { type: string }
+        units: { type: string, enum: [metric, imperial] }
+      required: [recordId]
+    http:
+      url: "http://127.0.0.1:9100/lookup/{recordId}?units={units}"
+      headers:
+        Authorization: { env: LOOKUP_TOKEN }
+        X-Team: "agents"
+    side_effect: read
+    timeout_secs: 3
+prices:
+  m: { input_usd_per_million: 0.15, output_usd_per_million: 0.6 }
+"#;
+
+fn with_tools(agent_extra: &str, tools: &str) -> String {
+    format!("{}{tools}", yaml(agent_extra))
+}
+
+#[test]
+fn agents_get_tools_limits_prices_and_an_output_schema() {
+    let config = Config::from_yaml(&with_tools(
+        "tools: [lookup]\n    limits: { max_turns: 4 }\n    output_schema: { type: object, required: [answer] }",
+        TOOLS,
+    ))
+    .expect("valid");
+    let definition = config.agent_definition("summarize").expect("definition");
+    assert_eq!(definition.tools.len(), 1);
+    // Schema property names keep their case through the YAML loader.
+    assert_eq!(definition.tools[0].parameters()["required"][0], "recordId");
+    assert_eq!(definition.limits.max_turns, 4);
+    assert_eq!(
+        definition.limits.max_tool_calls,
+        agentfleet_agent::Limits::default().max_tool_calls
+    );
+    assert!(definition.output_schema.is_some());
+    assert_eq!(
+        definition.price.map(|p| p.output_usd_per_million),
+        Some(0.6)
+    );
+    assert_eq!(config.tools["lookup"].timeout, Duration::from_secs(3));
+
+    let err = config.secrets(|_| None).expect_err("tool env missing");
+    assert!(err.to_string().contains("ACME_SECRET"), "{err}");
+    let secrets = config
+        .secrets(|var| match var {
+            "ACME_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            "LOOKUP_TOKEN" => Some("Bearer sk-tool".into()),
+            _ => None,
+        })
+        .expect("secrets");
+    assert_eq!(secrets.tool_headers["lookup"].len(), 2);
+    assert!(!format!("{secrets:?}").contains("sk-tool"));
+}
+
+#[test]
+fn bad_tools_name_their_key() {
+    let cases = [
+        (
+            "tools: [nope]",
+            TOOLS.to_owned(),
+            "agents.summarize.tools[0]",
+        ),
+        (
+            "tools: [lookup]",
+            TOOLS.replace("type: object\n", "type: 7\n"),
+            "tools.lookup.parameters",
+        ),
+        (
+            "",
+            TOOLS.replace("127.0.0.1:9100", "{host}"),
+            "tools.lookup.http.url",
+        ),
+        (
+            "",
+            TOOLS.replace("side_effect: read", "side_effect: maybe"),
+            "side_effect",
+        ),
+        (
+            "limits: { max_turns: 0 }",
+            TOOLS.to_owned(),
+            "agents.summarize.limits.max_turns",
+        ),
+        (
+            "output_schema: { type: 12 }",
+            TOOLS.to_owned(),
+            "agents.summarize.output_schema",
+        ),
+        (
+            "",
+            TOOLS.replace("output_usd_per_million: 0.6", "output_usd_per_million: -1"),
+            "prices.m.output_usd_per_million",
+        ),
+    ];
+    for (agent, tools, key) in cases {
+        let err = Config::from_yaml(&with_tools(agent, &tools)).expect_err(key);
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+}

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use agentfleet_agent::{AssistantMessage, Step, StepKind};
 use agentfleet_common::store::{Begun, JobStore, Redis, Written};
-use agentfleet_common::wire::{Completion, JobStatus, Usage};
+use agentfleet_common::wire::{JobStatus, Usage};
 use agentfleet_stub::llm::Behavior;
 use agentfleet_tests::{wait_until, AgentSpec, AppOptions, Fault, TestApp};
 
@@ -360,13 +361,13 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_the_job() -> anyhow::Resu
     .await?;
     assert!(fresh.token > stale.token, "fencing tokens only grow");
     let mut record = store.load(uuid).await?.expect("record");
-    record.output = Some("from the stalled worker".into());
+    record.output = Some(json!("from the stalled worker"));
     assert_eq!(
         store.save_leased(&record, &stale).await?,
         Written::LeaseLost
     );
     assert_eq!(store.load(uuid).await?.expect("record").output, None);
-    record.output = Some("from the holder".into());
+    record.output = Some(json!("from the holder"));
     assert_eq!(store.save_leased(&record, &fresh).await?, Written::Ok);
     Ok(())
 }
@@ -411,28 +412,68 @@ async fn a_run_does_not_start_on_a_job_that_changed_or_ended() -> anyhow::Result
     Ok(())
 }
 
-/// A provider answer saved for the attempt (the worker crashed after the call, before the
-/// ack) is used by the redelivery instead of paying for the call again.
+/// A model call recorded in the step log (the worker crashed after the call, before the
+/// result) is not paid for again: the redelivery resumes after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_saved_provider_answer_is_not_paid_for_twice() -> anyhow::Result<()> {
+async fn a_recorded_model_call_is_not_paid_for_twice() -> anyhow::Result<()> {
     let mut app = TestApp::spawn(AppOptions {
         workers: 0,
         ..AppOptions::default()
     })
     .await?;
     let id = app.submit_job("summarize", "x").await?;
+    let uuid = uuid::Uuid::parse_str(&id)?;
     let store = JobStore::new(Redis::connect(&app.config.redis)?, app.names(), 3600);
-    let saved = Completion {
-        content: "answer from before the crash".into(),
-        usage: Usage {
-            prompt_tokens: 1,
-            completion_tokens: 2,
-            total_tokens: 3,
+    // A crashed run: it started, its model call completed and was recorded, then it died.
+    let mut running = store.load(uuid).await?.expect("record");
+    running.status = JobStatus::Running;
+    running.attempts = 1;
+    running.started_at = Some(chrono::Utc::now());
+    let Begun::Held(lease) = store
+        .begin_run(
+            &running,
+            JobStatus::Queued,
+            "crashed",
+            Duration::from_secs(30),
+        )
+        .await?
+    else {
+        anyhow::bail!("could not take the lease");
+    };
+    let now = chrono::Utc::now();
+    let step = Step {
+        seq: 0,
+        attempt: 1,
+        started_at: now,
+        finished_at: now,
+        kind: StepKind::Model {
+            turn: 0,
+            feedback: None,
+            message: AssistantMessage {
+                content: Some("answer from before the crash".into()),
+                tool_calls: Vec::new(),
+            },
+            usage: Usage {
+                prompt_tokens: 1,
+                completion_tokens: 2,
+                total_tokens: 3,
+            },
+            cost_usd: 0.0,
+            cached: false,
         },
     };
-    store
-        .save_memo(uuid::Uuid::parse_str(&id)?, 1, &saved)
-        .await?;
+    assert_eq!(
+        store
+            .append_steps(uuid, &lease, 0, std::slice::from_ref(&step))
+            .await?,
+        Written::Ok
+    );
+    // The log only grows by the length its writer expects: a stale view cannot append.
+    assert_eq!(
+        store.append_steps(uuid, &lease, 0, &[step]).await?,
+        Written::Conflict
+    );
+    store.close_run(uuid, &lease, false).await?;
     app.start_worker().await?;
     let record = app
         .wait_terminal(std::slice::from_ref(&id), Duration::from_secs(20))
@@ -440,6 +481,8 @@ async fn a_saved_provider_answer_is_not_paid_for_twice() -> anyhow::Result<()> {
         .remove(0);
     assert_eq!(record["status"], "succeeded");
     assert_eq!(record["output"], "answer from before the crash");
+    assert_eq!(record["usage"]["total_tokens"], 3);
+    assert_eq!(record["turns"], 1);
     assert_eq!(app.llm.call_count(), 0);
     Ok(())
 }

@@ -6,12 +6,13 @@
 //! state, a retry message, the webhook hand-off) is durably stored or confirmed.
 //!
 //! The delivery goes through [`intake`] (too early? already ended? circuit open? a call slot),
-//! then [`Run::begin`] takes the lease and marks the job running, [`Run::execute`] makes the
-//! attempt and decides its end ([`outcome`]), and [`Run::close`] releases the lease.
+//! then [`Run::begin`] takes the lease and marks the job running, [`Run::execute`] drives the
+//! agent loop from the step log ([`turns`]) and decides the attempt's end ([`outcome`]), and
+//! [`Run::close`] releases the lease.
 
-mod call;
 mod lease;
 mod outcome;
+mod turns;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use agentfleet_common::store::{Begun, Lease, Written};
-use agentfleet_common::wire::{Completion, JobMessage, JobRecord, JobSpec, JobStatus, Versioned};
+use agentfleet_common::wire::{JobMessage, JobRecord, JobSpec, JobStatus, Step, Versioned};
 
 use crate::circuit::Admission;
 use crate::delivery::{
@@ -74,10 +75,11 @@ async fn process(
     let Admitted {
         record,
         spec,
-        memo,
+        steps,
         slot,
     } = admitted;
-    let mut run = match Run::begin(shared, agent, msg, record, spec, slot.is_none()).await {
+    let poison = slot.is_none();
+    let mut run = match Run::begin(shared, agent, msg, (record, spec, steps), poison).await {
         Ok(run) => run,
         Err(disposition) => return disposition,
     };
@@ -90,19 +92,19 @@ async fn process(
         run.cancel.clone(),
     ));
     let ending = match slot {
-        Some(slot) => run.execute(slot, memo).await,
+        Some(slot) => run.execute(slot).await,
         None => run.give_up(deliveries).await,
     };
     renewal.abort();
     run.close(ending).await
 }
 
-/// A delivery that may run: its job, any provider answer saved for this attempt, and a call
-/// slot (`None` for a message that keeps coming back: it is failed, not run).
+/// A delivery that may run: its job, the run's step log so far, and a call slot (`None` for
+/// a message that keeps coming back: it is failed, not run).
 struct Admitted {
     record: JobRecord,
     spec: JobSpec,
-    memo: Option<Completion>,
+    steps: Vec<Step>,
     slot: Option<OwnedSemaphorePermit>,
 }
 
@@ -120,7 +122,7 @@ async fn intake(
         let published = shared.broker.publish_job_delayed(msg, remaining).await;
         return Err(after_delayed_publish(published, "an early job"));
     }
-    let (record, spec, memo) = match shared.store.load_for_run(msg.job_id, msg.attempt).await {
+    let (record, spec, steps) = match shared.store.load_for_run(msg.job_id).await {
         Ok(Some(found)) => found,
         Ok(None) => {
             tracing::warn!("job record is gone (expired or never stored); dropping the message");
@@ -156,7 +158,7 @@ async fn intake(
     Ok(Admitted {
         record,
         spec,
-        memo,
+        steps,
         slot,
     })
 }
@@ -181,6 +183,8 @@ struct Run<'a> {
     /// The run's view of the record: what it writes back, under the lease.
     record: JobRecord,
     spec: JobSpec,
+    /// The step log as stored: what the runtime decides from, appended under the lease.
+    steps: Vec<Step>,
     lease: Lease,
     /// Cancelled by a cancellation broadcast or a lost lease.
     cancel: CancellationToken,
@@ -195,8 +199,7 @@ impl<'a> Run<'a> {
         shared: &'a Shared,
         agent: &'a AgentRuntime,
         msg: JobMessage,
-        mut record: JobRecord,
-        spec: JobSpec,
+        (mut record, spec, steps): (JobRecord, JobSpec, Vec<Step>),
         poison: bool,
     ) -> Settled<Run<'a>> {
         let read_status = record.status;
@@ -244,6 +247,7 @@ impl<'a> Run<'a> {
             msg,
             record,
             spec,
+            steps,
             lease,
             cancel: CancellationToken::new(),
             deadline,

@@ -7,14 +7,16 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::OwnedSemaphorePermit;
 
+use agentfleet_agent::{totals, FinalOutput, Stop};
 use agentfleet_common::events;
 use agentfleet_common::store::Written;
 use agentfleet_common::wire::{
-    AttemptError, Completion, ErrorCategory, JobMessage, JobRecord, JobSpec, JobStatus,
+    AttemptError, ErrorCategory, JobError, JobMessage, JobRecord, JobSpec, JobStatus,
     SCHEMA_VERSION,
 };
+use serde_json::Value;
 
-use super::call::Interrupted;
+use super::turns::{Interrupted, LoopEnd};
 use super::{Run, Settled};
 use crate::delivery::Disposition;
 use crate::provider::Failure;
@@ -38,23 +40,20 @@ impl From<Disposition> for Ending {
 }
 
 impl Run<'_> {
-    /// The attempt, then its end.
-    pub(super) async fn execute(
-        &mut self,
-        slot: OwnedSemaphorePermit,
-        memo: Option<Completion>,
-    ) -> Ending {
+    /// The agent loop, then its end.
+    pub(super) async fn execute(&mut self, slot: OwnedSemaphorePermit) -> Ending {
         let in_flight = self
             .shared
             .metrics
             .jobs_in_flight
             .with_label_values(&[&self.agent.name]);
         in_flight.inc();
-        let attempted = self.attempt(slot, memo).await;
+        let ended = self.drive(Some(slot)).await;
         in_flight.dec();
-        match attempted {
-            Ok(Ok(completion)) => self.succeed(&completion).await,
-            Ok(Err(failure)) => self.fail_or_retry(&failure).await,
+        match ended {
+            Ok(LoopEnd::Finished(output)) => self.succeed(output).await,
+            Ok(LoopEnd::Stopped(stop)) => self.stopped(&stop).await,
+            Ok(LoopEnd::Failed(failure)) => self.fail_or_retry(&failure).await,
             Err(Interrupted::Shutdown) => Disposition::Abandon.into(),
             Err(Interrupted::Cancelled) => self.interrupted().await.into(),
         }
@@ -79,7 +78,7 @@ impl Run<'_> {
             .dead_letters
             .with_label_values(&["delivery_limit"])
             .inc();
-        self.finish(JobStatus::Failed, None).await
+        self.finish(JobStatus::Failed).await
     }
 
     /// Releases the lease (noting the hand-off in the same step) and answers the disposition.
@@ -109,11 +108,21 @@ impl Run<'_> {
         }
     }
 
-    async fn succeed(&mut self, completion: &Completion) -> Ending {
-        self.record.output = Some(completion.content.clone());
-        self.record.usage = Some(completion.usage);
+    async fn succeed(&mut self, output: FinalOutput) -> Ending {
+        self.record.output = Some(output.json.unwrap_or(Value::String(output.text)));
         self.record.error = None;
-        self.finish(JobStatus::Succeeded, Some(completion)).await
+        self.finish(JobStatus::Succeeded).await
+    }
+
+    /// The runtime ended the run at a limit (or over an uncertain write): a failure of its
+    /// own category, never retried — a retry would replay the same log to the same stop.
+    async fn stopped(&mut self, stop: &Stop) -> Ending {
+        tracing::info!(reason = stop.reason.as_str(), "run stopped by its limits");
+        self.record.error = Some(JobError {
+            category: ErrorCategory::from(stop.reason),
+            message: stop.message.clone(),
+        });
+        self.finish(JobStatus::Failed).await
     }
 
     async fn fail_or_retry(&mut self, failure: &Failure) -> Ending {
@@ -133,13 +142,13 @@ impl Run<'_> {
             return self.schedule_retry(failure, wait).await.into();
         }
         tracing::info!(category = failure.category.as_str(), error = %failure.message, "job failed");
-        self.finish(JobStatus::Failed, None).await
+        self.finish(JobStatus::Failed).await
     }
 
     async fn schedule_retry(&mut self, failure: &Failure, wait: Duration) -> Disposition {
         let next_attempt = self.record.attempts + 1;
         self.record.status = JobStatus::Retrying;
-        if let Err(disposition) = self.store(None).await {
+        if let Err(disposition) = self.store().await {
             return disposition;
         }
         let retry = JobMessage {
@@ -163,18 +172,20 @@ impl Run<'_> {
         Disposition::Ack
     }
 
-    /// Writes the run's record under the lease (with the provider answer it came from, if
-    /// any); a refusal says how to settle the delivery.
-    async fn store(&self, answer: Option<&Completion>) -> Settled<()> {
-        let store = &self.shared.store;
-        let written = match answer {
-            Some(answer) => {
-                store
-                    .save_leased_with_memo(&self.record, &self.lease, self.msg.attempt, answer)
-                    .await
-            }
-            None => store.save_leased(&self.record, &self.lease).await,
-        };
+    /// Writes the run's record under the lease, with the run's totals from its step log; a
+    /// refusal says how to settle the delivery.
+    async fn store(&mut self) -> Settled<()> {
+        let totals = totals(&self.steps);
+        let record = &mut self.record;
+        record.usage = Some(totals.usage);
+        record.cost_usd = Some(totals.cost_usd);
+        record.turns = Some(totals.turns);
+        record.tool_calls = Some(totals.tool_calls);
+        let written = self
+            .shared
+            .store
+            .save_leased(&self.record, &self.lease)
+            .await;
         match written {
             Ok(Written::Ok) => Ok(()),
             // Cancelled meanwhile: the canceller handed its event off.
@@ -192,10 +203,10 @@ impl Run<'_> {
 
     /// Stores the job's end, keeps a copy of a failed job's message, and hands the terminal
     /// event off.
-    async fn finish(&mut self, status: JobStatus, answer: Option<&Completion>) -> Ending {
+    async fn finish(&mut self, status: JobStatus) -> Ending {
         self.record.status = status;
         self.record.finished_at = Some(Utc::now());
-        if let Err(disposition) = self.store(answer).await {
+        if let Err(disposition) = self.store().await {
             return disposition.into();
         }
         self.count_end(status);

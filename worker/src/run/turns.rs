@@ -1,0 +1,480 @@
+//! The agent loop: the runtime decides (`agentfleet_agent::decide`), this module does. Each
+//! model call is admitted on its own (a call slot and the fleet-wide rate limits) and gives
+//! its slot back when it ends, so a run that is executing tools holds no provider slot. Each
+//! completed model or tool call is appended to the step log under the lease before the loop
+//! moves on, which is what lets a redelivered run resume after its last completed step.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use tokio::sync::OwnedSemaphorePermit;
+
+use agentfleet_agent::{
+    decide, Action, CallPlan, FinalOutput, Message, ModelRequest, PlannedCall, RunInput,
+    SideEffect, Step, StepKind, Stop, ToolStatus,
+};
+use agentfleet_common::store::Written;
+use agentfleet_common::wire::{ErrorCategory, JobInput, Role};
+
+use super::Run;
+use crate::circuit::CallResult;
+use crate::limits::AdmitError;
+use crate::provider::{Failure, ModelAnswer, ModelCall};
+use crate::tools::{HttpTool, ToolCall, ToolResult};
+use crate::Shared;
+
+/// Why a run stopped before it came to an end of its own.
+pub(super) enum Interrupted {
+    /// The worker is shutting down past its grace period.
+    Shutdown,
+    /// Cancelled by the caller, the lease went away, or the step log could not be written:
+    /// the message goes back and its redelivery sees which.
+    Cancelled,
+}
+
+/// How the loop ended, unless it was interrupted: the runtime finished or stopped the run,
+/// or a model call failed (which the retry policy decides on).
+pub(super) enum LoopEnd {
+    Finished(FinalOutput),
+    Stopped(Stop),
+    Failed(Failure),
+}
+
+fn deadline_exceeded() -> Failure {
+    Failure::new(
+        ErrorCategory::Timeout,
+        "the job's deadline passed before it finished",
+    )
+}
+
+impl Run<'_> {
+    /// Time left before the job's deadline, if any.
+    fn remaining(&self, now: DateTime<Utc>) -> Option<Duration> {
+        (self.deadline - now).to_std().ok().filter(|d| !d.is_zero())
+    }
+
+    /// Decide, do, append — until the runtime finishes or stops the run, or a model call
+    /// fails. `slot` is the call slot taken at intake, for the first model call.
+    pub(super) async fn drive(
+        &mut self,
+        mut slot: Option<OwnedSemaphorePermit>,
+    ) -> Result<LoopEnd, Interrupted> {
+        let input = RunInput {
+            messages: input_messages(&self.spec.input),
+            limits: self
+                .agent
+                .definition
+                .limits
+                .lowered(&self.spec.limits.unwrap_or_default()),
+        };
+        loop {
+            if self.remaining(Utc::now()).is_none() {
+                return Ok(LoopEnd::Failed(deadline_exceeded()));
+            }
+            let action = decide(&self.agent.definition, &input, &self.steps);
+            if !matches!(action, Action::CallModel(_)) {
+                // Tools and endings hold no provider slot.
+                slot = None;
+            }
+            match action {
+                Action::CallModel(request) => {
+                    let permit = match slot.take() {
+                        Some(permit) => permit,
+                        None => self.call_slot().await?,
+                    };
+                    match self.model_turn(permit, &request).await? {
+                        Ok(step) => self.append(vec![step]).await?,
+                        Err(failure) => return Ok(LoopEnd::Failed(failure)),
+                    }
+                }
+                Action::RunTools(calls) => self.run_tools(calls).await?,
+                Action::Finish(output) => return Ok(LoopEnd::Finished(output)),
+                Action::Stop(stop) => {
+                    self.record_unresolved(&stop).await?;
+                    return Ok(LoopEnd::Stopped(stop));
+                }
+            }
+        }
+    }
+
+    /// A call slot for a model call after the first, given up for shutdown or cancellation.
+    async fn call_slot(&self) -> Result<OwnedSemaphorePermit, Interrupted> {
+        tokio::select! {
+            slot = self.agent.limits.call_slot() => Ok(slot),
+            () = self.cancel.cancelled() => Err(Interrupted::Cancelled),
+            () = self.shared.hard_stop.cancelled() => Err(Interrupted::Shutdown),
+        }
+    }
+
+    /// Appends steps to the log under the lease, numbering them; the in-memory log follows
+    /// only once Redis has them.
+    async fn append(&mut self, mut steps: Vec<Step>) -> Result<(), Interrupted> {
+        let base = self.steps.len();
+        for (i, step) in steps.iter_mut().enumerate() {
+            step.seq = u32::try_from(base + i).unwrap_or(u32::MAX);
+        }
+        let written = self
+            .shared
+            .store
+            .append_steps(self.msg.job_id, &self.lease, base, &steps)
+            .await;
+        match written {
+            Ok(Written::Ok) => {
+                self.count_steps(&steps);
+                self.steps.extend(steps);
+                Ok(())
+            }
+            Ok(other) => {
+                tracing::warn!(?other, "step log refused the append; giving the job back");
+                Err(Interrupted::Cancelled)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot append to the step log; giving the job back");
+                Err(Interrupted::Cancelled)
+            }
+        }
+    }
+
+    fn count_steps(&self, steps: &[Step]) {
+        let metrics = &self.shared.metrics;
+        for step in steps {
+            match &step.kind {
+                StepKind::Tool { name, status, .. } => {
+                    let status = serde_json::to_value(status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    metrics.tool_calls.with_label_values(&[name, &status]).inc();
+                }
+                StepKind::Model { cost_usd, .. } => metrics
+                    .llm_cost_usd
+                    .with_label_values(&[&self.agent.name])
+                    .inc_by(cost_usd.max(0.0)),
+                StepKind::ToolIntent { .. } => {}
+            }
+        }
+    }
+
+    /// A stop over a write that may have run: the call is recorded as `uncertain`, so the
+    /// trace says which write to check.
+    async fn record_unresolved(&mut self, stop: &Stop) -> Result<(), Interrupted> {
+        let Some(call) = &stop.unresolved else {
+            return Ok(());
+        };
+        let now = Utc::now();
+        let step = self.step(
+            now,
+            StepKind::Tool {
+                call_id: call.call_id.clone(),
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+                status: ToolStatus::Uncertain,
+                content: stop.message.clone(),
+                http_status: None,
+            },
+        );
+        self.append(vec![step]).await
+    }
+
+    fn step(&self, started_at: DateTime<Utc>, kind: StepKind) -> Step {
+        Step {
+            seq: 0,
+            attempt: self.msg.attempt,
+            started_at,
+            finished_at: Utc::now(),
+            kind,
+        }
+    }
+}
+
+/// The caller's input as the runtime's messages.
+fn input_messages(input: &JobInput) -> Vec<Message> {
+    input
+        .to_messages()
+        .into_iter()
+        .map(|m| match m.role {
+            Role::System => Message::system(m.content),
+            Role::User => Message::user(m.content),
+            Role::Assistant => Message::Assistant {
+                content: Some(m.content),
+                tool_calls: Vec::new(),
+            },
+        })
+        .collect()
+}
+
+// === model calls ===
+
+impl Run<'_> {
+    /// One model call: admission, the call bounded by the deadline, and its step.
+    async fn model_turn(
+        &self,
+        slot: OwnedSemaphorePermit,
+        request: &ModelRequest,
+    ) -> Result<Result<Step, Failure>, Interrupted> {
+        let estimate = estimate_tokens(request);
+        if let Err(failure) = self.admit(estimate).await? {
+            return Ok(Err(failure));
+        }
+        let Some(left) = self.remaining(Utc::now()) else {
+            if let Err(err) = self.agent.limits.refund(estimate).await {
+                tracing::warn!(error = %err, "could not give back an unused rate-limit turn");
+            }
+            return Ok(Err(deadline_exceeded()));
+        };
+        let started_at = Utc::now();
+        let started = tokio::time::Instant::now();
+        let result = self.call_provider(slot, request, left).await?;
+        self.observe(&result, started.elapsed(), estimate).await;
+        Ok(result.map(|answer| {
+            let cost_usd = self
+                .agent
+                .definition
+                .price
+                .map_or(0.0, |price| price.cost(&answer.usage));
+            self.step(
+                started_at,
+                StepKind::Model {
+                    turn: request.turn,
+                    feedback: request.feedback.clone(),
+                    message: answer.message,
+                    usage: answer.usage,
+                    cost_usd,
+                    cached: false,
+                },
+            )
+        }))
+    }
+
+    /// Waits for the fleet-wide rate limits to admit one call.
+    async fn admit(&self, estimate: u64) -> Result<Result<(), Failure>, Interrupted> {
+        let shared = self.shared;
+        let admitted = tokio::select! {
+            admitted = self.agent.limits.admit(estimate, &self.cancel) => admitted,
+            () = shared.hard_stop.cancelled() => return Err(Interrupted::Shutdown),
+        };
+        match admitted {
+            Ok(waited) => {
+                shared
+                    .metrics
+                    .rate_limit_wait
+                    .with_label_values(&[&self.agent.name])
+                    .observe(waited.as_secs_f64());
+                Ok(Ok(()))
+            }
+            Err(AdmitError::Stopped) => Err(if shared.hard_stop.is_cancelled() {
+                Interrupted::Shutdown
+            } else {
+                Interrupted::Cancelled
+            }),
+            Err(err) => Ok(Err(Failure::new(ErrorCategory::Internal, err.to_string()))),
+        }
+    }
+
+    /// The provider call, bounded by the per-call timeout and what is left of the deadline.
+    async fn call_provider(
+        &self,
+        slot: OwnedSemaphorePermit,
+        request: &ModelRequest,
+        left: Duration,
+    ) -> Result<Result<ModelAnswer, Failure>, Interrupted> {
+        let timeout = self.agent.config.request_timeout().min(left);
+        let job_id = self.record.id.to_string();
+        let fencing_token = self.lease.token.to_string();
+        let attempt = self.msg.attempt.to_string();
+        let call = ModelCall {
+            request,
+            job_id: &job_id,
+            attempt: &attempt,
+            fencing_token: &fencing_token,
+            timeout,
+        };
+        let result = tokio::select! {
+            result = self.agent.provider.complete(&self.shared.outbound, call) => result,
+            () = self.cancel.cancelled() => return Err(Interrupted::Cancelled),
+            () = self.shared.hard_stop.cancelled() => return Err(Interrupted::Shutdown),
+        };
+        // The provider is done with this run: the next one may call while this one goes on.
+        drop(slot);
+        Ok(match result {
+            // The request timed out because the job's deadline did, not the per-call bound.
+            Err(f) if f.category == ErrorCategory::Timeout && timeout == left => {
+                Err(deadline_exceeded())
+            }
+            other => other,
+        })
+    }
+
+    /// Metrics, the circuit breaker, and the token budget settled to the real usage.
+    async fn observe(&self, result: &Result<ModelAnswer, Failure>, took: Duration, estimate: u64) {
+        let metrics = &self.shared.metrics;
+        let agent = &self.agent.name;
+        metrics
+            .llm_request_duration
+            .with_label_values(&[agent])
+            .observe(took.as_secs_f64());
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(f) => f.category.as_str(),
+        };
+        metrics
+            .llm_requests
+            .with_label_values(&[agent, outcome])
+            .inc();
+        self.agent.circuit.record(match result {
+            Err(f) if f.category.is_retryable() => CallResult::Unhealthy,
+            _ => CallResult::Healthy,
+        });
+        let Ok(answer) = result else { return };
+        let usage = answer.usage;
+        metrics
+            .llm_tokens
+            .with_label_values(&[agent, "prompt"])
+            .inc_by(usage.prompt_tokens);
+        metrics
+            .llm_tokens
+            .with_label_values(&[agent, "completion"])
+            .inc_by(usage.completion_tokens);
+        if let Err(err) = self
+            .agent
+            .limits
+            .settle_tokens(estimate, usage.total_tokens)
+            .await
+        {
+            tracing::warn!(error = %err, "could not settle the token budget");
+        }
+    }
+}
+
+/// Tokens a call may use before the provider reports: ~4 characters a token for the prompt
+/// (tool definitions included), plus the most it may generate.
+fn estimate_tokens(request: &ModelRequest) -> u64 {
+    let chars: usize = request
+        .messages
+        .iter()
+        .map(|m| serde_json::to_string(m).map_or(0, |s| s.len()))
+        .sum::<usize>()
+        + request
+            .tools
+            .iter()
+            .map(|t| t.to_string().len())
+            .sum::<usize>();
+    (chars as u64).div_ceil(4) + u64::from(request.max_tokens)
+}
+
+// === tool calls ===
+
+impl Run<'_> {
+    /// Runs one turn's tool calls: refusals and write intents are appended first (an intent
+    /// must be durable before its write can happen), then the calls run in parallel, each
+    /// bounded by its tool's timeout, and each result is appended as it arrives.
+    async fn run_tools(&mut self, calls: Vec<PlannedCall>) -> Result<(), Interrupted> {
+        let now = Utc::now();
+        let mut decided = Vec::new();
+        let mut to_run = Vec::new();
+        for call in calls {
+            match &call.plan {
+                CallPlan::Reject { error } => decided.push(self.step(
+                    now,
+                    StepKind::Tool {
+                        call_id: call.call_id.clone(),
+                        name: call.name.clone(),
+                        arguments: call.arguments.clone(),
+                        status: ToolStatus::Invalid,
+                        content: error.clone(),
+                        http_status: None,
+                    },
+                )),
+                CallPlan::Execute { side_effect, .. } => {
+                    if *side_effect == SideEffect::Write {
+                        decided.push(self.step(
+                            now,
+                            StepKind::ToolIntent {
+                                call_id: call.call_id.clone(),
+                                name: call.name.clone(),
+                            },
+                        ));
+                    }
+                    to_run.push(call);
+                }
+            }
+        }
+        if !decided.is_empty() {
+            self.append(decided).await?;
+        }
+        let job = self.msg.job_id.simple().to_string();
+        let shared = self.shared;
+        // The job's deadline bounds tools too: the loop sees it passed and fails the run.
+        let left = self.remaining(Utc::now()).unwrap_or_default();
+        let deadline = tokio::time::sleep(left);
+        tokio::pin!(deadline);
+        let mut running: FuturesUnordered<_> = to_run
+            .into_iter()
+            .map(|call| execute(shared, &job, call))
+            .collect();
+        loop {
+            let next = tokio::select! {
+                next = running.next() => next,
+                () = &mut deadline => return Ok(()),
+                () = self.cancel.cancelled() => return Err(Interrupted::Cancelled),
+                () = shared.hard_stop.cancelled() => return Err(Interrupted::Shutdown),
+            };
+            let Some((call, started_at, result)) = next else {
+                return Ok(());
+            };
+            let step = self.step(
+                started_at,
+                StepKind::Tool {
+                    call_id: call.call_id,
+                    name: call.name,
+                    arguments: call.arguments,
+                    status: result.status,
+                    content: result.content,
+                    http_status: result.http_status,
+                },
+            );
+            self.append(vec![step]).await?;
+        }
+    }
+}
+
+/// Executes one planned call; answers the call, when it started, and its result.
+async fn execute(
+    shared: &Shared,
+    job: &str,
+    call: PlannedCall,
+) -> (PlannedCall, DateTime<Utc>, ToolResult) {
+    let started_at = Utc::now();
+    let started = tokio::time::Instant::now();
+    let result = match (&call.plan, shared.tools.get(&call.name)) {
+        (
+            CallPlan::Execute {
+                arguments,
+                side_effect,
+                key,
+            },
+            Some(tool),
+        ) => {
+            // Sent on every attempt of this step, so the tool can tell a repeat.
+            let idempotency_key = format!("{job}.{key}");
+            let idempotency_key = (*side_effect != SideEffect::Read).then_some(idempotency_key);
+            let request = ToolCall {
+                arguments,
+                idempotency_key: idempotency_key.as_deref(),
+            };
+            HttpTool::call(tool, &shared.outbound, request).await
+        }
+        _ => ToolResult {
+            status: ToolStatus::Error,
+            content: format!("tool `{}` is not available on this worker", call.name),
+            http_status: None,
+        },
+    };
+    shared
+        .metrics
+        .tool_call_duration
+        .with_label_values(&[&call.name])
+        .observe(started.elapsed().as_secs_f64());
+    (call, started_at, result)
+}

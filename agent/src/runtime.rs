@@ -412,7 +412,10 @@ fn plan_call(def: &AgentDefinition, turn: u32, index: usize, call: &ToolCall) ->
             side_effect,
             key: format!("t{turn}.c{index}"),
         },
-        Err(error) => CallPlan::Reject { error },
+        // Said as an error, so the model knows the call did not run and what to change.
+        Err(error) => CallPlan::Reject {
+            error: format!("error: invalid call, not executed: {error}"),
+        },
     };
     PlannedCall {
         call_id: call.id.clone(),

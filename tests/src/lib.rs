@@ -29,6 +29,7 @@ use agentfleet_common::wire::JobStatus;
 use agentfleet_dispatcher::Dispatcher;
 use agentfleet_stub::llm::{Behavior, StubLlm};
 use agentfleet_stub::receiver::Receiver;
+use agentfleet_stub::tools::ToolServer;
 use agentfleet_worker::Worker;
 
 pub use agentfleet_stub::llm::Fault;
@@ -51,6 +52,14 @@ pub struct AgentSpec {
     pub circuit_failure_threshold: u32,
     pub circuit_cooldown_secs: u64,
     pub http_version: HttpVersion,
+    /// Tools (of [`TOOLS_YAML`]) the agent may call.
+    pub tools: Vec<&'static str>,
+    /// The agent's `limits:` as a YAML flow map, e.g. `{ max_turns: 3 }`.
+    pub limits: Option<String>,
+    /// The agent's `output_schema:` as a YAML flow map.
+    pub output_schema: Option<String>,
+    /// USD per million input and output tokens of the agent's model.
+    pub price: Option<(f64, f64)>,
 }
 
 impl AgentSpec {
@@ -68,6 +77,10 @@ impl AgentSpec {
             circuit_failure_threshold: 5,
             circuit_cooldown_secs: 30,
             http_version: HttpVersion::Auto,
+            tools: Vec::new(),
+            limits: None,
+            output_schema: None,
+            price: None,
         }
     }
 
@@ -140,6 +153,8 @@ pub struct TestApp {
     pub llm_addr: SocketAddr,
     pub receiver: Receiver,
     pub receiver_addr: SocketAddr,
+    /// The HTTP tool server every app's tools point at; it counts calls.
+    pub tools: ToolServer,
     pub acme: TenantKeys,
     pub globex: TenantKeys,
     pub http: reqwest::Client,
@@ -160,7 +175,13 @@ impl TestApp {
         let receiver = Receiver::new(Some(WebhookSecret::parse(&acme.webhook_secret)?));
         let receiver_addr = agentfleet_stub::spawn_router(bind().await?, receiver.router());
 
-        let config_yaml = render_config(&prefix, &options, llm_addr, &[&acme, &globex]);
+        let tools = ToolServer::new();
+        let tools_addr = agentfleet_stub::spawn_router(bind().await?, tools.router());
+        let endpoints = Endpoints {
+            llm: llm_addr,
+            tools: tools_addr,
+        };
+        let config_yaml = render_config(&prefix, &options, endpoints, &[&acme, &globex]);
         let config = Config::from_yaml(&config_yaml).context("test config")?;
 
         let dispatcher_metrics = Arc::new(Metrics::new());
@@ -182,6 +203,7 @@ impl TestApp {
             llm_addr,
             receiver,
             receiver_addr,
+            tools,
             acme,
             globex,
             http: reqwest::Client::new(),
@@ -598,12 +620,52 @@ fn tenant(id: &str) -> TenantKeys {
     }
 }
 
+/// The tools every test app configures, all served by its [`ToolServer`] at `{tools}`: one
+/// per side-effect class, a slow one and a big one.
+pub const TOOLS_YAML: &str = r#"tools:
+  lookup:
+    description: "Looks a record up by id"
+    parameters: { type: object, properties: { id: { type: string } }, required: [id], additionalProperties: false }
+    http: { url: "http://{tools}/lookup/{id}" }
+    side_effect: read
+  create_order:
+    description: "Creates an order"
+    parameters: { type: object, properties: { item: { type: string } }, required: [item] }
+    http: { method: POST, url: "http://{tools}/orders" }
+    side_effect: idempotent
+  pay:
+    description: "Pays an amount"
+    parameters: { type: object, properties: { amount: { type: number } }, required: [amount] }
+    http: { method: POST, url: "http://{tools}/payments" }
+    side_effect: write
+  slow:
+    description: "Answers after ms milliseconds"
+    parameters: { type: object, properties: { ms: { type: integer } }, required: [ms] }
+    http: { url: "http://{tools}/slow?ms={ms}" }
+    side_effect: read
+    timeout_secs: 5
+  big:
+    description: "Answers with many bytes"
+    parameters: { type: object, properties: { bytes: { type: integer } }, required: [bytes] }
+    http: { url: "http://{tools}/big?bytes={bytes}" }
+    side_effect: read
+    max_response_bytes: 1000
+"#;
+
+/// Where an app's agents and tools point.
+#[derive(Debug, Clone, Copy)]
+struct Endpoints {
+    llm: SocketAddr,
+    tools: SocketAddr,
+}
+
 fn render_config(
     prefix: &str,
     options: &AppOptions,
-    llm_addr: SocketAddr,
+    endpoints: Endpoints,
     tenants: &[&TenantKeys],
 ) -> String {
+    let llm_addr = endpoints.llm;
     let mut yaml = format!(
         r#"amqp: {{ url: "{amqp}", prefix: "{prefix}", publish_timeout_ms: 3000 }}
 redis: {{ url: "{redis}", prefix: "{prefix}", result_ttl_secs: 3600 }}
@@ -661,8 +723,36 @@ tenants:
                 "    rate_limit: {{ requests_per_minute: {rpm}{tpm} }}\n"
             ));
         }
+        render_agent_runtime(&mut yaml, a);
+    }
+    yaml.push_str(&TOOLS_YAML.replace("{tools}", &endpoints.tools.to_string()));
+    let priced: Vec<_> = options
+        .agents
+        .iter()
+        .filter_map(|a| a.price.map(|p| (a.model(), p)))
+        .collect();
+    if !priced.is_empty() {
+        yaml.push_str("prices:\n");
+        for (model, (input, output)) in priced {
+            yaml.push_str(&format!(
+                "  {model}: {{ input_usd_per_million: {input}, output_usd_per_million: {output} }}\n"
+            ));
+        }
     }
     yaml
+}
+
+/// An agent's tools, limits and output schema.
+fn render_agent_runtime(yaml: &mut String, agent: &AgentSpec) {
+    if !agent.tools.is_empty() {
+        yaml.push_str(&format!("    tools: [{}]\n", agent.tools.join(", ")));
+    }
+    if let Some(limits) = &agent.limits {
+        yaml.push_str(&format!("    limits: {limits}\n"));
+    }
+    if let Some(schema) = &agent.output_schema {
+        yaml.push_str(&format!("    output_schema: {schema}\n"));
+    }
 }
 
 /// Polls `probe` until it yields a value or `within` passes.

@@ -37,9 +37,13 @@ fn stopped(action: Action) -> Stop {
     }
 }
 
+/// The reason a call was refused, after the prefix every refusal starts with (so the model
+/// reads it as an error).
 fn rejection(call: &PlannedCall) -> &str {
     match &call.plan {
-        CallPlan::Reject { error } => error,
+        CallPlan::Reject { error } => error
+            .strip_prefix("error: invalid call, not executed: ")
+            .unwrap_or_else(|| panic!("refusal without its error prefix: {error}")),
         other => panic!("expected Reject, got {other:?}"),
     }
 }

@@ -1,6 +1,7 @@
 //! Integration tests against the real RabbitMQ and Redis on localhost. Each test spawns its
 //! own app under a unique prefix, so they run in parallel and leave nothing behind.
 
+mod agents;
 mod auth;
 mod end_to_end;
 mod lifecycle;

@@ -11,6 +11,7 @@ mod ops;
 mod outages;
 mod reliability;
 mod retries;
+mod side_effects;
 mod validation;
 
 /// The worker binary built by this crate, for tests that need a separate process.

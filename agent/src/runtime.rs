@@ -98,6 +98,16 @@ pub struct Stop {
     pub unresolved: Option<UnresolvedCall>,
 }
 
+impl Stop {
+    fn new(reason: StopReason, message: String) -> Self {
+        Self {
+            reason,
+            message,
+            unresolved: None,
+        }
+    }
+}
+
 /// A tool call whose intent was recorded but whose result never was.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnresolvedCall {
@@ -141,11 +151,7 @@ impl std::fmt::Display for StopReason {
 }
 
 fn stop(reason: StopReason, message: String) -> Action {
-    Action::Stop(Stop {
-        reason,
-        message,
-        unresolved: None,
-    })
+    Action::Stop(Stop::new(reason, message))
 }
 
 /// The next action of the run.
@@ -295,11 +301,7 @@ impl Run<'_> {
                 "turn limit reached: {} model calls made, the limit is {}",
                 totals.turns, limits.max_turns
             );
-            return Some(Stop {
-                reason: StopReason::MaxTurns,
-                message,
-                unresolved: None,
-            });
+            return Some(Stop::new(StopReason::MaxTurns, message));
         }
         let used = totals.usage.total_tokens;
         if used >= limits.max_total_tokens {
@@ -307,22 +309,14 @@ impl Run<'_> {
                 "token limit reached: {used} tokens used, the limit is {}",
                 limits.max_total_tokens
             );
-            return Some(Stop {
-                reason: StopReason::BudgetExceeded,
-                message,
-                unresolved: None,
-            });
+            return Some(Stop::new(StopReason::BudgetExceeded, message));
         }
         if totals.cost_usd >= limits.max_cost_usd {
             let message = format!(
                 "cost limit reached: {:.4} USD spent, the limit is {:.4} USD",
                 totals.cost_usd, limits.max_cost_usd
             );
-            return Some(Stop {
-                reason: StopReason::BudgetExceeded,
-                message,
-                unresolved: None,
-            });
+            return Some(Stop::new(StopReason::BudgetExceeded, message));
         }
         None
     }

@@ -413,6 +413,18 @@ impl TestApp {
         Ok(())
     }
 
+    /// The job's record with its run's steps (`GET /v1/jobs/{id}?include=steps`).
+    pub async fn job_with_steps(&self, id: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(self.url(&format!("/v1/jobs/{id}?include=steps")))
+            .bearer_auth(&self.acme.api_key)
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == 200, "GET {id}: {}", response.status());
+        Ok(response.json().await?)
+    }
+
     pub fn names(&self) -> agentfleet_common::naming::Names {
         agentfleet_common::naming::Names::new(&self.prefix, &self.prefix)
     }
@@ -753,6 +765,19 @@ fn render_agent_runtime(yaml: &mut String, agent: &AgentSpec) {
     if let Some(schema) = &agent.output_schema {
         yaml.push_str(&format!("    output_schema: {schema}\n"));
     }
+}
+
+/// A record's steps in brief: `model`, `tool_intent`, or `tool:<status>` each.
+pub fn step_kinds(record: &Value) -> Vec<String> {
+    record["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| match s["kind"].as_str() {
+            Some("tool") => format!("tool:{}", s["status"].as_str().unwrap_or("?")),
+            other => other.unwrap_or("?").to_owned(),
+        })
+        .collect()
 }
 
 /// Polls `probe` until it yields a value or `within` passes.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use agentfleet_stub::script::{Scenario, ScriptedCall, Turn};
-use agentfleet_tests::{AgentSpec, AppOptions, TestApp};
+use agentfleet_tests::{step_kinds, AgentSpec, AppOptions, TestApp};
 
 /// An app whose `agent` has `tools`, with the scenario `turns` scripted for its model.
 async fn app_with(agent: AgentSpec, turns: Vec<Turn>) -> anyhow::Result<TestApp> {
@@ -49,26 +49,7 @@ async fn run(app: &TestApp, extra: Value) -> anyhow::Result<Value> {
     let id = submit(app, body).await?;
     app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(30))
         .await?;
-    let response = app
-        .http
-        .get(app.url(&format!("/v1/jobs/{id}?include=steps")))
-        .bearer_auth(&app.acme.api_key)
-        .send()
-        .await?;
-    anyhow::ensure!(response.status() == 200, "get: {}", response.status());
-    Ok(response.json().await?)
-}
-
-fn kinds(record: &Value) -> Vec<String> {
-    record["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| match s["kind"].as_str() {
-            Some("tool") => format!("tool:{}", s["status"].as_str().unwrap_or("?")),
-            other => other.unwrap_or("?").to_owned(),
-        })
-        .collect()
+    app.job_with_steps(&id).await
 }
 
 /// Two tool calls in one turn run at the same time; their results reach the model; the trace
@@ -94,7 +75,7 @@ async fn a_multi_turn_run_calls_tools_in_parallel_and_its_trace_adds_up() -> any
     let record = run(&app, json!({})).await?;
     assert_eq!(record["status"], "succeeded", "{record:#}");
     assert_eq!(
-        kinds(&record),
+        step_kinds(&record),
         ["model", "tool:ok", "tool:ok", "model", "tool:ok", "model"]
     );
     assert_eq!(
@@ -149,25 +130,20 @@ async fn a_multi_turn_run_calls_tools_in_parallel_and_its_trace_adds_up() -> any
 /// and the model's corrected call runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_tool_call_is_refused_and_repaired_by_the_model() -> anyhow::Result<()> {
+    // A number where the schema wants a string, until the model is told.
+    let repair = || Turn::RepairOnError {
+        first: call("lookup", json!({"id": 5})),
+        repaired: call("lookup", json!({"id": "5"})),
+    };
     let app = app_with(
         agent(&["lookup"]),
-        vec![
-            Turn::RepairOnError {
-                first: call("lookup", json!({"id": 5})),
-                repaired: call("lookup", json!({"id": "5"})),
-            },
-            Turn::RepairOnError {
-                first: call("lookup", json!({"id": 5})),
-                repaired: call("lookup", json!({"id": "5"})),
-            },
-            Turn::EchoToolResults,
-        ],
+        vec![repair(), repair(), Turn::EchoToolResults],
     )
     .await?;
     let record = run(&app, json!({})).await?;
     assert_eq!(record["status"], "succeeded", "{record:#}");
     assert_eq!(
-        kinds(&record),
+        step_kinds(&record),
         ["model", "tool:invalid", "model", "tool:ok", "model"]
     );
     let refused = &record["steps"][1]["content"];
@@ -220,12 +196,12 @@ async fn every_limit_ends_a_runaway_run_with_its_category() -> anyhow::Result<()
         let record = run(&app, extra.clone()).await?;
         assert_eq!(record["status"], "failed", "{extra}: {record:#}");
         assert_eq!(record["error"]["category"], category, "{extra}: {record:#}");
-        let made = kinds(&record).iter().filter(|k| *k == "model").count();
+        let made = step_kinds(&record).iter().filter(|k| *k == "model").count();
         assert_eq!(
             made,
             models,
             "{extra}: partial trace kept: {:?}",
-            kinds(&record)
+            step_kinds(&record)
         );
         assert_eq!(record["attempts"], 1, "a limit is not retried");
     }
@@ -273,7 +249,7 @@ async fn an_output_that_fails_its_schema_is_repaired_once() -> anyhow::Result<()
     let record = run(&app, json!({})).await?;
     assert_eq!(record["status"], "succeeded", "{record:#}");
     assert_eq!(record["output"], json!({"answer": 42}));
-    assert_eq!(kinds(&record), ["model", "model"]);
+    assert_eq!(step_kinds(&record), ["model", "model"]);
     assert!(
         record["steps"][1]["feedback"].is_string(),
         "the repair request is in the log"
@@ -287,7 +263,7 @@ async fn an_output_that_fails_its_schema_is_repaired_once() -> anyhow::Result<()
     let record = run(&app, json!({})).await?;
     assert_eq!(record["status"], "failed");
     assert_eq!(record["error"]["category"], "invalid_output");
-    assert_eq!(kinds(&record), ["model", "model"]);
+    assert_eq!(step_kinds(&record), ["model", "model"]);
     Ok(())
 }
 

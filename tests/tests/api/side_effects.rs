@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use agentfleet_stub::script::{Scenario, ScriptedCall, Turn};
-use agentfleet_tests::{AgentSpec, AppOptions, TestApp};
+use agentfleet_tests::{step_kinds, AgentSpec, AppOptions, TestApp};
 
 /// Worker processes serving the app (killed together: the run is on one of them).
 const WORKERS: usize = 2;
@@ -68,27 +68,8 @@ impl Crash {
         self.app
             .wait_terminal(std::slice::from_ref(&self.id), Duration::from_secs(45))
             .await?;
-        let response = self
-            .app
-            .http
-            .get(self.app.url(&format!("/v1/jobs/{}?include=steps", self.id)))
-            .bearer_auth(&self.app.acme.api_key)
-            .send()
-            .await?;
-        Ok(response.json().await?)
+        self.app.job_with_steps(&self.id).await
     }
-}
-
-fn kinds(record: &Value) -> Vec<String> {
-    record["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| match s["kind"].as_str() {
-            Some("tool") => format!("tool:{}", s["status"].as_str().unwrap_or("?")),
-            other => other.unwrap_or("?").to_owned(),
-        })
-        .collect()
 }
 
 fn then_answer(call: ScriptedCall) -> Vec<Turn> {
@@ -104,7 +85,7 @@ async fn a_read_tool_is_called_again_after_a_crash() -> anyhow::Result<()> {
     .await?;
     let record = crash.record().await?;
     assert_eq!(record["status"], "succeeded", "{record:#}");
-    assert_eq!(kinds(&record), ["model", "tool:ok", "model"]);
+    assert_eq!(step_kinds(&record), ["model", "tool:ok", "model"]);
     assert_eq!(crash.app.tools.requests("/lookup"), 2, "a read may repeat");
     assert_eq!(
         crash.app.llm.calls_for_job(&crash.id),
@@ -146,7 +127,10 @@ async fn a_write_that_may_have_happened_is_not_repeated() -> anyhow::Result<()> 
     let record = crash.record().await?;
     assert_eq!(record["status"], "failed", "{record:#}");
     assert_eq!(record["error"]["category"], "uncertain_side_effect");
-    assert_eq!(kinds(&record), ["model", "tool_intent", "tool:uncertain"]);
+    assert_eq!(
+        step_kinds(&record),
+        ["model", "tool_intent", "tool:uncertain"]
+    );
     let tools = &crash.app.tools;
     assert_eq!(tools.requests("/payments"), 1, "never called blindly again");
     assert_eq!(
@@ -173,7 +157,7 @@ async fn completed_steps_are_not_repeated_after_a_crash() -> anyhow::Result<()> 
     let record = crash.record().await?;
     assert_eq!(record["status"], "succeeded", "{record:#}");
     assert_eq!(
-        kinds(&record),
+        step_kinds(&record),
         [
             "model",
             "tool_intent",

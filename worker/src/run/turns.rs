@@ -370,36 +370,7 @@ impl Run<'_> {
     /// must be durable before its write can happen), then the calls run in parallel, each
     /// bounded by its tool's timeout, and each result is appended as it arrives.
     async fn run_tools(&mut self, calls: Vec<PlannedCall>) -> Result<(), Interrupted> {
-        let now = Utc::now();
-        let mut decided = Vec::new();
-        let mut to_run = Vec::new();
-        for call in calls {
-            match &call.plan {
-                CallPlan::Reject { error } => decided.push(self.step(
-                    now,
-                    StepKind::Tool {
-                        call_id: call.call_id.clone(),
-                        name: call.name.clone(),
-                        arguments: call.arguments.clone(),
-                        status: ToolStatus::Invalid,
-                        content: error.clone(),
-                        http_status: None,
-                    },
-                )),
-                CallPlan::Execute { side_effect, .. } => {
-                    if *side_effect == SideEffect::Write {
-                        decided.push(self.step(
-                            now,
-                            StepKind::ToolIntent {
-                                call_id: call.call_id.clone(),
-                                name: call.name.clone(),
-                            },
-                        ));
-                    }
-                    to_run.push(call);
-                }
-            }
-        }
+        let (decided, to_run) = self.sort_calls(calls);
         if !decided.is_empty() {
             self.append(decided).await?;
         }
@@ -436,6 +407,40 @@ impl Run<'_> {
             );
             self.append(vec![step]).await?;
         }
+    }
+
+    /// Splits a turn's calls into the steps decided without running anything (refusals, and
+    /// the intent of every write) and the calls to run.
+    fn sort_calls(&self, calls: Vec<PlannedCall>) -> (Vec<Step>, Vec<PlannedCall>) {
+        let now = Utc::now();
+        let mut decided = Vec::new();
+        let mut to_run = Vec::new();
+        for call in calls {
+            match &call.plan {
+                CallPlan::Reject { error } => decided.push(self.step(
+                    now,
+                    StepKind::Tool {
+                        call_id: call.call_id.clone(),
+                        name: call.name.clone(),
+                        arguments: call.arguments.clone(),
+                        status: ToolStatus::Invalid,
+                        content: error.clone(),
+                        http_status: None,
+                    },
+                )),
+                CallPlan::Execute { side_effect, .. } => {
+                    if *side_effect == SideEffect::Write {
+                        let intent = StepKind::ToolIntent {
+                            call_id: call.call_id.clone(),
+                            name: call.name.clone(),
+                        };
+                        decided.push(self.step(now, intent));
+                    }
+                    to_run.push(call);
+                }
+            }
+        }
+        (decided, to_run)
     }
 }
 

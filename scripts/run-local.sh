@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings up the whole fleet on this machine: RabbitMQ and Redis (started, or installed from
-# the OS packages), the stub LLM, a verifying webhook receiver, the dispatcher and a worker.
-# Submits a sample job and shows its verified webhook, then keeps running until Ctrl-C.
+# the OS packages), the stub LLM, a tool server, a verifying webhook receiver, the dispatcher
+# and a worker. Submits a sample job and shows its verified webhook, then runs the
+# `researcher` agent, which calls a tool, and shows its steps; keeps running until Ctrl-C.
 # `--once` stops everything after the sample job (used by CI as a smoke test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,10 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-"$bin/agentfleet-stub" llm --listen 127.0.0.1:8000 --latency-ms 200 >"$run/llm.log" 2>&1 & pids+=($!)
+# The researcher's model plays a scripted tool-calling conversation (see stub/src/script.rs).
+"$bin/agentfleet-stub" llm --listen 127.0.0.1:8000 --latency-ms 200 \
+  --scenario stub-researcher=tool-then-answer >"$run/llm.log" 2>&1 & pids+=($!)
+"$bin/agentfleet-stub" tools --listen 127.0.0.1:9100 >"$run/tools.log" 2>&1 & pids+=($!)
 "$bin/agentfleet-stub" webhook --listen 127.0.0.1:9000 --secret-env DEMO_WEBHOOK_SECRET >"$run/webhook.log" 2>&1 & pids+=($!)
 "$bin/agentfleet-dispatcher" --config "$config" >"$run/dispatcher.log" 2>&1 & pids+=($!)
 "$bin/agentfleet-worker" --config "$config" >"$run/worker.log" 2>&1 & pids+=($!)
@@ -57,6 +61,22 @@ grep -q "\"job_id\":\"$id\".*" "$run/webhook.log" && grep "\"job_id\":\"$id\"" "
   || { echo "error: the webhook did not verify" >&2; exit 1; }
 echo "the job record:"
 curl -sS -H "Authorization: Bearer demo-token" "http://127.0.0.1:8080/v1/jobs/$id"
+echo
+
+echo "an agent that uses a tool (researcher: model → lookup tool → model):"
+curl -sS -X POST http://127.0.0.1:8080/v1/jobs \
+  -H "Authorization: Bearer demo-token" -H "Content-Type: application/json" \
+  -d '{"agent":"researcher","input":"What is in record 42?"}' >"$run/researcher.json"
+rid=$(sed -E 's/.*"id":"([^"]+)".*/\1/' "$run/researcher.json")
+for i in $(seq 1 100); do
+  curl -sS -H "Authorization: Bearer demo-token" "http://127.0.0.1:8080/v1/jobs/$rid" >"$run/researcher.json"
+  grep -q '"status":"succeeded"' "$run/researcher.json" && break
+  grep -q '"status":"failed"' "$run/researcher.json" && { cat "$run/researcher.json"; echo; exit 1; }
+  [ "$i" = 100 ] && { echo "error: the researcher job did not finish; see $run/*.log" >&2; exit 1; }
+  sleep 0.2
+done
+echo "its record, with the steps (GET /v1/jobs/$rid?include=steps):"
+curl -sS -H "Authorization: Bearer demo-token" "http://127.0.0.1:8080/v1/jobs/$rid?include=steps"
 echo
 
 if $once; then exit 0; fi

@@ -24,6 +24,9 @@ pub struct Step {
     pub attempt: u32,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+    /// `finished_at - started_at`, for people and dashboards reading the trace.
+    #[serde(default)]
+    pub duration_ms: u64,
     #[serde(flatten)]
     pub kind: StepKind,
 }

@@ -17,6 +17,7 @@ pub(crate) fn step(seq: u32, kind: StepKind) -> Step {
         attempt: 1,
         started_at: at(i64::from(seq)),
         finished_at: at(i64::from(seq) + 1),
+        duration_ms: 1000,
         kind,
     }
 }

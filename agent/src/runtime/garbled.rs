@@ -119,6 +119,7 @@ fn random_log(rng: &mut Rng) -> Vec<Step> {
                 attempt: 1,
                 started_at: at(0),
                 finished_at: at(1),
+                duration_ms: 1000,
                 kind: random_kind(rng),
             }
         })

@@ -12,6 +12,7 @@ fn model_step_serializes_with_stable_names() {
         json!({
             "seq": 0, "attempt": 1,
             "started_at": "2023-11-14T22:13:20Z", "finished_at": "2023-11-14T22:13:21Z",
+            "duration_ms": 1000,
             "kind": "model", "turn": 0,
             "message": {"content": null, "tool_calls": [
                 {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"x\"}"}}
@@ -33,7 +34,7 @@ fn tool_and_intent_steps_serialize_with_stable_names() {
     let text = serde_json::to_string(&result).expect("serializes");
     assert_eq!(
         text,
-        r#"{"seq":3,"attempt":1,"started_at":"2023-11-14T22:13:23Z","finished_at":"2023-11-14T22:13:24Z","kind":"tool","call_id":"call_1","name":"lookup","arguments":"{}","status":"invalid","content":"unknown tool","http_status":404}"#
+        r#"{"seq":3,"attempt":1,"started_at":"2023-11-14T22:13:23Z","finished_at":"2023-11-14T22:13:24Z","duration_ms":1000,"kind":"tool","call_id":"call_1","name":"lookup","arguments":"{}","status":"invalid","content":"unknown tool","http_status":404}"#
     );
     assert_eq!(
         serde_json::from_str::<Step>(&text).expect("round trip"),

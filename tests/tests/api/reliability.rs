@@ -446,6 +446,7 @@ async fn a_recorded_model_call_is_not_paid_for_twice() -> anyhow::Result<()> {
         attempt: 1,
         started_at: now,
         finished_at: now,
+        duration_ms: 0,
         kind: StepKind::Model {
             turn: 0,
             feedback: None,

@@ -178,11 +178,13 @@ impl Run<'_> {
     }
 
     fn step(&self, started_at: DateTime<Utc>, kind: StepKind) -> Step {
+        let finished_at = Utc::now();
         Step {
             seq: 0,
             attempt: self.msg.attempt,
             started_at,
-            finished_at: Utc::now(),
+            finished_at,
+            duration_ms: u64::try_from((finished_at - started_at).num_milliseconds()).unwrap_or(0),
             kind,
         }
     }

@@ -307,6 +307,24 @@ schema_rejects_typo() {
     grep -i "workerGroup" "$WORK/typo.err"
 }
 
+# The agents' tools: the schema refuses an unknown key inside a tool, and the chart an agent
+# listing a tool that config.tools does not define (the worker would refuse both at start).
+tools_are_checked() {
+    local ci=(-f "$CHART/ci/keda-values.yaml")
+    if "$HELM" template agentfleet "$CHART" "${ci[@]}" --set config.tools.lookup.retries=1 \
+        >/dev/null 2>"$WORK/tool.err"; then
+        echo "values.schema.json accepted the unknown key config.tools.lookup.retries"
+        return 1
+    fi
+    grep -i "retries" "$WORK/tool.err"
+    if "$HELM" template agentfleet "$CHART" "${ci[@]}" --set "config.agents.classify.tools[0]=nope" \
+        >/dev/null 2>"$WORK/tool.err"; then
+        echo "the chart accepted an agent listing the undefined tool nope"
+        return 1
+    fi
+    grep -i "unknown tool" "$WORK/tool.err"
+}
+
 # Dashboard and rules: valid JSON/YAML, PromQL that parses, and no agentfleet_* metric that
 # the code (common/src/metrics.rs) does not export.
 observability() {
@@ -387,6 +405,7 @@ check "helm lint --strict (keda + serviceMonitor)" "$HELM" lint --strict "$CHART
 check "helm template (default values)" render "$WORK/default.yaml"
 check "helm template (keda + serviceMonitor)" render "$WORK/keda.yaml" "${KEDA_ARGS[@]}"
 check "values.schema.json rejects an unknown top-level key" schema_rejects_typo
+check "tools: unknown keys and undefined tools are refused" tools_are_checked
 for variant in default keda; do
     if [ -s "$WORK/$variant.yaml" ]; then
         check "kubernetes-validate --strict, k8s ${K8S_VERSIONS[*]} ($variant)" validate_manifests "$WORK/$variant.yaml"

@@ -300,6 +300,21 @@ impl Fleet {
             .collect()
     }
 
+    /// `GET /v1/jobs/{id}` from the dispatcher process, as the tenant that submitted the job.
+    pub async fn job(&self, id: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("{}/v1/jobs/{id}", self.dispatcher_url))
+            .bearer_auth(&self.app.acme.api_key)
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("GET job {id} answered {status}");
+        }
+        Ok(response.json().await?)
+    }
+
     /// Deliveries received so far, by job id (the first delivery of each job).
     pub fn deliveries_by_job(&self) -> HashMap<String, Delivery> {
         let mut by_job = HashMap::new();

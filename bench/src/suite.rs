@@ -42,6 +42,12 @@ pub struct Settings {
     pub soak_rate: f64,
     pub soak_latency: Duration,
     pub soak_sample_every: Duration,
+    /// 8: five-turn agent runs queued at once, the agent's concurrency (at least the runs, so
+    /// that every run proceeds at once), the stub model's and the tool server's latency.
+    pub agent_runs: usize,
+    pub agent_concurrency: u16,
+    pub agent_model_latency: Duration,
+    pub agent_tool_latency: Duration,
 }
 
 impl Settings {
@@ -69,6 +75,10 @@ impl Settings {
             soak_rate: 50.0,
             soak_latency: Duration::from_millis(100),
             soak_sample_every: Duration::from_secs(10),
+            agent_runs: if short { 200 } else { 1_000 },
+            agent_concurrency: 1_000,
+            agent_model_latency: Duration::from_millis(500),
+            agent_tool_latency: Duration::from_millis(200),
         }
     }
 }
@@ -88,6 +98,7 @@ pub const SCENARIOS: &[(u8, &str)] = &[
     (5, "Fleet-wide limit accuracy"),
     (6, "Scaling"),
     (7, "Soak"),
+    (8, "Agent runs"),
 ];
 
 impl Ctx {
@@ -115,6 +126,7 @@ impl Ctx {
                 }
             }
             7 => s.soak.unwrap_or_default().as_secs() + 180,
+            8 => 120,
             _ => 60,
         };
         Duration::from_secs(secs)
@@ -138,6 +150,7 @@ impl Ctx {
             5 => scenarios::rate_limit::run(self).await,
             6 => scenarios::scaling::run(self).await,
             7 => scenarios::soak::run(self).await,
+            8 => scenarios::agent_runs::run(self).await,
             _ => anyhow::bail!("no scenario {id}"),
         }
     }

@@ -32,6 +32,9 @@ enum Command {
     Tools {
         #[arg(long, default_value = "127.0.0.1:9100")]
         listen: SocketAddr,
+        /// Added to every request before it is answered (a real tool's round trip).
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
     },
     /// A webhook receiver that verifies signatures and prints deliveries.
     Webhook {
@@ -105,7 +108,10 @@ async fn main() -> anyhow::Result<()> {
             let listen = args.listen;
             serve(listen, args.stub()?.router()).await
         }
-        Command::Tools { listen } => serve(listen, ToolServer::new().router()).await,
+        Command::Tools { listen, latency_ms } => {
+            let server = ToolServer::with_latency(Duration::from_millis(latency_ms));
+            serve(listen, server.router()).await
+        }
         Command::Webhook { listen, secret_env } => {
             let raw = std::env::var(&secret_env)
                 .with_context(|| format!("environment variable {secret_env} is not set"))?;

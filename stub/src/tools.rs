@@ -10,6 +10,9 @@
 //! - `GET /slow?ms=N` — answers after N ms (default 1 000, at most 60 000).
 //! - `GET /fail` — 500 `{"error": "boom"}`.
 //!
+//! [`ToolServer::set_latency`] (or `--latency-ms` of the binary) adds a fixed delay to every
+//! request, on top of any route's own: the benchmark's stand-in for a real tool's round trip.
+//!
 //! Counters are kept per path prefix, segment by segment: a call of `/lookup/7` counts under
 //! `/`, `/lookup` and `/lookup/7` (but `/look` matches nothing).
 //!
@@ -54,6 +57,8 @@ struct Shared {
     holds: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// Wakes [`ToolServer::wait_requests`] on every request received.
     received: Notify,
+    /// Added to every request, after any hold and before the handler.
+    latency: Mutex<Duration>,
 }
 
 #[derive(Default)]
@@ -79,6 +84,23 @@ struct PathStats {
 impl ToolServer {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A server that answers every request `latency` later than it otherwise would.
+    pub fn with_latency(latency: Duration) -> Self {
+        let server = Self::new();
+        server.set_latency(latency);
+        server
+    }
+
+    /// Every request from now on waits `latency` before its handler runs (counted as in
+    /// flight meanwhile); `Duration::ZERO` turns the delay off.
+    pub fn set_latency(&self, latency: Duration) {
+        *lock(&self.shared.latency) = latency;
+    }
+
+    pub fn latency(&self) -> Duration {
+        *lock(&self.shared.latency)
     }
 
     pub fn router(&self) -> Router {
@@ -118,6 +140,11 @@ impl ToolServer {
     /// `/payments` call is.
     pub fn executions(&self, path_prefix: &str) -> u64 {
         self.stats(path_prefix).executions
+    }
+
+    /// Requests under `path_prefix` in flight now (received, not yet answered).
+    pub fn in_flight(&self, path_prefix: &str) -> u64 {
+        self.stats(path_prefix).in_flight
     }
 
     /// The most requests under `path_prefix` in flight at once.
@@ -247,8 +274,9 @@ fn within(prefix: &str, path: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// Reads the body, counts the request, waits out any hold, then runs the handler in a task of
-/// its own so that a caller hanging up cannot cancel an effect (see the module documentation).
+/// Reads the body, counts the request, waits out any hold and the server's latency, then runs
+/// the handler in a task of its own so that a caller hanging up cannot cancel an effect (see
+/// the module documentation).
 async fn observe(State(server): State<ToolServer>, request: Request, next: Next) -> Response {
     let path = normalize(request.uri().path());
     let (parts, body) = request.into_parts();
@@ -266,10 +294,14 @@ async fn observe(State(server): State<ToolServer>, request: Request, next: Next)
         );
     };
     let released = server.released(&path);
+    let latency = server.latency();
     let request = Request::from_parts(parts, Body::from(body));
     let handler = tokio::spawn(async move {
         let _in_flight = in_flight;
         released.await;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         next.run(request).await
     });
     handler
@@ -368,4 +400,45 @@ async fn fail(State(server): State<ToolServer>, uri: Uri) -> Response {
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such tool")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// The latency applies to every route, the fallback included, and can be turned off.
+    #[tokio::test]
+    async fn a_set_latency_delays_every_route() {
+        let server = ToolServer::with_latency(Duration::from_millis(150));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a local port");
+        let addr = crate::spawn_router(listener, server.router());
+        let client = reqwest::Client::new();
+        let get = |path: &str| {
+            let request = client.get(format!("http://{addr}{path}")).send();
+            async move {
+                let started = Instant::now();
+                let status = request.await.expect("the tool server answers").status();
+                (status.as_u16(), started.elapsed())
+            }
+        };
+        for (path, status) in [("/lookup/1", 200), ("/fail", 500), ("/nowhere", 404)] {
+            let (answered, took) = get(path).await;
+            assert_eq!(answered, status, "{path}");
+            assert!(took >= Duration::from_millis(150), "{path} took {took:?}");
+        }
+        let (_, took) = get("/slow?ms=100").await;
+        assert!(
+            took >= Duration::from_millis(250),
+            "latency adds to /slow: {took:?}"
+        );
+        assert_eq!(server.in_flight("/"), 0);
+
+        server.set_latency(Duration::ZERO);
+        let (_, took) = get("/lookup/2").await;
+        assert!(took < Duration::from_millis(150), "turned off: {took:?}");
+    }
 }

@@ -1,6 +1,7 @@
 //! One module per scenario of the suite; each starts what it measures, measures it within
 //! its bounds, tears it down, and returns its rows.
 
+pub mod agent_runs;
 pub mod intake;
 pub mod latency;
 pub mod rate_limit;
@@ -50,16 +51,39 @@ pub struct WholePath {
 impl WholePath {
     /// "9.0 (evalsha 4.0, get 2.0, …)".
     pub fn redis_summary(&self) -> String {
-        let total: f64 = self.redis_commands_per_job.values().sum();
-        let mut by_count: Vec<(&String, &f64)> = self.redis_commands_per_job.iter().collect();
-        by_count.sort_by(|a, b| b.1.total_cmp(a.1));
-        let parts: Vec<String> = by_count
-            .iter()
-            .filter(|(_, &per_job)| per_job >= 0.05)
-            .map(|(cmd, per_job)| format!("{cmd} {per_job:.1}"))
-            .collect();
-        format!("{total:.1} ({})", parts.join(", "))
+        redis_summary(&self.redis_commands_per_job)
     }
+}
+
+/// "9.0 (evalsha 4.0, get 2.0, …)": the total, then each command of at least 0.05 per job.
+pub fn redis_summary(per_job: &BTreeMap<String, f64>) -> String {
+    let total: f64 = per_job.values().sum();
+    let mut by_count: Vec<(&String, &f64)> = per_job.iter().collect();
+    by_count.sort_by(|a, b| b.1.total_cmp(a.1));
+    let parts: Vec<String> = by_count
+        .iter()
+        .filter(|(_, &per_job)| per_job >= 0.05)
+        .map(|(cmd, per_job)| format!("{cmd} {per_job:.1}"))
+        .collect();
+    format!("{total:.1} ({})", parts.join(", "))
+}
+
+/// Calls per job of each Redis command between two [`redis_command_calls`], less the two
+/// `INFO` calls of the measurement itself.
+pub fn commands_per_job(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    jobs: usize,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .filter_map(|(cmd, &after)| {
+            let before = before.get(cmd).copied().unwrap_or_default();
+            let own = u64::from(cmd == "info");
+            let calls = after.saturating_sub(before).saturating_sub(own);
+            (calls > 0).then(|| (cmd.clone(), calls as f64 / jobs as f64))
+        })
+        .collect()
 }
 
 /// Calls per Redis command since the server started.
@@ -108,16 +132,7 @@ pub async fn whole_path(ctx: &Ctx, workers: usize) -> anyhow::Result<WholePath> 
         .await?;
     let cpu = meter.finish();
     let redis_after = redis_command_calls().await?;
-    // Less the two INFO calls of the measurement itself.
-    let redis_commands_per_job = redis_after
-        .iter()
-        .filter_map(|(cmd, &after)| {
-            let before = redis_before.get(cmd).copied().unwrap_or_default();
-            let own = u64::from(cmd == "info");
-            let calls = after.saturating_sub(before).saturating_sub(own);
-            (calls > 0).then(|| (cmd.clone(), calls as f64 / n as f64))
-        })
-        .collect();
+    let redis_commands_per_job = commands_per_job(&redis_before, &redis_after, n);
 
     let deliveries = fleet.deliveries_by_job();
     let mut latencies = Vec::with_capacity(n);

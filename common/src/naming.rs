@@ -10,6 +10,23 @@ pub struct Names {
     redis: String,
 }
 
+/// Whose fleet-wide limits a key holds: one agent's, or a provider pool's that several agents
+/// share (one API key's limits). Agent names cannot contain `:`, so the two never collide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope<'a> {
+    Agent(&'a str),
+    Pool(&'a str),
+}
+
+impl LimitScope<'_> {
+    fn key_part(self) -> String {
+        match self {
+            Self::Agent(agent) => agent.to_owned(),
+            Self::Pool(pool) => format!("pool:{pool}"),
+        }
+    }
+}
+
 /// The kind of fleet-wide rate limit a GCRA key tracks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateKind {
@@ -84,13 +101,19 @@ impl Names {
         format!("{}:job:{id}:spec", self.redis)
     }
 
-    /// GCRA state of an agent's fleet-wide rate limit.
-    pub fn rate_key(&self, agent: &str, kind: RateKind) -> String {
+    /// GCRA state of an agent's or a pool's fleet-wide rate limit.
+    pub fn rate_key(&self, scope: LimitScope<'_>, kind: RateKind) -> String {
         let kind = match kind {
             RateKind::Requests => "req",
             RateKind::Tokens => "tok",
         };
-        format!("{}:rl:{agent}:{kind}", self.redis)
+        format!("{}:rl:{}:{kind}", self.redis, scope.key_part())
+    }
+
+    /// Set (with an expiry) while the provider asked the whole fleet to hold its calls
+    /// (a 429 with `Retry-After`): every replica's admissions wait it out.
+    pub fn pause_key(&self, scope: LimitScope<'_>) -> String {
+        format!("{}:pause:{}", self.redis, scope.key_part())
     }
 
     /// Fanout exchange for control broadcasts to every worker (cancellations).
@@ -141,7 +164,18 @@ mod tests {
         assert_eq!(names.work_exchange(), "af1.work");
         assert_eq!(names.delay_queue(1000), "af1.delay.1000ms");
         assert_eq!(names.job_key(id), format!("af2:job:{id}"));
-        assert_eq!(names.rate_key("sum", RateKind::Tokens), "af2:rl:sum:tok");
+        assert_eq!(
+            names.rate_key(LimitScope::Agent("sum"), RateKind::Tokens),
+            "af2:rl:sum:tok"
+        );
+        assert_eq!(
+            names.rate_key(LimitScope::Pool("openai"), RateKind::Requests),
+            "af2:rl:pool:openai:req"
+        );
+        assert_eq!(
+            names.pause_key(LimitScope::Pool("openai")),
+            "af2:pause:pool:openai"
+        );
         assert!(names.job_spec_key(id).starts_with("af2:"));
     }
 

@@ -87,6 +87,8 @@ pub struct OutboundResponse {
     pub status: u16,
     /// `Retry-After`, when the server sent one.
     pub retry_after: Option<String>,
+    /// `retry-after-ms` (OpenAI-compatible servers send it beside `Retry-After`): finer.
+    pub retry_after_ms: Option<String>,
     pub body: bytes::Bytes,
 }
 
@@ -194,15 +196,20 @@ impl Outbound {
         let work = async {
             let response = builder.send().await?;
             let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let retry_after = header("retry-after");
+            let retry_after_ms = header("retry-after-ms");
             let body = read_limited(response, self.max_response_bytes).await?;
             Ok(OutboundResponse {
                 status,
                 retry_after,
+                retry_after_ms,
                 body,
             })
         };

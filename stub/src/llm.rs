@@ -86,6 +86,8 @@ struct Recorded {
     double_runs: u64,
     /// Faults served, in order, before any normal answer (deterministic tests).
     scripted: VecDeque<Fault>,
+    /// When each fault was answered, in order.
+    faults_served: Vec<Instant>,
     /// The last request body per job id, kept for scripted models only: a load benchmark of
     /// plain calls would otherwise hold every job's prompt in memory.
     last_request: HashMap<String, Value>,
@@ -171,6 +173,11 @@ impl StubLlm {
 
     pub fn calls(&self) -> Vec<Call> {
         lock(&self.recorded).calls.clone()
+    }
+
+    /// When each injected fault was answered (after the latency), oldest first.
+    pub fn refused_at(&self) -> Vec<Instant> {
+        lock(&self.recorded).faults_served.clone()
     }
 
     pub fn call_count(&self) -> usize {
@@ -260,7 +267,10 @@ async fn chat_completions(
         tokio::time::sleep(behavior.latency).await;
     }
     match fault {
-        Some(fault) => fault_response(fault).await,
+        Some(fault) => {
+            lock(&stub.recorded).faults_served.push(Instant::now());
+            fault_response(fault).await
+        }
         None => match scenario.and_then(|s| s.reply(&request)) {
             Some(reply) => scripted_answer(&meta.model, &request, reply, &behavior),
             None => plain_answer(&meta.model, &request, &behavior),

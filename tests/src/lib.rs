@@ -60,6 +60,8 @@ pub struct AgentSpec {
     pub output_schema: Option<String>,
     /// USD per million input and output tokens of the agent's model.
     pub price: Option<(f64, f64)>,
+    /// The provider pool (of [`AppOptions::pools`]) the agent shares limits with.
+    pub pool: Option<String>,
 }
 
 impl AgentSpec {
@@ -81,6 +83,7 @@ impl AgentSpec {
             limits: None,
             output_schema: None,
             price: None,
+            pool: None,
         }
     }
 
@@ -105,6 +108,8 @@ pub struct AppOptions {
     pub admin_amqp_url: String,
     pub admin_redis_url: String,
     pub lease_secs: u64,
+    /// Provider pools: name and requests per minute.
+    pub pools: Vec<(String, u32)>,
 }
 
 impl Default for AppOptions {
@@ -121,6 +126,7 @@ impl Default for AppOptions {
             admin_amqp_url: AMQP_URL.to_owned(),
             admin_redis_url: REDIS_URL.to_owned(),
             lease_secs: 3,
+            pools: Vec::new(),
         }
     }
 }
@@ -738,6 +744,12 @@ tenants:
         render_agent_runtime(&mut yaml, a);
     }
     yaml.push_str(&TOOLS_YAML.replace("{tools}", &endpoints.tools.to_string()));
+    if !options.pools.is_empty() {
+        yaml.push_str("pools:\n");
+        for (pool, rpm) in &options.pools {
+            yaml.push_str(&format!("  {pool}: {{ requests_per_minute: {rpm} }}\n"));
+        }
+    }
     let priced: Vec<_> = options
         .agents
         .iter()
@@ -764,6 +776,9 @@ fn render_agent_runtime(yaml: &mut String, agent: &AgentSpec) {
     }
     if let Some(schema) = &agent.output_schema {
         yaml.push_str(&format!("    output_schema: {schema}\n"));
+    }
+    if let Some(pool) = &agent.pool {
+        yaml.push_str(&format!("    pool: {pool}\n"));
     }
 }
 

@@ -33,7 +33,7 @@ use agentfleet_common::outbound::Outbound;
 use agentfleet_common::store::{JobStore, Redis, StoreError};
 
 use consumer::Consumption;
-use limits::AgentLimits;
+use limits::{AgentLimits, LimitsConfig};
 use provider::Provider;
 
 /// Largest provider or webhook response body read.
@@ -129,7 +129,17 @@ impl Worker {
                 config: agent.clone(),
                 definition: config.agent_definition(name)?,
                 provider,
-                limits: AgentLimits::new(name, agent, &names, redis.clone()),
+                limits: AgentLimits::new(LimitsConfig {
+                    name,
+                    agent,
+                    pool: agent
+                        .pool
+                        .as_deref()
+                        .and_then(|pool| config.pools.get_key_value(pool))
+                        .map(|(pool, limit)| (pool.as_str(), limit)),
+                    names: &names,
+                    redis: redis.clone(),
+                }),
                 circuit,
             };
             agents.insert(name.clone(), Arc::new(runtime));

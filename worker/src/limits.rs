@@ -4,6 +4,11 @@
 //! (requests/min and tokens/min), kept as GCRA state in Redis so that every replica draws on
 //! the same budget. Nothing else in the worker sleeps on limits.
 //!
+//! An agent may name a provider pool (`pools:`): the pool's limits are shared by every agent
+//! in it (one API key's limits), and the agent's own limits apply beneath them. A 429 with
+//! `Retry-After` pauses the pool (or the agent) for the whole fleet, through a key with that
+//! expiry that every admission checks: one replica's 429 stops every replica's calls.
+//!
 //! Why not `governor`: its state lives in process memory (its `StateStore` is synchronous), so
 //! N replicas would each allow the full rate — N times the limit for the fleet. The same GCRA
 //! runs here as one Lua script against Redis, using Redis' clock so replicas agree on time.
@@ -14,14 +19,19 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use agentfleet_common::config::AgentConfig;
-use agentfleet_common::naming::{Names, RateKind};
+use agentfleet_common::config::{AgentConfig, RateLimitConfig};
+use agentfleet_common::naming::{LimitScope, Names, RateKind};
 use agentfleet_common::store::{Redis, StoreError};
 
 /// GCRA: the key holds the theoretical arrival time (TAT, µs). `take` admits `cost` units if
-/// the bucket of `capacity` units has room, else returns how long to wait (µs). `adjust`
-/// charges (or refunds, when negative) units after the fact without waiting.
+/// the bucket of `capacity` units has room and the fleet is not paused (`KEYS[2]`), else
+/// returns how long to wait (µs). `adjust` charges (or refunds, when negative) units after the
+/// fact without waiting.
 const GCRA: &str = r"
+if ARGV[4] == 'take' then
+  local paused = redis.call('PTTL', KEYS[2])
+  if paused > 0 then return paused * 1000 end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
@@ -41,20 +51,29 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
 return 0
 ";
 
+/// Pauses the fleet's calls until `ARGV[1]` ms from now, unless a pause already runs longer.
+const PAUSE: &str = r"
+local left = redis.call('PTTL', KEYS[1])
+if left < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], 1, 'PX', ARGV[1]) end
+return 0
+";
+
 /// One fleet-wide limit: `per_minute` units, with a burst of one second's worth (at least
 /// one unit).
 #[derive(Debug, Clone)]
 struct Gcra {
     key: String,
+    kind: RateKind,
     interval_us: f64,
     capacity: f64,
 }
 
 impl Gcra {
-    fn new(key: String, per_minute: u32) -> Self {
+    fn new(key: String, kind: RateKind, per_minute: u32) -> Self {
         let per_minute = f64::from(per_minute.max(1));
         Self {
             key,
+            kind,
             interval_us: 60_000_000.0 / per_minute,
             capacity: (per_minute / 60.0).max(1.0),
         }
@@ -64,20 +83,58 @@ impl Gcra {
     fn clamp(&self, cost: f64) -> f64 {
         cost.min(self.capacity)
     }
+
+    /// What one call costs in this bucket: one request, or its estimated tokens.
+    fn cost(&self, estimated_tokens: u64) -> f64 {
+        match self.kind {
+            RateKind::Requests => 1.0,
+            RateKind::Tokens => self.clamp(estimated_tokens as f64),
+        }
+    }
+
+    /// The buckets of one limit config under `scope`.
+    fn of(names: &Names, scope: LimitScope<'_>, limit: &RateLimitConfig) -> Vec<Self> {
+        let mut buckets = vec![Self::new(
+            names.rate_key(scope, RateKind::Requests),
+            RateKind::Requests,
+            limit.requests_per_minute,
+        )];
+        if let Some(tpm) = limit.tokens_per_minute {
+            buckets.push(Self::new(
+                names.rate_key(scope, RateKind::Tokens),
+                RateKind::Tokens,
+                tpm,
+            ));
+        }
+        buckets
+    }
 }
 
 /// The limits of one agent.
 pub struct AgentLimits {
     /// Provider calls in flight on this replica (the agent's `concurrency`).
     calls: Arc<Semaphore>,
-    requests: Option<Gcra>,
-    tokens: Option<Gcra>,
+    /// The agent's own buckets, then its pool's: a call takes a turn in each.
+    buckets: Vec<Gcra>,
+    /// Set while the provider asked the fleet to hold calls: the pool's, else the agent's.
+    pause_key: String,
     /// Runs on this replica wait for their rate-limit turn one behind the other (tokio's
     /// mutex is fair, first come first served), so no run is passed over again and again while
     /// newer ones win the race to Redis, and only the head of the line polls Redis.
     turn: tokio::sync::Mutex<()>,
     script: Arc<redis::Script>,
+    pause: Arc<redis::Script>,
     redis: Redis,
+}
+
+/// What an agent's limits are built from: its config, its pool's limits if it has one, and
+/// where the state lives.
+pub struct LimitsConfig<'a> {
+    pub name: &'a str,
+    pub agent: &'a AgentConfig,
+    pub pool: Option<(&'a str, &'a RateLimitConfig)>,
+    pub names: &'a Names,
+    pub redis: Redis,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,21 +146,32 @@ pub enum AdmitError {
 }
 
 impl AgentLimits {
-    pub fn new(name: &str, agent: &AgentConfig, names: &Names, redis: Redis) -> Self {
-        let limit = agent.rate_limit.as_ref();
+    pub fn new(config: LimitsConfig<'_>) -> Self {
+        let LimitsConfig {
+            name,
+            agent,
+            pool,
+            names,
+            redis,
+        } = config;
+        let mut buckets = Vec::new();
+        if let Some(limit) = &agent.rate_limit {
+            buckets.extend(Gcra::of(names, LimitScope::Agent(name), limit));
+        }
+        let pause_scope = match pool {
+            Some((pool, limit)) => {
+                buckets.extend(Gcra::of(names, LimitScope::Pool(pool), limit));
+                LimitScope::Pool(pool)
+            }
+            None => LimitScope::Agent(name),
+        };
         Self {
             calls: Arc::new(Semaphore::new(usize::from(agent.concurrency))),
-            requests: limit.map(|l| {
-                Gcra::new(
-                    names.rate_key(name, RateKind::Requests),
-                    l.requests_per_minute,
-                )
-            }),
-            tokens: limit
-                .and_then(|l| l.tokens_per_minute)
-                .map(|tpm| Gcra::new(names.rate_key(name, RateKind::Tokens), tpm)),
+            buckets,
+            pause_key: names.pause_key(pause_scope),
             turn: tokio::sync::Mutex::new(()),
             script: Arc::new(redis::Script::new(GCRA)),
+            pause: Arc::new(redis::Script::new(PAUSE)),
             redis,
         }
     }
@@ -121,55 +189,75 @@ impl AgentLimits {
             .unwrap_or_else(|_| unreachable!("call slots are never closed"))
     }
 
-    /// Waits until one request costing `estimated_tokens` fits the fleet-wide limits, and
-    /// takes it. Returns how long it waited.
+    /// Waits until one request costing `estimated_tokens` fits the fleet-wide limits (and
+    /// the fleet is not paused), and takes it. Returns how long it waited.
     pub async fn admit(
         &self,
         estimated_tokens: u64,
         stop: &CancellationToken,
     ) -> Result<Duration, AdmitError> {
         let started = tokio::time::Instant::now();
-        if self.requests.is_none() && self.tokens.is_none() {
+        if self.buckets.is_empty() {
+            // No bucket's script to check the pause (and no turn to wait for): ask Redis.
+            self.wait_out_pause(stop).await?;
             return Ok(started.elapsed());
         }
         let _turn = tokio::select! {
             turn = self.turn.lock() => turn,
             () = stop.cancelled() => return Err(AdmitError::Stopped),
         };
-        if let Some(requests) = &self.requests {
-            self.take(requests, 1.0, stop).await?;
-        }
-        if let Some(tokens) = &self.tokens {
-            self.take(tokens, tokens.clamp(estimated_tokens as f64), stop)
+        for bucket in &self.buckets {
+            self.take(bucket, bucket.cost(estimated_tokens), stop)
                 .await?;
         }
         Ok(started.elapsed())
     }
 
+    async fn wait_out_pause(&self, stop: &CancellationToken) -> Result<(), AdmitError> {
+        loop {
+            let mut cmd = redis::cmd("PTTL");
+            cmd.arg(&self.pause_key);
+            let left_ms: i64 = self.redis.cmd(&cmd).await?;
+            let Ok(left_ms) = u64::try_from(left_ms) else {
+                return Ok(());
+            };
+            if left_ms == 0 {
+                return Ok(());
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(left_ms)) => {}
+                () = stop.cancelled() => return Err(AdmitError::Stopped),
+            }
+        }
+    }
+
+    /// Holds every replica's calls for `pause` (the provider's `Retry-After` on a 429).
+    pub async fn pause(&self, pause: Duration) -> Result<(), StoreError> {
+        let mut invocation = self.pause.key(&self.pause_key);
+        invocation.arg(pause.as_millis().max(1) as u64);
+        self.redis.script::<i64>(&invocation).await.map(|_| ())
+    }
+
     /// Gives back what `admit` took for a call that was not made after all (the job's
     /// deadline passed while it waited), so the fleet's budget is not spent on nothing.
     pub async fn refund(&self, estimated_tokens: u64) -> Result<(), StoreError> {
-        if let Some(requests) = &self.requests {
-            self.call(requests, -1.0, "adjust").await?;
-        }
-        if let Some(tokens) = &self.tokens {
-            self.call(tokens, -tokens.clamp(estimated_tokens as f64), "adjust")
+        for bucket in &self.buckets {
+            self.call(bucket, -bucket.cost(estimated_tokens), "adjust")
                 .await?;
         }
         Ok(())
     }
 
-    /// Corrects the token budget once the provider reported real usage.
+    /// Settles the token buckets once the call is over: to the usage the provider reported,
+    /// or to nothing for a call that failed (its reservation is released).
     pub async fn settle_tokens(&self, estimated: u64, actual: u64) -> Result<(), StoreError> {
-        let Some(tokens) = &self.tokens else {
-            return Ok(());
-        };
-        let charged = tokens.clamp(estimated as f64);
-        let delta = actual as f64 - charged;
-        if delta.abs() < 1.0 {
-            return Ok(());
+        for bucket in self.buckets.iter().filter(|b| b.kind == RateKind::Tokens) {
+            let delta = actual as f64 - bucket.cost(estimated);
+            if delta.abs() >= 1.0 {
+                self.call(bucket, delta, "adjust").await?;
+            }
         }
-        self.call(tokens, delta, "adjust").await.map(|_| ())
+        Ok(())
     }
 
     async fn take(
@@ -194,6 +282,7 @@ impl AgentLimits {
     async fn call(&self, gcra: &Gcra, cost: f64, mode: &str) -> Result<i64, StoreError> {
         let mut invocation = self.script.key(&gcra.key);
         invocation
+            .key(&self.pause_key)
             .arg(gcra.interval_us)
             .arg(gcra.capacity)
             .arg(cost)

@@ -134,10 +134,10 @@ impl Provider {
             )
             .await
             .map_err(classify_transport)?;
-        let retry_after = response
-            .retry_after
-            .as_deref()
-            .and_then(|v| parse_retry_after(v, Utc::now()));
+        let retry_after = wait_asked(
+            response.retry_after_ms.as_deref(),
+            response.retry_after.as_deref(),
+        );
         match response.status {
             200..=299 => parse_completion(&response.body),
             status => Err(Failure {
@@ -150,6 +150,16 @@ impl Provider {
             }),
         }
     }
+}
+
+/// How long the provider asked us to wait: `retry-after-ms` is the finer of the two headers
+/// when a server sends both; nonsense in either is ignored.
+fn wait_asked(retry_after_ms: Option<&str>, retry_after: Option<&str>) -> Option<Duration> {
+    retry_after_ms
+        .and_then(|ms| ms.trim().parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+        .map(|ms| Duration::from_secs_f64(ms.min(86_400_000.0) / 1000.0))
+        .or_else(|| retry_after.and_then(|v| parse_retry_after(v, Utc::now())))
 }
 
 fn status_category(status: u16) -> ErrorCategory {
@@ -227,6 +237,20 @@ mod tests {
         let answer = parse_completion(body).expect("ok");
         assert_eq!(answer.message.content.as_deref(), Some("hi"));
         assert_eq!(answer.usage.total_tokens, 5);
+    }
+
+    #[test]
+    fn retry_after_ms_is_preferred_and_nonsense_ignored() {
+        assert_eq!(
+            wait_asked(Some("1500"), Some("9")),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            wait_asked(Some("soon"), Some("2")),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(wait_asked(Some("-5"), None), None);
+        assert_eq!(wait_asked(None, None), None);
     }
 
     #[test]

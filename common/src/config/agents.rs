@@ -52,7 +52,7 @@ pub struct RateLimitConfig {
 }
 
 impl RateLimitConfig {
-    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+    pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
         positive(
             &format!("{at}.requests_per_minute"),
             self.requests_per_minute,
@@ -145,6 +145,9 @@ pub struct AgentConfig {
     pub http_version: HttpVersion,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// The provider pool (top-level `pools:`) whose limits this agent shares with others.
+    #[serde(default)]
+    pub pool: Option<String>,
     /// Deadline of a whole run: admission, every attempt and the waits between them. A job
     /// may lower it with its own `timeout_secs`.
     #[serde(

@@ -72,6 +72,10 @@ pub struct Config {
     /// HTTP tools, by name; agents list the ones they may call.
     #[serde(default)]
     pub tools: BTreeMap<String, ToolConfig>,
+    /// Provider pools: fleet-wide limits shared by every agent that names the pool (one API
+    /// key's limits, typically). An agent's own `rate_limit` still applies beneath its pool's.
+    #[serde(default)]
+    pub pools: BTreeMap<String, RateLimitConfig>,
     /// USD per million input and output tokens, by model name: every step and run is priced
     /// with its model's entry (a model without one costs nothing).
     #[serde(default)]
@@ -135,6 +139,11 @@ impl Config {
         for (name, tool) in &self.tools {
             tool.validate(name, &format!("tools.{name}"))?;
         }
+        for (name, pool) in &self.pools {
+            let at = format!("pools.{name}");
+            check_identifier(&at, name)?;
+            pool.validate(&at)?;
+        }
         for (model, price) in &self.prices {
             let at = format!("prices.{model}");
             for (field, value) in [
@@ -150,6 +159,14 @@ impl Config {
             let at = format!("agents.{name}");
             check_identifier(&at, name)?;
             agent.validate(&at)?;
+            if let Some(pool) = &agent.pool {
+                if !self.pools.contains_key(pool) {
+                    return Err(invalid(
+                        format!("{at}.pool"),
+                        format!("unknown pool `{pool}`"),
+                    ));
+                }
+            }
             self.agent_definition(name)?;
         }
         for (i, agent) in self.worker.agents.iter().enumerate() {

@@ -401,3 +401,24 @@ fn bad_tools_name_their_key() {
         assert!(err.to_string().contains(key), "{key}: {err}");
     }
 }
+
+#[test]
+fn agents_name_pools_that_exist() {
+    let pools = "pools:\n  openai-main: { requests_per_minute: 600, tokens_per_minute: 100000 }\n";
+    let config =
+        Config::from_yaml(&format!("{}{pools}", yaml("pool: openai-main"))).expect("valid");
+    assert_eq!(
+        config.agents["summarize"].pool.as_deref(),
+        Some("openai-main")
+    );
+    assert_eq!(config.pools["openai-main"].tokens_per_minute, Some(100_000));
+    let err = Config::from_yaml(&format!("{}{pools}", yaml("pool: other"))).expect_err("unknown");
+    assert!(err.to_string().contains("agents.summarize.pool"), "{err}");
+    let zero = pools.replace("600", "0");
+    let err = Config::from_yaml(&format!("{}{zero}", yaml(""))).expect_err("zero");
+    assert!(
+        err.to_string()
+            .contains("pools.openai-main.requests_per_minute"),
+        "{err}"
+    );
+}

@@ -51,6 +51,25 @@ async fn an_agents_concurrency_is_never_exceeded_over_http2() -> anyhow::Result<
     concurrency_is_never_exceeded(HttpVersion::Http2, http::Version::HTTP_2).await
 }
 
+/// Call times at the stub never run ahead of `interval` per call after a burst of `burst`.
+fn assert_paced(times: &mut [std::time::Instant], interval: Duration, burst: usize) {
+    times.sort();
+    let n = times.len();
+    let slack = Duration::from_millis(60);
+    for (i, t) in times.iter().enumerate().skip(burst) {
+        let earliest = interval * u32::try_from(i + 1 - burst).unwrap_or(u32::MAX);
+        let elapsed = t.duration_since(times[0]);
+        assert!(
+            elapsed + slack >= earliest,
+            "call {i} came {elapsed:?} after the first; the limit allows it no sooner than {earliest:?}"
+        );
+    }
+    // And the whole run took as long as the limit demands.
+    let span = times[n - 1].duration_since(times[0]);
+    let least = interval * u32::try_from(n - burst).unwrap_or(u32::MAX);
+    assert!(span + slack >= least, "{span:?} < {least:?}");
+}
+
 /// Two workers share one fleet-wide limit of 120 requests/min (2/s, burst 2): the calls the
 /// stub sees never run ahead of that schedule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,26 +89,98 @@ async fn an_agents_rate_limit_holds_across_the_fleet() -> anyhow::Result<()> {
     }
     let records = app.wait_terminal(&ids, Duration::from_secs(60)).await?;
     assert!(records.iter().all(|r| r["status"] == "succeeded"));
-
     let mut times: Vec<_> = app.llm.calls().iter().map(|c| c.at).collect();
-    times.sort();
     assert_eq!(times.len(), n);
-    let interval = Duration::from_millis(500);
-    let burst = 2;
-    let slack = Duration::from_millis(60);
-    for (i, t) in times.iter().enumerate().skip(burst) {
-        let earliest = interval * u32::try_from(i + 1 - burst)?;
-        let elapsed = t.duration_since(times[0]);
-        assert!(
-            elapsed + slack >= earliest,
-            "call {i} came {elapsed:?} after the first; the limit allows it no sooner than {earliest:?}"
-        );
+    assert_paced(&mut times, Duration::from_millis(500), 2);
+    Ok(())
+}
+
+/// Two agents in one provider pool of 120 requests/min share it: together, across two
+/// workers, their calls keep to the pool's schedule (each alone would be unlimited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_in_a_pool_share_its_limit() -> anyhow::Result<()> {
+    let pooled = |name: &str| AgentSpec {
+        pool: Some("shared-key".into()),
+        ..AgentSpec::new(name)
+    };
+    let app = TestApp::spawn(AppOptions {
+        agents: vec![pooled("first"), pooled("second")],
+        pools: vec![("shared-key".into(), 120)],
+        workers: 2,
+        ..AppOptions::default()
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(app.submit_job("first", &format!("job {i}")).await?);
+        ids.push(app.submit_job("second", &format!("job {i}")).await?);
     }
-    // And the whole run took as long as the limit demands.
-    let span = times[n - 1].duration_since(times[0]);
+    let records = app.wait_terminal(&ids, Duration::from_secs(60)).await?;
+    assert!(records.iter().all(|r| r["status"] == "succeeded"));
+    let calls = app.llm.calls();
+    for agent in ["first", "second"] {
+        let model = format!("model-{agent}");
+        assert_eq!(calls.iter().filter(|c| c.model == model).count(), 5);
+    }
+    let mut times: Vec<_> = calls.iter().map(|c| c.at).collect();
+    assert_paced(&mut times, Duration::from_millis(500), 2);
+    Ok(())
+}
+
+/// A 429 with `Retry-After: 2` seen by one worker holds the calls of every worker for those
+/// 2 s: the stub sees none inside the window, then the jobs finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_pauses_the_whole_fleet() -> anyhow::Result<()> {
+    let mut busy = AgentSpec::new("busy");
+    busy.concurrency = 2;
+    let app = TestApp::spawn(AppOptions {
+        agents: vec![busy],
+        workers: 3,
+        // Without the pause, 60 jobs at 6 calls per 50 ms keep calling for about 0.5 s.
+        behavior: Behavior {
+            latency: Duration::from_millis(50),
+            ..Behavior::default()
+        },
+        ..AppOptions::default()
+    })
+    .await?;
+    app.llm.script_faults([agentfleet_tests::Fault::Status {
+        status: 429,
+        retry_after: Some(2),
+    }]);
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(app.submit_job("busy", &format!("job {i}")).await?);
+    }
+    let records = app.wait_terminal(&ids, Duration::from_secs(60)).await?;
     assert!(
-        span + slack >= interval * u32::try_from(n - burst)?,
-        "{span:?}"
+        records.iter().all(|r| r["status"] == "succeeded"),
+        "{records:?}"
+    );
+    let calls = app.llm.calls();
+    let refused_at = app
+        .llm
+        .refused_at()
+        .first()
+        .copied()
+        .expect("the 429 was served");
+    // Calls the other workers had admitted before the pause was written may still arrive
+    // just after the 429; none may start later inside the window.
+    let race = Duration::from_millis(150);
+    let window = Duration::from_secs(2) - Duration::from_millis(100);
+    let inside: Vec<Duration> = calls
+        .iter()
+        .filter(|c| c.at > refused_at + race)
+        .map(|c| c.at.duration_since(refused_at))
+        .filter(|after| *after < window)
+        .collect();
+    assert!(
+        inside.is_empty(),
+        "calls {inside:?} after the 429 came inside its 2 s Retry-After"
+    );
+    assert!(
+        calls.iter().any(|c| c.at > refused_at + window),
+        "calls resumed"
     );
     Ok(())
 }

@@ -328,7 +328,10 @@ impl Run<'_> {
             Err(f) if f.category.is_retryable() => CallResult::Unhealthy,
             _ => CallResult::Healthy,
         });
-        let Ok(answer) = result else { return };
+        let answer = match result {
+            Ok(answer) => answer,
+            Err(failure) => return self.after_failed_call(failure, estimate).await,
+        };
         let usage = answer.usage;
         metrics
             .llm_tokens
@@ -345,6 +348,23 @@ impl Run<'_> {
             .await
         {
             tracing::warn!(error = %err, "could not settle the token budget");
+        }
+    }
+}
+
+impl Run<'_> {
+    /// A failed call releases its token reservation; a 429 that says how long to wait holds
+    /// every replica's calls of the agent (or its pool) that long.
+    async fn after_failed_call(&self, failure: &Failure, estimate: u64) {
+        let limits = &self.agent.limits;
+        if let Err(err) = limits.settle_tokens(estimate, 0).await {
+            tracing::warn!(error = %err, "could not release the token reservation");
+        }
+        if let (ErrorCategory::RateLimited, Some(wait)) = (failure.category, failure.retry_after) {
+            tracing::info!(?wait, "provider asked to wait; pausing the fleet's calls");
+            if let Err(err) = limits.pause(wait).await {
+                tracing::warn!(error = %err, "could not pause the fleet's calls");
+            }
         }
     }
 }

@@ -197,6 +197,26 @@ pub struct JobError {
 
 pub use agentfleet_agent::{Step, Usage};
 
+/// Why a job that is not running is waiting, and until when (shown on the record and by the
+/// API while it waits).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Waiting {
+    pub reason: WaitReason,
+    pub until: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitReason {
+    /// The agent's (or its pool's) fleet-wide rate limit has no turn for it yet.
+    RateLimited,
+    /// The provider asked the fleet to hold its calls (a 429 with `Retry-After`).
+    PoolPaused,
+    TenantQuota,
+    Budget,
+    CircuitOpen,
+}
+
 /// Delivery state of the job's webhook, kept on the record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WebhookStatus {
@@ -251,6 +271,9 @@ pub struct JobRecord {
     pub attempt_errors: Vec<AttemptError>,
     #[serde(default)]
     pub webhook: Option<WebhookStatus>,
+    /// Set while the job waits outside any worker for a limit; cleared when it runs again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
     /// The run's step log. Never stored on the record (it lives in its own list): filled in
     /// for `GET /v1/jobs/{id}?include=steps` and for the webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,6 +306,7 @@ impl JobRecord {
             metadata,
             attempt_errors: Vec::new(),
             webhook: None,
+            waiting: None,
             steps: None,
         }
     }

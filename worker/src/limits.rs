@@ -22,15 +22,16 @@ use tokio_util::sync::CancellationToken;
 use agentfleet_common::config::{AgentConfig, RateLimitConfig};
 use agentfleet_common::naming::{LimitScope, Names, RateKind};
 use agentfleet_common::store::{Redis, StoreError};
+use agentfleet_common::wire::WaitReason;
 
 /// GCRA: the key holds the theoretical arrival time (TAT, µs). `take` admits `cost` units if
 /// the bucket of `capacity` units has room and the fleet is not paused (`KEYS[2]`), else
-/// returns how long to wait (µs). `adjust` charges (or refunds, when negative) units after the
-/// fact without waiting.
+/// answers how long to wait (µs) and why (`{wait, 1}` for a pause), taking nothing. `adjust`
+/// charges (or refunds, when negative) units after the fact without waiting. `{0, 0}` is done.
 const GCRA: &str = r"
 if ARGV[4] == 'take' then
   local paused = redis.call('PTTL', KEYS[2])
-  if paused > 0 then return paused * 1000 end
+  if paused > 0 then return {paused * 1000, 1} end
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -42,13 +43,13 @@ if tat < now then tat = now end
 local new_tat = tat + cost * interval
 if ARGV[4] == 'take' then
   local allow_at = new_tat - capacity * interval
-  if allow_at > now then return math.ceil(allow_at - now) end
+  if allow_at > now then return {math.ceil(allow_at - now), 0} end
 elseif new_tat < now then
   new_tat = now
 end
 local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
-return 0
+return {0, 0}
 ";
 
 /// Pauses the fleet's calls until `ARGV[1]` ms from now, unless a pause already runs longer.
@@ -143,6 +144,9 @@ pub enum AdmitError {
     Store(#[from] StoreError),
     #[error("stopped while waiting for the rate limit")]
     Stopped,
+    /// The turn is further off than a run may wait holding its slot: nothing was taken.
+    #[error("the next turn is {wait:?} away")]
+    WaitLonger { wait: Duration, reason: WaitReason },
 }
 
 impl AgentLimits {
@@ -190,42 +194,69 @@ impl AgentLimits {
     }
 
     /// Waits until one request costing `estimated_tokens` fits the fleet-wide limits (and
-    /// the fleet is not paused), and takes it. Returns how long it waited.
+    /// the fleet is not paused), and takes it; returns how long it waited. A wait longer than
+    /// `max_hold` (the replica's line included) is not waited out here: it answers
+    /// `WaitLonger` with nothing taken, so the run can wait without holding anything.
     pub async fn admit(
         &self,
         estimated_tokens: u64,
         stop: &CancellationToken,
+        max_hold: Duration,
     ) -> Result<Duration, AdmitError> {
         let started = tokio::time::Instant::now();
+        let hold_until = started + max_hold;
         if self.buckets.is_empty() {
             // No bucket's script to check the pause (and no turn to wait for): ask Redis.
-            self.wait_out_pause(stop).await?;
+            self.wait_out_pause(stop, hold_until).await?;
             return Ok(started.elapsed());
         }
+        // A line longer than the hold means a long wait: then the buckets say how long.
         let _turn = tokio::select! {
-            turn = self.turn.lock() => turn,
+            turn = tokio::time::timeout_at(hold_until, self.turn.lock()) => turn.ok(),
             () = stop.cancelled() => return Err(AdmitError::Stopped),
         };
+        let mut taken = Vec::with_capacity(self.buckets.len());
         for bucket in &self.buckets {
-            self.take(bucket, bucket.cost(estimated_tokens), stop)
-                .await?;
+            let cost = bucket.cost(estimated_tokens);
+            if let Err(err) = self.take(bucket, cost, stop, hold_until).await {
+                self.give_back(&taken).await;
+                return Err(err);
+            }
+            taken.push((bucket, cost));
         }
         Ok(started.elapsed())
     }
 
-    async fn wait_out_pause(&self, stop: &CancellationToken) -> Result<(), AdmitError> {
+    /// Returns what an admission took before it gave up.
+    async fn give_back(&self, taken: &[(&Gcra, f64)]) {
+        for (bucket, cost) in taken {
+            if let Err(err) = self.call(bucket, -cost, "adjust").await {
+                tracing::warn!(error = %err, "could not give back a rate-limit turn");
+            }
+        }
+    }
+
+    async fn wait_out_pause(
+        &self,
+        stop: &CancellationToken,
+        hold_until: tokio::time::Instant,
+    ) -> Result<(), AdmitError> {
         loop {
             let mut cmd = redis::cmd("PTTL");
             cmd.arg(&self.pause_key);
             let left_ms: i64 = self.redis.cmd(&cmd).await?;
-            let Ok(left_ms) = u64::try_from(left_ms) else {
-                return Ok(());
+            let left = match u64::try_from(left_ms) {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => return Ok(()),
             };
-            if left_ms == 0 {
-                return Ok(());
+            if tokio::time::Instant::now() + left > hold_until {
+                return Err(AdmitError::WaitLonger {
+                    wait: left,
+                    reason: WaitReason::PoolPaused,
+                });
             }
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(left_ms)) => {}
+                () = tokio::time::sleep(left) => {}
                 () = stop.cancelled() => return Err(AdmitError::Stopped),
             }
         }
@@ -265,13 +296,25 @@ impl AgentLimits {
         gcra: &Gcra,
         cost: f64,
         stop: &CancellationToken,
+        hold_until: tokio::time::Instant,
     ) -> Result<(), AdmitError> {
         loop {
-            let wait_us = self.call(gcra, cost, "take").await?;
-            if wait_us <= 0 {
+            let (wait_us, paused) = self.call(gcra, cost, "take").await?;
+            let Ok(wait_us) = u64::try_from(wait_us) else {
+                return Ok(());
+            };
+            if wait_us == 0 {
                 return Ok(());
             }
-            let wait = Duration::from_micros(wait_us as u64);
+            let wait = Duration::from_micros(wait_us);
+            if tokio::time::Instant::now() + wait > hold_until {
+                let reason = if paused == 1 {
+                    WaitReason::PoolPaused
+                } else {
+                    WaitReason::RateLimited
+                };
+                return Err(AdmitError::WaitLonger { wait, reason });
+            }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = stop.cancelled() => return Err(AdmitError::Stopped),
@@ -279,7 +322,7 @@ impl AgentLimits {
         }
     }
 
-    async fn call(&self, gcra: &Gcra, cost: f64, mode: &str) -> Result<i64, StoreError> {
+    async fn call(&self, gcra: &Gcra, cost: f64, mode: &str) -> Result<(i64, i64), StoreError> {
         let mut invocation = self.script.key(&gcra.key);
         invocation
             .key(&self.pause_key)

@@ -166,6 +166,11 @@ pub struct WorkerConfig {
     /// A crashed worker's jobs wait this long before another worker may take them.
     #[serde(rename = "lease_secs", with = "duration::secs")]
     pub lease: Duration,
+    /// The longest a run waits for a rate-limit turn (or a provider's pause) while holding its
+    /// call slot and lease; a longer wait goes back through the delay queues, holding nothing,
+    /// and the record says why and until when.
+    #[serde(rename = "max_limit_hold_ms", with = "duration::millis")]
+    pub max_limit_hold: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -175,6 +180,7 @@ impl Default for WorkerConfig {
             agents: vec!["*".into()],
             shutdown_grace: Duration::from_secs(30),
             lease: Duration::from_secs(15),
+            max_limit_hold: Duration::from_millis(1000),
         }
     }
 }

@@ -184,3 +184,61 @@ async fn a_429_with_retry_after_pauses_the_whole_fleet() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A run whose rate-limit turn is further off than `worker.max_limit_hold_ms` does not wait
+/// holding its slot and lease: it goes back through the delay queues, its record says why and
+/// until when, and it runs (and resumes) when its turn comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_rate_limit_wait_holds_nothing_and_says_why() -> anyhow::Result<()> {
+    let mut paced = AgentSpec::new("paced");
+    paced.requests_per_minute = Some(12); // one call per 5 s, burst 1
+    paced.timeout_secs = 30;
+    let app = TestApp::spawn(AppOptions {
+        agents: vec![paced],
+        workers: 1,
+        ..AppOptions::default()
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(app.submit_job("paced", &format!("job {i}")).await?);
+    }
+    let metrics = app.worker_metrics(0).expect("worker 0");
+    let in_flight = || metrics.jobs_in_flight.with_label_values(&["paced"]).get();
+    // Two jobs wait for their turns, and no run is in progress on the worker meanwhile.
+    let waiting = agentfleet_tests::wait_until(
+        Duration::from_secs(10),
+        "two jobs waiting outside the worker",
+        || async {
+            let mut waiting = Vec::new();
+            for id in &ids {
+                let record = app.job(id).await.ok()?;
+                if record["status"] == "queued" && record["waiting"]["reason"] == "rate_limited" {
+                    waiting.push(record);
+                }
+            }
+            (waiting.len() == 2 && in_flight() == 0).then_some(waiting)
+        },
+    )
+    .await?;
+    for record in &waiting {
+        let until = record["waiting"]["until"].as_str().unwrap_or_default();
+        let until = chrono::DateTime::parse_from_rfc3339(until)?;
+        let ahead = until.signed_duration_since(chrono::Utc::now());
+        assert!(
+            ahead > chrono::Duration::zero() && ahead < chrono::Duration::seconds(11),
+            "until {until} is {ahead} away"
+        );
+    }
+    let records = app.wait_terminal(&ids, Duration::from_secs(30)).await?;
+    assert!(
+        records
+            .iter()
+            .all(|r| r["status"] == "succeeded" && r.get("waiting").is_none()),
+        "{records:#?}"
+    );
+    let mut times: Vec<_> = app.llm.calls().iter().map(|c| c.at).collect();
+    assert_eq!(times.len(), 3);
+    assert_paced(&mut times, Duration::from_secs(5), 1);
+    Ok(())
+}

@@ -209,6 +209,7 @@ impl<'a> Run<'a> {
             // attempt.
             record.attempts = record.attempts.max(msg.attempt);
             record.started_at.get_or_insert_with(Utc::now);
+            record.waiting = None;
         }
         let begun = shared
             .store

@@ -11,7 +11,7 @@ use agentfleet_agent::{totals, FinalOutput, Stop};
 use agentfleet_common::events;
 use agentfleet_common::store::Written;
 use agentfleet_common::wire::{
-    AttemptError, ErrorCategory, JobError, JobMessage, JobRecord, JobSpec, JobStatus,
+    AttemptError, ErrorCategory, JobError, JobMessage, JobRecord, JobSpec, JobStatus, Waiting,
     SCHEMA_VERSION,
 };
 use serde_json::Value;
@@ -54,6 +54,7 @@ impl Run<'_> {
             Ok(LoopEnd::Finished(output)) => self.succeed(output).await,
             Ok(LoopEnd::Stopped(stop)) => self.stopped(&stop).await,
             Ok(LoopEnd::Failed(failure)) => self.fail_or_retry(&failure).await,
+            Ok(LoopEnd::Wait(waiting)) => self.wait_outside(waiting).await.into(),
             Err(Interrupted::Shutdown) => Disposition::Abandon.into(),
             Err(Interrupted::Cancelled) => self.interrupted().await.into(),
         }
@@ -143,6 +144,28 @@ impl Run<'_> {
         }
         tracing::info!(category = failure.category.as_str(), error = %failure.message, "job failed");
         self.finish(JobStatus::Failed).await
+    }
+
+    /// Waits for a limit outside the worker: the record goes back to `queued` with why and
+    /// until when, the same attempt goes round the delay ladder, and the lease and call slot
+    /// are let go. Its next delivery resumes from the step log.
+    async fn wait_outside(&mut self, waiting: Waiting) -> Disposition {
+        let wait = (waiting.until - Utc::now()).to_std().unwrap_or_default();
+        self.record.status = JobStatus::Queued;
+        self.record.waiting = Some(waiting.clone());
+        if let Err(disposition) = self.store().await {
+            return disposition;
+        }
+        let later = JobMessage {
+            not_before: Some(waiting.until),
+            ..self.msg.clone()
+        };
+        if let Err(err) = self.shared.broker.publish_job_delayed(&later, wait).await {
+            tracing::warn!(error = %err, "cannot put the waiting job on the delay ladder");
+            return Disposition::Requeue;
+        }
+        tracing::info!(reason = ?waiting.reason, ?wait, "waiting for a limit outside the worker");
+        Disposition::Ack
     }
 
     async fn schedule_retry(&mut self, failure: &Failure, wait: Duration) -> Disposition {

@@ -15,7 +15,7 @@ use agentfleet_agent::{
     SideEffect, Step, StepKind, Stop, ToolStatus,
 };
 use agentfleet_common::store::Written;
-use agentfleet_common::wire::{ErrorCategory, JobInput, Role};
+use agentfleet_common::wire::{ErrorCategory, JobInput, Role, WaitReason, Waiting};
 
 use super::Run;
 use crate::circuit::CallResult;
@@ -34,11 +34,20 @@ pub(super) enum Interrupted {
 }
 
 /// How the loop ended, unless it was interrupted: the runtime finished or stopped the run,
-/// or a model call failed (which the retry policy decides on).
+/// a model call failed (which the retry policy decides on), or the next model call's turn is
+/// too far off to wait for holding a slot and the lease.
 pub(super) enum LoopEnd {
     Finished(FinalOutput),
     Stopped(Stop),
     Failed(Failure),
+    Wait(Waiting),
+}
+
+/// What one model turn came to, short of an interruption.
+enum Turned {
+    Step(Step),
+    Failed(Failure),
+    Wait(Waiting),
 }
 
 fn deadline_exceeded() -> Failure {
@@ -84,8 +93,9 @@ impl Run<'_> {
                         None => self.call_slot().await?,
                     };
                     match self.model_turn(permit, &request).await? {
-                        Ok(step) => self.append(vec![step]).await?,
-                        Err(failure) => return Ok(LoopEnd::Failed(failure)),
+                        Turned::Step(step) => self.append(vec![step]).await?,
+                        Turned::Failed(failure) => return Ok(LoopEnd::Failed(failure)),
+                        Turned::Wait(waiting) => return Ok(LoopEnd::Wait(waiting)),
                     }
                 }
                 Action::RunTools(calls) => self.run_tools(calls).await?,
@@ -214,22 +224,26 @@ impl Run<'_> {
         &self,
         slot: OwnedSemaphorePermit,
         request: &ModelRequest,
-    ) -> Result<Result<Step, Failure>, Interrupted> {
+    ) -> Result<Turned, Interrupted> {
         let estimate = estimate_tokens(request);
-        if let Err(failure) = self.admit(estimate).await? {
-            return Ok(Err(failure));
+        if let Err(turned) = self.admit(estimate).await? {
+            return Ok(turned);
         }
         let Some(left) = self.remaining(Utc::now()) else {
             if let Err(err) = self.agent.limits.refund(estimate).await {
                 tracing::warn!(error = %err, "could not give back an unused rate-limit turn");
             }
-            return Ok(Err(deadline_exceeded()));
+            return Ok(Turned::Failed(deadline_exceeded()));
         };
         let started_at = Utc::now();
         let started = tokio::time::Instant::now();
         let result = self.call_provider(slot, request, left).await?;
         self.observe(&result, started.elapsed(), estimate).await;
-        Ok(result.map(|answer| {
+        let answer = match result {
+            Ok(answer) => answer,
+            Err(failure) => return Ok(Turned::Failed(failure)),
+        };
+        Ok(Turned::Step({
             let cost_usd = self
                 .agent
                 .definition
@@ -249,11 +263,26 @@ impl Run<'_> {
         }))
     }
 
-    /// Waits for the fleet-wide rate limits to admit one call.
-    async fn admit(&self, estimate: u64) -> Result<Result<(), Failure>, Interrupted> {
+    /// What the run does about a turn that is `wait` away: past its deadline, it fails as a
+    /// timeout; otherwise it waits outside the worker, until then.
+    fn turn_too_far(&self, wait: Duration, reason: WaitReason) -> Turned {
+        let until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::TimeDelta::MAX);
+        if until >= self.deadline {
+            return Turned::Failed(Failure::new(
+                ErrorCategory::Timeout,
+                format!("the job's deadline comes before its next rate-limit turn ({wait:?})"),
+            ));
+        }
+        Turned::Wait(Waiting { reason, until })
+    }
+
+    /// Waits for the fleet-wide rate limits to admit one call — up to `worker.max_limit_hold`;
+    /// a longer wait is answered as `Turned::Wait`, to be spent outside the worker.
+    async fn admit(&self, estimate: u64) -> Result<Result<(), Turned>, Interrupted> {
         let shared = self.shared;
+        let max_hold = shared.config.worker.max_limit_hold;
         let admitted = tokio::select! {
-            admitted = self.agent.limits.admit(estimate, &self.cancel) => admitted,
+            admitted = self.agent.limits.admit(estimate, &self.cancel, max_hold) => admitted,
             () = shared.hard_stop.cancelled() => return Err(Interrupted::Shutdown),
         };
         match admitted {
@@ -270,7 +299,13 @@ impl Run<'_> {
             } else {
                 Interrupted::Cancelled
             }),
-            Err(err) => Ok(Err(Failure::new(ErrorCategory::Internal, err.to_string()))),
+            Err(AdmitError::WaitLonger { wait, reason }) => {
+                Ok(Err(self.turn_too_far(wait, reason)))
+            }
+            Err(err) => Ok(Err(Turned::Failed(Failure::new(
+                ErrorCategory::Internal,
+                err.to_string(),
+            )))),
         }
     }
 

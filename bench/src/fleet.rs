@@ -4,6 +4,7 @@
 //! and several workers are several processes, as in production.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
-use agentfleet_stub::llm::Behavior;
+use agentfleet_stub::llm::{Behavior, StubLlm};
 use agentfleet_stub::receiver::Delivery;
 use agentfleet_tests::{AgentSpec, AppOptions, TestApp};
 
@@ -63,6 +64,8 @@ pub struct FleetOptions {
     pub workers: usize,
     /// `webhooks.concurrency` of the workers: the shipped default, not the harness's.
     pub webhook_concurrency: u16,
+    /// Agents served by the same workers besides `agent`.
+    pub others: Vec<OtherAgent>,
 }
 
 impl FleetOptions {
@@ -72,8 +75,24 @@ impl FleetOptions {
             latency,
             workers,
             webhook_concurrency: 32,
+            others: Vec::new(),
         }
     }
+
+    /// One more agent on the same workers.
+    pub fn with_agent(mut self, other: OtherAgent) -> Self {
+        self.others.push(other);
+        self
+    }
+}
+
+/// An agent of the fleet besides the main one.
+#[derive(Debug, Clone)]
+pub struct OtherAgent {
+    pub spec: AgentSpec,
+    /// When set, the agent calls a stub LLM of its own with this behaviour (its calls, faults
+    /// and circuit apart from the other agents'); otherwise the fleet's stub.
+    pub own_llm: Option<Behavior>,
 }
 
 /// A child process, killed when dropped.
@@ -141,6 +160,8 @@ pub struct Fleet {
     pub app: TestApp,
     pub agent: String,
     pub model: String,
+    /// The stub LLMs of the agents that have their own, by agent name.
+    own_llms: HashMap<String, StubLlm>,
     options: FleetOptions,
     bins: Binaries,
     config: PathBuf,
@@ -150,8 +171,10 @@ pub struct Fleet {
 
 impl Fleet {
     pub async fn start(bins: &Binaries, options: FleetOptions) -> anyhow::Result<Self> {
+        let mut agents = vec![options.agent.clone()];
+        agents.extend(options.others.iter().map(|o| o.spec.clone()));
         let mut app = TestApp::spawn(AppOptions {
-            agents: vec![options.agent.clone()],
+            agents,
             workers: 0,
             behavior: Behavior {
                 latency: options.latency,
@@ -160,6 +183,17 @@ impl Fleet {
             ..AppOptions::default()
         })
         .await?;
+        let mut own_llms = HashMap::new();
+        for other in &options.others {
+            let Some(behavior) = &other.own_llm else {
+                continue;
+            };
+            let llm = StubLlm::new(behavior.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = agentfleet_stub::spawn_router(listener, llm.router());
+            point_at(&mut app, &other.spec, addr)?;
+            own_llms.insert(other.spec.name.clone(), llm);
+        }
         let config = app.write_config_file("bench")?;
         let port = free_port()?;
         let mut command = Command::new(&bins.dispatcher);
@@ -183,6 +217,7 @@ impl Fleet {
             worker_ports: Vec::new(),
             agent: options.agent.name.clone(),
             model: options.agent.model(),
+            own_llms,
             app,
             bins: bins.clone(),
             config,
@@ -272,14 +307,24 @@ impl Fleet {
         groups
     }
 
+    /// The stub LLM that `agent` calls: its own, or the fleet's.
+    pub fn llm(&self, agent: &str) -> StubLlm {
+        self.own_llms.get(agent).unwrap_or(&self.app.llm).clone()
+    }
+
     /// A handle that submits jobs from spawned tasks.
     pub fn client(&self) -> Client {
+        self.client_for(&self.agent)
+    }
+
+    /// A handle that submits jobs for `agent`.
+    pub fn client_for(&self, agent: &str) -> Client {
         Client {
             inner: Arc::new(ClientInner {
                 http: self.http.clone(),
                 url: format!("{}/v1/jobs", self.dispatcher_url),
                 api_key: self.app.acme.api_key.clone(),
-                agent: self.agent.clone(),
+                agent: agent.to_owned(),
                 webhook_url: self.app.webhook_url(),
             }),
         }
@@ -287,11 +332,25 @@ impl Fleet {
 
     /// Submits `n` jobs with `clients` in flight at once; fails on any refusal.
     pub async fn submit_many(&self, n: usize, clients: usize) -> anyhow::Result<Vec<Sent>> {
-        let client = self.client();
+        self.submit_many_to(&self.agent, n, clients, |i| format!("bench job {i}"))
+            .await
+    }
+
+    /// Submits `n` jobs for `agent`, job `i` with the input `input(i)`, `clients` in flight
+    /// at once; fails on any refusal.
+    pub async fn submit_many_to(
+        &self,
+        agent: &str,
+        n: usize,
+        clients: usize,
+        input: impl Fn(usize) -> String,
+    ) -> anyhow::Result<Vec<Sent>> {
+        let client = self.client_for(agent);
         futures_util::stream::iter(0..n)
             .map(|i| {
                 let client = client.clone();
-                async move { client.submit(i).await }
+                let input = input(i);
+                async move { client.submit_input(i, &input).await }
             })
             .buffer_unordered(clients)
             .collect::<Vec<_>>()
@@ -372,10 +431,15 @@ struct ClientInner {
 impl Client {
     /// POSTs job `i`; the answer's status and id (when accepted).
     pub async fn post(&self, i: usize) -> Result<(u16, Option<String>), reqwest::Error> {
+        self.post_input(&format!("bench job {i}")).await
+    }
+
+    /// POSTs a job with this input; the answer's status and id (when accepted).
+    async fn post_input(&self, input: &str) -> Result<(u16, Option<String>), reqwest::Error> {
         let c = &self.inner;
         let body = json!({
             "agent": c.agent,
-            "input": format!("bench job {i}"),
+            "input": input,
             "webhook_url": c.webhook_url,
         });
         let response = c
@@ -392,9 +456,14 @@ impl Client {
 
     /// POSTs job `i` and expects a 202.
     pub async fn submit(&self, i: usize) -> anyhow::Result<Sent> {
+        self.submit_input(i, &format!("bench job {i}")).await
+    }
+
+    /// POSTs job `i` with this input and expects a 202.
+    pub async fn submit_input(&self, i: usize, input: &str) -> anyhow::Result<Sent> {
         let at = Instant::now();
         let wall = Utc::now();
-        match self.post(i).await? {
+        match self.post_input(input).await? {
             (202, Some(id)) => Ok(Sent {
                 id,
                 at,
@@ -404,6 +473,26 @@ impl Client {
             (status, _) => bail!("the dispatcher answered {status} to job {i}"),
         }
     }
+}
+
+/// Points `agent`'s `base_url` in the app's config at `llm` (before the config file is written).
+fn point_at(app: &mut TestApp, agent: &AgentSpec, llm: SocketAddr) -> anyhow::Result<()> {
+    // The harness renders `base_url` right before the agent's `model`, which is unique per agent.
+    let line = |addr: SocketAddr| {
+        format!(
+            "base_url: \"http://{addr}/v1\"\n    model: \"{}\"",
+            agent.model()
+        )
+    };
+    let from = line(app.llm_addr);
+    if !app.config_yaml.contains(&from) {
+        bail!(
+            "agent {} has no `{from}` in the harness's config to point elsewhere",
+            agent.name
+        );
+    }
+    app.config_yaml = app.config_yaml.replace(&from, &line(llm));
+    Ok(())
 }
 
 /// A port free on loopback right now (the child binds it a moment later).

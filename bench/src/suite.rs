@@ -35,6 +35,14 @@ pub struct Settings {
     pub limit_rpm: u32,
     pub limit_window: Duration,
     pub limit_concurrency: u16,
+    /// 5, tokens/min: a second agent on the same workers, limited to `limit_tpm` tokens a
+    /// minute (its requests/min at `limit_tpm_rpm`, far above what it reaches); tokens counted
+    /// over sliding windows of `limit_tpm_span`; a share `limit_tpm_fault_rate` of its calls
+    /// fail (their reservations are released).
+    pub limit_tpm: u32,
+    pub limit_tpm_rpm: u32,
+    pub limit_tpm_span: Duration,
+    pub limit_tpm_fault_rate: f64,
     /// 6: worker process counts.
     pub scaling_workers: Vec<usize>,
     /// 7: soak duration (only with `--soak`), rate and stub latency.
@@ -70,6 +78,14 @@ impl Settings {
             limit_rpm: if short { 2_400 } else { 600 },
             limit_window: Duration::from_secs(if short { 30 } else { 120 }),
             limit_concurrency: 16,
+            // Above 60 × the largest estimate (184 tokens), so that no reservation is clamped to
+            // the bucket; the short form keeps the count of admitted tokens, as above.
+            limit_tpm: if short { 48_000 } else { 12_000 },
+            limit_tpm_rpm: 60_000,
+            // Full: real 60-s windows (two of them in 120 s and every start between); short:
+            // 10-s windows in 30 s.
+            limit_tpm_span: Duration::from_secs(if short { 10 } else { 60 }),
+            limit_tpm_fault_rate: 0.05,
             scaling_workers: vec![1, 2, 4],
             soak,
             soak_rate: 50.0,
@@ -117,7 +133,8 @@ impl Ctx {
             2 => (s.latency_jobs as f64 / s.latency_rate) as u64 + 40,
             3 => 120,
             4 => 2 * (s.intake_warmup + s.intake_window).as_secs() + 40,
-            5 => s.limit_window.as_secs() + 60,
+            // The window, then the webhooks of its last calls (`token_limit::RESOLVE`).
+            5 => s.limit_window.as_secs() + 65,
             6 => {
                 if s.short {
                     90

@@ -9,6 +9,7 @@ pub mod scaling;
 pub mod slow_llm;
 pub mod soak;
 pub mod throughput;
+pub mod token_limit;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

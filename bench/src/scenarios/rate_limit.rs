@@ -1,6 +1,7 @@
 //! Scenario 5, Fleet-wide limit accuracy: three worker processes share one requests-per-minute
 //! limit and are kept saturated (more jobs queued than the window can admit) for the window; the
-//! calls the stub sees in the window, over what the limit allows.
+//! calls the stub sees in the window, over what the limit allows. The same workers run, at the
+//! same time, an agent limited in tokens per minute ([`token_limit`]), with its own stub.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use serde_json::json;
 
 use agentfleet_tests::{wait_until, AgentSpec};
 
+use super::token_limit;
 use crate::fleet::{Fleet, FleetOptions};
 use crate::report::{Outcome, Row};
 use crate::suite::Ctx;
@@ -28,8 +30,24 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     // The shipped default deadline (the harness's 10 s is shorter than the fairest wait for a
     // turn when 48 runs share 10 calls a second, and a run past its deadline wastes its turn).
     agent.timeout_secs = 60;
-    let mut fleet = Fleet::start(&ctx.bins, FleetOptions::new(agent, Duration::ZERO, 0)).await?;
+    let token_agent = token_limit::agent(s);
+    let token_model = token_agent.spec.model();
+    let options = FleetOptions::new(agent, Duration::ZERO, 0).with_agent(token_agent);
+    let mut fleet = Fleet::start(&ctx.bins, options).await?;
+    let token_llm = fleet.llm(token_limit::AGENT);
+    token_limit::script(&token_llm, &token_model);
     fleet.submit_many(jobs, s.clients).await?;
+    let token_jobs: Vec<String> = fleet
+        .submit_many_to(
+            token_limit::AGENT,
+            token_limit::jobs(s),
+            s.clients,
+            token_limit::input,
+        )
+        .await?
+        .into_iter()
+        .map(|sent| sent.id)
+        .collect();
     for _ in 0..s.limit_workers {
         fleet.spawn_worker()?;
     }
@@ -42,17 +60,52 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         async move { llm.calls().first().map(|c| c.at) }
     })
     .await?;
+    let token_first = wait_until(Duration::from_secs(20), "the first tokens/min call", || {
+        let llm = token_llm.clone();
+        async move { llm.calls().first().map(|c| c.at) }
+    })
+    .await?;
     let end = first + window;
     tokio::time::sleep_until((end + Duration::from_millis(300)).into()).await;
     fleet.check_alive()?;
     let queue = fleet.app.config.names().agent_queue(&fleet.agent);
     let left = fleet.app.queue_depth(&queue).await?;
     let calls: Vec<_> = llm.calls().iter().map(|c| c.at).collect();
-    let failures = failure_categories(&fleet);
+    let failures = failure_categories(&fleet, &fleet.agent);
     let mut waits = Histogram::default();
     for index in 0..s.limit_workers {
-        waits.add(&fleet.worker_metrics(index).await?, WAIT_METRIC);
+        waits.add(
+            &fleet.worker_metrics(index).await?,
+            WAIT_METRIC,
+            &fleet.agent,
+        );
     }
+
+    let token_end = token_first + window;
+    tokio::time::sleep_until((token_end + token_limit::RESOLVE).into()).await;
+    fleet.check_alive()?;
+    let mut token_waits = Histogram::default();
+    for index in 0..s.limit_workers {
+        token_waits.add(
+            &fleet.worker_metrics(index).await?,
+            WAIT_METRIC,
+            token_limit::AGENT,
+        );
+    }
+    let token_failures = failure_categories(&fleet, token_limit::AGENT);
+    let deliveries = fleet.deliveries_by_job();
+    let tokens = token_limit::measure(
+        s,
+        &token_limit::Observed {
+            calls: token_llm.calls(),
+            llm: &token_llm,
+            deliveries: &deliveries,
+            first: token_first,
+            end: token_end,
+            jobs: &token_jobs,
+            workers: s.limit_workers,
+        },
+    );
     drop(fleet);
 
     let in_window = calls.iter().filter(|&&at| at >= first && at < end).count();
@@ -66,7 +119,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     // Allowed: the limit over the window plus the burst, and one call for the window's edges.
     let upper = (expected + burst + 1.0) / expected;
     let saturated = left > 0;
-    let rows = vec![
+    let mut rows = vec![
         Row::new("calls in the window", in_window as f64, "calls")
             .display(format!(
                 "{in_window} calls in {} s at {} /min ({} workers)",
@@ -112,6 +165,28 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     if !saturated {
         notes.push("The queue ran dry: the limit was not saturated.".to_owned());
     }
+    rows.extend(tokens.rows);
+    notes.extend(tokens.notes);
+    if token_waits.count > 0.0 {
+        notes.push(format!(
+            "Tokens/min: wait for a turn: mean {:.1} s, p50 ≤ {} s, p99 ≤ {} s, max ≤ {} s over {} runs.",
+            token_waits.sum / token_waits.count,
+            token_waits.quantile(0.5),
+            token_waits.quantile(0.99),
+            token_waits.quantile(1.0),
+            token_waits.count
+        ));
+    }
+    if !token_failures.is_empty() {
+        let text: Vec<String> = token_failures
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        notes.push(format!(
+            "Tokens/min: jobs failed (all attempts), by error category: {}.",
+            text.join(", ")
+        ));
+    }
     Ok(Outcome {
         rows,
         notes,
@@ -133,16 +208,17 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
                 "p99_le_secs": waits.quantile(0.99),
                 "max_le_secs": waits.quantile(1.0),
             },
+            "tokens": tokens.details,
         }),
     })
 }
 
-/// Failed jobs among the webhooks received, by error category.
-fn failure_categories(fleet: &Fleet) -> BTreeMap<String, usize> {
+/// Failed jobs of `agent` among the webhooks received, by error category.
+fn failure_categories(fleet: &Fleet, agent: &str) -> BTreeMap<String, usize> {
     let mut failures = BTreeMap::new();
     for d in fleet.app.receiver.deliveries() {
         let Some(event) = &d.event else { continue };
-        if event["type"] == "job.failed" {
+        if event["type"] == "job.failed" && event["data"]["agent"] == agent {
             let category = event["data"]["error"]["category"]
                 .as_str()
                 .unwrap_or("unknown")
@@ -155,7 +231,8 @@ fn failure_categories(fleet: &Fleet) -> BTreeMap<String, usize> {
 
 const WAIT_METRIC: &str = "agentfleet_rate_limit_wait_seconds";
 
-/// A Prometheus histogram summed over scrapes: cumulative bucket counts by upper bound.
+/// A Prometheus histogram of one agent summed over scrapes: cumulative bucket counts by upper
+/// bound.
 #[derive(Debug, Default)]
 struct Histogram {
     buckets: BTreeMap<String, (f64, f64)>,
@@ -164,8 +241,12 @@ struct Histogram {
 }
 
 impl Histogram {
-    fn add(&mut self, text: &str, metric: &str) {
-        for line in text.lines().filter(|l| l.starts_with(metric)) {
+    fn add(&mut self, text: &str, metric: &str, agent: &str) {
+        let label = format!("agent=\"{agent}\"");
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with(metric) && l.contains(&label))
+        {
             let Some((name, value)) = line.rsplit_once(' ') else {
                 continue;
             };

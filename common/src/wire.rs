@@ -203,6 +203,9 @@ pub use agentfleet_agent::{Step, Usage};
 pub struct Waiting {
     pub reason: WaitReason,
     pub until: DateTime<Utc>,
+    /// A rate-limit turn at `until` is held for the job: it calls then without queuing again.
+    #[serde(default)]
+    pub reserved: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

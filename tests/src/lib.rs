@@ -110,6 +110,8 @@ pub struct AppOptions {
     pub lease_secs: u64,
     /// Provider pools: name and requests per minute.
     pub pools: Vec<(String, u32)>,
+    /// `worker.max_limit_hold_ms`: longer rate-limit waits leave the worker.
+    pub max_limit_hold_ms: u64,
 }
 
 impl Default for AppOptions {
@@ -127,6 +129,7 @@ impl Default for AppOptions {
             admin_redis_url: REDIS_URL.to_owned(),
             lease_secs: 3,
             pools: Vec::new(),
+            max_limit_hold_ms: 30_000,
         }
     }
 }
@@ -688,7 +691,7 @@ fn render_config(
         r#"amqp: {{ url: "{amqp}", prefix: "{prefix}", publish_timeout_ms: 3000 }}
 redis: {{ url: "{redis}", prefix: "{prefix}", result_ttl_secs: 3600 }}
 dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: 4096 }}
-worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease} }}
+worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease}, max_limit_hold_ms: {hold} }}
 webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?} }}
 telemetry: {{ log_level: "warn" }}
 tenants:
@@ -697,6 +700,7 @@ tenants:
         redis = options.redis_url,
         lease = options.lease_secs,
         grace = options.shutdown_grace_secs,
+        hold = options.max_limit_hold_ms,
         private = options.allow_private_webhooks,
         schedule = options.webhook_retry_schedule_secs,
     );

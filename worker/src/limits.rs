@@ -26,10 +26,14 @@ use agentfleet_common::wire::WaitReason;
 
 /// GCRA: the key holds the theoretical arrival time (TAT, µs). `take` admits `cost` units if
 /// the bucket of `capacity` units has room and the fleet is not paused (`KEYS[2]`), else
-/// answers how long to wait (µs) and why (`{wait, 1}` for a pause), taking nothing. `adjust`
-/// charges (or refunds, when negative) units after the fact without waiting. `{0, 0}` is done.
+/// answers how long to wait (µs) and why (`{wait, 1}` for a pause), taking nothing. `reserve`
+/// takes the next turn even when it is in the future and answers how far off it is (a pause
+/// is answered as by `take`, nothing reserved): turns handed out this way are distinct, so
+/// runs waiting outside the worker come back one by one rather than as a herd. `adjust`
+/// charges (or refunds, when negative) units after the fact without waiting.
 const GCRA: &str = r"
-if ARGV[4] == 'take' then
+local mode = ARGV[4]
+if mode ~= 'adjust' then
   local paused = redis.call('PTTL', KEYS[2])
   if paused > 0 then return {paused * 1000, 1} end
 end
@@ -41,15 +45,19 @@ local cost = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local new_tat = tat + cost * interval
-if ARGV[4] == 'take' then
+local wait = 0
+if mode == 'adjust' then
+  if new_tat < now then new_tat = now end
+else
   local allow_at = new_tat - capacity * interval
-  if allow_at > now then return {math.ceil(allow_at - now), 0} end
-elseif new_tat < now then
-  new_tat = now
+  if allow_at > now then
+    if mode == 'take' then return {math.ceil(allow_at - now), 0} end
+    wait = math.ceil(allow_at - now)
+  end
 end
 local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
-return {0, 0}
+return {wait, 0}
 ";
 
 /// Pauses the fleet's calls until `ARGV[1]` ms from now, unless a pause already runs longer.
@@ -144,9 +152,14 @@ pub enum AdmitError {
     Store(#[from] StoreError),
     #[error("stopped while waiting for the rate limit")]
     Stopped,
-    /// The turn is further off than a run may wait holding its slot: nothing was taken.
+    /// The turn is further off than a run may wait holding its slot. With `reserved`, the
+    /// turn `wait` from now is the run's (every bucket charged); without, nothing was taken.
     #[error("the next turn is {wait:?} away")]
-    WaitLonger { wait: Duration, reason: WaitReason },
+    WaitLonger {
+        wait: Duration,
+        reason: WaitReason,
+        reserved: bool,
+    },
 }
 
 impl AgentLimits {
@@ -216,15 +229,66 @@ impl AgentLimits {
             () = stop.cancelled() => return Err(AdmitError::Stopped),
         };
         let mut taken = Vec::with_capacity(self.buckets.len());
-        for bucket in &self.buckets {
+        for (i, bucket) in self.buckets.iter().enumerate() {
             let cost = bucket.cost(estimated_tokens);
-            if let Err(err) = self.take(bucket, cost, stop, hold_until).await {
-                self.give_back(&taken).await;
-                return Err(err);
+            match self.take(bucket, cost, stop, hold_until).await {
+                Ok(()) => taken.push((bucket, cost)),
+                // Turns are reserved only where a call's cost is known in advance (requests):
+                // a token turn reserved at the estimate would pace the agent at its
+                // estimates, not its usage, so token-limited runs ask again when they return.
+                Err(AdmitError::WaitLonger {
+                    reason: WaitReason::RateLimited,
+                    ..
+                }) if self.buckets.iter().all(|b| b.kind == RateKind::Requests) => {
+                    let rest = self.buckets.get(i..).unwrap_or_default();
+                    return Err(self.reserve(rest, estimated_tokens, &taken).await);
+                }
+                Err(err) => {
+                    self.give_back(&taken).await;
+                    return Err(err);
+                }
             }
-            taken.push((bucket, cost));
         }
         Ok(started.elapsed())
+    }
+
+    /// Reserves the next turn in each of `rest` (those before were taken at once): the run
+    /// waits outside the worker until the furthest of them, then calls without admission.
+    async fn reserve(
+        &self,
+        rest: &[Gcra],
+        estimated_tokens: u64,
+        taken: &[(&Gcra, f64)],
+    ) -> AdmitError {
+        let mut reserved: Vec<(&Gcra, f64)> = taken.to_vec();
+        let mut furthest = Duration::ZERO;
+        for bucket in rest {
+            let cost = bucket.cost(estimated_tokens);
+            match self.call(bucket, cost, "reserve").await {
+                Ok((wait_us, 0)) => {
+                    reserved.push((bucket, cost));
+                    furthest = furthest.max(Duration::from_micros(wait_us.max(0) as u64));
+                }
+                // Paused meanwhile, or Redis failed: nothing stays reserved.
+                Ok((wait_us, _)) => {
+                    self.give_back(&reserved).await;
+                    return AdmitError::WaitLonger {
+                        wait: Duration::from_micros(wait_us.max(0) as u64),
+                        reason: WaitReason::PoolPaused,
+                        reserved: false,
+                    };
+                }
+                Err(err) => {
+                    self.give_back(&reserved).await;
+                    return AdmitError::Store(err);
+                }
+            }
+        }
+        AdmitError::WaitLonger {
+            wait: furthest,
+            reason: WaitReason::RateLimited,
+            reserved: true,
+        }
     }
 
     /// Returns what an admission took before it gave up.
@@ -253,6 +317,7 @@ impl AgentLimits {
                 return Err(AdmitError::WaitLonger {
                     wait: left,
                     reason: WaitReason::PoolPaused,
+                    reserved: false,
                 });
             }
             tokio::select! {
@@ -313,7 +378,11 @@ impl AgentLimits {
                 } else {
                     WaitReason::RateLimited
                 };
-                return Err(AdmitError::WaitLonger { wait, reason });
+                return Err(AdmitError::WaitLonger {
+                    wait,
+                    reason,
+                    reserved: false,
+                });
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}

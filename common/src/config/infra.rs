@@ -168,7 +168,9 @@ pub struct WorkerConfig {
     pub lease: Duration,
     /// The longest a run waits for a rate-limit turn (or a provider's pause) while holding its
     /// call slot and lease; a longer wait goes back through the delay queues, holding nothing,
-    /// and the record says why and until when.
+    /// and the record says why and until when. Request turns are reserved for the run (it
+    /// comes back at its own turn); token-limited runs ask again when they come back, since
+    /// a turn reserved at the estimated cost would pace them at their estimates.
     #[serde(rename = "max_limit_hold_ms", with = "duration::millis")]
     pub max_limit_hold: Duration,
 }
@@ -180,7 +182,7 @@ impl Default for WorkerConfig {
             agents: vec!["*".into()],
             shutdown_grace: Duration::from_secs(30),
             lease: Duration::from_secs(15),
-            max_limit_hold: Duration::from_millis(1000),
+            max_limit_hold: Duration::from_secs(30),
         }
     }
 }

@@ -186,8 +186,8 @@ async fn a_429_with_retry_after_pauses_the_whole_fleet() -> anyhow::Result<()> {
 }
 
 /// A run whose rate-limit turn is further off than `worker.max_limit_hold_ms` does not wait
-/// holding its slot and lease: it goes back through the delay queues, its record says why and
-/// until when, and it runs (and resumes) when its turn comes.
+/// holding its slot and lease: it reserves that turn, goes back through the delay queues, its
+/// record says why and until when, and it calls when its turn comes — turns one apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_rate_limit_wait_holds_nothing_and_says_why() -> anyhow::Result<()> {
     let mut paced = AgentSpec::new("paced");
@@ -196,6 +196,7 @@ async fn a_long_rate_limit_wait_holds_nothing_and_says_why() -> anyhow::Result<(
     let app = TestApp::spawn(AppOptions {
         agents: vec![paced],
         workers: 1,
+        max_limit_hold_ms: 1000,
         ..AppOptions::default()
     })
     .await?;
@@ -222,6 +223,14 @@ async fn a_long_rate_limit_wait_holds_nothing_and_says_why() -> anyhow::Result<(
     )
     .await?;
     for record in &waiting {
+        assert_eq!(
+            record["waiting"]["reserved"], true,
+            "its turn is held for it"
+        );
+        assert!(
+            record["started_at"].is_null(),
+            "only queued: its deadline has not started"
+        );
         let until = record["waiting"]["until"].as_str().unwrap_or_default();
         let until = chrono::DateTime::parse_from_rfc3339(until)?;
         let ahead = until.signed_duration_since(chrono::Utc::now());

@@ -190,6 +190,9 @@ struct Run<'a> {
     cancel: CancellationToken,
     /// The job's deadline: the agent's `timeout_secs`, lowered by the job's, from its start.
     deadline: DateTime<Utc>,
+    /// The run comes back from waiting outside with a rate-limit turn reserved for its next
+    /// model call (taken by that call).
+    reserved_turn: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Run<'a> {
@@ -203,13 +206,13 @@ impl<'a> Run<'a> {
         poison: bool,
     ) -> Settled<Run<'a>> {
         let read_status = record.status;
+        let reserved_turn = record.waiting.take().is_some_and(|w| w.reserved);
         if !poison {
             record.status = JobStatus::Running;
             // Attempts count messages, not deliveries: a redelivery after a crash is the same
             // attempt.
             record.attempts = record.attempts.max(msg.attempt);
             record.started_at.get_or_insert_with(Utc::now);
-            record.waiting = None;
         }
         let begun = shared
             .store
@@ -252,6 +255,7 @@ impl<'a> Run<'a> {
             lease,
             cancel: CancellationToken::new(),
             deadline,
+            reserved_turn: reserved_turn.into(),
         })
     }
 }

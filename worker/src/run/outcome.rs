@@ -153,6 +153,10 @@ impl Run<'_> {
         let wait = (waiting.until - Utc::now()).to_std().unwrap_or_default();
         self.record.status = JobStatus::Queued;
         self.record.waiting = Some(waiting.clone());
+        if self.not_started() {
+            // Only queued, never started: its deadline runs from when it does.
+            self.record.started_at = None;
+        }
         if let Err(disposition) = self.store().await {
             return disposition;
         }

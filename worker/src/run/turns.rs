@@ -226,8 +226,14 @@ impl Run<'_> {
         request: &ModelRequest,
     ) -> Result<Turned, Interrupted> {
         let estimate = estimate_tokens(request);
-        if let Err(turned) = self.admit(estimate).await? {
-            return Ok(turned);
+        // A turn reserved before the run waited outside is this call's: no admission again.
+        let reserved = self
+            .reserved_turn
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        if !reserved {
+            if let Err(turned) = self.admit(estimate).await? {
+                return Ok(turned);
+            }
         }
         let Some(left) = self.remaining(Utc::now()) else {
             if let Err(err) = self.agent.limits.refund(estimate).await {
@@ -263,17 +269,39 @@ impl Run<'_> {
         }))
     }
 
-    /// What the run does about a turn that is `wait` away: past its deadline, it fails as a
-    /// timeout; otherwise it waits outside the worker, until then.
-    fn turn_too_far(&self, wait: Duration, reason: WaitReason) -> Turned {
+    /// What the run does about a turn that is `wait` away. A run that has not made a call
+    /// yet has not really started: its deadline starts again when it does, so it may wait
+    /// for any turn. Past the deadline of a started run, it fails as a timeout (giving back a
+    /// reserved turn); otherwise it waits outside the worker, until then.
+    async fn turn_too_far(
+        &self,
+        wait: Duration,
+        reason: WaitReason,
+        reserved: bool,
+        estimate: u64,
+    ) -> Turned {
         let until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::TimeDelta::MAX);
-        if until >= self.deadline {
+        if !self.not_started() && until >= self.deadline {
+            if reserved {
+                if let Err(err) = self.agent.limits.refund(estimate).await {
+                    tracing::warn!(error = %err, "could not give back a reserved turn");
+                }
+            }
             return Turned::Failed(Failure::new(
                 ErrorCategory::Timeout,
                 format!("the job's deadline comes before its next rate-limit turn ({wait:?})"),
             ));
         }
-        Turned::Wait(Waiting { reason, until })
+        Turned::Wait(Waiting {
+            reason,
+            until,
+            reserved,
+        })
+    }
+
+    /// A first attempt that has not made a model call: waiting, it is still only queued.
+    pub(super) fn not_started(&self) -> bool {
+        self.msg.attempt <= 1 && self.steps.is_empty()
     }
 
     /// Waits for the fleet-wide rate limits to admit one call — up to `worker.max_limit_hold`;
@@ -299,9 +327,13 @@ impl Run<'_> {
             } else {
                 Interrupted::Cancelled
             }),
-            Err(AdmitError::WaitLonger { wait, reason }) => {
-                Ok(Err(self.turn_too_far(wait, reason)))
-            }
+            Err(AdmitError::WaitLonger {
+                wait,
+                reason,
+                reserved,
+            }) => Ok(Err(self
+                .turn_too_far(wait, reason, reserved, estimate)
+                .await)),
             Err(err) => Ok(Err(Turned::Failed(Failure::new(
                 ErrorCategory::Internal,
                 err.to_string(),

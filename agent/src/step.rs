@@ -80,6 +80,18 @@ pub enum ToolStatus {
     Uncertain,
 }
 
+impl ToolStatus {
+    /// The wire name (as serialized), e.g. for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Invalid => "invalid",
+            Self::Uncertain => "uncertain",
+        }
+    }
+}
+
 /// The conversation to send for the next model call: the system prompt (if any), the input,
 /// then each model call's feedback and answer and each tool call's result, in log order.
 ///

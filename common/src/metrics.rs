@@ -58,21 +58,18 @@ impl Metrics {
             register(&registry, name, Box::new(metric.clone()));
             metric
         };
-        let llm_cost_usd = CounterVec::new(
-            Opts::new(
+        let float_counter = |name: &str, help: &str, labels: &[&str]| {
+            let metric = CounterVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+            register(&registry, name, Box::new(metric.clone()));
+            metric
+        };
+        Self {
+            llm_cost_usd: float_counter(
                 "agentfleet_llm_cost_usd_total",
                 "What model calls cost in USD, from the price table.",
+                &["agent"],
             ),
-            &["agent"],
-        )
-        .unwrap_or_else(|e| panic!("metric agentfleet_llm_cost_usd_total is malformed: {e}"));
-        register(
-            &registry,
-            "agentfleet_llm_cost_usd_total",
-            Box::new(llm_cost_usd.clone()),
-        );
-        Self {
-            llm_cost_usd,
             tool_calls: counter(
                 "agentfleet_tool_calls_total",
                 "Tool calls, by status (ok, error, invalid, uncertain).",

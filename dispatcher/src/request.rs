@@ -128,10 +128,9 @@ fn parse_limits(value: Option<Value>) -> Result<Option<LimitOverrides>, ApiError
             },
         }
     };
+    // A count past u32 is no limit at all: the agent's own ceiling holds.
     let narrow = |name: &str| -> Result<Option<u32>, ApiError> {
-        count(name)?
-            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
-            .map_or(Ok(None), |n| Ok(Some(n)))
+        Ok(count(name)?.map(|n| u32::try_from(n).unwrap_or(u32::MAX)))
     };
     let max_cost_usd = match obj.get("max_cost_usd") {
         None | Some(Value::Null) => None,

@@ -336,12 +336,13 @@ impl AgentLimits {
 
     /// Gives back what `admit` took for a call that was not made after all (the job's
     /// deadline passed while it waited), so the fleet's budget is not spent on nothing.
-    pub async fn refund(&self, estimated_tokens: u64) -> Result<(), StoreError> {
-        for bucket in &self.buckets {
-            self.call(bucket, -bucket.cost(estimated_tokens), "adjust")
-                .await?;
-        }
-        Ok(())
+    pub async fn refund(&self, estimated_tokens: u64) {
+        let taken: Vec<(&Gcra, f64)> = self
+            .buckets
+            .iter()
+            .map(|bucket| (bucket, bucket.cost(estimated_tokens)))
+            .collect();
+        self.give_back(&taken).await;
     }
 
     /// Settles the token buckets once the call is over: to the usage the provider reported,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use secrecy::ExposeSecret as _;
-use serde_json::{json, Value};
+use serde_json::Value;
 use url::Url;
 
 use agentfleet_agent::{parse_assistant, AssistantMessage, ModelRequest, Usage};
@@ -48,10 +48,10 @@ pub struct ModelAnswer {
     pub usage: Usage,
 }
 
-/// One model call: the request the runtime decided on, and what identifies the run to the
-/// provider (headers a provider-side log, or the test stub, can tell runs apart by).
+/// One model call: the encoded request ([`Provider::encode`]), and what identifies the run to
+/// the provider (headers a provider-side log, or the test stub, can tell runs apart by).
 pub struct ModelCall<'a> {
-    pub request: &'a ModelRequest,
+    pub body: Vec<u8>,
     pub job_id: &'a str,
     pub attempt: &'a str,
     pub fencing_token: &'a str,
@@ -88,18 +88,25 @@ impl Provider {
         }
     }
 
-    /// The OpenAI chat request: the conversation (system prompt included: the runtime puts it
-    /// first), the tools when the agent has any, and the call's `max_tokens`.
-    pub fn request_body(&self, request: &ModelRequest) -> Value {
-        let mut body = json!({
-            "model": self.model,
-            "messages": request.messages,
-            "max_tokens": request.max_tokens,
-        });
-        if !request.tools.is_empty() {
-            body["tools"] = Value::Array(request.tools.clone());
+    /// The OpenAI chat request, encoded once (its length is also the admission's token
+    /// estimate): the conversation (system prompt included: the runtime puts it first), the
+    /// tools when the agent has any, and the call's `max_tokens`.
+    pub fn encode(&self, request: &ModelRequest) -> Result<Vec<u8>, Failure> {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            model: &'a str,
+            messages: &'a [agentfleet_agent::Message],
+            max_tokens: u32,
+            #[serde(skip_serializing_if = "<[Value]>::is_empty")]
+            tools: &'a [Value],
         }
-        body
+        let body = Body {
+            model: &self.model,
+            messages: &request.messages,
+            max_tokens: request.max_tokens,
+            tools: &request.tools,
+        };
+        serde_json::to_vec(&body).map_err(|e| Failure::new(ErrorCategory::Internal, e.to_string()))
     }
 
     /// The endpoint URL, for the circuit breaker's key.
@@ -114,8 +121,6 @@ impl Provider {
         outbound: &Outbound,
         call: ModelCall<'_>,
     ) -> Result<ModelAnswer, Failure> {
-        let body = serde_json::to_vec(&self.request_body(call.request))
-            .map_err(|e| Failure::new(ErrorCategory::Internal, e.to_string()))?;
         let mut headers = vec![
             ("x-agentfleet-job-id", call.job_id),
             ("x-agentfleet-attempt", call.attempt),
@@ -129,7 +134,7 @@ impl Provider {
                 Destination::Provider(self.http_version),
                 &self.endpoint,
                 &headers,
-                body,
+                call.body,
                 call.timeout,
             )
             .await
@@ -230,6 +235,7 @@ pub fn parse_completion(body: &[u8]) -> Result<ModelAnswer, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn parses_a_completion() {
@@ -297,7 +303,10 @@ mod tests {
             feedback: None,
             max_tokens: 64,
         };
-        let body = provider.request_body(&request);
+        let encoded = |request: &ModelRequest| -> Value {
+            serde_json::from_slice(&provider.encode(request).expect("encodes")).expect("JSON")
+        };
+        let body = encoded(&request);
         assert_eq!(body["messages"][0]["role"], "system");
         assert_eq!(body["messages"][1]["content"], "x");
         assert_eq!(body["max_tokens"], 64);
@@ -306,6 +315,6 @@ mod tests {
             tools: Vec::new(),
             ..request
         };
-        assert!(provider.request_body(&plain).get("tools").is_none());
+        assert!(encoded(&plain).get("tools").is_none());
     }
 }

@@ -94,15 +94,11 @@ pub fn jobs(s: &Settings) -> usize {
 }
 
 /// The worker's estimate (`estimate_tokens` in `worker/src/run/turns.rs`) from the body the
-/// stub received: the bytes of each message and each tool as JSON, / 4 rounded up, plus
-/// `max_tokens`. The worker serializes its messages into the body as they are, so their JSON
-/// has the same length here (key order aside).
+/// stub received: the request's bytes (compact JSON) / 4, rounded up, plus `max_tokens`. The
+/// body re-encoded here has the same length as the worker's (key order aside).
 fn worker_estimate(body: &Value) -> u64 {
-    let items = |key: &str| body[key].as_array().into_iter().flatten();
-    let json_len = |v: &Value| serde_json::to_string(v).map_or(0, |s| s.len());
-    let chars: usize = items("messages").map(json_len).sum::<usize>()
-        + items("tools").map(json_len).sum::<usize>();
-    (chars as u64).div_ceil(4) + body["max_tokens"].as_u64().unwrap_or(0)
+    let bytes = serde_json::to_vec(body).map_or(0, |b| b.len());
+    (bytes as u64).div_ceil(4) + body["max_tokens"].as_u64().unwrap_or(0)
 }
 
 /// One call the stub saw, as the bucket should have charged it.
@@ -161,20 +157,7 @@ pub fn measure(s: &Settings, o: &Observed<'_>) -> Figures {
         .map(|e| e.1)
         .sum();
     let steady_ratio = steady as f64 / (limit * (window - SETTLE).as_secs_f64() / 60.0);
-    // Saturated: jobs were still waiting for their first call at the end, neither called nor
-    // ended (a job timed out while waiting is no backlog).
-    let called: std::collections::HashSet<&str> = o
-        .calls
-        .iter()
-        .filter(|c| c.at < o.end)
-        .filter_map(|c| c.job_id.as_deref())
-        .collect();
-    let backlog = o
-        .jobs
-        .iter()
-        .filter(|id| !called.contains(id.as_str()))
-        .filter(|id| o.deliveries.get(*id).is_none_or(|d| d.at >= o.end))
-        .count();
+    let backlog = backlog(o);
     let saturated = backlog > 0;
 
     // The goal is the issue's for 60-s windows; over a shorter span the 1-s burst weighs more.
@@ -201,43 +184,21 @@ pub fn measure(s: &Settings, o: &Observed<'_>) -> Figures {
 
     let ok: Vec<&&Charged> = in_window.iter().filter(|c| c.ok).collect();
     let failed: Vec<&&Charged> = in_window.iter().filter(|c| !c.ok).collect();
+    let settle = Settle::of(&ok, &failed, &in_window, capacity);
+    let Settle {
+        reserved_tokens: sum_estimate,
+        usage_tokens: sum_usage,
+        mean_error_tokens: mean_error,
+        min_error_tokens: min_error,
+        max_error_tokens: max_error,
+        relative_error: relative,
+        clamped_calls: clamped,
+        released_tokens_of_failed_calls: released,
+        ..
+    } = settle;
     let n_ok = ok.len().max(1) as f64;
-    let sum_estimate: u64 = ok.iter().map(|c| c.estimate).sum();
-    let sum_usage: u64 = ok.iter().map(|c| c.tokens).sum();
-    let errors: Vec<i64> = ok
-        .iter()
-        .map(|c| c.estimate as i64 - c.tokens as i64)
-        .collect();
-    let mean_error = errors.iter().sum::<i64>() as f64 / n_ok;
-    let min_error = errors.iter().min().copied().unwrap_or(0);
-    let max_error = errors.iter().max().copied().unwrap_or(0);
-    let relative = if sum_usage > 0 {
-        sum_estimate as f64 / sum_usage as f64 - 1.0
-    } else {
-        0.0
-    };
     let usages: Vec<u64> = ok.iter().map(|c| c.tokens).collect();
-    let clamped = in_window
-        .iter()
-        .filter(|c| c.estimate as f64 > capacity)
-        .count();
-    let released: u64 = failed.iter().map(|c| c.estimate).sum();
-    let max_tokens: Vec<u64> = {
-        let mut seen: Vec<u64> = o
-            .deliveries
-            .keys()
-            .filter_map(|job| o.llm.last_request(job))
-            .filter_map(|body| body["max_tokens"].as_u64())
-            .collect();
-        seen.sort_unstable();
-        seen.dedup();
-        seen
-    };
-    let max_tokens = max_tokens
-        .iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join("/");
+    let max_tokens = max_tokens_seen(o);
     // Had the failed calls' reservations been kept, they would have taken this share of the
     // tokens the limit let through.
     let kept_ratio = if sum_usage + released > 0 {
@@ -304,7 +265,7 @@ pub fn measure(s: &Settings, o: &Observed<'_>) -> Figures {
                 .join(", "),
         ),
         format!(
-            "Tokens/min method: measured at the agent's own stub LLM (zero latency). Usage varies per call: the job inputs are 16–400 characters, the scripted stub answers prompt tokens = characters of the messages' text / 4 and {COMPLETION_TOKENS} completion tokens (usage {} – {} a call); a failed call counts 0. The reservation is recomputed as the worker does it (`estimate_tokens`: bytes of each message as JSON / 4, rounded up, + max_tokens {max_tokens}) from the body the stub received; {clamped} of the window's calls had an estimate above the bucket's capacity (clamped when reserved). Worst window over every start between the first call and the end less {span_secs:.0} s (the worst starts at {:.1} s); steady state from {} s to the end.",
+            "Tokens/min method: measured at the agent's own stub LLM (zero latency). Usage varies per call: the job inputs are 16–400 characters, the scripted stub answers prompt tokens = characters of the messages' text / 4 and {COMPLETION_TOKENS} completion tokens (usage {} – {} a call); a failed call counts 0. The reservation is recomputed as the worker does it (`estimate_tokens`: bytes of the request as sent / 4, rounded up, + max_tokens {max_tokens}) from the body the stub received; {clamped} of the window's calls had an estimate above the bucket's capacity (clamped when reserved). Worst window over every start between the first call and the end less {span_secs:.0} s (the worst starts at {:.1} s); steady state from {} s to the end.",
             usages.iter().min().copied().unwrap_or(0),
             usages.iter().max().copied().unwrap_or(0),
             worst_at.as_secs_f64(),
@@ -357,23 +318,88 @@ pub fn measure(s: &Settings, o: &Observed<'_>) -> Figures {
         "steady_state_ratio": steady_ratio,
         "tokens_per_10s": slices,
         "backlog_at_end": backlog,
-        "settle": {
-            "successful_calls": ok.len(),
-            "reserved_tokens": sum_estimate,
-            "usage_tokens": sum_usage,
-            "mean_error_tokens": mean_error,
-            "min_error_tokens": min_error,
-            "max_error_tokens": max_error,
-            "relative_error": relative,
-            "clamped_calls": clamped,
-            "released_tokens_of_failed_calls": released,
-            "webhook_usage_mismatches": mismatches,
-        },
+        "settle": settle,
+        "webhook_usage_mismatches": mismatches,
     });
     Figures {
         rows,
         notes,
         details,
+    }
+}
+
+/// Jobs still waiting for their first call at the end of the window, neither called nor ended
+/// (a job timed out while waiting is no backlog): more than none means the limit was saturated.
+fn backlog(o: &Observed<'_>) -> usize {
+    let called: std::collections::HashSet<&str> = o
+        .calls
+        .iter()
+        .filter(|c| c.at < o.end)
+        .filter_map(|c| c.job_id.as_deref())
+        .collect();
+    o.jobs
+        .iter()
+        .filter(|id| !called.contains(id.as_str()))
+        .filter(|id| o.deliveries.get(*id).is_none_or(|d| d.at >= o.end))
+        .count()
+}
+
+/// The `max_tokens` values the stub saw, e.g. "64".
+fn max_tokens_seen(o: &Observed<'_>) -> String {
+    let mut seen: Vec<u64> = o
+        .deliveries
+        .keys()
+        .filter_map(|job| o.llm.last_request(job))
+        .filter_map(|body| body["max_tokens"].as_u64())
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    seen.iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The settle error: what the worker reserved against what the provider reported.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Settle {
+    successful_calls: usize,
+    reserved_tokens: u64,
+    usage_tokens: u64,
+    mean_error_tokens: f64,
+    min_error_tokens: i64,
+    max_error_tokens: i64,
+    relative_error: f64,
+    clamped_calls: usize,
+    released_tokens_of_failed_calls: u64,
+}
+
+impl Settle {
+    fn of(ok: &[&&Charged], failed: &[&&Charged], in_window: &[&Charged], capacity: f64) -> Self {
+        let reserved_tokens: u64 = ok.iter().map(|c| c.estimate).sum();
+        let usage_tokens: u64 = ok.iter().map(|c| c.tokens).sum();
+        let errors: Vec<i64> = ok
+            .iter()
+            .map(|c| c.estimate as i64 - c.tokens as i64)
+            .collect();
+        Self {
+            successful_calls: ok.len(),
+            reserved_tokens,
+            usage_tokens,
+            mean_error_tokens: errors.iter().sum::<i64>() as f64 / ok.len().max(1) as f64,
+            min_error_tokens: errors.iter().min().copied().unwrap_or(0),
+            max_error_tokens: errors.iter().max().copied().unwrap_or(0),
+            relative_error: if usage_tokens > 0 {
+                reserved_tokens as f64 / usage_tokens as f64 - 1.0
+            } else {
+                0.0
+            },
+            clamped_calls: in_window
+                .iter()
+                .filter(|c| c.estimate as f64 > capacity)
+                .count(),
+            released_tokens_of_failed_calls: failed.iter().map(|c| c.estimate).sum(),
+        }
     }
 }
 
@@ -482,8 +508,8 @@ mod tests {
             ],
             "max_tokens": 64,
         });
-        // {"content":"You are a test agent.","role":"system"} is 51 bytes, the user's 39.
-        assert_eq!(worker_estimate(&body), 90u64.div_ceil(4) + 64);
+        let sent = r#"{"model":"m","messages":[{"role":"system","content":"You are a test agent."},{"role":"user","content":"bench job 1"}],"max_tokens":64}"#;
+        assert_eq!(worker_estimate(&body), (sent.len() as u64).div_ceil(4) + 64);
     }
 
     #[test]

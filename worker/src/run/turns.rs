@@ -150,13 +150,10 @@ impl Run<'_> {
         let metrics = &self.shared.metrics;
         for step in steps {
             match &step.kind {
-                StepKind::Tool { name, status, .. } => {
-                    let status = serde_json::to_value(status)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                    metrics.tool_calls.with_label_values(&[name, &status]).inc();
-                }
+                StepKind::Tool { name, status, .. } => metrics
+                    .tool_calls
+                    .with_label_values(&[name, status.as_str()])
+                    .inc(),
                 StepKind::Model { cost_usd, .. } => metrics
                     .llm_cost_usd
                     .with_label_values(&[&self.agent.name])
@@ -225,7 +222,11 @@ impl Run<'_> {
         slot: OwnedSemaphorePermit,
         request: &ModelRequest,
     ) -> Result<Turned, Interrupted> {
-        let estimate = estimate_tokens(request);
+        let body = match self.agent.provider.encode(request) {
+            Ok(body) => body,
+            Err(failure) => return Ok(Turned::Failed(failure)),
+        };
+        let estimate = estimate_tokens(&body, request.max_tokens);
         // A turn reserved before the run waited outside is this call's: no admission again.
         let reserved = self
             .reserved_turn
@@ -236,14 +237,12 @@ impl Run<'_> {
             }
         }
         let Some(left) = self.remaining(Utc::now()) else {
-            if let Err(err) = self.agent.limits.refund(estimate).await {
-                tracing::warn!(error = %err, "could not give back an unused rate-limit turn");
-            }
+            self.agent.limits.refund(estimate).await;
             return Ok(Turned::Failed(deadline_exceeded()));
         };
         let started_at = Utc::now();
         let started = tokio::time::Instant::now();
-        let result = self.call_provider(slot, request, left).await?;
+        let result = self.call_provider(slot, body, left).await?;
         self.observe(&result, started.elapsed(), estimate).await;
         let answer = match result {
             Ok(answer) => answer,
@@ -283,9 +282,7 @@ impl Run<'_> {
         let until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::TimeDelta::MAX);
         if !self.not_started() && until >= self.deadline {
             if reserved {
-                if let Err(err) = self.agent.limits.refund(estimate).await {
-                    tracing::warn!(error = %err, "could not give back a reserved turn");
-                }
+                self.agent.limits.refund(estimate).await;
             }
             return Turned::Failed(Failure::new(
                 ErrorCategory::Timeout,
@@ -345,7 +342,7 @@ impl Run<'_> {
     async fn call_provider(
         &self,
         slot: OwnedSemaphorePermit,
-        request: &ModelRequest,
+        body: Vec<u8>,
         left: Duration,
     ) -> Result<Result<ModelAnswer, Failure>, Interrupted> {
         let timeout = self.agent.config.request_timeout().min(left);
@@ -353,7 +350,7 @@ impl Run<'_> {
         let fencing_token = self.lease.token.to_string();
         let attempt = self.msg.attempt.to_string();
         let call = ModelCall {
-            request,
+            body,
             job_id: &job_id,
             attempt: &attempt,
             fencing_token: &fencing_token,
@@ -436,20 +433,10 @@ impl Run<'_> {
     }
 }
 
-/// Tokens a call may use before the provider reports: ~4 characters a token for the prompt
-/// (tool definitions included), plus the most it may generate.
-fn estimate_tokens(request: &ModelRequest) -> u64 {
-    let chars: usize = request
-        .messages
-        .iter()
-        .map(|m| serde_json::to_string(m).map_or(0, |s| s.len()))
-        .sum::<usize>()
-        + request
-            .tools
-            .iter()
-            .map(|t| t.to_string().len())
-            .sum::<usize>();
-    (chars as u64).div_ceil(4) + u64::from(request.max_tokens)
+/// Tokens a call may use before the provider reports: ~4 bytes a token for the request as
+/// sent (conversation and tool definitions), plus the most it may generate.
+fn estimate_tokens(body: &[u8], max_tokens: u32) -> u64 {
+    (body.len() as u64).div_ceil(4) + u64::from(max_tokens)
 }
 
 // === tool calls ===

@@ -171,15 +171,21 @@ async fn no_job_is_lost_or_run_twice_at_once_under_chaos() -> anyhow::Result<()>
             let victim = kills as usize % workers.children.len();
             workers.kill_and_replace(victim)?;
             kills += 1;
+            // A restart disrupts the calls in flight when it begins and those that start while
+            // the service is going down and coming back (their results cannot be recorded).
             if !broker_done && started.elapsed() >= plan.broker_restart_at {
                 in_flight_at_disruptions += app.llm.total_in_flight();
+                let calls_before = app.llm.call_count();
                 rabbit.restart().await?;
+                in_flight_at_disruptions += (app.llm.call_count() - calls_before) as u64;
                 restarts.push("rabbitmq");
                 broker_done = true;
             }
             if !redis_done && started.elapsed() >= plan.redis_restart_at {
                 in_flight_at_disruptions += app.llm.total_in_flight();
+                let calls_before = app.llm.call_count();
                 redis.restart().await?;
+                in_flight_at_disruptions += (app.llm.call_count() - calls_before) as u64;
                 restarts.push("redis");
                 redis_done = true;
             }

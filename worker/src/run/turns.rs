@@ -331,10 +331,11 @@ impl Run<'_> {
             }) => Ok(Err(self
                 .turn_too_far(wait, reason, reserved, estimate)
                 .await)),
-            Err(err) => Ok(Err(Turned::Failed(Failure::new(
-                ErrorCategory::Internal,
-                err.to_string(),
-            )))),
+            // Redis is unreachable: give the job back rather than fail it for the outage.
+            Err(AdmitError::Store(err)) => {
+                tracing::warn!(error = %err, "rate-limit state unavailable; giving the job back");
+                Err(Interrupted::Cancelled)
+            }
         }
     }
 

@@ -3,7 +3,9 @@
 //! every (re)connect; and publishing with confirms on persistent messages.
 //!
 //! Topology, all names from [`Names`]:
-//! - `{p}.work` (direct): `jobs.{agent}` → `{p}.jobs.{agent}`, `webhooks` → `{p}.webhooks`.
+//! - `{p}.work` (direct): `jobs.{agent}` → `{p}.jobs.{agent}` (the agent's shared queue),
+//!   `jobs.{agent}.{tenant}` → `{p}.jobs.{agent}.{tenant}` (one per tenant, for agents with
+//!   `fairness: tenants`), `webhooks` → `{p}.webhooks`.
 //! - `{p}.delay` (headers): `delay-ms = N` → `{p}.delay.{N}ms`, a queue whose messages expire
 //!   after N ms and dead-letter (at least once, on quorum queues) back to `{p}.work` with their
 //!   original routing key. Waiting for a retry therefore holds no unacked message and no
@@ -12,6 +14,7 @@
 //!   copy of every job that failed for good, for inspection.
 //! - `{p}.control` (fanout) → one exclusive queue per worker: cancellation broadcasts.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +30,7 @@ use secrecy::ExposeSecret;
 use tokio::sync::Mutex;
 
 use crate::config::{AmqpConfig, QueueType};
-use crate::naming::Names;
+use crate::naming::{JobQueue, Names};
 use crate::wire::{ControlMessage, JobMessage, Versioned, WebhookMessage};
 
 /// Steps of the delay ladder. A delay is served by hopping through the largest step that does
@@ -66,7 +69,10 @@ pub struct Broker {
 struct Inner {
     config: AmqpConfig,
     names: Names,
-    agents: Vec<String>,
+    /// The work queues this process declares (and, for jobs, publishes to).
+    job_queues: Vec<JobQueue>,
+    /// Their routing keys: a job goes to its tenant's queue when this process knows it.
+    routes: HashSet<String>,
     connection_name: String,
     /// The live connection, read on every publish without waiting on a connect.
     current: std::sync::RwLock<Option<Arc<Connection>>>,
@@ -81,18 +87,19 @@ struct Inner {
 }
 
 impl Broker {
-    /// `agents` are the agents whose queues this process declares.
+    /// `job_queues` are the work queues this process declares (see `Config::job_queues`).
     pub fn new(
         config: &AmqpConfig,
         names: Names,
-        agents: Vec<String>,
+        job_queues: Vec<JobQueue>,
         connection_name: &str,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config: config.clone(),
                 names,
-                agents,
+                routes: job_queues.iter().map(|q| q.routing_key.clone()).collect(),
+                job_queues,
                 connection_name: connection_name.to_owned(),
                 current: std::sync::RwLock::new(None),
                 connecting: Mutex::new(()),
@@ -107,10 +114,10 @@ impl Broker {
     pub fn new_fail_fast(
         config: &AmqpConfig,
         names: Names,
-        agents: Vec<String>,
+        job_queues: Vec<JobQueue>,
         connection_name: &str,
     ) -> Self {
-        let mut broker = Self::new(config, names, agents, connection_name);
+        let mut broker = Self::new(config, names, job_queues, connection_name);
         if let Some(inner) = Arc::get_mut(&mut broker.inner) {
             inner.fail_fast = true;
         }
@@ -236,9 +243,9 @@ impl Broker {
 
         let mut work_queues: Vec<(String, String)> = self
             .inner
-            .agents
+            .job_queues
             .iter()
-            .map(|agent| (names.agent_queue(agent), names.agent_routing_key(agent)))
+            .map(|q| (q.queue.clone(), q.routing_key.clone()))
             .collect();
         work_queues.push((
             names.webhook_queue(),
@@ -413,12 +420,23 @@ impl Broker {
         result
     }
 
+    /// The routing key of a job: its tenant's queue of its agent when this process declared
+    /// one, else the agent's shared queue.
+    fn job_route(&self, msg: &JobMessage) -> String {
+        let names = &self.inner.names;
+        let tenant = names.tenant_routing_key(&msg.agent, &msg.tenant);
+        if self.inner.routes.contains(&tenant) {
+            tenant
+        } else {
+            names.agent_routing_key(&msg.agent)
+        }
+    }
+
     /// Puts a job on its agent's work queue.
     pub async fn publish_job(&self, msg: &JobMessage) -> Result<(), BrokerError> {
-        let names = &self.inner.names;
         self.publish_confirmed(
-            names.work_exchange(),
-            names.agent_routing_key(&msg.agent),
+            self.inner.names.work_exchange(),
+            self.job_route(msg),
             &msg.encode(),
             None,
             &msg.job_id.to_string(),
@@ -467,9 +485,8 @@ impl Broker {
         msg: &JobMessage,
         delay: Duration,
     ) -> Result<(), BrokerError> {
-        let names = &self.inner.names;
         self.publish_delayed(
-            names.agent_routing_key(&msg.agent),
+            self.job_route(msg),
             &msg.encode(),
             delay,
             &msg.job_id.to_string(),

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod naming;
 pub mod ops;
 pub mod outbound;
+pub mod rate;
 pub mod shutdown;
 pub mod signing;
 pub mod store;

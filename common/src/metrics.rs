@@ -22,6 +22,8 @@ pub struct Metrics {
     pub llm_requests: IntCounterVec,
     pub llm_request_duration: HistogramVec,
     pub rate_limit_wait: HistogramVec,
+    pub queue_depth: IntGaugeVec,
+    pub queue_wait: HistogramVec,
     pub job_retries: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
@@ -100,6 +102,16 @@ impl Metrics {
                 "From a job's creation to its terminal state.",
                 &["agent"],
             ),
+            queue_depth: gauge(
+                "agentfleet_queue_depth",
+                "Jobs ready in a work queue, by agent and tenant (tenant=\"\" for an agent's shared queue), as the dispatcher last polled it.",
+                &["agent", "tenant"],
+            ),
+            queue_wait: histogram(
+                "agentfleet_queue_wait_seconds",
+                "From a job's acceptance to the start of its first run, by agent and tenant.",
+                &["agent", "tenant"],
+            ),
             jobs_in_flight: gauge(
                 "agentfleet_jobs_in_flight",
                 "Runs in progress on this replica.",
@@ -137,7 +149,7 @@ impl Metrics {
             ),
             webhook_deliveries: counter(
                 "agentfleet_webhook_deliveries_total",
-                "Webhook delivery attempts, by outcome (delivered, retry, gone, exhausted, blocked).",
+                "Webhook delivery attempts, by outcome (delivered, retry, gone, exhausted, blocked, throttled).",
                 &["status"],
             ),
             circuit_state: gauge(
@@ -192,6 +204,8 @@ impl Metrics {
             "agentfleet_llm_requests_total",
             "agentfleet_llm_request_duration_seconds",
             "agentfleet_rate_limit_wait_seconds",
+            "agentfleet_queue_depth",
+            "agentfleet_queue_wait_seconds",
             "agentfleet_job_retries_total",
             "agentfleet_dead_letters_total",
             "agentfleet_webhook_deliveries_total",

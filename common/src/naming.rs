@@ -27,6 +27,37 @@ impl LimitScope<'_> {
     }
 }
 
+/// One work queue of an agent: its shared queue, or one tenant's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobQueue {
+    pub queue: String,
+    pub routing_key: String,
+    /// The tenant whose jobs it holds; `None` for the shared queue.
+    pub tenant: Option<String>,
+    /// The tenant's share when the worker picks the next job (1 for the shared queue).
+    pub weight: u32,
+}
+
+impl JobQueue {
+    pub fn shared(names: &Names, agent: &str) -> Self {
+        Self {
+            queue: names.agent_queue(agent),
+            routing_key: names.agent_routing_key(agent),
+            tenant: None,
+            weight: 1,
+        }
+    }
+
+    pub fn tenant(names: &Names, agent: &str, tenant: &str, weight: u32) -> Self {
+        Self {
+            queue: names.tenant_queue(agent, tenant),
+            routing_key: names.tenant_routing_key(agent, tenant),
+            tenant: Some(tenant.to_owned()),
+            weight,
+        }
+    }
+}
+
 /// The kind of fleet-wide rate limit a GCRA key tracks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateKind {
@@ -75,6 +106,16 @@ impl Names {
         format!("jobs.{agent}")
     }
 
+    /// One tenant's jobs for `agent`. Agent and tenant names cannot contain `.`, so this never
+    /// collides with another agent's queue.
+    pub fn tenant_queue(&self, agent: &str, tenant: &str) -> String {
+        format!("{}.jobs.{agent}.{tenant}", self.amqp)
+    }
+
+    pub fn tenant_routing_key(&self, agent: &str, tenant: &str) -> String {
+        format!("jobs.{agent}.{tenant}")
+    }
+
     pub fn webhook_queue(&self) -> String {
         format!("{}.webhooks", self.amqp)
     }
@@ -114,6 +155,17 @@ impl Names {
     /// (a 429 with `Retry-After`): every replica's admissions wait it out.
     pub fn pause_key(&self, scope: LimitScope<'_>) -> String {
         format!("{}:pause:{}", self.redis, scope.key_part())
+    }
+
+    /// GCRA state of a tenant's submissions/min, shared by every dispatcher.
+    pub fn submissions_key(&self, tenant: &str) -> String {
+        format!("{}:tenant:{tenant}:submissions", self.redis)
+    }
+
+    /// A tenant's runs holding a lease, fleet-wide: a sorted set of job ids scored by when
+    /// their hold expires, so a crashed worker's runs stop counting on their own.
+    pub fn running_key(&self, tenant: &str) -> String {
+        format!("{}:tenant:{tenant}:running", self.redis)
     }
 
     /// Fanout exchange for control broadcasts to every worker (cancellations).

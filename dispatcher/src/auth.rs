@@ -49,6 +49,8 @@ mod tests {
             id: "acme".into(),
             api_key_sha256: hex::encode(Sha256::digest(b"secret-key")),
             webhook_secret_env: None,
+            weight: 1,
+            quotas: Default::default(),
         }])
     }
 

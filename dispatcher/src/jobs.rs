@@ -41,6 +41,7 @@ pub async fn submit(
             ApiError::Unavailable(_) => "unavailable",
             ApiError::PayloadTooLarge { .. } => "too_large",
             ApiError::Overloaded { .. } => "overloaded",
+            ApiError::Limited { limit, .. } => limit.as_str(),
             ApiError::IdempotencyMismatch | ApiError::Conflict(_) => "conflict",
             _ => "invalid",
         };
@@ -61,6 +62,7 @@ async fn submit_inner(
 ) -> Result<Response, ApiError> {
     let inner = &state.inner;
     let tenant = inner.tenants.authenticate(headers)?;
+    inner.quotas.check_burst(&tenant.id)?;
     require_json(headers)?;
     let idempotency_key = idempotency_key(headers)?;
     let limit = inner.config.dispatcher.max_body_bytes;
@@ -94,7 +96,7 @@ async fn submit_inner(
                 return replay(state, &tenant.id, job_id, theirs == fingerprint).await;
             }
         }
-        let accepted = enqueue(state, &tenant.id, id, request).await;
+        let accepted = enqueue(state, tenant, id, request).await;
         if accepted.is_err() {
             if let Some(key) = &idempotency_key {
                 // The job was never accepted: a retry with the same key must be able to.
@@ -140,11 +142,16 @@ fn validate(
 /// publish fails, so nothing half-written stays behind.
 async fn enqueue(
     state: &AppState,
-    tenant: &str,
+    tenant: &TenantConfig,
     id: Uuid,
     request: SubmitRequest,
 ) -> Result<Response, ApiError> {
     let inner = &state.inner;
+    inner
+        .quotas
+        .check_tenant(tenant, &inner.queue_depths)
+        .await?;
+    let tenant = tenant.id.as_str();
     let record = JobRecord::new_queued(id, tenant, &request.agent, request.metadata, Utc::now());
     let spec = JobSpec {
         input: request.input,
@@ -172,6 +179,7 @@ async fn enqueue(
         }
         return Err(ApiError::Unavailable(format!("publishing the job: {err}")));
     }
+    inner.queue_depths.note_accepted(tenant);
     inner
         .metrics
         .jobs_submitted

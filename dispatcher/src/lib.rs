@@ -3,10 +3,11 @@
 //! are durable. It holds no job state of its own, so any number of replicas can run.
 
 mod auth;
+mod depths;
 mod jobs;
 mod problem;
+mod quotas;
 mod request;
-mod shedding;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,7 +42,8 @@ struct Inner {
     broker: Broker,
     metrics: Arc<Metrics>,
     outbound: Outbound,
-    queue_depths: shedding::QueueDepths,
+    queue_depths: depths::QueueDepths,
+    quotas: quotas::Quotas,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +69,16 @@ impl Dispatcher {
             names.clone(),
             config.redis.result_ttl.as_secs(),
         );
-        let agents = config.agents.keys().cloned().collect();
-        let broker = Broker::new_fail_fast(&config.amqp, names, agents, "agentfleet-dispatcher");
+        let job_queues = config
+            .agents
+            .keys()
+            .flat_map(|a| config.job_queues(a))
+            .collect();
+        let broker =
+            Broker::new_fail_fast(&config.amqp, names, job_queues, "agentfleet-dispatcher");
         let deps = Dependencies {
             broker: broker.clone(),
-            redis,
+            redis: redis.clone(),
             metrics: metrics.clone(),
         };
         // Webhook URLs are only checked here; responses are never read, so no size cap matters.
@@ -79,7 +86,8 @@ impl Dispatcher {
         let state = AppState {
             inner: Arc::new(Inner {
                 tenants: auth::Tenants::new(&config.tenants),
-                queue_depths: shedding::QueueDepths::new(&config),
+                queue_depths: depths::QueueDepths::new(&config, metrics.clone()),
+                quotas: quotas::Quotas::new(&config, redis.clone()),
                 config,
                 store,
                 broker,

@@ -1,6 +1,8 @@
 //! API errors as RFC 9457 problem+json. Every error a client can cause gets a 4xx that names
 //! what was wrong; 5xx bodies stay opaque (the cause is logged, never returned).
 
+use std::time::Duration;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -27,6 +29,23 @@ pub enum ApiError {
     IdempotencyMismatch,
     #[error("agent `{agent}` has too many jobs waiting; retry later")]
     Overloaded { agent: String },
+    #[error("{detail}")]
+    Limited {
+        limit: Limit,
+        detail: String,
+        retry_after: Duration,
+    },
+}
+
+/// Which limit refused a submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// This replica's per-key burst limiter.
+    Burst,
+    /// The tenant's `max_queued_jobs`.
+    QueuedJobs,
+    /// The tenant's `submissions_per_minute`.
+    Submissions,
 }
 
 impl ApiError {
@@ -47,7 +66,7 @@ impl ApiError {
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded { .. } | Self::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -64,6 +83,21 @@ impl ApiError {
             Self::Conflict(_) => ("conflict", "Conflict"),
             Self::IdempotencyMismatch => ("idempotency-mismatch", "Unprocessable Content"),
             Self::Overloaded { .. } => ("overloaded", "Too Many Requests"),
+            Self::Limited {
+                limit: Limit::Burst,
+                ..
+            } => ("rate-limited", "Too Many Requests"),
+            Self::Limited { .. } => ("tenant-quota", "Too Many Requests"),
+        }
+    }
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Burst => "per_key_rate",
+            Self::QueuedJobs => "max_queued_jobs",
+            Self::Submissions => "submissions_per_minute",
         }
     }
 }
@@ -89,6 +123,9 @@ impl IntoResponse for ApiError {
         if let Self::InvalidField { field, .. } = &self {
             body["field"] = json!(field);
         }
+        if let Self::Limited { limit, .. } = &self {
+            body["limit"] = json!(limit.as_str());
+        }
         let mut response = (status, body.to_string()).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -104,6 +141,11 @@ impl IntoResponse for ApiError {
             }
             Self::Overloaded { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            }
+            Self::Limited { retry_after, .. } => {
+                // Whole seconds, rounded up: a client that waits that long is let in.
+                let secs = retry_after.as_millis().div_ceil(1000).max(1);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
             }
             _ => {}
         }

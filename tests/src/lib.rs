@@ -62,6 +62,8 @@ pub struct AgentSpec {
     pub price: Option<(f64, f64)>,
     /// The provider pool (of [`AppOptions::pools`]) the agent shares limits with.
     pub pool: Option<String>,
+    /// `fairness:` (`tenants`, the default, or `fifo`).
+    pub fairness: Option<&'static str>,
 }
 
 impl AgentSpec {
@@ -84,6 +86,7 @@ impl AgentSpec {
             output_schema: None,
             price: None,
             pool: None,
+            fairness: None,
         }
     }
 
@@ -112,6 +115,14 @@ pub struct AppOptions {
     pub pools: Vec<(String, u32)>,
     /// `worker.max_limit_hold_ms`: longer rate-limit waits leave the worker.
     pub max_limit_hold_ms: u64,
+    /// Tenants besides `acme` and `globex`, by id.
+    pub extra_tenants: Vec<&'static str>,
+    /// More fields of a tenant's entry, as YAML flow-map fields: `("acme", "weight: 2")`.
+    pub tenant_settings: Vec<(&'static str, String)>,
+    /// `dispatcher.per_key_rate` as (per second, burst).
+    pub per_key_rate: Option<(u32, u32)>,
+    /// `webhooks.per_host_rate` as (per second, burst).
+    pub webhook_per_host_rate: Option<(u32, u32)>,
 }
 
 impl Default for AppOptions {
@@ -130,6 +141,10 @@ impl Default for AppOptions {
             lease_secs: 3,
             pools: Vec::new(),
             max_limit_hold_ms: 30_000,
+            extra_tenants: Vec::new(),
+            tenant_settings: Vec::new(),
+            per_key_rate: None,
+            webhook_per_host_rate: None,
         }
     }
 }
@@ -166,6 +181,8 @@ pub struct TestApp {
     pub tools: ToolServer,
     pub acme: TenantKeys,
     pub globex: TenantKeys,
+    /// Every tenant, `acme` and `globex` first.
+    pub tenants: Vec<TenantKeys>,
     pub http: reqwest::Client,
     dispatcher_stop: CancellationToken,
     workers: Vec<Option<RunningWorker>>,
@@ -190,7 +207,14 @@ impl TestApp {
             llm: llm_addr,
             tools: tools_addr,
         };
-        let config_yaml = render_config(&prefix, &options, endpoints, &[&acme, &globex]);
+        let mut tenants = vec![acme.clone(), globex.clone()];
+        tenants.extend(options.extra_tenants.iter().map(|id| tenant(id)));
+        let config_yaml = render_config(
+            &prefix,
+            &options,
+            endpoints,
+            &tenants.iter().collect::<Vec<_>>(),
+        );
         let config = Config::from_yaml(&config_yaml).context("test config")?;
 
         let dispatcher_metrics = Arc::new(Metrics::new());
@@ -215,6 +239,7 @@ impl TestApp {
             tools,
             acme,
             globex,
+            tenants,
             http: reqwest::Client::new(),
             dispatcher_stop,
             workers: Vec::new(),
@@ -230,10 +255,10 @@ impl TestApp {
 
     /// Secrets as the worker reads them from its environment.
     fn secret_env(&self) -> HashMap<String, String> {
-        HashMap::from([
-            (env_var(&self.acme.id), self.acme.webhook_secret.clone()),
-            (env_var(&self.globex.id), self.globex.webhook_secret.clone()),
-        ])
+        self.tenants
+            .iter()
+            .map(|t| (env_var(&t.id), t.webhook_secret.clone()))
+            .collect()
     }
 
     /// Starts one more in-process worker; returns its index.
@@ -366,6 +391,24 @@ impl TestApp {
         Ok(body["id"].as_str().context("id")?.to_owned())
     }
 
+    /// Submits a text job to `agent` as `tenant`, without a webhook; returns the job id.
+    pub async fn submit_for(
+        &self,
+        tenant: &TenantKeys,
+        agent: &str,
+        input: &str,
+    ) -> anyhow::Result<String> {
+        let response = self
+            .submit_as(tenant, &json!({"agent": agent, "input": input}))
+            .await;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if status != reqwest::StatusCode::ACCEPTED {
+            bail!("submit answered {status}: {body}");
+        }
+        Ok(body["id"].as_str().context("id")?.to_owned())
+    }
+
     /// POSTs a job with an `Idempotency-Key`.
     pub async fn submit_with_key(
         &self,
@@ -434,6 +477,14 @@ impl TestApp {
         Ok(response.json().await?)
     }
 
+    /// The tenant with this id.
+    pub fn tenant(&self, id: &str) -> &TenantKeys {
+        self.tenants
+            .iter()
+            .find(|t| t.id == id)
+            .unwrap_or_else(|| panic!("no tenant {id} in this app"))
+    }
+
     pub fn names(&self) -> agentfleet_common::naming::Names {
         agentfleet_common::naming::Names::new(&self.prefix, &self.prefix)
     }
@@ -447,12 +498,20 @@ impl TestApp {
             .expect("dispatcher reachable")
     }
 
+    /// The job's record, read as whichever tenant owns it (acme first).
     pub async fn job(&self, id: &str) -> anyhow::Result<Value> {
-        let response = self.get_job_as(&self.acme, id).await;
-        if !response.status().is_success() {
-            bail!("GET job answered {}", response.status());
+        let mut status = reqwest::StatusCode::NOT_FOUND;
+        for tenant in &self.tenants {
+            let response = self.get_job_as(tenant, id).await;
+            status = response.status();
+            if status.is_success() {
+                return Ok(response.json().await?);
+            }
+            if status != reqwest::StatusCode::NOT_FOUND {
+                break;
+            }
         }
-        Ok(response.json().await?)
+        bail!("GET job answered {status}")
     }
 
     /// Polls until every job is terminal; returns their records.
@@ -521,6 +580,15 @@ impl TestApp {
         Ok(q.message_count())
     }
 
+    /// Jobs ready in all of `agent`'s queues (its shared queue and one per tenant).
+    pub async fn agent_queue_depth(&self, agent: &str) -> anyhow::Result<u32> {
+        let mut total = 0;
+        for queue in self.config.job_queues(agent) {
+            total += self.queue_depth(&queue.queue).await?;
+        }
+        Ok(total)
+    }
+
     /// Job-record keys under this app's prefix.
     pub async fn job_keys(&self) -> anyhow::Result<Vec<String>> {
         let client = redis::Client::open(self.redis_url.as_str())?;
@@ -559,7 +627,13 @@ impl Drop for TestApp {
         }
         let prefix = self.prefix.clone();
         let (amqp_url, redis_url) = (self.amqp_url.clone(), self.redis_url.clone());
-        let agents: Vec<String> = self.config.agents.keys().cloned().collect();
+        let job_queues: Vec<String> = self
+            .config
+            .agents
+            .keys()
+            .flat_map(|a| self.config.job_queues(a))
+            .map(|q| q.queue)
+            .collect();
         // Drop cannot await: clean up on a thread with its own runtime.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -567,7 +641,7 @@ impl Drop for TestApp {
                 .build();
             if let Ok(runtime) = runtime {
                 runtime.block_on(async {
-                    if let Err(err) = cleanup(&prefix, &agents, &amqp_url, &redis_url).await {
+                    if let Err(err) = cleanup(&prefix, job_queues, &amqp_url, &redis_url).await {
                         eprintln!("cleanup of {prefix} failed: {err:#}");
                     }
                 });
@@ -580,14 +654,13 @@ impl Drop for TestApp {
 /// Deletes every queue, exchange and key of a test prefix.
 async fn cleanup(
     prefix: &str,
-    agents: &[String],
+    mut queues: Vec<String>,
     amqp_url: &str,
     redis_url: &str,
 ) -> anyhow::Result<()> {
     let names = agentfleet_common::naming::Names::new(prefix, prefix);
     let conn = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
-    let mut queues: Vec<String> = agents.iter().map(|a| names.agent_queue(a)).collect();
     queues.push(names.webhook_queue());
     queues.push(names.dead_queue());
     queues.extend(DELAY_STEPS_MS.iter().map(|&s| names.delay_queue(s)));
@@ -690,9 +763,9 @@ fn render_config(
     let mut yaml = format!(
         r#"amqp: {{ url: "{amqp}", prefix: "{prefix}", publish_timeout_ms: 3000 }}
 redis: {{ url: "{redis}", prefix: "{prefix}", result_ttl_secs: 3600 }}
-dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: 4096 }}
+dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: 4096{per_key} }}
 worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease}, max_limit_hold_ms: {hold} }}
-webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?} }}
+webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?}{per_host} }}
 telemetry: {{ log_level: "warn" }}
 tenants:
 "#,
@@ -703,11 +776,29 @@ tenants:
         hold = options.max_limit_hold_ms,
         private = options.allow_private_webhooks,
         schedule = options.webhook_retry_schedule_secs,
+        per_key = options
+            .per_key_rate
+            .map(|(rate, burst)| format!(
+                ", per_key_rate: {{ per_second: {rate}, burst: {burst} }}"
+            ))
+            .unwrap_or_default(),
+        per_host = options
+            .webhook_per_host_rate
+            .map(|(rate, burst)| format!(
+                ", per_host_rate: {{ per_second: {rate}, burst: {burst} }}"
+            ))
+            .unwrap_or_default(),
     );
     for t in tenants {
         let hash = hex::encode(Sha256::digest(t.api_key.as_bytes()));
+        let extra: String = options
+            .tenant_settings
+            .iter()
+            .filter(|(id, _)| *id == t.id)
+            .map(|(_, fields)| format!(", {fields}"))
+            .collect();
         yaml.push_str(&format!(
-            "  - {{ id: {}, api_key_sha256: \"{hash}\", webhook_secret_env: {} }}\n",
+            "  - {{ id: {}, api_key_sha256: \"{hash}\", webhook_secret_env: {}{extra} }}\n",
             t.id,
             env_var(&t.id)
         ));
@@ -772,6 +863,9 @@ tenants:
 
 /// An agent's tools, limits and output schema.
 fn render_agent_runtime(yaml: &mut String, agent: &AgentSpec) {
+    if let Some(fairness) = agent.fairness {
+        yaml.push_str(&format!("    fairness: {fairness}\n"));
+    }
     if !agent.tools.is_empty() {
         yaml.push_str(&format!("    tools: [{}]\n", agent.tools.join(", ")));
     }

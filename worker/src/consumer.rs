@@ -1,33 +1,63 @@
 //! The consume loop shared by agent queues and the webhook queue: (re)connect with backoff,
-//! set the prefetch, take a slot per delivery, hand the delivery to a handler task, and on
-//! shutdown cancel the consumer so nothing new arrives.
+//! set the prefetch, consume every queue of the set on one channel, take a slot, hand the
+//! next delivery — picked in weighted round-robin across the queues — to a handler task, and
+//! on shutdown cancel the consumers so nothing new arrives.
+//!
+//! Several queues feeding one set of slots is how tenants share an agent: each tenant's jobs
+//! wait in their own queue, so a slot that frees goes to whoever's turn it is, not to
+//! whoever queued first (see [`crate::fair`]).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
+use futures_util::stream::{self, BoxStream, SelectAll};
+use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+};
 use lapin::types::FieldTable;
+use lapin::Channel;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use agentfleet_common::broker::{Broker, BrokerError};
 
+use crate::fair::Lanes;
+
+/// One queue of a consumption and its share of the slots.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub queue: String,
+    pub weight: u32,
+}
+
 /// What to consume and how.
 pub struct Consumption {
-    pub queue: String,
+    pub sources: Vec<Source>,
+    /// Per queue: each may hold this many unacked deliveries, so one tenant alone can fill
+    /// every slot.
     pub prefetch: u16,
     pub slots: Arc<Semaphore>,
     pub consumer_tag: String,
 }
 
+impl Consumption {
+    fn tag(&self, source: usize) -> String {
+        format!("{}.{source}", self.consumer_tag)
+    }
+
+    fn label(&self) -> &str {
+        self.sources.first().map_or("", |s| s.queue.as_str())
+    }
+}
+
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Consumes `queue` until `stop` is cancelled, running `handle` for each delivery in a task
-/// tracked by `tracker` that holds a slot until it finishes.
+/// Consumes the queues of `consumption` until `stop` is cancelled, running `handle` for each
+/// delivery in a task tracked by `tracker` that holds a slot until it finishes.
 pub async fn consume<H, F>(
     broker: Broker,
     consumption: Consumption,
@@ -43,7 +73,7 @@ pub async fn consume<H, F>(
         match consume_once(&broker, &consumption, &tracker, &stop, &handle).await {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(err) => {
-                tracing::warn!(queue = %consumption.queue, error = %err, ?backoff, "consumer lost; reconnecting");
+                tracing::warn!(queue = %consumption.label(), error = %err, ?backoff, "consumer lost; reconnecting");
             }
         }
         tokio::select! {
@@ -52,6 +82,19 @@ pub async fn consume<H, F>(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// A delivery from source `.0`, or `None` when that source's consumer ended.
+type Arrival = (usize, Option<Result<Delivery, lapin::Error>>);
+
+/// The arrivals of every source of a consumption, merged.
+type Arrivals = SelectAll<BoxStream<'static, Arrival>>;
+
+/// What the loop learned while waiting.
+enum Wake {
+    Stop,
+    Slot(OwnedSemaphorePermit),
+    Arrived(Box<Arrival>),
 }
 
 async fn consume_once<H, F>(
@@ -70,39 +113,142 @@ where
     channel
         .basic_qos(consumption.prefetch, BasicQosOptions::default())
         .await?;
-    let mut consumer = channel
-        .basic_consume(
-            consumption.queue.as_str().into(),
-            consumption.consumer_tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    tracing::info!(queue = %consumption.queue, prefetch = consumption.prefetch, "consuming");
+    let mut arrivals = subscribe(&channel, consumption).await?;
+    tracing::info!(queue = %consumption.label(), queues = consumption.sources.len(), prefetch = consumption.prefetch, "consuming");
+    let mut lanes = Lanes::new(consumption.sources.iter().map(|s| s.weight));
+    let result = serve(
+        &mut arrivals,
+        &mut lanes,
+        consumption,
+        tracker,
+        stop,
+        handle,
+    )
+    .await;
+    give_back(&channel, consumption, &mut lanes, stop.is_cancelled()).await;
+    result
+}
+
+/// Hands deliveries to handlers, one per slot, until a stop or a consumer's end.
+async fn serve<H, F>(
+    arrivals: &mut Arrivals,
+    lanes: &mut Lanes<Delivery>,
+    consumption: &Consumption,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+    handle: &H,
+) -> Result<(), BrokerError>
+where
+    H: Fn(Delivery, OwnedSemaphorePermit) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     loop {
-        let delivery = tokio::select! {
-            next = consumer.next() => next,
-            () = stop.cancelled() => {
-                // Stop deliveries; prefetched ones not yet handed out go back when the
-                // channel closes.
-                let _ = channel
-                    .basic_cancel(consumption.consumer_tag.as_str().into(), BasicCancelOptions::default())
-                    .await;
-                return Ok(());
+        // Arrivals queue on their lanes while every slot is busy.
+        let permit = loop {
+            match wait(arrivals, Some(&consumption.slots), stop).await {
+                Wake::Slot(permit) => break permit,
+                Wake::Arrived(arrival) => {
+                    if !take(lanes, *arrival)? {
+                        return Ok(());
+                    }
+                }
+                Wake::Stop => return Ok(()),
             }
         };
-        let delivery = match delivery {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(err)) => return Err(err.into()),
-            None => return Ok(()),
-        };
-        let permit = tokio::select! {
-            permit = consumption.slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return Ok(()),
-            },
-            () = stop.cancelled() => return Ok(()),
+        // Whatever already arrived joins the pick, so every waiting queue gets its turn.
+        while let Some(Some(arrival)) = arrivals.next().now_or_never() {
+            if !take(lanes, arrival)? {
+                return Ok(());
+            }
+        }
+        let delivery = loop {
+            if let Some(delivery) = lanes.pick() {
+                break delivery;
+            }
+            match wait(arrivals, None, stop).await {
+                Wake::Arrived(arrival) => {
+                    if !take(lanes, *arrival)? {
+                        return Ok(());
+                    }
+                }
+                Wake::Stop | Wake::Slot(_) => return Ok(()),
+            }
         };
         tracker.spawn(handle(delivery, permit));
+    }
+}
+
+/// Starts one consumer per source on `channel`, merged into one stream of tagged arrivals
+/// that also reports each consumer's end.
+async fn subscribe(channel: &Channel, consumption: &Consumption) -> Result<Arrivals, BrokerError> {
+    let mut merged = SelectAll::new();
+    for (i, source) in consumption.sources.iter().enumerate() {
+        let consumer = channel
+            .basic_consume(
+                source.queue.as_str().into(),
+                consumption.tag(i).as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let ended = stream::once(async move { (i, None) });
+        merged.push(consumer.map(move |d| (i, Some(d))).chain(ended).boxed());
+    }
+    Ok(merged)
+}
+
+async fn wait(
+    arrivals: &mut Arrivals,
+    slots: Option<&Arc<Semaphore>>,
+    stop: &CancellationToken,
+) -> Wake {
+    let slot = async {
+        match slots {
+            Some(slots) => slots.clone().acquire_owned().await.ok(),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => Wake::Stop,
+        permit = slot => permit.map_or(Wake::Stop, Wake::Slot),
+        arrival = arrivals.next() => arrival.map_or(Wake::Stop, |a| Wake::Arrived(Box::new(a))),
+    }
+}
+
+/// Queues an arrival on its lane: `false` when a consumer ended (the consumption restarts
+/// quietly), an error when one failed.
+fn take(lanes: &mut Lanes<Delivery>, arrival: Arrival) -> Result<bool, BrokerError> {
+    match arrival {
+        (source, Some(Ok(delivery))) => {
+            lanes.push(source, delivery);
+            Ok(true)
+        }
+        (_, Some(Err(err))) => Err(err.into()),
+        (_, None) => Ok(false),
+    }
+}
+
+/// Ends this consumption: on shutdown the consumers are cancelled (runs in flight still ack
+/// on this channel); deliveries not yet handed out go back to their queues at once, for
+/// another replica, instead of waiting for the channel to close.
+async fn give_back(
+    channel: &Channel,
+    consumption: &Consumption,
+    lanes: &mut Lanes<Delivery>,
+    stopping: bool,
+) {
+    if stopping {
+        for i in 0..consumption.sources.len() {
+            let _ = channel
+                .basic_cancel(
+                    consumption.tag(i).as_str().into(),
+                    BasicCancelOptions::default(),
+                )
+                .await;
+        }
+    }
+    for delivery in lanes.drain() {
+        let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
     }
 }

@@ -6,8 +6,10 @@ mod circuit;
 mod consumer;
 mod control;
 mod delivery;
+mod fair;
 mod limits;
 mod provider;
+mod quota;
 mod retry;
 mod run;
 mod tools;
@@ -32,7 +34,7 @@ use agentfleet_common::ops::{self, Dependencies};
 use agentfleet_common::outbound::Outbound;
 use agentfleet_common::store::{JobStore, Redis, StoreError};
 
-use consumer::Consumption;
+use consumer::{Consumption, Source};
 use limits::{AgentLimits, LimitsConfig};
 use provider::Provider;
 
@@ -57,6 +59,10 @@ pub(crate) struct Shared {
     instance: String,
     /// Every configured HTTP tool, by name.
     tools: std::collections::HashMap<String, tools::HttpTool>,
+    /// Tenants' runs at once, fleet-wide.
+    running_quota: quota::RunningQuota,
+    /// Webhook deliveries per receiver host on this replica (`webhooks.per_host_rate`).
+    webhook_hosts: Option<agentfleet_common::rate::LocalLimiter>,
 }
 
 /// One served agent: its config, what the agent runtime knows of it, provider endpoint and
@@ -105,12 +111,8 @@ impl Worker {
             config.redis.result_ttl.as_secs(),
         );
         let served = config.served_agents();
-        let broker = Broker::new(
-            &config.amqp,
-            names.clone(),
-            served.clone(),
-            "agentfleet-worker",
-        );
+        let job_queues = served.iter().flat_map(|a| config.job_queues(a)).collect();
+        let broker = Broker::new(&config.amqp, names.clone(), job_queues, "agentfleet-worker");
         let circuits = circuit::Circuits::default();
         let mut agents = BTreeMap::new();
         for name in &served {
@@ -145,6 +147,11 @@ impl Worker {
             agents.insert(name.clone(), Arc::new(runtime));
         }
         let tools = build_tools(&config, &secrets)?;
+        let running_quota = quota::RunningQuota::new(&config, redis.clone());
+        let webhook_hosts = config
+            .webhooks
+            .per_host_rate
+            .map(agentfleet_common::rate::LocalLimiter::new);
         let deps = Dependencies {
             broker: broker.clone(),
             redis,
@@ -162,6 +169,8 @@ impl Worker {
             running: Arc::default(),
             instance: uuid::Uuid::now_v7().simple().to_string(),
             tools,
+            running_quota,
+            webhook_hosts,
         });
         Ok(Self {
             shared,
@@ -193,7 +202,16 @@ impl Worker {
         for (name, agent) in &self.agents {
             let window = agent.config.delivery_window();
             let consumption = Consumption {
-                queue: self.shared.broker.names().agent_queue(name),
+                sources: self
+                    .shared
+                    .config
+                    .job_queues(name)
+                    .into_iter()
+                    .map(|q| Source {
+                        queue: q.queue,
+                        weight: q.weight,
+                    })
+                    .collect(),
                 prefetch: window,
                 slots: Arc::new(Semaphore::new(usize::from(window))),
                 consumer_tag: format!("{}.{name}", self.shared.instance),
@@ -212,7 +230,10 @@ impl Worker {
         }
         let webhook_slots = self.shared.config.webhooks.concurrency;
         let consumption = Consumption {
-            queue: self.shared.broker.names().webhook_queue(),
+            sources: vec![Source {
+                queue: self.shared.broker.names().webhook_queue(),
+                weight: 1,
+            }],
             prefetch: webhook_slots,
             slots: Arc::new(Semaphore::new(usize::from(webhook_slots))),
             consumer_tag: format!("{}.webhooks", self.shared.instance),

@@ -9,9 +9,7 @@
 //! `Retry-After` pauses the pool (or the agent) for the whole fleet, through a key with that
 //! expiry that every admission checks: one replica's 429 stops every replica's calls.
 //!
-//! Why not `governor`: its state lives in process memory (its `StateStore` is synchronous), so
-//! N replicas would each allow the full rate — N times the limit for the fleet. The same GCRA
-//! runs here as one Lua script against Redis, using Redis' clock so replicas agree on time.
+//! The buckets are GCRA state in Redis (`agentfleet_common::rate`), shared by every replica.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,44 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use agentfleet_common::config::{AgentConfig, RateLimitConfig};
 use agentfleet_common::naming::{LimitScope, Names, RateKind};
+use agentfleet_common::rate::{Answer, Gcra, Mode, RateLimiter};
 use agentfleet_common::store::{Redis, StoreError};
 use agentfleet_common::wire::WaitReason;
-
-/// GCRA: the key holds the theoretical arrival time (TAT, µs). `take` admits `cost` units if
-/// the bucket of `capacity` units has room and the fleet is not paused (`KEYS[2]`), else
-/// answers how long to wait (µs) and why (`{wait, 1}` for a pause), taking nothing. `reserve`
-/// takes the next turn even when it is in the future and answers how far off it is (a pause
-/// is answered as by `take`, nothing reserved): turns handed out this way are distinct, so
-/// runs waiting outside the worker come back one by one rather than as a herd. `adjust`
-/// charges (or refunds, when negative) units after the fact without waiting.
-const GCRA: &str = r"
-local mode = ARGV[4]
-if mode ~= 'adjust' then
-  local paused = redis.call('PTTL', KEYS[2])
-  if paused > 0 then return {paused * 1000, 1} end
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local capacity = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local new_tat = tat + cost * interval
-local wait = 0
-if mode == 'adjust' then
-  if new_tat < now then new_tat = now end
-else
-  local allow_at = new_tat - capacity * interval
-  if allow_at > now then
-    if mode == 'take' then return {math.ceil(allow_at - now), 0} end
-    wait = math.ceil(allow_at - now)
-  end
-end
-local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
-return {wait, 0}
-";
 
 /// Pauses the fleet's calls until `ARGV[1]` ms from now, unless a pause already runs longer.
 const PAUSE: &str = r"
@@ -66,58 +29,6 @@ local left = redis.call('PTTL', KEYS[1])
 if left < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], 1, 'PX', ARGV[1]) end
 return 0
 ";
-
-/// One fleet-wide limit: `per_minute` units, with a burst of one second's worth (at least
-/// one unit).
-#[derive(Debug, Clone)]
-struct Gcra {
-    key: String,
-    kind: RateKind,
-    interval_us: f64,
-    capacity: f64,
-}
-
-impl Gcra {
-    fn new(key: String, kind: RateKind, per_minute: u32) -> Self {
-        let per_minute = f64::from(per_minute.max(1));
-        Self {
-            key,
-            kind,
-            interval_us: 60_000_000.0 / per_minute,
-            capacity: (per_minute / 60.0).max(1.0),
-        }
-    }
-
-    /// A cost above the capacity could never be admitted: it waits for a full bucket instead.
-    fn clamp(&self, cost: f64) -> f64 {
-        cost.min(self.capacity)
-    }
-
-    /// What one call costs in this bucket: one request, or its estimated tokens.
-    fn cost(&self, estimated_tokens: u64) -> f64 {
-        match self.kind {
-            RateKind::Requests => 1.0,
-            RateKind::Tokens => self.clamp(estimated_tokens as f64),
-        }
-    }
-
-    /// The buckets of one limit config under `scope`.
-    fn of(names: &Names, scope: LimitScope<'_>, limit: &RateLimitConfig) -> Vec<Self> {
-        let mut buckets = vec![Self::new(
-            names.rate_key(scope, RateKind::Requests),
-            RateKind::Requests,
-            limit.requests_per_minute,
-        )];
-        if let Some(tpm) = limit.tokens_per_minute {
-            buckets.push(Self::new(
-                names.rate_key(scope, RateKind::Tokens),
-                RateKind::Tokens,
-                tpm,
-            ));
-        }
-        buckets
-    }
-}
 
 /// The limits of one agent.
 pub struct AgentLimits {
@@ -131,7 +42,7 @@ pub struct AgentLimits {
     /// mutex is fair, first come first served), so no run is passed over again and again while
     /// newer ones win the race to Redis, and only the head of the line polls Redis.
     turn: tokio::sync::Mutex<()>,
-    script: Arc<redis::Script>,
+    rate: RateLimiter,
     pause: Arc<redis::Script>,
     redis: Redis,
 }
@@ -187,7 +98,7 @@ impl AgentLimits {
             buckets,
             pause_key: names.pause_key(pause_scope),
             turn: tokio::sync::Mutex::new(()),
-            script: Arc::new(redis::Script::new(GCRA)),
+            rate: RateLimiter::new(redis.clone()),
             pause: Arc::new(redis::Script::new(PAUSE)),
             redis,
         }
@@ -264,16 +175,19 @@ impl AgentLimits {
         let mut furthest = Duration::ZERO;
         for bucket in rest {
             let cost = bucket.cost(estimated_tokens);
-            match self.call(bucket, cost, "reserve").await {
-                Ok((wait_us, 0)) => {
+            match self.call(bucket, cost, Mode::Reserve).await {
+                Ok(Answer {
+                    wait,
+                    paused: false,
+                }) => {
                     reserved.push((bucket, cost));
-                    furthest = furthest.max(Duration::from_micros(wait_us.max(0) as u64));
+                    furthest = furthest.max(wait);
                 }
                 // Paused meanwhile, or Redis failed: nothing stays reserved.
-                Ok((wait_us, _)) => {
+                Ok(Answer { wait, paused: true }) => {
                     self.give_back(&reserved).await;
                     return AdmitError::WaitLonger {
-                        wait: Duration::from_micros(wait_us.max(0) as u64),
+                        wait,
                         reason: WaitReason::PoolPaused,
                         reserved: false,
                     };
@@ -294,7 +208,7 @@ impl AgentLimits {
     /// Returns what an admission took before it gave up.
     async fn give_back(&self, taken: &[(&Gcra, f64)]) {
         for (bucket, cost) in taken {
-            if let Err(err) = self.call(bucket, -cost, "adjust").await {
+            if let Err(err) = self.call(bucket, -cost, Mode::Adjust).await {
                 tracing::warn!(error = %err, "could not give back a rate-limit turn");
             }
         }
@@ -351,7 +265,7 @@ impl AgentLimits {
         for bucket in self.buckets.iter().filter(|b| b.kind == RateKind::Tokens) {
             let delta = actual as f64 - bucket.cost(estimated);
             if delta.abs() >= 1.0 {
-                self.call(bucket, delta, "adjust").await?;
+                self.call(bucket, delta, Mode::Adjust).await?;
             }
         }
         Ok(())
@@ -365,16 +279,12 @@ impl AgentLimits {
         hold_until: tokio::time::Instant,
     ) -> Result<(), AdmitError> {
         loop {
-            let (wait_us, paused) = self.call(gcra, cost, "take").await?;
-            let Ok(wait_us) = u64::try_from(wait_us) else {
-                return Ok(());
-            };
-            if wait_us == 0 {
+            let Answer { wait, paused } = self.call(gcra, cost, Mode::Take).await?;
+            if wait.is_zero() {
                 return Ok(());
             }
-            let wait = Duration::from_micros(wait_us);
             if tokio::time::Instant::now() + wait > hold_until {
-                let reason = if paused == 1 {
+                let reason = if paused {
                     WaitReason::PoolPaused
                 } else {
                     WaitReason::RateLimited
@@ -392,14 +302,9 @@ impl AgentLimits {
         }
     }
 
-    async fn call(&self, gcra: &Gcra, cost: f64, mode: &str) -> Result<(i64, i64), StoreError> {
-        let mut invocation = self.script.key(&gcra.key);
-        invocation
-            .key(&self.pause_key)
-            .arg(gcra.interval_us)
-            .arg(gcra.capacity)
-            .arg(cost)
-            .arg(mode);
-        self.redis.script(&invocation).await
+    async fn call(&self, gcra: &Gcra, cost: f64, mode: Mode) -> Result<Answer, StoreError> {
+        self.rate
+            .call(gcra, Some(&self.pause_key), cost, mode)
+            .await
     }
 }

@@ -65,6 +65,22 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
     let Some(url) = spec.webhook_url.as_deref().and_then(|u| Url::parse(u).ok()) else {
         return Disposition::Ack;
     };
+    if let Some(wait) = over_host_rate(shared, &url) {
+        // Same attempt, later: a throttled delivery is not a failed one.
+        shared
+            .metrics
+            .webhook_deliveries
+            .with_label_values(&["throttled"])
+            .inc();
+        let later = WebhookMessage {
+            not_before: chrono::Duration::from_std(wait)
+                .ok()
+                .map(|d| Utc::now() + d),
+            ..msg
+        };
+        let published = shared.broker.publish_webhook_delayed(&later, wait).await;
+        return after_delayed_publish(published, "a throttled webhook");
+    }
     let Some(secret) = shared.secrets.webhook.get(&msg.tenant) else {
         tracing::error!("tenant has no webhook secret configured; cannot sign, dropping");
         shared
@@ -151,6 +167,17 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
         return after_delayed_publish(published, "the webhook retry");
     }
     Disposition::Ack
+}
+
+/// How long a delivery to `url`'s host must wait under `webhooks.per_host_rate`, if at all.
+fn over_host_rate(shared: &Shared, url: &Url) -> Option<Duration> {
+    let limiter = shared.webhook_hosts.as_ref()?;
+    let host = format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or_default()
+    );
+    limiter.check(&host).err()
 }
 
 /// ±10% so a burst of failures does not come back as a burst of retries.

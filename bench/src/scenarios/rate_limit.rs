@@ -68,8 +68,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let end = first + window;
     tokio::time::sleep_until((end + Duration::from_millis(300)).into()).await;
     fleet.check_alive()?;
-    let queue = fleet.app.config.names().agent_queue(&fleet.agent);
-    let left = fleet.app.queue_depth(&queue).await?;
+    let left = fleet.app.agent_queue_depth(&fleet.agent).await?;
     let calls: Vec<_> = llm.calls().iter().map(|c| c.at).collect();
     let failures = failure_categories(&fleet, &fleet.agent);
     let mut waits = Histogram::default();

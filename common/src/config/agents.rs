@@ -177,6 +177,21 @@ pub struct AgentConfig {
     /// sent back once for repair when it fails.
     #[serde(default)]
     pub output_schema: Option<Value>,
+    /// Whose job runs next when several tenants have jobs queued for this agent.
+    #[serde(default)]
+    pub fairness: Fairness,
+}
+
+/// How an agent's queued jobs are ordered across tenants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fairness {
+    /// A queue per tenant, served in weighted round-robin on every worker: a tenant with a
+    /// deep backlog does not make another tenant's few jobs wait behind it.
+    #[default]
+    Tenants,
+    /// One queue, first come first served, whoever submitted.
+    Fifo,
 }
 
 impl AgentConfig {

@@ -128,6 +128,11 @@ fn default_redis_timeout() -> Duration {
 pub struct DispatcherConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// Submissions per API key that one dispatcher replica takes, in process (`governor`):
+    /// a flood from one key is refused with 429 before it reaches Redis or the broker, so it
+    /// cannot monopolise the replica. Off when absent. Fleet-wide quotas are per tenant
+    /// (`tenants[].quotas`).
+    pub per_key_rate: Option<BurstConfig>,
 }
 
 impl Default for DispatcherConfig {
@@ -135,7 +140,23 @@ impl Default for DispatcherConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1_048_576,
+            per_key_rate: None,
         }
+    }
+}
+
+/// A per-replica rate: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BurstConfig {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl BurstConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        positive(&format!("{at}.per_second"), self.per_second)?;
+        positive(&format!("{at}.burst"), self.burst)
     }
 }
 
@@ -146,6 +167,9 @@ impl DispatcherConfig {
                 format!("{at}.max_body_bytes"),
                 "must be at least 64 bytes",
             ));
+        }
+        if let Some(rate) = &self.per_key_rate {
+            rate.validate(&format!("{at}.per_key_rate"))?;
         }
         Ok(())
     }
@@ -220,6 +244,10 @@ pub struct WebhookConfig {
     /// Allow webhook URLs that resolve to loopback, private or link-local addresses.
     /// Off in production (SSRF guard); on for local demos and tests.
     pub allow_private_networks: bool,
+    /// Deliveries per receiver host that one worker replica makes (in process, `governor`):
+    /// one slow or flooded receiver cannot take every delivery slot. A delivery over it waits
+    /// in the delay queues, holding nothing, and keeps its attempt count. Off when absent.
+    pub per_host_rate: Option<BurstConfig>,
 }
 
 impl Default for WebhookConfig {
@@ -232,6 +260,7 @@ impl Default for WebhookConfig {
                 .map(Duration::from_secs)
                 .to_vec(),
             allow_private_networks: false,
+            per_host_rate: None,
         }
     }
 }
@@ -239,6 +268,9 @@ impl Default for WebhookConfig {
 impl WebhookConfig {
     pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
         positive(&format!("{at}.timeout_secs"), self.timeout)?;
+        if let Some(rate) = &self.per_host_rate {
+            rate.validate(&format!("{at}.per_host_rate"))?;
+        }
         positive(&format!("{at}.concurrency"), self.concurrency)
     }
 }

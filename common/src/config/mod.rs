@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use agentfleet_agent::{AgentDefinition, OutputSchema, Price};
 
-use crate::naming::Names;
+use crate::naming::{JobQueue, Names};
 
 mod agents;
 mod duration;
@@ -31,15 +31,15 @@ mod validation;
 mod tests;
 
 pub use agents::{
-    delivery_window, AgentConfig, CircuitBreakerConfig, HttpVersion, ProviderKind, RateLimitConfig,
-    RetryConfig,
+    delivery_window, AgentConfig, CircuitBreakerConfig, Fairness, HttpVersion, ProviderKind,
+    RateLimitConfig, RetryConfig,
 };
 pub use infra::{
-    AmqpConfig, DispatcherConfig, LogFormat, QueueType, RedisConfig, TelemetryConfig,
+    AmqpConfig, BurstConfig, DispatcherConfig, LogFormat, QueueType, RedisConfig, TelemetryConfig,
     WebhookConfig, WorkerConfig,
 };
 pub use secrets::Secrets;
-pub use tenants::TenantConfig;
+pub use tenants::{TenantConfig, TenantQuotas, MAX_TENANT_WEIGHT};
 pub use tools::{HeaderValue, HttpToolConfig, ToolConfig, ToolMethod};
 pub use validation::{is_identifier, parse_sha256_hex};
 
@@ -183,6 +183,27 @@ impl Config {
 }
 
 impl Config {
+    /// The work queues of `agent`, the shared one first: with `fairness: tenants` (the
+    /// default) one more per configured tenant, which the workers serve in weighted
+    /// round-robin. The shared queue stays for messages published without a tenant queue
+    /// (an older dispatcher, a tenant not yet configured everywhere).
+    pub fn job_queues(&self, agent: &str) -> Vec<JobQueue> {
+        let names = self.names();
+        let mut queues = vec![JobQueue::shared(&names, agent)];
+        let fair = self
+            .agents
+            .get(agent)
+            .is_some_and(|a| a.fairness == Fairness::Tenants);
+        if fair {
+            queues.extend(
+                self.tenants
+                    .iter()
+                    .map(|t| JobQueue::tenant(&names, agent, &t.id, t.weight)),
+            );
+        }
+        queues
+    }
+
     /// What the agent runtime needs to know about agent `name`: its tools (with their compiled
     /// argument schemas), limits, output schema and its model's price.
     pub fn agent_definition(&self, name: &str) -> Result<AgentDefinition, ConfigError> {

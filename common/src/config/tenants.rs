@@ -1,12 +1,15 @@
-//! The tenants: who may submit jobs (by the hash of their API key) and which secret signs
-//! their webhooks.
+//! The tenants: who may submit jobs (by the hash of their API key), which secret signs their
+//! webhooks, their share of an agent when tenants compete, and their quotas.
 
 use std::collections::HashSet;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::validation::{check_identifier, invalid, parse_sha256_hex};
+use super::validation::{check_identifier, invalid, parse_sha256_hex, positive};
 use super::ConfigError;
+
+/// The largest `weight`: a weight is a share, and a hundredfold is already a strong one.
+pub const MAX_TENANT_WEIGHT: u32 = 100;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,11 +20,65 @@ pub struct TenantConfig {
     /// Environment variable holding the tenant's `whsec_…` webhook signing secret.
     #[serde(default)]
     pub webhook_secret_env: Option<String>,
+    /// The tenant's share of an agent's slots on each worker when several tenants have jobs
+    /// queued for it (smooth weighted round-robin over per-tenant queues): 2 gets twice the
+    /// turns of 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub quotas: TenantQuotas,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Per-tenant limits, each off when absent. Serialized as configured: the API shows a tenant
+/// its own quotas.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuotas {
+    /// Jobs of the tenant waiting in its queues (all agents) above which a POST is refused
+    /// with 429. Read from the broker's queue depths, polled once a second by each
+    /// dispatcher replica, plus what the replica accepted since: other replicas' last
+    /// second of accepts can overshoot it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued_jobs: Option<u32>,
+    /// Submissions a minute, fleet-wide (a GCRA in Redis shared by every dispatcher): more
+    /// are refused with 429 and `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submissions_per_minute: Option<u32>,
+    /// Runs of the tenant holding a lease at once, fleet-wide. A run over it waits outside
+    /// (a delay queue) with `waiting.reason = tenant_quota`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running_jobs: Option<u32>,
+}
+
+impl TenantQuotas {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        for (field, value) in [
+            ("max_queued_jobs", self.max_queued_jobs),
+            ("submissions_per_minute", self.submissions_per_minute),
+            ("max_running_jobs", self.max_running_jobs),
+        ] {
+            if let Some(value) = value {
+                positive(&format!("{at}.{field}"), value)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl TenantConfig {
     pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
         check_identifier(&format!("{at}.id"), &self.id)?;
+        if !(1..=MAX_TENANT_WEIGHT).contains(&self.weight) {
+            return Err(invalid(
+                format!("{at}.weight"),
+                format!("must be between 1 and {MAX_TENANT_WEIGHT}"),
+            ));
+        }
+        self.quotas.validate(&format!("{at}.quotas"))?;
         self.api_key_hash(at).map(drop)
     }
 

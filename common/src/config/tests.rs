@@ -422,3 +422,63 @@ fn agents_name_pools_that_exist() {
         "{err}"
     );
 }
+
+#[test]
+fn tenants_get_weights_quotas_and_their_own_queues() {
+    let tenant = "    webhook_secret_env: ACME_SECRET\n";
+    let with = |fields: &str| yaml("").replace(tenant, &format!("{tenant}{fields}"));
+    let config = Config::from_yaml(&with(
+        "    weight: 3\n    quotas: { max_queued_jobs: 10, submissions_per_minute: 60, max_running_jobs: 2 }\n",
+    ))
+    .expect("valid");
+    let acme = &config.tenants[0];
+    assert_eq!(acme.weight, 3);
+    assert_eq!(acme.quotas.max_running_jobs, Some(2));
+    let queues = config.job_queues("summarize");
+    assert_eq!(queues.len(), 2, "the shared queue and acme's");
+    assert_eq!(queues[0].tenant, None);
+    assert_eq!(queues[1].queue, "t1.jobs.summarize.acme");
+    assert_eq!(queues[1].weight, 3);
+
+    let fifo = Config::from_yaml(&yaml("fairness: fifo")).expect("valid");
+    assert_eq!(fifo.job_queues("summarize").len(), 1, "fifo: one queue");
+    assert_eq!(
+        Config::from_yaml(&yaml("")).expect("valid").tenants[0].weight,
+        1
+    );
+
+    for (fields, key) in [
+        ("    weight: 0\n", "tenants[0].weight"),
+        ("    weight: 101\n", "tenants[0].weight"),
+        (
+            "    quotas: { max_running_jobs: 0 }\n",
+            "tenants[0].quotas.max_running_jobs",
+        ),
+        ("    quotas: { max_runing_jobs: 1 }\n", "max_runing_jobs"),
+    ] {
+        let err = Config::from_yaml(&with(fields)).expect_err(key);
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+    let err = Config::from_yaml(&yaml("fairness: random")).expect_err("unknown fairness");
+    assert!(err.to_string().contains("fairness"), "{err}");
+}
+
+#[test]
+fn per_replica_rates_are_checked() {
+    let sections = "dispatcher: { per_key_rate: { per_second: 0, burst: 5 } }\n";
+    let err = Config::from_yaml(&yaml_with(sections, "")).expect_err("zero");
+    assert!(
+        err.to_string()
+            .contains("dispatcher.per_key_rate.per_second"),
+        "{err}"
+    );
+    let sections = "webhooks: { per_host_rate: { per_second: 5, burst: 0 } }\n";
+    let err = Config::from_yaml(&yaml_with(sections, "")).expect_err("zero");
+    assert!(
+        err.to_string().contains("webhooks.per_host_rate.burst"),
+        "{err}"
+    );
+    let sections = "webhooks: { per_host_rate: { per_second: 5, burst: 10 } }\n";
+    let config = Config::from_yaml(&yaml_with(sections, "")).expect("valid");
+    assert_eq!(config.webhooks.per_host_rate.map(|r| r.burst), Some(10));
+}

@@ -62,9 +62,8 @@ async fn deliveries_waiting_for_a_slot_go_back_at_shutdown() -> anyhow::Result<(
     .await?;
     let waiting = app.submit_job("single", "second").await?;
     // The worker's prefetch (two, for one slot) has taken it: nothing is ready in the queue.
-    let queue = app.names().agent_queue("single");
     agentfleet_tests::wait_until(Duration::from_secs(10), "second delivered", || async {
-        (app.queue_depth(&queue).await.ok()? == 0).then_some(())
+        (app.agent_queue_depth("single").await.ok()? == 0).then_some(())
     })
     .await?;
     app.stop_worker(0).await?;

@@ -12,6 +12,7 @@ mod outages;
 mod reliability;
 mod retries;
 mod side_effects;
+mod tenants;
 mod validation;
 
 /// The worker binary built by this crate, for tests that need a separate process.

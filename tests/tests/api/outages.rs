@@ -63,9 +63,8 @@ async fn redis_outage_gives_fast_503s_and_recovers() -> anyhow::Result<()> {
     let ready = app.http.get(app.url("/readyz")).send().await?;
     assert_eq!(ready.status(), 503);
     assert_eq!(ready.json::<serde_json::Value>().await?["redis"], "down");
-    let queue = app.names().agent_queue("summarize");
     assert_eq!(
-        app.queue_depth(&queue).await?,
+        app.agent_queue_depth("summarize").await?,
         1,
         "nothing enqueued during the outage"
     );

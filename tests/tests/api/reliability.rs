@@ -173,7 +173,7 @@ async fn a_message_over_its_delivery_limit_fails_the_job() -> anyhow::Result<()>
     let conn =
         lapin::Connection::connect(&app.amqp_url, lapin::ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
-    let queue = app.names().agent_queue("summarize");
+    let queue = app.names().tenant_queue("summarize", &app.acme.id);
     for _ in 0..19 {
         let delivery = wait_until(Duration::from_secs(5), "message", || async {
             channel
@@ -261,9 +261,8 @@ async fn cancelling_a_queued_job_skips_it_and_sends_job_cancelled() -> anyhow::R
     let event = app.receiver.deliveries()[0].event.clone().expect("event");
     assert_eq!(event["type"], "job.cancelled");
     // The work token was dropped, not run.
-    let queue = app.names().agent_queue("summarize");
     wait_until(Duration::from_secs(10), "queue drained", || async {
-        (app.queue_depth(&queue).await.ok()? == 0).then_some(())
+        (app.agent_queue_depth("summarize").await.ok()? == 0).then_some(())
     })
     .await?;
     assert_eq!(app.llm.call_count(), 0);
@@ -522,9 +521,8 @@ async fn idempotency_keys_return_the_original_job() -> anyhow::Result<()> {
     assert_ne!(other_tenant.json::<Value>().await?["id"], first["id"]);
     let bad = app.submit_with_key(&app.acme, "", &body).await;
     assert_eq!(bad.status(), 400);
-    let queue = app.names().agent_queue("summarize");
     assert_eq!(
-        app.queue_depth(&queue).await?,
+        app.agent_queue_depth("summarize").await?,
         2,
         "one job per tenant, not more"
     );
@@ -607,9 +605,7 @@ async fn a_full_queue_sheds_load_with_429() -> anyhow::Result<()> {
     assert_eq!(response.headers()["retry-after"], "2");
     let problem: Value = response.json().await?;
     assert_eq!(problem["type"], "urn:agentfleet:problem:overloaded");
-    let depth = app
-        .queue_depth(&app.names().agent_queue("summarize"))
-        .await?;
+    let depth = app.agent_queue_depth("summarize").await?;
     accepted += depth;
     assert!(accepted >= 3, "accepted up to the limit first ({accepted})");
     Ok(())

@@ -69,9 +69,11 @@ async fn invalid_submissions_get_a_4xx_and_change_nothing() -> anyhow::Result<()
         .await?;
     assert_eq!(response.status(), 415);
 
-    let queue =
-        agentfleet_common::naming::Names::new(&app.prefix, &app.prefix).agent_queue("summarize");
-    assert_eq!(app.queue_depth(&queue).await?, 0, "nothing was enqueued");
+    assert_eq!(
+        app.agent_queue_depth("summarize").await?,
+        0,
+        "nothing was enqueued"
+    );
     assert!(app.job_keys().await?.is_empty(), "nothing was stored");
     Ok(())
 }

@@ -207,6 +207,17 @@ impl<'a> Run<'a> {
     ) -> Settled<Run<'a>> {
         let read_status = record.status;
         let reserved_turn = record.waiting.take().is_some_and(|w| w.reserved);
+        if !poison && record.attempts == 0 {
+            // Its first start ever: how long it queued, by tenant (fairness shows here).
+            let queued = (Utc::now() - record.created_at)
+                .to_std()
+                .unwrap_or_default();
+            shared
+                .metrics
+                .queue_wait
+                .with_label_values(&[&agent.name, &msg.tenant])
+                .observe(queued.as_secs_f64());
+        }
         if !poison {
             record.status = JobStatus::Running;
             // Attempts count messages, not deliveries: a redelivery after a crash is the same

@@ -11,8 +11,8 @@ use agentfleet_agent::{totals, FinalOutput, Stop};
 use agentfleet_common::events;
 use agentfleet_common::store::Written;
 use agentfleet_common::wire::{
-    AttemptError, ErrorCategory, JobError, JobMessage, JobRecord, JobSpec, JobStatus, Waiting,
-    SCHEMA_VERSION,
+    AttemptError, ErrorCategory, JobError, JobMessage, JobRecord, JobSpec, JobStatus, WaitReason,
+    Waiting, SCHEMA_VERSION,
 };
 use serde_json::Value;
 
@@ -20,6 +20,7 @@ use super::turns::{Interrupted, LoopEnd};
 use super::{Run, Settled};
 use crate::delivery::Disposition;
 use crate::provider::Failure;
+use crate::quota::Claim;
 use crate::retry::backoff;
 use crate::Shared;
 
@@ -29,6 +30,10 @@ pub(super) struct Ending {
     disposition: Disposition,
     handed_off: bool,
 }
+
+/// How long a run of a tenant at its running quota waits before it asks again: places free
+/// as runs end, which no one can predict.
+const QUOTA_RECHECK: Duration = Duration::from_secs(1);
 
 impl From<Disposition> for Ending {
     fn from(disposition: Disposition) -> Self {
@@ -40,8 +45,35 @@ impl From<Disposition> for Ending {
 }
 
 impl Run<'_> {
-    /// The agent loop, then its end.
+    /// The agent loop, then its end. A run of a tenant at its `max_running_jobs` waits
+    /// outside instead.
     pub(super) async fn execute(&mut self, slot: OwnedSemaphorePermit) -> Ending {
+        let quota = &self.shared.running_quota;
+        let place = match quota.claim(&self.msg.tenant, self.msg.job_id).await {
+            Ok(Claim::Held(place)) => place,
+            Ok(Claim::Full) => {
+                drop(slot);
+                let waiting = Waiting {
+                    reason: WaitReason::TenantQuota,
+                    until: Utc::now()
+                        + chrono::Duration::from_std(QUOTA_RECHECK).unwrap_or_default(),
+                    reserved: false,
+                };
+                return self.wait_outside(waiting).await.into();
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot check the tenant's running quota; job given back");
+                return Disposition::Requeue.into();
+            }
+        };
+        let ending = self.run_loop(slot).await;
+        if let Some(place) = place {
+            place.release().await;
+        }
+        ending
+    }
+
+    async fn run_loop(&mut self, slot: OwnedSemaphorePermit) -> Ending {
         let in_flight = self
             .shared
             .metrics

@@ -1,0 +1,175 @@
+//! The ready depth of every job queue (each agent's shared queue and its per-tenant queues),
+//! polled in the background with a passive declare, so a POST checks numbers instead of
+//! asking the broker. Two decisions read them:
+//! - load shedding: an agent with `max_queue_depth` refuses new jobs once all its queues
+//!   together hold that many;
+//! - the tenant quota `max_queued_jobs`: a tenant's queues across agents, plus what this
+//!   replica accepted for it since the last poll (so one replica cannot overshoot by a poll's
+//!   worth; other replicas can, by theirs).
+//!
+//! Each depth is also exported as `agentfleet_queue_depth{agent, tenant}` (`tenant=""` for an
+//! agent's shared queue).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+
+use agentfleet_common::broker::{Broker, BrokerError};
+use agentfleet_common::config::Config;
+use agentfleet_common::metrics::Metrics;
+
+const POLL_EVERY: Duration = Duration::from_millis(250);
+const UNKNOWN: u64 = u64::MAX;
+
+struct Watched {
+    queue: String,
+    agent: String,
+    tenant: Option<String>,
+    depth: AtomicU64,
+}
+
+struct Inner {
+    queues: Vec<Watched>,
+    /// `max_queue_depth` by agent.
+    agent_limits: HashMap<String, u64>,
+    /// `max_queued_jobs` by tenant, and what this replica accepted for it since the last poll.
+    tenant_limits: HashMap<String, (u64, AtomicU64)>,
+    metrics: Arc<Metrics>,
+}
+
+/// Last seen depths (`UNKNOWN` until seen, or while the broker is unreachable).
+#[derive(Clone)]
+pub struct QueueDepths {
+    inner: Arc<Inner>,
+}
+
+impl QueueDepths {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        let queues = config
+            .agents
+            .keys()
+            .flat_map(|agent| {
+                config.job_queues(agent).into_iter().map(|q| Watched {
+                    queue: q.queue,
+                    agent: agent.clone(),
+                    tenant: q.tenant,
+                    depth: AtomicU64::new(UNKNOWN),
+                })
+            })
+            .collect();
+        let agent_limits = config
+            .agents
+            .iter()
+            .filter_map(|(name, agent)| agent.max_queue_depth.map(|max| (name.clone(), max.into())))
+            .collect();
+        let tenant_limits = config
+            .tenants
+            .iter()
+            .filter_map(|t| {
+                let max = t.quotas.max_queued_jobs?;
+                Some((t.id.clone(), (u64::from(max), AtomicU64::new(0))))
+            })
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                queues,
+                agent_limits,
+                tenant_limits,
+                metrics,
+            }),
+        }
+    }
+
+    /// The sum of the depths of the queues `pick` selects; `None` while any is unknown.
+    fn total(&self, pick: impl Fn(&Watched) -> bool) -> Option<u64> {
+        let mut total = 0u64;
+        for watched in self.inner.queues.iter().filter(|w| pick(w)) {
+            match watched.depth.load(Ordering::Relaxed) {
+                UNKNOWN => return None,
+                depth => total = total.saturating_add(depth),
+            }
+        }
+        Some(total)
+    }
+
+    /// True when `agent` has a limit and its queues are known to be over it. An unknown depth
+    /// (broker unreachable) does not shed: publishing will fail on its own.
+    pub fn over_limit(&self, agent: &str) -> bool {
+        self.inner.agent_limits.get(agent).is_some_and(|&max| {
+            self.total(|w| w.agent == agent)
+                .is_some_and(|depth| depth >= max)
+        })
+    }
+
+    /// The tenant's `max_queued_jobs` when its queued jobs have reached it. Before the first
+    /// poll (or while the broker is unreachable) only this replica's own accepts count.
+    pub fn tenant_over_quota(&self, tenant: &str) -> Option<u64> {
+        let (max, accepted) = self.inner.tenant_limits.get(tenant)?;
+        let queued = self
+            .total(|w| w.tenant.as_deref() == Some(tenant))
+            .unwrap_or(0);
+        (queued + accepted.load(Ordering::Relaxed) >= *max).then_some(*max)
+    }
+
+    /// Counts a job this replica accepted for `tenant`, until the next poll sees it.
+    pub fn note_accepted(&self, tenant: &str) {
+        if let Some((_, accepted)) = self.inner.tenant_limits.get(tenant) {
+            accepted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Polls until `stop`, the first time at once.
+    pub async fn poll(self, broker: Broker, stop: CancellationToken) {
+        let mut first = true;
+        loop {
+            if !first {
+                tokio::select! {
+                    () = tokio::time::sleep(POLL_EVERY) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+            first = false;
+            if let Err(err) = self.poll_once(&broker).await {
+                tracing::debug!(error = %err, "queue depth poll failed");
+                for watched in &self.inner.queues {
+                    watched.depth.store(UNKNOWN, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    async fn poll_once(&self, broker: &Broker) -> Result<(), BrokerError> {
+        let conn = broker.connection().await?;
+        let channel = conn.create_channel().await?;
+        // Accepted before this poll started are in the depths it reads.
+        for (_, accepted) in self.inner.tenant_limits.values() {
+            accepted.store(0, Ordering::Relaxed);
+        }
+        for watched in &self.inner.queues {
+            let queue = channel
+                .queue_declare(
+                    watched.queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let depth = queue.message_count();
+            watched.depth.store(u64::from(depth), Ordering::Relaxed);
+            self.inner
+                .metrics
+                .queue_depth
+                .with_label_values(&[&watched.agent, watched.tenant.as_deref().unwrap_or("")])
+                .set(i64::from(depth));
+        }
+        let _ = channel.close(200, "polled".into()).await;
+        Ok(())
+    }
+}

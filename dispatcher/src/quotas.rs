@@ -1,0 +1,106 @@
+//! How much a tenant may submit, decided before anything is stored:
+//! - per API key, per replica, in process (`governor`): a burst limiter that refuses a flood
+//!   before the body is read, so one key cannot monopolise a replica;
+//! - per tenant, fleet-wide: `max_queued_jobs` (the broker's depths of the tenant's queues,
+//!   see [`crate::depths`]) and `submissions_per_minute` (a GCRA in Redis that every
+//!   dispatcher shares).
+//!
+//! Every refusal is a 429 problem with `Retry-After` and a `limit` naming which one.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use agentfleet_common::config::{Config, TenantConfig};
+use agentfleet_common::naming::RateKind;
+use agentfleet_common::rate::{Gcra, LocalLimiter, Mode, RateLimiter};
+use agentfleet_common::store::Redis;
+
+use crate::depths::QueueDepths;
+use crate::problem::{ApiError, Limit};
+
+/// How long a client refused for `max_queued_jobs` is told to wait: the queue must drain,
+/// which no one can predict; the depth poll sees a change within a second.
+const QUEUED_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+pub struct Quotas {
+    per_key: Option<LocalLimiter>,
+    /// `submissions_per_minute` by tenant.
+    submissions: HashMap<String, Gcra>,
+    rate: RateLimiter,
+}
+
+impl Quotas {
+    pub fn new(config: &Config, redis: Redis) -> Self {
+        let names = config.names();
+        let submissions = config
+            .tenants
+            .iter()
+            .filter_map(|t| {
+                let per_minute = t.quotas.submissions_per_minute?;
+                // A burst of ten seconds' worth: a client that batches is not refused for it.
+                let gcra = Gcra::with_burst(
+                    names.submissions_key(&t.id),
+                    RateKind::Requests,
+                    f64::from(per_minute),
+                    f64::from(per_minute) / 6.0,
+                );
+                Some((t.id.clone(), gcra))
+            })
+            .collect();
+        Self {
+            per_key: config.dispatcher.per_key_rate.map(LocalLimiter::new),
+            submissions,
+            rate: RateLimiter::new(redis),
+        }
+    }
+
+    /// This replica's burst limiter for the tenant's key. In process: no I/O.
+    pub fn check_burst(&self, tenant: &str) -> Result<(), ApiError> {
+        let Some(limiter) = &self.per_key else {
+            return Ok(());
+        };
+        limiter
+            .check(tenant)
+            .map_err(|retry_after| ApiError::Limited {
+                limit: Limit::Burst,
+                detail: "too many requests with this API key; slow down".into(),
+                retry_after,
+            })
+    }
+
+    /// The tenant's fleet-wide quotas: queued jobs first (it takes nothing), then a turn of
+    /// its submissions/min.
+    pub async fn check_tenant(
+        &self,
+        tenant: &TenantConfig,
+        depths: &QueueDepths,
+    ) -> Result<(), ApiError> {
+        if let Some(max) = depths.tenant_over_quota(&tenant.id) {
+            return Err(ApiError::Limited {
+                limit: Limit::QueuedJobs,
+                detail: format!("tenant `{}` has {max} jobs queued, its quota", tenant.id),
+                retry_after: QUEUED_RETRY_AFTER,
+            });
+        }
+        let Some(gcra) = self.submissions.get(&tenant.id) else {
+            return Ok(());
+        };
+        let answer = self
+            .rate
+            .call(gcra, None, 1.0, Mode::Take)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("checking the submission quota: {e}")))?;
+        if answer.wait.is_zero() {
+            return Ok(());
+        }
+        Err(ApiError::Limited {
+            limit: Limit::Submissions,
+            detail: format!(
+                "tenant `{}` is over its quota of {} submissions a minute",
+                tenant.id,
+                tenant.quotas.submissions_per_minute.unwrap_or_default()
+            ),
+            retry_after: answer.wait,
+        })
+    }
+}

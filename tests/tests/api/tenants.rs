@@ -1,0 +1,287 @@
+//! Tenants sharing the fleet: fairness inside one agent, quotas at the dispatcher and in the
+//! workers, and the per-replica limiters at the edges.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use agentfleet_stub::llm::Behavior;
+use agentfleet_tests::{wait_until, AgentSpec, AppOptions, TestApp};
+
+fn finished_at(record: &Value) -> DateTime<Utc> {
+    record["finished_at"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("a terminal record has finished_at")
+}
+
+/// How many of `backlog` finished before the last of `few` did.
+fn finished_before_last(backlog: &[Value], few: &[Value]) -> usize {
+    let last = few.iter().map(finished_at).max().expect("some jobs");
+    backlog.iter().filter(|r| finished_at(r) < last).count()
+}
+
+/// Tenant A queues 60 jobs, then B queues 6, on two agents served by three worker processes:
+/// on the agent with per-tenant queues (the default) B's six are done after a handful of A's;
+/// on the `fifo` agent they wait behind A's whole backlog — the control that shows the
+/// measurement can tell the two apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_backlog_does_not_hold_up_another_tenants_few_jobs() -> anyhow::Result<()> {
+    let mut fair = AgentSpec::new("fair");
+    fair.concurrency = 2;
+    let mut fifo = AgentSpec::new("fifo");
+    fifo.concurrency = 2;
+    fifo.fairness = Some("fifo");
+    let mut app = TestApp::spawn(AppOptions {
+        agents: vec![fair, fifo],
+        workers: 0,
+        behavior: Behavior {
+            latency: Duration::from_millis(60),
+            ..Behavior::default()
+        },
+        ..AppOptions::default()
+    })
+    .await?;
+    let (a, b) = (app.acme.clone(), app.globex.clone());
+    let mut ids: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+    for agent in ["fair", "fifo"] {
+        let mut backlog = Vec::new();
+        for i in 0..60 {
+            backlog.push(app.submit_for(&a, agent, &format!("a{i}")).await?);
+        }
+        let mut few = Vec::new();
+        for i in 0..6 {
+            few.push(app.submit_for(&b, agent, &format!("b{i}")).await?);
+        }
+        ids.push((backlog, few));
+    }
+    for _ in 0..3 {
+        app.start_worker_process(crate::WORKER_BIN)?;
+    }
+    let mut before = Vec::new();
+    for (backlog, few) in &ids {
+        let backlog = app.wait_terminal(backlog, Duration::from_secs(60)).await?;
+        let few = app.wait_terminal(few, Duration::from_secs(60)).await?;
+        assert!(backlog
+            .iter()
+            .chain(&few)
+            .all(|r| r["status"] == "succeeded"));
+        before.push(finished_before_last(&backlog, &few));
+    }
+    let (fair, fifo) = (before[0], before[1]);
+    assert!(
+        fair <= 20,
+        "B's last job finished after {fair} of A's on the fair agent"
+    );
+    assert!(
+        fifo >= 40,
+        "the fifo control should make B wait behind A's backlog ({fifo} of A's first)"
+    );
+    Ok(())
+}
+
+/// `max_running_jobs: 2` holds across three worker processes with room for twelve: the stub
+/// never sees more than two of the tenant's calls at once (and does see two), while another
+/// tenant's jobs on another agent are not held to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_running_quota_holds_across_the_fleet() -> anyhow::Result<()> {
+    let mut quoted = AgentSpec::new("quoted");
+    quoted.concurrency = 4;
+    let mut free = AgentSpec::new("free");
+    free.concurrency = 4;
+    let (quoted_model, free_model) = (quoted.model(), free.model());
+    let mut app = TestApp::spawn(AppOptions {
+        agents: vec![quoted, free],
+        workers: 0,
+        behavior: Behavior {
+            latency: Duration::from_millis(200),
+            ..Behavior::default()
+        },
+        tenant_settings: vec![("acme", "quotas: { max_running_jobs: 2 }".into())],
+        ..AppOptions::default()
+    })
+    .await?;
+    for _ in 0..3 {
+        app.start_worker_process(crate::WORKER_BIN)?;
+    }
+    let (a, b) = (app.acme.clone(), app.globex.clone());
+    let mut quoted_ids = Vec::new();
+    let mut free_ids = Vec::new();
+    for i in 0..10 {
+        quoted_ids.push(app.submit_for(&a, "quoted", &format!("a{i}")).await?);
+        free_ids.push(app.submit_for(&b, "free", &format!("b{i}")).await?);
+    }
+    // Caught waiting at least once: the record says why.
+    let waiting = wait_until(
+        Duration::from_secs(20),
+        "a job waiting on the quota",
+        || async {
+            for id in &quoted_ids {
+                let record = app.job(id).await.ok()?;
+                if record["waiting"]["reason"] == "tenant_quota" {
+                    return Some(record);
+                }
+            }
+            None
+        },
+    )
+    .await?;
+    assert_eq!(waiting["status"], "queued");
+    let all: Vec<String> = quoted_ids.iter().chain(&free_ids).cloned().collect();
+    let records = app.wait_terminal(&all, Duration::from_secs(60)).await?;
+    assert!(records.iter().all(|r| r["status"] == "succeeded"));
+    assert_eq!(app.llm.peak_in_flight(&quoted_model), 2);
+    assert!(
+        app.llm.peak_in_flight(&free_model) > 2,
+        "the other tenant is not held to acme's quota"
+    );
+    Ok(())
+}
+
+/// `submissions_per_minute: 12` (a burst of two): the third POST is refused with 429, a
+/// problem naming the limit and a `Retry-After`, and stores nothing; another tenant is not
+/// affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_over_a_tenants_quota_are_refused_with_retry_after() -> anyhow::Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        workers: 0,
+        tenant_settings: vec![("acme", "quotas: { submissions_per_minute: 12 }".into())],
+        ..AppOptions::default()
+    })
+    .await?;
+    let body = json!({"agent": "summarize", "input": "x"});
+    for _ in 0..2 {
+        assert_eq!(app.submit_as(&app.acme, &body).await.status(), 202);
+    }
+    let keys = app.job_keys().await?.len();
+    let refused = app.submit_as(&app.acme, &body).await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"].to_str()?.parse()?;
+    assert!((1..=5).contains(&retry_after), "Retry-After {retry_after}");
+    let problem: Value = refused.json().await?;
+    assert_eq!(problem["type"], "urn:agentfleet:problem:tenant-quota");
+    assert_eq!(problem["limit"], "submissions_per_minute");
+    assert_eq!(
+        app.job_keys().await?.len(),
+        keys,
+        "the refused job stored nothing"
+    );
+    assert_eq!(app.submit_as(&app.globex, &body).await.status(), 202);
+    let rejected = app.dispatcher_metrics.render();
+    assert!(
+        rejected.contains(r#"agentfleet_jobs_rejected_total{reason="submissions_per_minute"} 1"#),
+        "{rejected}"
+    );
+    Ok(())
+}
+
+/// `max_queued_jobs: 3`: the fourth job is refused while three wait, the per-tenant depth is
+/// exported, and once a worker drains the queue the tenant may submit again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_queued_jobs_quota_refuses_then_recovers() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn(AppOptions {
+        workers: 0,
+        tenant_settings: vec![("acme", "quotas: { max_queued_jobs: 3 }".into())],
+        ..AppOptions::default()
+    })
+    .await?;
+    let body = json!({"agent": "summarize", "input": "x"});
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            app.submit_for(&app.acme, "summarize", &format!("{i}"))
+                .await?,
+        );
+    }
+    let refused = app.submit_as(&app.acme, &body).await;
+    assert_eq!(refused.status(), 429);
+    let problem: Value = refused.json().await?;
+    assert_eq!(problem["limit"], "max_queued_jobs");
+    assert_eq!(app.submit_as(&app.globex, &body).await.status(), 202);
+    wait_until(
+        Duration::from_secs(10),
+        "per-tenant depth exported",
+        || async {
+            let text = app.dispatcher_metrics.render();
+            text.contains(r#"agentfleet_queue_depth{agent="summarize",tenant="acme"} 3"#)
+                .then_some(())
+        },
+    )
+    .await?;
+
+    app.start_worker().await?;
+    app.wait_terminal(&ids, Duration::from_secs(20)).await?;
+    wait_until(Duration::from_secs(10), "acme may submit again", || async {
+        (app.submit_as(&app.acme, &body).await.status() == 202).then_some(())
+    })
+    .await?;
+    let worker = app.worker_metrics(0).expect("worker").render();
+    assert!(
+        worker.contains(r#"agentfleet_queue_wait_seconds_count{agent="summarize",tenant="acme"}"#),
+        "queue wait exported per tenant"
+    );
+    Ok(())
+}
+
+/// `dispatcher.per_key_rate` (1/s, burst 3): a fourth POST in the same instant is refused
+/// before its body is read, per key; a bad key is still a 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_one_key_is_refused_at_the_edge() -> anyhow::Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        workers: 0,
+        per_key_rate: Some((1, 3)),
+        ..AppOptions::default()
+    })
+    .await?;
+    let body = json!({"agent": "summarize", "input": "x"});
+    for _ in 0..3 {
+        assert_eq!(app.submit_as(&app.acme, &body).await.status(), 202);
+    }
+    let refused = app.submit_as(&app.acme, &body).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let problem: Value = refused.json().await?;
+    assert_eq!(problem["type"], "urn:agentfleet:problem:rate-limited");
+    assert_eq!(app.submit_as(&app.globex, &body).await.status(), 202);
+    let stranger = app
+        .http
+        .post(app.url("/v1/jobs"))
+        .bearer_auth("not-a-key")
+        .json(&body)
+        .send()
+        .await?;
+    assert_eq!(stranger.status(), 401);
+    Ok(())
+}
+
+/// `webhooks.per_host_rate` (2/s, burst 1): six events for one receiver arrive at least
+/// ~2.5 s apart end to end, every one of them, and the throttling is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_to_one_host_keep_the_per_host_rate() -> anyhow::Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        workers: 1,
+        webhook_per_host_rate: Some((2, 1)),
+        ..AppOptions::default()
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(app.submit_job("summarize", &format!("{i}")).await?);
+    }
+    app.wait_terminal(&ids, Duration::from_secs(20)).await?;
+    app.wait_webhooks(6, Duration::from_secs(20)).await?;
+    let mut times: Vec<_> = app.receiver.deliveries().iter().map(|d| d.at).collect();
+    times.sort();
+    let span = times[5].duration_since(times[0]);
+    assert!(
+        span >= Duration::from_millis(2_300),
+        "six deliveries at 2/s took {span:?}"
+    );
+    let metrics = app.worker_metrics(0).expect("worker").render();
+    assert!(
+        metrics.contains(r#"agentfleet_webhook_deliveries_total{status="throttled"}"#),
+        "{metrics}"
+    );
+    Ok(())
+}

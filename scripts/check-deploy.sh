@@ -193,7 +193,7 @@ validate_manifests() {
 # Chart invariants on the rendered manifests, including the custom resources.
 chart_invariants() {
     "$PY" - "$1" <<'PY'
-import sys, yaml
+import re, sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 by_kind = {}
 for d in docs:
@@ -246,7 +246,8 @@ if "Secret" in by_kind:
     err("the chart must never render a Secret")
 
 scaled = by_kind.get("ScaledObject", {})
-auths = by_kind.get("TriggerAuthentication", {})
+if by_kind.get("TriggerAuthentication"):
+    err("no TriggerAuthentication expected: the prometheus scaler needs none")
 for name, so in scaled.items():
     if so["apiVersion"] != "keda.sh/v1alpha1":
         err(f"ScaledObject {name}: apiVersion {so['apiVersion']}")
@@ -257,25 +258,23 @@ for name, so in scaled.items():
         continue
     env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     agents = sorted(env["AGENTFLEET__WORKER__AGENTS"].split(","))
-    queues = []
-    for t in so["spec"].get("triggers", []):
+    triggers = so["spec"].get("triggers", [])
+    if len(triggers) != 1:
+        err(f"ScaledObject {name}: one prometheus trigger expected, got {len(triggers)}")
+    for t in triggers:
         md = t.get("metadata", {})
-        if t.get("type") != "rabbitmq" or md.get("mode") != "QueueLength":
-            err(f"ScaledObject {name}: trigger must be rabbitmq / QueueLength")
-        if not str(md.get("value", "")).isdigit() or not isinstance(md.get("value"), str):
-            err(f"ScaledObject {name}: trigger value must be a quoted integer")
-        if t.get("authenticationRef", {}).get("name") not in auths:
-            err(f"ScaledObject {name}: authenticationRef names no TriggerAuthentication")
-        queues.append(md.get("queueName"))
-    want = sorted(f"{prefix}.jobs.{a}" for a in agents)
-    if sorted(queues) != want:
-        err(f"ScaledObject {name}: queues {sorted(queues)} != {want}")
+        if t.get("type") != "prometheus" or not md.get("serverAddress"):
+            err(f"ScaledObject {name}: trigger must be prometheus with a serverAddress")
+        if not str(md.get("threshold", "")).isdigit() or not isinstance(md.get("threshold"), str):
+            err(f"ScaledObject {name}: trigger threshold must be a quoted integer")
+        query = md.get("query", "")
+        if "agentfleet_admissible_backlog" not in query:
+            err(f"ScaledObject {name}: query must read agentfleet_admissible_backlog: {query}")
+        m = re.search(r'agent=~"([^"]*)"', query)
+        if not m or sorted(m.group(1).split("|")) != agents:
+            err(f"ScaledObject {name}: query agents {m and m.group(1)} != {agents}")
     if target in by_kind.get("HorizontalPodAutoscaler", {}):
         err(f"{target}: both a ScaledObject and an HPA")
-for name, ta in auths.items():
-    refs = ta["spec"].get("secretTargetRef", [])
-    if not any(r.get("parameter") == "host" and r.get("name") and r.get("key") for r in refs):
-        err(f"TriggerAuthentication {name}: needs a secretTargetRef for `host`")
 
 services = by_kind.get("Service", {})
 for name, sm in by_kind.get("ServiceMonitor", {}).items():

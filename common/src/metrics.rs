@@ -23,6 +23,7 @@ pub struct Metrics {
     pub llm_request_duration: HistogramVec,
     pub rate_limit_wait: HistogramVec,
     pub queue_depth: IntGaugeVec,
+    pub admissible_backlog: IntGaugeVec,
     pub queue_wait: HistogramVec,
     pub job_retries: IntCounterVec,
     pub dead_letters: IntCounterVec,
@@ -106,6 +107,11 @@ impl Metrics {
                 "agentfleet_queue_depth",
                 "Jobs ready in a work queue, by agent and tenant (tenant=\"\" for an agent's shared queue), as the dispatcher last polled it.",
                 &["agent", "tenant"],
+            ),
+            admissible_backlog: gauge(
+                "agentfleet_admissible_backlog",
+                "Queued jobs of an agent that its limits would admit now (not paused, not held by a tenant's running quota, at most a minute of its requests/min): what autoscaling should scale on.",
+                &["agent"],
             ),
             queue_wait: histogram(
                 "agentfleet_queue_wait_seconds",
@@ -205,6 +211,7 @@ impl Metrics {
             "agentfleet_llm_request_duration_seconds",
             "agentfleet_rate_limit_wait_seconds",
             "agentfleet_queue_depth",
+            "agentfleet_admissible_backlog",
             "agentfleet_queue_wait_seconds",
             "agentfleet_job_retries_total",
             "agentfleet_dead_letters_total",

@@ -8,9 +8,10 @@
 //!   worth; other replicas can, by theirs).
 //!
 //! Each depth is also exported as `agentfleet_queue_depth{agent, tenant}` (`tenant=""` for an
-//! agent's shared queue).
+//! agent's shared queue), and each agent's admissible backlog (see [`crate::backlog`]) as
+//! `agentfleet_admissible_backlog{agent}`, from the same poll plus one Redis round trip.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,10 @@ use tokio_util::sync::CancellationToken;
 use agentfleet_common::broker::{Broker, BrokerError};
 use agentfleet_common::config::Config;
 use agentfleet_common::metrics::Metrics;
+use agentfleet_common::naming::LimitScope;
+use agentfleet_common::store::{Redis, StoreError};
+
+use crate::backlog::AgentBacklog;
 
 const POLL_EVERY: Duration = Duration::from_millis(250);
 const UNKNOWN: u64 = u64::MAX;
@@ -33,8 +38,21 @@ struct Watched {
     depth: AtomicU64,
 }
 
+/// What limits an agent's admissions, for its admissible backlog.
+struct AgentLimits {
+    agent: String,
+    /// The pause key a provider's 429 sets: its pool's, else its own.
+    pause_key: String,
+    /// The tightest requests/min over the agent and its pool.
+    per_minute: Option<u64>,
+}
+
 struct Inner {
     queues: Vec<Watched>,
+    agents: Vec<AgentLimits>,
+    /// Running-set key and `max_running_jobs` of each tenant that has one.
+    running: Vec<(String, String, u64)>,
+    redis: Redis,
     /// `max_queue_depth` by agent.
     agent_limits: HashMap<String, u64>,
     /// `max_queued_jobs` by tenant, and what this replica accepted for it since the last poll.
@@ -49,7 +67,37 @@ pub struct QueueDepths {
 }
 
 impl QueueDepths {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: &Config, redis: Redis, metrics: Arc<Metrics>) -> Self {
+        let names = config.names();
+        let agents = config
+            .agents
+            .iter()
+            .map(|(name, agent)| {
+                let pool = agent
+                    .pool
+                    .as_deref()
+                    .and_then(|p| config.pools.get_key_value(p));
+                let scope = pool.map_or(LimitScope::Agent(name), |(p, _)| LimitScope::Pool(p));
+                let per_minute = [agent.rate_limit.as_ref(), pool.map(|(_, limit)| limit)]
+                    .into_iter()
+                    .flatten()
+                    .map(|limit| u64::from(limit.requests_per_minute))
+                    .min();
+                AgentLimits {
+                    agent: name.clone(),
+                    pause_key: names.pause_key(scope),
+                    per_minute,
+                }
+            })
+            .collect();
+        let running = config
+            .tenants
+            .iter()
+            .filter_map(|t| {
+                let max = t.quotas.max_running_jobs?;
+                Some((t.id.clone(), names.running_key(&t.id), u64::from(max)))
+            })
+            .collect();
         let queues = config
             .agents
             .keys()
@@ -78,6 +126,9 @@ impl QueueDepths {
         Self {
             inner: Arc::new(Inner {
                 queues,
+                agents,
+                running,
+                redis,
                 agent_limits,
                 tenant_limits,
                 metrics,
@@ -139,6 +190,10 @@ impl QueueDepths {
                 for watched in &self.inner.queues {
                     watched.depth.store(UNKNOWN, Ordering::Relaxed);
                 }
+                continue;
+            }
+            if let Err(err) = self.export_admissible().await {
+                tracing::debug!(error = %err, "admissible backlog not computed");
             }
         }
     }
@@ -170,6 +225,53 @@ impl QueueDepths {
                 .set(i64::from(depth));
         }
         let _ = channel.close(200, "polled".into()).await;
+        Ok(())
+    }
+
+    /// Sets each agent's `agentfleet_admissible_backlog` from the depths just polled, the
+    /// pauses and the tenants at their running quota.
+    async fn export_admissible(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut pipe = redis::pipe();
+        for agent in &inner.agents {
+            pipe.cmd("PTTL").arg(&agent.pause_key);
+        }
+        for (_, key, _) in &inner.running {
+            pipe.cmd("ZCOUNT")
+                .arg(key)
+                .arg(format!("({now_ms}"))
+                .arg("+inf");
+        }
+        let answers: Vec<i64> = inner.redis.pipe(&pipe).await?;
+        let (pauses, running) = answers.split_at(inner.agents.len().min(answers.len()));
+        let at_quota: HashSet<String> = inner
+            .running
+            .iter()
+            .zip(running)
+            .filter(|((_, _, max), &held)| u64::try_from(held).is_ok_and(|held| held >= *max))
+            .map(|((tenant, _, _), _)| tenant.clone())
+            .collect();
+        for (agent, &pause_ms) in inner.agents.iter().zip(pauses) {
+            let backlog = AgentBacklog {
+                ready: inner
+                    .queues
+                    .iter()
+                    .filter(|w| w.agent == agent.agent)
+                    .map(|w| (w.tenant.as_deref(), w.depth.load(Ordering::Relaxed)))
+                    .filter(|(_, depth)| *depth != UNKNOWN)
+                    .collect(),
+                paused: pause_ms > 0,
+                per_minute: agent.per_minute,
+                tenants_at_quota: &at_quota,
+            };
+            let admissible = i64::try_from(backlog.admissible()).unwrap_or(i64::MAX);
+            inner
+                .metrics
+                .admissible_backlog
+                .with_label_values(&[&agent.agent])
+                .set(admissible);
+        }
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! are durable. It holds no job state of its own, so any number of replicas can run.
 
 mod auth;
+mod backlog;
 mod depths;
 mod jobs;
 mod problem;
@@ -86,7 +87,7 @@ impl Dispatcher {
         let state = AppState {
             inner: Arc::new(Inner {
                 tenants: auth::Tenants::new(&config.tenants),
-                queue_depths: depths::QueueDepths::new(&config, metrics.clone()),
+                queue_depths: depths::QueueDepths::new(&config, redis.clone(), metrics.clone()),
                 quotas: quotas::Quotas::new(&config, redis.clone()),
                 config,
                 store,

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use agentfleet_common::config::HttpVersion;
 use agentfleet_stub::llm::Behavior;
-use agentfleet_tests::{AgentSpec, AppOptions, TestApp};
+use agentfleet_tests::{wait_until, AgentSpec, AppOptions, TestApp};
 
 /// With one worker and concurrency 4, the stub never sees more than 4 calls of the agent at
 /// once — and does see 4, so the limit is what bounds it — whichever way the worker speaks
@@ -249,5 +249,68 @@ async fn a_long_rate_limit_wait_holds_nothing_and_says_why() -> anyhow::Result<(
     let mut times: Vec<_> = app.llm.calls().iter().map(|c| c.at).collect();
     assert_eq!(times.len(), 3);
     assert_paced(&mut times, Duration::from_secs(5), 1);
+    Ok(())
+}
+
+/// What autoscaling sees: with 20 jobs queued for an agent limited to 6 requests/min, the
+/// admissible backlog is 6 (a minute of turns), not 20; a provider pause makes it 0; and a
+/// tenant holding every place of its running quota is left out of another agent's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admissible_backlog_leaves_out_what_limits_hold_back() -> anyhow::Result<()> {
+    let mut limited = AgentSpec::new("limited");
+    limited.requests_per_minute = Some(6);
+    let open = AgentSpec::new("open");
+    let app = TestApp::spawn(AppOptions {
+        agents: vec![limited, open],
+        workers: 0,
+        tenant_settings: vec![("acme", "quotas: { max_running_jobs: 1 }".into())],
+        ..AppOptions::default()
+    })
+    .await?;
+    let gauge = |agent: &str, value: u64| {
+        format!("agentfleet_admissible_backlog{{agent=\"{agent}\"}} {value}")
+    };
+    let shows = |line: String| {
+        let metrics = app.dispatcher_metrics.clone();
+        async move {
+            wait_until(Duration::from_secs(10), &line, || async {
+                metrics.render().contains(&line).then_some(())
+            })
+            .await
+        }
+    };
+    for i in 0..20 {
+        app.submit_for(&app.acme, "limited", &format!("{i}"))
+            .await?;
+    }
+    shows(gauge("limited", 6)).await?;
+    assert_eq!(app.agent_queue_depth("limited").await?, 20);
+
+    let names = app.names();
+    let mut redis = app.redis().await?;
+    let _: () = redis::cmd("SET")
+        .arg(names.pause_key(agentfleet_common::naming::LimitScope::Agent("limited")))
+        .arg(1)
+        .arg("PX")
+        .arg(30_000)
+        .query_async(&mut redis)
+        .await?;
+    shows(gauge("limited", 0)).await?;
+
+    for i in 0..3 {
+        app.submit_for(&app.acme, "open", &format!("a{i}")).await?;
+        app.submit_for(&app.globex, "open", &format!("g{i}"))
+            .await?;
+    }
+    shows(gauge("open", 6)).await?;
+    // Acme's one place is taken (as a run elsewhere would hold it): its jobs wait.
+    let held_until = chrono::Utc::now().timestamp_millis() + 60_000;
+    let _: () = redis::cmd("ZADD")
+        .arg(names.running_key("acme"))
+        .arg(held_until)
+        .arg("a-running-job")
+        .query_async(&mut redis)
+        .await?;
+    shows(gauge("open", 3)).await?;
     Ok(())
 }

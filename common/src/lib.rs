@@ -6,6 +6,7 @@
 //! cannot drift apart.
 
 pub mod broker;
+pub mod budget;
 pub mod config;
 pub mod events;
 pub mod metrics;

@@ -2,8 +2,8 @@
 //! around, never a hidden global, so tests read their own counters.
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric agentfleet exports. Names are part of the public contract: dashboards and
@@ -24,6 +24,8 @@ pub struct Metrics {
     pub rate_limit_wait: HistogramVec,
     pub queue_depth: IntGaugeVec,
     pub admissible_backlog: IntGaugeVec,
+    pub tenant_spend: GaugeVec,
+    pub tenant_budget: GaugeVec,
     pub queue_wait: HistogramVec,
     pub job_retries: IntCounterVec,
     pub dead_letters: IntCounterVec,
@@ -57,6 +59,12 @@ impl Metrics {
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let metric = IntGaugeVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+            register(&registry, name, Box::new(metric.clone()));
+            metric
+        };
+        let float_gauge = |name: &str, help: &str, labels: &[&str]| {
+            let metric = GaugeVec::new(Opts::new(name, help), labels)
                 .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
             register(&registry, name, Box::new(metric.clone()));
             metric
@@ -112,6 +120,16 @@ impl Metrics {
                 "agentfleet_admissible_backlog",
                 "Queued jobs of an agent that its limits would admit now (not paused, not held by a tenant's running quota, at most a minute of its requests/min): what autoscaling should scale on.",
                 &["agent"],
+            ),
+            tenant_spend: float_gauge(
+                "agentfleet_tenant_spend_usd",
+                "What a tenant's model calls cost today (UTC), fleet-wide, from its budget ledger (reservations in flight included), as the dispatcher last read it.",
+                &["tenant"],
+            ),
+            tenant_budget: float_gauge(
+                "agentfleet_tenant_budget_usd",
+                "A tenant's daily budget in USD (tenants with one).",
+                &["tenant"],
             ),
             queue_wait: histogram(
                 "agentfleet_queue_wait_seconds",
@@ -212,6 +230,8 @@ impl Metrics {
             "agentfleet_rate_limit_wait_seconds",
             "agentfleet_queue_depth",
             "agentfleet_admissible_backlog",
+            "agentfleet_tenant_spend_usd",
+            "agentfleet_tenant_budget_usd",
             "agentfleet_queue_wait_seconds",
             "agentfleet_job_retries_total",
             "agentfleet_dead_letters_total",

@@ -58,6 +58,13 @@ impl JobQueue {
     }
 }
 
+/// Whose spending a budget ledger tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpendOwner<'a> {
+    Tenant(&'a str),
+    Agent(&'a str),
+}
+
 /// The kind of fleet-wide rate limit a GCRA key tracks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateKind {
@@ -166,6 +173,15 @@ impl Names {
     /// their hold expires, so a crashed worker's runs stop counting on their own.
     pub fn running_key(&self, tenant: &str) -> String {
         format!("{}:tenant:{tenant}:running", self.redis)
+    }
+
+    /// What a ledger has spent in one period (micro-USD): a tenant's day (`2026-11-22`) or an
+    /// agent's month (`2026-11`).
+    pub fn spend_key(&self, owner: SpendOwner<'_>, period: &str) -> String {
+        match owner {
+            SpendOwner::Tenant(tenant) => format!("{}:tenant:{tenant}:spend:{period}", self.redis),
+            SpendOwner::Agent(agent) => format!("{}:agent:{agent}:spend:{period}", self.redis),
+        }
     }
 
     /// Fanout exchange for control broadcasts to every worker (cancellations).

@@ -51,6 +51,7 @@ mod tests {
             webhook_secret_env: None,
             weight: 1,
             quotas: Default::default(),
+            budget: None,
         }])
     }
 

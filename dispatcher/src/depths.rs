@@ -21,6 +21,7 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
 use agentfleet_common::broker::{Broker, BrokerError};
+use agentfleet_common::budget::{Budget, Ledgers};
 use agentfleet_common::config::Config;
 use agentfleet_common::metrics::Metrics;
 use agentfleet_common::naming::LimitScope;
@@ -52,6 +53,9 @@ struct Inner {
     agents: Vec<AgentLimits>,
     /// Running-set key and `max_running_jobs` of each tenant that has one.
     running: Vec<(String, String, u64)>,
+    /// Tenants' daily budgets, for the spend gauges.
+    budgets: Vec<(String, Budget)>,
+    ledgers: Ledgers,
     redis: Redis,
     /// `max_queue_depth` by agent.
     agent_limits: HashMap<String, u64>,
@@ -123,11 +127,24 @@ impl QueueDepths {
                 Some((t.id.clone(), (u64::from(max), AtomicU64::new(0))))
             })
             .collect();
+        let budgets: Vec<(String, Budget)> = config
+            .tenants
+            .iter()
+            .filter_map(|t| Some((t.id.clone(), Budget::tenant_daily(config, &t.id)?)))
+            .collect();
+        for (tenant, budget) in &budgets {
+            metrics
+                .tenant_budget
+                .with_label_values(&[tenant])
+                .set(budget.limit_usd);
+        }
         Self {
             inner: Arc::new(Inner {
                 queues,
                 agents,
                 running,
+                budgets,
+                ledgers: Ledgers::new(redis.clone(), names.clone()),
                 redis,
                 agent_limits,
                 tenant_limits,
@@ -194,6 +211,9 @@ impl QueueDepths {
             }
             if let Err(err) = self.export_admissible().await {
                 tracing::debug!(error = %err, "admissible backlog not computed");
+            }
+            if let Err(err) = self.export_spend().await {
+                tracing::debug!(error = %err, "tenant spend not read");
             }
         }
     }
@@ -271,6 +291,24 @@ impl QueueDepths {
                 .admissible_backlog
                 .with_label_values(&[&agent.agent])
                 .set(admissible);
+        }
+        Ok(())
+    }
+
+    /// Sets `agentfleet_tenant_spend_usd` from the tenants' ledgers for today.
+    async fn export_spend(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        if inner.budgets.is_empty() {
+            return Ok(());
+        }
+        let budgets: Vec<Budget> = inner.budgets.iter().map(|(_, b)| b.clone()).collect();
+        let spent = inner.ledgers.spent(&budgets).await?;
+        for ((tenant, _), usd) in inner.budgets.iter().zip(spent) {
+            inner
+                .metrics
+                .tenant_spend
+                .with_label_values(&[tenant])
+                .set(usd);
         }
         Ok(())
     }

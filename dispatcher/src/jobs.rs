@@ -42,6 +42,7 @@ pub async fn submit(
             ApiError::PayloadTooLarge { .. } => "too_large",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::Limited { limit, .. } => limit.as_str(),
+            ApiError::BudgetSpent { .. } => "budget",
             ApiError::IdempotencyMismatch | ApiError::Conflict(_) => "conflict",
             _ => "invalid",
         };
@@ -147,6 +148,10 @@ async fn enqueue(
     request: SubmitRequest,
 ) -> Result<Response, ApiError> {
     let inner = &state.inner;
+    inner
+        .quotas
+        .check_budgets(&tenant.id, &request.agent)
+        .await?;
     inner
         .quotas
         .check_tenant(tenant, &inner.queue_depths)

@@ -30,6 +30,11 @@ pub enum ApiError {
     #[error("agent `{agent}` has too many jobs waiting; retry later")]
     Overloaded { agent: String },
     #[error("{detail}")]
+    BudgetSpent {
+        detail: String,
+        resets_at: chrono::DateTime<chrono::Utc>,
+    },
+    #[error("{detail}")]
     Limited {
         limit: Limit,
         detail: String,
@@ -67,6 +72,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Overloaded { .. } | Self::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::BudgetSpent { .. } => StatusCode::PAYMENT_REQUIRED,
         }
     }
 
@@ -88,6 +94,7 @@ impl ApiError {
                 ..
             } => ("rate-limited", "Too Many Requests"),
             Self::Limited { .. } => ("tenant-quota", "Too Many Requests"),
+            Self::BudgetSpent { .. } => ("budget-exhausted", "Payment Required"),
         }
     }
 }
@@ -126,6 +133,9 @@ impl IntoResponse for ApiError {
         if let Self::Limited { limit, .. } = &self {
             body["limit"] = json!(limit.as_str());
         }
+        if let Self::BudgetSpent { resets_at, .. } = &self {
+            body["resets_at"] = json!(resets_at);
+        }
         let mut response = (status, body.to_string()).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -141,6 +151,10 @@ impl IntoResponse for ApiError {
             }
             Self::Overloaded { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            }
+            Self::BudgetSpent { resets_at, .. } => {
+                let secs = (resets_at - chrono::Utc::now()).num_seconds().max(1);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
             }
             Self::Limited { retry_after, .. } => {
                 // Whole seconds, rounded up: a client that waits that long is let in.

@@ -5,11 +5,16 @@
 //!   see [`crate::depths`]) and `submissions_per_minute` (a GCRA in Redis that every
 //!   dispatcher shares).
 //!
-//! Every refusal is a 429 problem with `Retry-After` and a `limit` naming which one.
+//! - budgets: once a tenant's daily budget (or the agent's monthly one) is spent, a POST is
+//!   refused with 402 and when the budget resets; jobs already accepted wait for it instead
+//!   (the worker's reservation per model call).
+//!
+//! Every quota refusal is a 429 problem with `Retry-After` and a `limit` naming which one.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use agentfleet_common::budget::{Budget, Ledgers, Owner};
 use agentfleet_common::config::{Config, TenantConfig};
 use agentfleet_common::naming::RateKind;
 use agentfleet_common::rate::{Gcra, LocalLimiter, Mode, RateLimiter};
@@ -27,6 +32,8 @@ pub struct Quotas {
     /// `submissions_per_minute` by tenant.
     submissions: HashMap<String, Gcra>,
     rate: RateLimiter,
+    ledgers: Ledgers,
+    config: Config,
 }
 
 impl Quotas {
@@ -50,7 +57,9 @@ impl Quotas {
         Self {
             per_key: config.dispatcher.per_key_rate.map(LocalLimiter::new),
             submissions,
-            rate: RateLimiter::new(redis),
+            rate: RateLimiter::new(redis.clone()),
+            ledgers: Ledgers::new(redis, names),
+            config: config.clone(),
         }
     }
 
@@ -102,5 +111,44 @@ impl Quotas {
             ),
             retry_after: answer.wait,
         })
+    }
+}
+
+impl Quotas {
+    /// Refuses a job whose tenant's daily budget, or its agent's monthly one, has no room
+    /// left for even the smallest call of the agent (`max_tokens` at the output price): the
+    /// workers could not admit it before the budget resets.
+    pub async fn check_budgets(&self, tenant: &str, agent: &str) -> Result<(), ApiError> {
+        let budgets = Budget::for_call(&self.config, tenant, agent);
+        let smallest_call = self.config.agents.get(agent).and_then(|a| {
+            let price = self.config.prices.get(&a.model)?;
+            Some(f64::from(a.max_tokens) * price.output_usd_per_million / 1_000_000.0)
+        });
+        let Some(smallest_call) = smallest_call.filter(|_| !budgets.is_empty()) else {
+            return Ok(());
+        };
+        let spent = self
+            .ledgers
+            .spent(&budgets)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("reading the budget ledger: {e}")))?;
+        let now = chrono::Utc::now();
+        for (budget, spent) in budgets.iter().zip(spent) {
+            if spent + smallest_call <= budget.limit_usd {
+                continue;
+            }
+            let whose = match &budget.owner {
+                Owner::Tenant(t) => format!("tenant `{t}`'s daily budget"),
+                Owner::Agent(a) => format!("agent `{a}`'s monthly budget"),
+            };
+            return Err(ApiError::BudgetSpent {
+                detail: format!(
+                    "{whose} of {:.4} USD is spent ({spent:.4} USD, no room for another call)",
+                    budget.limit_usd
+                ),
+                resets_at: budget.period.at(now).1,
+            });
+        }
+        Ok(())
     }
 }

@@ -123,6 +123,8 @@ pub struct AppOptions {
     pub per_key_rate: Option<(u32, u32)>,
     /// `webhooks.per_host_rate` as (per second, burst).
     pub webhook_per_host_rate: Option<(u32, u32)>,
+    /// `worker.budget_recheck_secs`.
+    pub budget_recheck_secs: u64,
 }
 
 impl Default for AppOptions {
@@ -145,6 +147,7 @@ impl Default for AppOptions {
             tenant_settings: Vec::new(),
             per_key_rate: None,
             webhook_per_host_rate: None,
+            budget_recheck_secs: 60,
         }
     }
 }
@@ -764,7 +767,7 @@ fn render_config(
         r#"amqp: {{ url: "{amqp}", prefix: "{prefix}", publish_timeout_ms: 3000 }}
 redis: {{ url: "{redis}", prefix: "{prefix}", result_ttl_secs: 3600 }}
 dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: 4096{per_key} }}
-worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease}, max_limit_hold_ms: {hold} }}
+worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease}, max_limit_hold_ms: {hold}, budget_recheck_secs: {recheck} }}
 webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?}{per_host} }}
 telemetry: {{ log_level: "warn" }}
 tenants:
@@ -774,6 +777,7 @@ tenants:
         lease = options.lease_secs,
         grace = options.shutdown_grace_secs,
         hold = options.max_limit_hold_ms,
+        recheck = options.budget_recheck_secs,
         private = options.allow_private_webhooks,
         schedule = options.webhook_retry_schedule_secs,
         per_key = options

@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     tools: std::collections::HashMap<String, tools::HttpTool>,
     /// Tenants' runs at once, fleet-wide.
     running_quota: quota::RunningQuota,
+    /// The fleet-wide spending ledgers (tenants' daily and agents' monthly budgets).
+    ledgers: agentfleet_common::budget::Ledgers,
     /// Webhook deliveries per receiver host on this replica (`webhooks.per_host_rate`).
     webhook_hosts: Option<agentfleet_common::rate::LocalLimiter>,
 }
@@ -148,6 +150,7 @@ impl Worker {
         }
         let tools = build_tools(&config, &secrets)?;
         let running_quota = quota::RunningQuota::new(&config, redis.clone());
+        let ledgers = agentfleet_common::budget::Ledgers::new(redis.clone(), names.clone());
         let webhook_hosts = config
             .webhooks
             .per_host_rate
@@ -170,6 +173,7 @@ impl Worker {
             instance: uuid::Uuid::now_v7().simple().to_string(),
             tools,
             running_quota,
+            ledgers,
             webhook_hosts,
         });
         Ok(Self {

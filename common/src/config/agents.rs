@@ -180,6 +180,10 @@ pub struct AgentConfig {
     /// Whose job runs next when several tenants have jobs queued for this agent.
     #[serde(default)]
     pub fairness: Fairness,
+    /// USD this agent's model calls may cost in a UTC calendar month, fleet-wide, all tenants
+    /// together: reserved and settled per call like a tenant's daily budget.
+    #[serde(default)]
+    pub monthly_budget_usd: Option<f64>,
 }
 
 /// How an agent's queued jobs are ordered across tenants.
@@ -211,6 +215,11 @@ impl AgentConfig {
     /// [`super::Config::validate`].
     pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
         let key = |field: &str| format!("{at}.{field}");
+        if let Some(usd) = self.monthly_budget_usd {
+            if !(usd.is_finite() && usd > 0.0) {
+                return Err(invalid(key("monthly_budget_usd"), "must be a number > 0"));
+            }
+        }
         if !matches!(self.base_url.scheme(), "http" | "https") {
             return Err(invalid(key("base_url"), "must be an http(s) URL"));
         }

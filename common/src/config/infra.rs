@@ -197,6 +197,10 @@ pub struct WorkerConfig {
     /// a turn reserved at the estimated cost would pace them at their estimates.
     #[serde(rename = "max_limit_hold_ms", with = "duration::millis")]
     pub max_limit_hold: Duration,
+    /// How often a run waiting for budget asks again (at the latest, when the budget's period
+    /// resets): a budget raised meanwhile resumes it within this long.
+    #[serde(rename = "budget_recheck_secs", with = "duration::secs")]
+    pub budget_recheck: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -207,6 +211,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             lease: Duration::from_secs(15),
             max_limit_hold: Duration::from_secs(30),
+            budget_recheck: Duration::from_secs(60),
         }
     }
 }
@@ -218,6 +223,7 @@ impl WorkerConfig {
         if self.lease < Duration::from_secs(3) {
             return Err(invalid(format!("{at}.lease_secs"), "must be at least 3"));
         }
+        positive(&format!("{at}.budget_recheck_secs"), self.budget_recheck)?;
         if self.agents.is_empty() {
             return Err(invalid(
                 format!("{at}.agents"),

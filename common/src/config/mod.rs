@@ -39,7 +39,7 @@ pub use infra::{
     WebhookConfig, WorkerConfig,
 };
 pub use secrets::Secrets;
-pub use tenants::{TenantConfig, TenantQuotas, MAX_TENANT_WEIGHT};
+pub use tenants::{TenantBudget, TenantConfig, TenantQuotas, MAX_TENANT_WEIGHT};
 pub use tools::{HeaderValue, HttpToolConfig, ToolConfig, ToolMethod};
 pub use validation::{is_identifier, parse_sha256_hex};
 

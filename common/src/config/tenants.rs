@@ -27,6 +27,20 @@ pub struct TenantConfig {
     pub weight: u32,
     #[serde(default)]
     pub quotas: TenantQuotas,
+    /// What the tenant's model calls may cost in a UTC day, fleet-wide.
+    #[serde(default)]
+    pub budget: Option<TenantBudget>,
+}
+
+/// A tenant's spending limit. Serialized as configured.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantBudget {
+    /// USD per UTC day. Each model call reserves its worst case (the prompt estimate at the
+    /// input price plus `max_tokens` at the output price) before it is made and settles to
+    /// what it cost; a call that does not fit waits (`waiting.reason = budget`) and a POST
+    /// once the day's budget is spent is refused with 402.
+    pub daily_usd: f64,
 }
 
 fn default_weight() -> u32 {
@@ -79,6 +93,14 @@ impl TenantConfig {
             ));
         }
         self.quotas.validate(&format!("{at}.quotas"))?;
+        if let Some(budget) = &self.budget {
+            if !(budget.daily_usd.is_finite() && budget.daily_usd > 0.0) {
+                return Err(invalid(
+                    format!("{at}.budget.daily_usd"),
+                    "must be a number > 0",
+                ));
+            }
+        }
         self.api_key_hash(at).map(drop)
     }
 

@@ -455,10 +455,26 @@ fn tenants_get_weights_quotas_and_their_own_queues() {
             "tenants[0].quotas.max_running_jobs",
         ),
         ("    quotas: { max_runing_jobs: 1 }\n", "max_runing_jobs"),
+        (
+            "    budget: { daily_usd: 0 }\n",
+            "tenants[0].budget.daily_usd",
+        ),
+        (
+            "    budget: { daily_usd: -1.5 }\n",
+            "tenants[0].budget.daily_usd",
+        ),
     ] {
         let err = Config::from_yaml(&with(fields)).expect_err(key);
         assert!(err.to_string().contains(key), "{key}: {err}");
     }
+    let err = Config::from_yaml(&yaml("monthly_budget_usd: 0")).expect_err("zero budget");
+    assert!(
+        err.to_string()
+            .contains("agents.summarize.monthly_budget_usd"),
+        "{err}"
+    );
+    let budgeted = Config::from_yaml(&with("    budget: { daily_usd: 12.5 }\n")).expect("valid");
+    assert_eq!(budgeted.tenants[0].budget.map(|b| b.daily_usd), Some(12.5));
     let err = Config::from_yaml(&yaml("fairness: random")).expect_err("unknown fairness");
     assert!(err.to_string().contains("fairness"), "{err}");
 }

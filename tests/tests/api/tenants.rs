@@ -285,3 +285,133 @@ async fn webhooks_to_one_host_keep_the_per_host_rate() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A daily budget of 0.2 USD with calls that cost 0.008 (8 tokens at 1,000 USD/M) but reserve
+/// up to 0.064 (`max_tokens` 64) holds across three worker processes: what the calls cost
+/// never passes it, the jobs that do not fit wait with `waiting.reason = budget` (a pause,
+/// not a failure), a POST is then refused with 402, the spend is exported — and once the
+/// ledger resets (as at midnight) the waiting jobs resume and finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_daily_budget_pauses_its_runs_across_the_fleet() -> anyhow::Result<()> {
+    let mut priced = AgentSpec::new("priced");
+    priced.price = Some((0.0, 1_000.0));
+    priced.concurrency = 2;
+    let mut app = TestApp::spawn(AppOptions {
+        agents: vec![priced],
+        workers: 0,
+        tenant_settings: vec![("acme", "budget: { daily_usd: 0.2 }".into())],
+        budget_recheck_secs: 1,
+        ..AppOptions::default()
+    })
+    .await?;
+    let acme = app.acme.clone();
+    let mut first = Vec::new();
+    for i in 0..30 {
+        first.push(app.submit_for(&acme, "priced", &format!("{i}")).await?);
+    }
+    let ids = std::sync::Mutex::new(first);
+    for _ in 0..3 {
+        app.start_worker_process(crate::WORKER_BIN)?;
+    }
+    // Once no call fits, the dispatcher refuses more (those accepted meanwhile wait too).
+    let refused = wait_until(
+        Duration::from_secs(30),
+        "a 402 once the budget is spent",
+        || async {
+            let response = app
+                .submit_as(&acme, &json!({"agent": "priced", "input": "one more"}))
+                .await;
+            if response.status() == 402 {
+                return Some(response);
+            }
+            let id = response.json::<Value>().await.ok()?["id"]
+                .as_str()?
+                .to_owned();
+            ids.lock().ok()?.push(id);
+            None
+        },
+    )
+    .await?;
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem: Value = refused.json().await?;
+    assert_eq!(problem["type"], "urn:agentfleet:problem:budget-exhausted");
+    assert!(problem["resets_at"].is_string());
+    let ids = ids.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let settled = wait_until(
+        Duration::from_secs(30),
+        "every job done or waiting for budget",
+        || async {
+            let mut records = Vec::new();
+            for id in &ids {
+                let record = app.job(id).await.ok()?;
+                let waiting = record["waiting"]["reason"] == "budget";
+                if record["status"] != "succeeded" && !waiting {
+                    return None;
+                }
+                records.push(record);
+            }
+            let succeeded = records
+                .iter()
+                .filter(|r| r["status"] == "succeeded")
+                .count();
+            (app.llm.call_count() == succeeded).then_some(records)
+        },
+    )
+    .await?;
+    let succeeded = settled
+        .iter()
+        .filter(|r| r["status"] == "succeeded")
+        .count();
+    let spent: f64 = settled.iter().filter_map(|r| r["cost_usd"].as_f64()).sum();
+    assert!(
+        succeeded >= 1 && succeeded < ids.len(),
+        "{succeeded} succeeded"
+    );
+    assert!(
+        spent <= 0.2 + 1e-9,
+        "the calls cost {spent} USD of a 0.2 budget"
+    );
+
+    let line = r#"agentfleet_tenant_spend_usd{tenant="acme"} "#;
+    wait_until(Duration::from_secs(5), "spend exported", || async {
+        app.dispatcher_metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.parse::<f64>().ok())
+            .filter(|usd| (usd - spent).abs() < 1e-6)
+    })
+    .await?;
+
+    // Midnight: the day's ledger is gone, and the paused jobs go on.
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let ledger = app.names().spend_key(
+        agentfleet_common::naming::SpendOwner::Tenant("acme"),
+        &today,
+    );
+    let mut redis = app.redis().await?;
+    let _: () = redis::cmd("DEL")
+        .arg(&ledger)
+        .query_async(&mut redis)
+        .await?;
+    let after = wait_until(
+        Duration::from_secs(20),
+        "paused jobs resumed after the reset",
+        || async {
+            let mut records = Vec::new();
+            for id in &ids {
+                records.push(app.job(id).await.ok()?);
+            }
+            let more = records
+                .iter()
+                .filter(|r| r["status"] == "succeeded")
+                .count();
+            (more > succeeded).then_some(records)
+        },
+    )
+    .await?;
+    assert!(
+        after.iter().all(|r| r["status"] != "failed"),
+        "a budget is a pause, never a failure"
+    );
+    Ok(())
+}

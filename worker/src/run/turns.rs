@@ -12,12 +12,14 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use agentfleet_agent::{
     decide, Action, CallPlan, FinalOutput, Message, ModelRequest, PlannedCall, RunInput,
-    SideEffect, Step, StepKind, Stop, ToolStatus,
+    SideEffect, Step, StepKind, Stop, ToolStatus, Usage,
 };
+use agentfleet_common::budget::{Budget, Reservation};
 use agentfleet_common::store::Written;
 use agentfleet_common::wire::{ErrorCategory, JobInput, Role, WaitReason, Waiting};
 
 use super::Run;
+
 use crate::circuit::CallResult;
 use crate::limits::AdmitError;
 use crate::provider::{Failure, ModelAnswer, ModelCall};
@@ -217,6 +219,8 @@ fn input_messages(input: &JobInput) -> Vec<Message> {
 
 impl Run<'_> {
     /// One model call: admission, the call bounded by the deadline, and its step.
+    /// One model call: its budget reserved, its rate-limit turn admitted, then the call; the
+    /// reservation is settled to what the call cost (nothing, if it failed or was not made).
     async fn model_turn(
         &self,
         slot: OwnedSemaphorePermit,
@@ -226,6 +230,28 @@ impl Run<'_> {
             Ok(body) => body,
             Err(failure) => return Ok(Turned::Failed(failure)),
         };
+        let reservation = match self.reserve_budget(body.len(), request.max_tokens).await? {
+            Ok(reservation) => reservation,
+            Err(turned) => return Ok(turned),
+        };
+        let turned = self.admitted_call(slot, request, body).await;
+        let cost = match &turned {
+            Ok(Turned::Step(Step {
+                kind: StepKind::Model { cost_usd, .. },
+                ..
+            })) => *cost_usd,
+            _ => 0.0,
+        };
+        self.shared.ledgers.settle(reservation, cost).await;
+        turned
+    }
+
+    async fn admitted_call(
+        &self,
+        slot: OwnedSemaphorePermit,
+        request: &ModelRequest,
+        body: Vec<u8>,
+    ) -> Result<Turned, Interrupted> {
         let estimate = estimate_tokens(&body, request.max_tokens);
         // A turn reserved before the run waited outside is this call's: no admission again.
         let reserved = self
@@ -248,30 +274,63 @@ impl Run<'_> {
             Ok(answer) => answer,
             Err(failure) => return Ok(Turned::Failed(failure)),
         };
-        Ok(Turned::Step({
-            let cost_usd = self
-                .agent
-                .definition
-                .price
-                .map_or(0.0, |price| price.cost(&answer.usage));
-            self.step(
-                started_at,
-                StepKind::Model {
-                    turn: request.turn,
-                    feedback: request.feedback.clone(),
-                    message: answer.message,
-                    usage: answer.usage,
-                    cost_usd,
-                    cached: false,
-                },
-            )
-        }))
+        let cost_usd = self
+            .agent
+            .definition
+            .price
+            .map_or(0.0, |price| price.cost(&answer.usage));
+        Ok(Turned::Step(self.step(
+            started_at,
+            StepKind::Model {
+                turn: request.turn,
+                feedback: request.feedback.clone(),
+                message: answer.message,
+                usage: answer.usage,
+                cost_usd,
+                cached: false,
+            },
+        )))
     }
 
-    /// What the run does about a turn that is `wait` away. A run that has not made a call
-    /// yet has not really started: its deadline starts again when it does, so it may wait
-    /// for any turn. Past the deadline of a started run, it fails as a timeout (giving back a
-    /// reserved turn); otherwise it waits outside the worker, until then.
+    /// Reserves the call's worst case (the prompt estimate at the input price, `max_tokens`
+    /// at the output price) on the tenant's and the agent's budgets. One that has no room
+    /// makes the run wait outside, re-checked every `worker.budget_recheck_secs` so a raised
+    /// budget resumes it soon, and at the latest when the period resets.
+    async fn reserve_budget(
+        &self,
+        body_bytes: usize,
+        max_tokens: u32,
+    ) -> Result<Result<Reservation, Turned>, Interrupted> {
+        let config = &self.shared.config;
+        let budgets = Budget::for_call(config, &self.msg.tenant, &self.agent.name);
+        let Some(price) = self.agent.definition.price.filter(|_| !budgets.is_empty()) else {
+            return Ok(Ok(Reservation::default()));
+        };
+        let worst = price.cost(&Usage {
+            prompt_tokens: body_bytes as u64 / 4,
+            completion_tokens: u64::from(max_tokens),
+            total_tokens: 0,
+        });
+        match self.shared.ledgers.reserve(&budgets, worst).await {
+            Ok(Ok(reservation)) => Ok(Ok(reservation)),
+            Ok(Err(exhausted)) => {
+                tracing::info!(budget = ?exhausted.budget.owner, resets_at = %exhausted.resets_at, "budget spent; the run waits");
+                let recheck = Utc::now()
+                    + chrono::Duration::from_std(config.worker.budget_recheck).unwrap_or_default();
+                Ok(Err(Turned::Wait(Waiting {
+                    reason: WaitReason::Budget,
+                    until: recheck.min(exhausted.resets_at),
+                    reserved: false,
+                })))
+            }
+            // Redis is unreachable: give the job back rather than fail it for the outage.
+            Err(err) => {
+                tracing::warn!(error = %err, "budget ledger unavailable; giving the job back");
+                Err(Interrupted::Cancelled)
+            }
+        }
+    }
+
     async fn turn_too_far(
         &self,
         wait: Duration,

@@ -89,7 +89,28 @@ pub struct OutboundResponse {
     pub retry_after: Option<String>,
     /// `retry-after-ms` (OpenAI-compatible servers send it beside `Retry-After`): finer.
     pub retry_after_ms: Option<String>,
+    /// A provider's rate-limit headers (`x-ratelimit-*`, `anthropic-ratelimit-*`), at most
+    /// [`MAX_RATE_HEADERS`] of them, names lowercase.
+    pub rate_headers: Vec<(String, String)>,
     pub body: bytes::Bytes,
+}
+
+/// Rate-limit headers kept from one response: providers send about a dozen.
+pub const MAX_RATE_HEADERS: usize = 24;
+
+/// The headers of `headers` that describe a provider's rate limits.
+fn rate_headers(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            name.starts_with("x-ratelimit-") || name.starts_with("anthropic-ratelimit-")
+        })
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .take(MAX_RATE_HEADERS)
+        .collect()
 }
 
 #[derive(Clone)]
@@ -205,11 +226,13 @@ impl Outbound {
             };
             let retry_after = header("retry-after");
             let retry_after_ms = header("retry-after-ms");
+            let rate_headers = rate_headers(response.headers());
             let body = read_limited(response, self.max_response_bytes).await?;
             Ok(OutboundResponse {
                 status,
                 retry_after,
                 retry_after_ms,
+                rate_headers,
                 body,
             })
         };

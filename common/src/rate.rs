@@ -24,9 +24,11 @@ use crate::store::{Redis, StoreError};
 /// off it is (a pause is answered as by `take`, nothing reserved): turns handed out this way
 /// are distinct, so callers waiting elsewhere come back one by one rather than as a herd.
 /// `adjust` charges (or refunds, when negative) units after the fact without waiting.
+/// `tighten` leaves only `capacity - cost` units available now, if fewer were not already:
+/// the provider knows of less room than the bucket does.
 const GCRA: &str = r"
 local mode = ARGV[4]
-if mode ~= 'adjust' and KEYS[2] then
+if (mode == 'take' or mode == 'reserve') and KEYS[2] then
   local paused = redis.call('PTTL', KEYS[2])
   if paused > 0 then return {paused * 1000, 1} end
 end
@@ -37,6 +39,13 @@ local capacity = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
+if mode == 'tighten' then
+  local floor = now + cost * interval
+  if floor > tat then
+    redis.call('SET', KEYS[1], string.format('%.0f', floor), 'PX', math.ceil((floor - now) / 1000) + 1000)
+  end
+  return {0, 0}
+end
 local new_tat = tat + cost * interval
 local wait = 0
 if mode == 'adjust' then
@@ -59,6 +68,7 @@ pub enum Mode {
     Take,
     Reserve,
     Adjust,
+    Tighten,
 }
 
 impl Mode {
@@ -67,6 +77,7 @@ impl Mode {
             Self::Take => "take",
             Self::Reserve => "reserve",
             Self::Adjust => "adjust",
+            Self::Tighten => "tighten",
         }
     }
 }
@@ -104,6 +115,11 @@ impl Gcra {
             interval_us: 60_000_000.0 / per_minute,
             capacity: burst.max(1.0),
         }
+    }
+
+    /// Units the bucket holds when full (its burst).
+    pub fn capacity(&self) -> f64 {
+        self.capacity
     }
 
     /// A cost above the capacity could never be admitted: it waits for a full bucket instead.

@@ -32,6 +32,9 @@ pub enum Fault {
     Hang,
     /// A 200 whose body is not a chat completion.
     Malformed,
+    /// A normal answer that also carries these (rate-limit) headers, as providers send
+    /// `x-ratelimit-remaining-requests` and the like.
+    WithHeaders(Vec<(String, String)>),
 }
 
 #[derive(Debug, Clone)]
@@ -267,6 +270,19 @@ async fn chat_completions(
         tokio::time::sleep(behavior.latency).await;
     }
     match fault {
+        Some(Fault::WithHeaders(extra)) => {
+            lock(&stub.recorded).faults_served.push(Instant::now());
+            let mut response = plain_answer(&meta.model, &request, &behavior);
+            for (name, value) in extra {
+                if let (Ok(name), Ok(value)) = (
+                    http::HeaderName::try_from(name.as_str()),
+                    http::HeaderValue::try_from(value.as_str()),
+                ) {
+                    response.headers_mut().insert(name, value);
+                }
+            }
+            response
+        }
         Some(fault) => {
             lock(&stub.recorded).faults_served.push(Instant::now());
             fault_response(fault).await
@@ -356,6 +372,8 @@ async fn fault_response(fault: Fault) -> Response {
     match fault {
         Fault::Hang => std::future::pending::<Response>().await,
         Fault::Malformed => (StatusCode::OK, "{\"choices\": \"not a list\"").into_response(),
+        // Served as an answer by the caller.
+        Fault::WithHeaders(_) => StatusCode::OK.into_response(),
         Fault::Status {
             status,
             retry_after,

@@ -9,6 +9,7 @@ mod delivery;
 mod fair;
 mod limits;
 mod provider;
+mod provider_limits;
 mod quota;
 mod retry;
 mod run;

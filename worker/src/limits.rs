@@ -23,6 +23,8 @@ use agentfleet_common::rate::{Answer, Gcra, Mode, RateLimiter};
 use agentfleet_common::store::{Redis, StoreError};
 use agentfleet_common::wire::WaitReason;
 
+use crate::provider_limits::ProviderLimits;
+
 /// Pauses the fleet's calls until `ARGV[1]` ms from now, unless a pause already runs longer.
 const PAUSE: &str = r"
 local left = redis.call('PTTL', KEYS[1])
@@ -36,6 +38,9 @@ pub struct AgentLimits {
     calls: Arc<Semaphore>,
     /// The agent's own buckets, then its pool's: a call takes a turn in each.
     buckets: Vec<Gcra>,
+    /// The buckets of the API key the provider's headers describe: the pool's, else the
+    /// agent's own.
+    key_buckets: Vec<Gcra>,
     /// Set while the provider asked the fleet to hold calls: the pool's, else the agent's.
     pause_key: String,
     /// Runs on this replica wait for their rate-limit turn one behind the other (tokio's
@@ -86,16 +91,18 @@ impl AgentLimits {
         if let Some(limit) = &agent.rate_limit {
             buckets.extend(Gcra::of(names, LimitScope::Agent(name), limit));
         }
-        let pause_scope = match pool {
+        let (pause_scope, key_buckets) = match pool {
             Some((pool, limit)) => {
-                buckets.extend(Gcra::of(names, LimitScope::Pool(pool), limit));
-                LimitScope::Pool(pool)
+                let pool_buckets = Gcra::of(names, LimitScope::Pool(pool), limit);
+                buckets.extend(pool_buckets.iter().cloned());
+                (LimitScope::Pool(pool), pool_buckets)
             }
-            None => LimitScope::Agent(name),
+            None => (LimitScope::Agent(name), buckets.clone()),
         };
         Self {
             calls: Arc::new(Semaphore::new(usize::from(agent.concurrency))),
             buckets,
+            key_buckets,
             pause_key: names.pause_key(pause_scope),
             turn: tokio::sync::Mutex::new(()),
             rate: RateLimiter::new(redis.clone()),
@@ -246,6 +253,32 @@ impl AgentLimits {
         let mut invocation = self.pause.key(&self.pause_key);
         invocation.arg(pause.as_millis().max(1) as u64);
         self.redis.script::<i64>(&invocation).await.map(|_| ())
+    }
+
+    /// Takes the provider's word for the key's limits where it knows of less room than the
+    /// fleet's buckets: a window it says is used up pauses the fleet until it resets; one
+    /// with fewer requests (or tokens) left than a bucket would allow at once tightens that
+    /// bucket to them. Never loosens anything.
+    pub async fn correct(&self, limits: &ProviderLimits) -> Result<(), StoreError> {
+        if let Some(wait) = limits.exhausted_for() {
+            tracing::info!(
+                ?wait,
+                "provider reports its limit used up; pausing the fleet's calls"
+            );
+            return self.pause(wait).await;
+        }
+        for bucket in &self.key_buckets {
+            let window = match bucket.kind {
+                RateKind::Requests => limits.requests,
+                RateKind::Tokens => limits.tokens,
+            };
+            let Some(window) = window else { continue };
+            let used = bucket.capacity() - window.remaining as f64;
+            if used > 0.0 {
+                self.call(bucket, used, Mode::Tighten).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Gives back what `admit` took for a call that was not made after all (the job's

@@ -13,6 +13,7 @@ use agentfleet_common::config::{AgentConfig, HttpVersion};
 use agentfleet_common::outbound::{Destination, Outbound, OutboundError};
 use agentfleet_common::wire::{ErrorCategory, JobError};
 
+use crate::provider_limits::ProviderLimits;
 use crate::retry::parse_retry_after;
 
 /// A failed call: its category (which decides retrying), a message safe to store and show,
@@ -46,6 +47,8 @@ impl Failure {
 pub struct ModelAnswer {
     pub message: AssistantMessage,
     pub usage: Usage,
+    /// What the provider's rate-limit headers said about the key's limits.
+    pub limits: ProviderLimits,
 }
 
 /// One model call: the encoded request ([`Provider::encode`]), and what identifies the run to
@@ -139,12 +142,17 @@ impl Provider {
             )
             .await
             .map_err(classify_transport)?;
+        let limits = ProviderLimits::parse(&response.rate_headers, Utc::now());
+        // A 429 without `Retry-After` may still say when the exhausted window resets.
         let retry_after = wait_asked(
             response.retry_after_ms.as_deref(),
             response.retry_after.as_deref(),
-        );
+        )
+        .or_else(|| limits.exhausted_for());
         match response.status {
-            200..=299 => parse_completion(&response.body),
+            200..=299 => {
+                parse_completion(&response.body).map(|answer| ModelAnswer { limits, ..answer })
+            }
             status => Err(Failure {
                 category: status_category(status),
                 message: format!(
@@ -229,6 +237,7 @@ pub fn parse_completion(body: &[u8]) -> Result<ModelAnswer, Failure> {
             completion_tokens,
             total_tokens,
         },
+        limits: ProviderLimits::default(),
     })
 }
 

@@ -314,3 +314,90 @@ async fn the_admissible_backlog_leaves_out_what_limits_hold_back() -> anyhow::Re
     shows(gauge("open", 3)).await?;
     Ok(())
 }
+
+/// A successful answer whose `x-ratelimit-remaining-requests` is 0 (reset in 2 s) pauses the
+/// whole fleet like a 429 would: the provider counts every caller of the key, so it knows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_reports_its_limit_used_up_pauses_the_fleet() -> anyhow::Result<()> {
+    let mut busy = AgentSpec::new("busy");
+    busy.concurrency = 2;
+    let app = TestApp::spawn(AppOptions {
+        agents: vec![busy],
+        workers: 3,
+        behavior: Behavior {
+            latency: Duration::from_millis(50),
+            ..Behavior::default()
+        },
+        ..AppOptions::default()
+    })
+    .await?;
+    app.llm
+        .script_faults([agentfleet_tests::Fault::WithHeaders(vec![
+            ("x-ratelimit-remaining-requests".into(), "0".into()),
+            ("x-ratelimit-reset-requests".into(), "2s".into()),
+            ("x-ratelimit-remaining-tokens".into(), "90000".into()),
+            ("x-ratelimit-reset-tokens".into(), "6m0s".into()),
+        ])]);
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(app.submit_job("busy", &format!("job {i}")).await?);
+    }
+    let records = app.wait_terminal(&ids, Duration::from_secs(60)).await?;
+    assert!(records.iter().all(|r| r["status"] == "succeeded"));
+    let answered_at = app
+        .llm
+        .refused_at()
+        .first()
+        .copied()
+        .expect("headers served");
+    let calls = app.llm.calls();
+    let race = Duration::from_millis(150);
+    let window = Duration::from_secs(2) - Duration::from_millis(100);
+    let inside: Vec<Duration> = calls
+        .iter()
+        .filter(|c| c.at > answered_at + race)
+        .map(|c| c.at.duration_since(answered_at))
+        .filter(|after| *after < window)
+        .collect();
+    assert!(
+        inside.is_empty(),
+        "calls {inside:?} inside the provider's 2 s reset"
+    );
+    assert!(
+        calls.iter().any(|c| c.at > answered_at + window),
+        "calls resumed"
+    );
+    Ok(())
+}
+
+/// An agent allowed 1,200 requests/min (a burst of 20) is told by the provider that one
+/// request is left in the window: its bucket is tightened to that, so the next 20 jobs are
+/// paced one per 50 ms instead of going out at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_headers_with_less_room_tighten_the_shared_bucket() -> anyhow::Result<()> {
+    let mut fast = AgentSpec::new("fast");
+    fast.requests_per_minute = Some(1_200);
+    let app = TestApp::spawn(AppOptions {
+        agents: vec![fast],
+        workers: 3,
+        ..AppOptions::default()
+    })
+    .await?;
+    app.llm
+        .script_faults([agentfleet_tests::Fault::WithHeaders(vec![
+            ("x-ratelimit-remaining-requests".into(), "1".into()),
+            ("x-ratelimit-reset-requests".into(), "30s".into()),
+        ])]);
+    let first = app.submit_job("fast", "first").await?;
+    app.wait_terminal(std::slice::from_ref(&first), Duration::from_secs(10))
+        .await?;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(app.submit_job("fast", &format!("job {i}")).await?);
+    }
+    app.wait_terminal(&ids, Duration::from_secs(30)).await?;
+    let mut times: Vec<_> = app.llm.calls().iter().skip(1).map(|c| c.at).collect();
+    assert_eq!(times.len(), 20);
+    assert_paced(&mut times, Duration::from_millis(50), 2);
+    Ok(())
+}

@@ -473,6 +473,9 @@ impl Run<'_> {
         {
             tracing::warn!(error = %err, "could not settle the token budget");
         }
+        if let Err(err) = self.agent.limits.correct(&answer.limits).await {
+            tracing::warn!(error = %err, "could not apply the provider's rate-limit headers");
+        }
     }
 }
 

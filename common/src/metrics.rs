@@ -17,6 +17,7 @@ pub struct Metrics {
     pub jobs_in_flight: IntGaugeVec,
     pub llm_tokens: IntCounterVec,
     pub llm_cost_usd: CounterVec,
+    pub llm_cache: IntCounterVec,
     pub tool_calls: IntCounterVec,
     pub tool_call_duration: HistogramVec,
     pub llm_requests: IntCounterVec,
@@ -80,6 +81,11 @@ impl Metrics {
                 "agentfleet_llm_cost_usd_total",
                 "What model calls cost in USD, from the price table.",
                 &["agent"],
+            ),
+            llm_cache: counter(
+                "agentfleet_llm_cache_total",
+                "Response-cache lookups of agents with a cache, by result (hit, miss).",
+                &["agent", "result"],
             ),
             tool_calls: counter(
                 "agentfleet_tool_calls_total",
@@ -223,6 +229,7 @@ impl Metrics {
             "agentfleet_jobs_in_flight",
             "agentfleet_llm_tokens_total",
             "agentfleet_llm_cost_usd_total",
+            "agentfleet_llm_cache_total",
             "agentfleet_tool_calls_total",
             "agentfleet_tool_call_duration_seconds",
             "agentfleet_llm_requests_total",

@@ -175,6 +175,12 @@ impl Names {
         format!("{}:tenant:{tenant}:running", self.redis)
     }
 
+    /// A cached model answer of `agent` for `tenant`, by the digest of the request it
+    /// answered. Per tenant: one tenant's answers are never served to another.
+    pub fn cache_key(&self, agent: &str, tenant: &str, digest: &str) -> String {
+        format!("{}:cache:{agent}:{tenant}:{digest}", self.redis)
+    }
+
     /// What a ledger has spent in one period (micro-USD): a tenant's day (`2026-11-22`) or an
     /// agent's month (`2026-11`).
     pub fn spend_key(&self, owner: SpendOwner<'_>, period: &str) -> String {

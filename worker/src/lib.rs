@@ -2,6 +2,7 @@
 //! provider call, retries), stores the run in Redis and hands the terminal event to the
 //! webhook queue, which it also consumes. Replicas share nothing but RabbitMQ and Redis.
 
+mod cache;
 mod circuit;
 mod consumer;
 mod control;
@@ -77,6 +78,8 @@ pub(crate) struct AgentRuntime {
     provider: Provider,
     limits: AgentLimits,
     circuit: Arc<circuit::Circuit>,
+    /// The agent's response cache, when configured.
+    cache: Option<cache::ResponseCache>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +149,9 @@ impl Worker {
                     redis: redis.clone(),
                 }),
                 circuit,
+                cache: agent.cache.map(|cache| {
+                    cache::ResponseCache::new(name, cache.ttl, names.clone(), redis.clone())
+                }),
             };
             agents.insert(name.clone(), Arc::new(runtime));
         }

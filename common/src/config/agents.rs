@@ -180,10 +180,22 @@ pub struct AgentConfig {
     /// Whose job runs next when several tenants have jobs queued for this agent.
     #[serde(default)]
     pub fairness: Fairness,
+    /// Answers of identical model calls (same agent, model, messages and tools) reused for
+    /// this long, without a provider call; off when absent.
+    #[serde(default)]
+    pub cache: Option<CacheConfig>,
     /// USD this agent's model calls may cost in a UTC calendar month, fleet-wide, all tenants
     /// together: reserved and settled per call like a tenant's daily budget.
     #[serde(default)]
     pub monthly_budget_usd: Option<f64>,
+}
+
+/// An agent's response cache. Serialized as configured.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(rename = "ttl_secs", with = "duration::secs")]
+    pub ttl: Duration,
 }
 
 /// How an agent's queued jobs are ordered across tenants.
@@ -215,6 +227,9 @@ impl AgentConfig {
     /// [`super::Config::validate`].
     pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
         let key = |field: &str| format!("{at}.{field}");
+        if let Some(cache) = &self.cache {
+            positive(&key("cache.ttl_secs"), cache.ttl)?;
+        }
         if let Some(usd) = self.monthly_budget_usd {
             if !(usd.is_finite() && usd > 0.0) {
                 return Err(invalid(key("monthly_budget_usd"), "must be a number > 0"));

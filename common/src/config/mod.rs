@@ -31,8 +31,8 @@ mod validation;
 mod tests;
 
 pub use agents::{
-    delivery_window, AgentConfig, CircuitBreakerConfig, Fairness, HttpVersion, ProviderKind,
-    RateLimitConfig, RetryConfig,
+    delivery_window, AgentConfig, CacheConfig, CircuitBreakerConfig, Fairness, HttpVersion,
+    ProviderKind, RateLimitConfig, RetryConfig,
 };
 pub use infra::{
     AmqpConfig, BurstConfig, DispatcherConfig, LogFormat, QueueType, RedisConfig, TelemetryConfig,

@@ -467,6 +467,11 @@ fn tenants_get_weights_quotas_and_their_own_queues() {
         let err = Config::from_yaml(&with(fields)).expect_err(key);
         assert!(err.to_string().contains(key), "{key}: {err}");
     }
+    let err = Config::from_yaml(&yaml("cache: { ttl_secs: 0 }")).expect_err("zero ttl");
+    assert!(
+        err.to_string().contains("agents.summarize.cache.ttl_secs"),
+        "{err}"
+    );
     let err = Config::from_yaml(&yaml("monthly_budget_usd: 0")).expect_err("zero budget");
     assert!(
         err.to_string()

@@ -290,3 +290,66 @@ async fn big_tool_responses_are_truncated_before_the_model_sees_them() -> anyhow
     assert!(content.contains("truncated"), "{content}");
     Ok(())
 }
+
+/// With `cache: { ttl_secs: 60 }`, a second job asking exactly the same is answered from the
+/// cache: the stub sees one call, the step says `cached: true` at zero cost, and a different
+/// input (or an agent without a cache) still calls the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_calls_are_served_from_the_response_cache() -> anyhow::Result<()> {
+    let mut cached = AgentSpec::new("cached");
+    cached.cache_ttl_secs = Some(60);
+    cached.price = Some((1.0, 2.0));
+    let plain = AgentSpec::new("plain");
+    let (cached_model, plain_model) = (cached.model(), plain.model());
+    let app = TestApp::spawn(AppOptions {
+        agents: vec![cached, plain],
+        workers: 1,
+        ..AppOptions::default()
+    })
+    .await?;
+    let calls = |model: &str| app.llm.calls().iter().filter(|c| c.model == model).count();
+    let mut records = Vec::new();
+    for input in ["same question", "same question", "another question"] {
+        let id = app.submit_for(&app.acme, "cached", input).await?;
+        app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(20))
+            .await?;
+        records.push(app.job_with_steps(&id).await?);
+    }
+    assert!(records.iter().all(|r| r["status"] == "succeeded"));
+    assert_eq!(
+        calls(&cached_model),
+        2,
+        "the repeat was not sent to the provider"
+    );
+    let (first, repeat) = (&records[0], &records[1]);
+    assert_eq!(first["steps"][0]["cached"], false);
+    assert!(first["cost_usd"].as_f64().unwrap_or_default() > 0.0);
+    assert_eq!(repeat["steps"][0]["cached"], true);
+    assert_eq!(repeat["cost_usd"].as_f64(), Some(0.0));
+    assert_eq!(repeat["output"], first["output"]);
+    assert_eq!(records[2]["steps"][0]["cached"], false);
+    // Never across tenants.
+    let other = app
+        .submit_for(&app.globex, "cached", "same question")
+        .await?;
+    app.wait_terminal(std::slice::from_ref(&other), Duration::from_secs(20))
+        .await?;
+    assert_eq!(
+        app.job_with_steps(&other).await?["steps"][0]["cached"],
+        false
+    );
+    assert_eq!(calls(&cached_model), 3);
+
+    for _ in 0..2 {
+        let id = app.submit_for(&app.acme, "plain", "same question").await?;
+        app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(20))
+            .await?;
+    }
+    assert_eq!(calls(&plain_model), 2, "no cache unless configured");
+    let metrics = app.worker_metrics(0).expect("worker").render();
+    assert!(
+        metrics.contains(r#"agentfleet_llm_cache_total{agent="cached",result="hit"} 1"#),
+        "{metrics}"
+    );
+    Ok(())
+}

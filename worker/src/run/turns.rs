@@ -19,6 +19,7 @@ use agentfleet_common::store::Written;
 use agentfleet_common::wire::{ErrorCategory, JobInput, Role, WaitReason, Waiting};
 
 use super::Run;
+use crate::cache::CachedAnswer;
 
 use crate::circuit::CallResult;
 use crate::limits::AdmitError;
@@ -230,6 +231,18 @@ impl Run<'_> {
             Ok(body) => body,
             Err(failure) => return Ok(Turned::Failed(failure)),
         };
+        let cache = self
+            .agent
+            .cache
+            .as_ref()
+            .map(|c| (c, c.key(&self.msg.tenant, &body)));
+        if let Some((cache, key)) = &cache {
+            if let Some(answer) = cache.get(key).await {
+                self.count_cache("hit");
+                return Ok(Turned::Step(self.cached_step(request, answer)));
+            }
+            self.count_cache("miss");
+        }
         let reservation = match self.reserve_budget(body.len(), request.max_tokens).await? {
             Ok(reservation) => reservation,
             Err(turned) => return Ok(turned),
@@ -243,7 +256,40 @@ impl Run<'_> {
             _ => 0.0,
         };
         self.shared.ledgers.settle(reservation, cost).await;
+        if let (Some((cache, key)), Ok(Turned::Step(step))) = (&cache, &turned) {
+            if let StepKind::Model { message, usage, .. } = &step.kind {
+                let answer = CachedAnswer {
+                    message: message.clone(),
+                    usage: *usage,
+                };
+                cache.put(key, &answer).await;
+            }
+        }
         turned
+    }
+
+    /// A model step served from the response cache: no provider call, so no cost and no
+    /// tokens in the run's totals.
+    fn cached_step(&self, request: &ModelRequest, answer: CachedAnswer) -> Step {
+        self.step(
+            Utc::now(),
+            StepKind::Model {
+                turn: request.turn,
+                feedback: request.feedback.clone(),
+                message: answer.message,
+                usage: Usage::default(),
+                cost_usd: 0.0,
+                cached: true,
+            },
+        )
+    }
+
+    fn count_cache(&self, result: &str) {
+        self.shared
+            .metrics
+            .llm_cache
+            .with_label_values(&[&self.agent.name, result])
+            .inc();
     }
 
     async fn admitted_call(

@@ -9,6 +9,7 @@ pub mod broker;
 pub mod budget;
 pub mod config;
 pub mod events;
+pub mod live;
 pub mod metrics;
 pub mod naming;
 pub mod ops;

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use agentfleet_common::broker::{Broker, BrokerError};
 use agentfleet_common::budget::{Budget, Ledgers};
 use agentfleet_common::config::Config;
+use agentfleet_common::live::Live;
 use agentfleet_common::metrics::Metrics;
 use agentfleet_common::naming::LimitScope;
 use agentfleet_common::store::{Redis, StoreError};
@@ -48,30 +49,21 @@ struct AgentLimits {
     per_minute: Option<u64>,
 }
 
-struct Inner {
-    queues: Vec<Watched>,
+/// What the configuration says about these figures; replaced on a reload.
+struct Policy {
     agents: Vec<AgentLimits>,
     /// Running-set key and `max_running_jobs` of each tenant that has one.
     running: Vec<(String, String, u64)>,
     /// Tenants' daily budgets, for the spend gauges.
     budgets: Vec<(String, Budget)>,
-    ledgers: Ledgers,
-    redis: Redis,
     /// `max_queue_depth` by agent.
     agent_limits: HashMap<String, u64>,
     /// `max_queued_jobs` by tenant, and what this replica accepted for it since the last poll.
     tenant_limits: HashMap<String, (u64, AtomicU64)>,
-    metrics: Arc<Metrics>,
 }
 
-/// Last seen depths (`UNKNOWN` until seen, or while the broker is unreachable).
-#[derive(Clone)]
-pub struct QueueDepths {
-    inner: Arc<Inner>,
-}
-
-impl QueueDepths {
-    pub fn new(config: &Config, redis: Redis, metrics: Arc<Metrics>) -> Self {
+impl Policy {
+    fn new(config: &Config) -> Self {
         let names = config.names();
         let agents = config
             .agents
@@ -102,18 +94,6 @@ impl QueueDepths {
                 Some((t.id.clone(), names.running_key(&t.id), u64::from(max)))
             })
             .collect();
-        let queues = config
-            .agents
-            .keys()
-            .flat_map(|agent| {
-                config.job_queues(agent).into_iter().map(|q| Watched {
-                    queue: q.queue,
-                    agent: agent.clone(),
-                    tenant: q.tenant,
-                    depth: AtomicU64::new(UNKNOWN),
-                })
-            })
-            .collect();
         let agent_limits = config
             .agents
             .iter()
@@ -127,29 +107,76 @@ impl QueueDepths {
                 Some((t.id.clone(), (u64::from(max), AtomicU64::new(0))))
             })
             .collect();
-        let budgets: Vec<(String, Budget)> = config
+        let budgets = config
             .tenants
             .iter()
             .filter_map(|t| Some((t.id.clone(), Budget::tenant_daily(config, &t.id)?)))
             .collect();
-        for (tenant, budget) in &budgets {
-            metrics
+        Self {
+            agents,
+            running,
+            budgets,
+            agent_limits,
+            tenant_limits,
+        }
+    }
+}
+
+struct Inner {
+    queues: Vec<Watched>,
+    policy: Live<Policy>,
+    ledgers: Ledgers,
+    redis: Redis,
+    metrics: Arc<Metrics>,
+}
+
+/// Last seen depths (`UNKNOWN` until seen, or while the broker is unreachable).
+#[derive(Clone)]
+pub struct QueueDepths {
+    inner: Arc<Inner>,
+}
+
+impl QueueDepths {
+    pub fn new(config: &Config, redis: Redis, metrics: Arc<Metrics>) -> Self {
+        let queues = config
+            .agents
+            .keys()
+            .flat_map(|agent| {
+                config.job_queues(agent).into_iter().map(|q| Watched {
+                    queue: q.queue,
+                    agent: agent.clone(),
+                    tenant: q.tenant,
+                    depth: AtomicU64::new(UNKNOWN),
+                })
+            })
+            .collect();
+        let depths = Self {
+            inner: Arc::new(Inner {
+                queues,
+                policy: Live::new(Policy::new(config)),
+                ledgers: Ledgers::new(redis.clone(), config.names()),
+                redis,
+                metrics,
+            }),
+        };
+        depths.export_budgets();
+        depths
+    }
+
+    /// Takes the limits, quotas and budgets of a reloaded configuration (the set of queues
+    /// stays: a reload cannot add agents or tenants).
+    pub fn reload(&self, config: &Config) {
+        self.inner.policy.set(Policy::new(config));
+        self.export_budgets();
+    }
+
+    fn export_budgets(&self) {
+        for (tenant, budget) in &self.inner.policy.get().budgets {
+            self.inner
+                .metrics
                 .tenant_budget
                 .with_label_values(&[tenant])
                 .set(budget.limit_usd);
-        }
-        Self {
-            inner: Arc::new(Inner {
-                queues,
-                agents,
-                running,
-                budgets,
-                ledgers: Ledgers::new(redis.clone(), names.clone()),
-                redis,
-                agent_limits,
-                tenant_limits,
-                metrics,
-            }),
         }
     }
 
@@ -168,16 +195,22 @@ impl QueueDepths {
     /// True when `agent` has a limit and its queues are known to be over it. An unknown depth
     /// (broker unreachable) does not shed: publishing will fail on its own.
     pub fn over_limit(&self, agent: &str) -> bool {
-        self.inner.agent_limits.get(agent).is_some_and(|&max| {
-            self.total(|w| w.agent == agent)
-                .is_some_and(|depth| depth >= max)
-        })
+        self.inner
+            .policy
+            .get()
+            .agent_limits
+            .get(agent)
+            .is_some_and(|&max| {
+                self.total(|w| w.agent == agent)
+                    .is_some_and(|depth| depth >= max)
+            })
     }
 
     /// The tenant's `max_queued_jobs` when its queued jobs have reached it. Before the first
     /// poll (or while the broker is unreachable) only this replica's own accepts count.
     pub fn tenant_over_quota(&self, tenant: &str) -> Option<u64> {
-        let (max, accepted) = self.inner.tenant_limits.get(tenant)?;
+        let policy = self.inner.policy.get();
+        let (max, accepted) = policy.tenant_limits.get(tenant)?;
         let queued = self
             .total(|w| w.tenant.as_deref() == Some(tenant))
             .unwrap_or(0);
@@ -186,7 +219,7 @@ impl QueueDepths {
 
     /// Counts a job this replica accepted for `tenant`, until the next poll sees it.
     pub fn note_accepted(&self, tenant: &str) {
-        if let Some((_, accepted)) = self.inner.tenant_limits.get(tenant) {
+        if let Some((_, accepted)) = self.inner.policy.get().tenant_limits.get(tenant) {
             accepted.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -222,7 +255,7 @@ impl QueueDepths {
         let conn = broker.connection().await?;
         let channel = conn.create_channel().await?;
         // Accepted before this poll started are in the depths it reads.
-        for (_, accepted) in self.inner.tenant_limits.values() {
+        for (_, accepted) in self.inner.policy.get().tenant_limits.values() {
             accepted.store(0, Ordering::Relaxed);
         }
         for watched in &self.inner.queues {
@@ -252,27 +285,28 @@ impl QueueDepths {
     /// pauses and the tenants at their running quota.
     async fn export_admissible(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
+        let policy = inner.policy.get();
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut pipe = redis::pipe();
-        for agent in &inner.agents {
+        for agent in &policy.agents {
             pipe.cmd("PTTL").arg(&agent.pause_key);
         }
-        for (_, key, _) in &inner.running {
+        for (_, key, _) in &policy.running {
             pipe.cmd("ZCOUNT")
                 .arg(key)
                 .arg(format!("({now_ms}"))
                 .arg("+inf");
         }
         let answers: Vec<i64> = inner.redis.pipe(&pipe).await?;
-        let (pauses, running) = answers.split_at(inner.agents.len().min(answers.len()));
-        let at_quota: HashSet<String> = inner
+        let (pauses, running) = answers.split_at(policy.agents.len().min(answers.len()));
+        let at_quota: HashSet<String> = policy
             .running
             .iter()
             .zip(running)
             .filter(|((_, _, max), &held)| u64::try_from(held).is_ok_and(|held| held >= *max))
             .map(|((tenant, _, _), _)| tenant.clone())
             .collect();
-        for (agent, &pause_ms) in inner.agents.iter().zip(pauses) {
+        for (agent, &pause_ms) in policy.agents.iter().zip(pauses) {
             let backlog = AgentBacklog {
                 ready: inner
                     .queues
@@ -298,12 +332,13 @@ impl QueueDepths {
     /// Sets `agentfleet_tenant_spend_usd` from the tenants' ledgers for today.
     async fn export_spend(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
-        if inner.budgets.is_empty() {
+        let policy = inner.policy.get();
+        if policy.budgets.is_empty() {
             return Ok(());
         }
-        let budgets: Vec<Budget> = inner.budgets.iter().map(|(_, b)| b.clone()).collect();
+        let budgets: Vec<Budget> = policy.budgets.iter().map(|(_, b)| b.clone()).collect();
         let spent = inner.ledgers.spent(&budgets).await?;
-        for ((tenant, _), usd) in inner.budgets.iter().zip(spent) {
+        for ((tenant, _), usd) in policy.budgets.iter().zip(spent) {
             inner
                 .metrics
                 .tenant_spend

@@ -63,7 +63,7 @@ async fn submit_inner(
 ) -> Result<Response, ApiError> {
     let inner = &state.inner;
     let tenant = inner.tenants.authenticate(headers)?;
-    inner.quotas.check_burst(&tenant.id)?;
+    inner.quotas.get().check_burst(&tenant.id)?;
     require_json(headers)?;
     let idempotency_key = idempotency_key(headers)?;
     let limit = inner.config.dispatcher.max_body_bytes;
@@ -148,14 +148,9 @@ async fn enqueue(
     request: SubmitRequest,
 ) -> Result<Response, ApiError> {
     let inner = &state.inner;
-    inner
-        .quotas
-        .check_budgets(&tenant.id, &request.agent)
-        .await?;
-    inner
-        .quotas
-        .check_tenant(tenant, &inner.queue_depths)
-        .await?;
+    let quotas = inner.quotas.get();
+    quotas.check_budgets(&tenant.id, &request.agent).await?;
+    quotas.check_tenant(tenant, &inner.queue_depths).await?;
     let tenant = tenant.id.as_str();
     let record = JobRecord::new_queued(id, tenant, &request.agent, request.metadata, Utc::now());
     let spec = JobSpec {

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use agentfleet_common::broker::Broker;
 use agentfleet_common::config::Config;
+use agentfleet_common::live::Live;
 use agentfleet_common::metrics::Metrics;
 use agentfleet_common::ops::{self, Dependencies};
 use agentfleet_common::outbound::Outbound;
@@ -44,7 +45,11 @@ struct Inner {
     metrics: Arc<Metrics>,
     outbound: Outbound,
     queue_depths: depths::QueueDepths,
-    quotas: quotas::Quotas,
+    /// Rebuilt from a reloaded configuration, as is `queue_depths`' policy.
+    quotas: Live<quotas::Quotas>,
+    /// The configuration limits, quotas and budgets were last taken from.
+    policy: Live<Config>,
+    redis: Redis,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +93,9 @@ impl Dispatcher {
             inner: Arc::new(Inner {
                 tenants: auth::Tenants::new(&config.tenants),
                 queue_depths: depths::QueueDepths::new(&config, redis.clone(), metrics.clone()),
-                quotas: quotas::Quotas::new(&config, redis.clone()),
+                quotas: Live::new(quotas::Quotas::new(&config, redis.clone())),
+                policy: Live::new(config.clone()),
+                redis: redis.clone(),
                 config,
                 store,
                 broker,
@@ -97,6 +104,14 @@ impl Dispatcher {
             }),
         };
         Ok(Self { state, deps })
+    }
+
+    /// A handle that applies a reloaded configuration's limits to this dispatcher while it
+    /// serves.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            state: self.state.clone(),
+        }
     }
 
     pub fn router(&self) -> Router {
@@ -142,6 +157,28 @@ impl Dispatcher {
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
         broker.close().await;
+        Ok(())
+    }
+}
+
+/// Applies a reloaded configuration (SIGHUP) to a serving dispatcher: tenants' quotas and
+/// budgets, agents' `max_queue_depth`, `dispatcher.per_key_rate`. See
+/// [`agentfleet_common::config::check_reloadable`] for what waits for a restart.
+#[derive(Clone)]
+pub struct Reloader {
+    state: AppState,
+}
+
+impl Reloader {
+    pub fn apply(&self, new: Config) -> Result<(), agentfleet_common::config::ConfigError> {
+        let inner = &self.state.inner;
+        agentfleet_common::config::check_reloadable(&inner.policy.get(), &new)?;
+        inner
+            .quotas
+            .set(quotas::Quotas::new(&new, inner.redis.clone()));
+        inner.queue_depths.reload(&new);
+        inner.policy.set(new);
+        tracing::info!("configuration reloaded: quotas and budgets applied");
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! `agentfleet-dispatcher --config PATH`: load and validate the config (exiting non-zero with
-//! the bad key named, before binding anything), then serve until SIGTERM/SIGINT.
+//! the bad key named, before binding anything), then serve until SIGTERM/SIGINT, reloading
+//! quotas and budgets from the same file on SIGHUP.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,8 +41,9 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    dispatcher
-        .serve(listener, shutdown::token_on_signal())
-        .await?;
+    let stop = shutdown::token_on_signal();
+    let reloader = dispatcher.reloader();
+    shutdown::reload_on_sighup(args.config, stop.clone(), move |new| reloader.apply(new));
+    dispatcher.serve(listener, stop).await?;
     Ok(())
 }

@@ -29,8 +29,8 @@ const QUEUED_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 pub struct Quotas {
     per_key: Option<LocalLimiter>,
-    /// `submissions_per_minute` by tenant.
-    submissions: HashMap<String, Gcra>,
+    /// `submissions_per_minute` by tenant, and its bucket.
+    submissions: HashMap<String, (u32, Gcra)>,
     rate: RateLimiter,
     ledgers: Ledgers,
     config: Config,
@@ -51,7 +51,7 @@ impl Quotas {
                     f64::from(per_minute),
                     f64::from(per_minute) / 6.0,
                 );
-                Some((t.id.clone(), gcra))
+                Some((t.id.clone(), (per_minute, gcra)))
             })
             .collect();
         Self {
@@ -91,7 +91,7 @@ impl Quotas {
                 retry_after: QUEUED_RETRY_AFTER,
             });
         }
-        let Some(gcra) = self.submissions.get(&tenant.id) else {
+        let Some((per_minute, gcra)) = self.submissions.get(&tenant.id) else {
             return Ok(());
         };
         let answer = self
@@ -105,9 +105,8 @@ impl Quotas {
         Err(ApiError::Limited {
             limit: Limit::Submissions,
             detail: format!(
-                "tenant `{}` is over its quota of {} submissions a minute",
-                tenant.id,
-                tenant.quotas.submissions_per_minute.unwrap_or_default()
+                "tenant `{}` is over its quota of {per_minute} submissions a minute",
+                tenant.id
             ),
             retry_after: answer.wait,
         })

@@ -179,6 +179,8 @@ pub struct TestApp {
     pub config_yaml: String,
     pub dispatcher_addr: SocketAddr,
     pub dispatcher_metrics: Arc<Metrics>,
+    /// Applies a changed configuration to the running dispatcher (what SIGHUP does).
+    pub dispatcher_reloader: agentfleet_dispatcher::Reloader,
     pub llm: StubLlm,
     pub llm_addr: SocketAddr,
     pub receiver: Receiver,
@@ -225,6 +227,7 @@ impl TestApp {
 
         let dispatcher_metrics = Arc::new(Metrics::new());
         let dispatcher = Dispatcher::new(config.clone(), dispatcher_metrics.clone())?;
+        let dispatcher_reloader = dispatcher.reloader();
         let listener = bind().await?;
         let dispatcher_addr = listener.local_addr()?;
         let dispatcher_stop = CancellationToken::new();
@@ -238,6 +241,7 @@ impl TestApp {
             config_yaml,
             dispatcher_addr,
             dispatcher_metrics,
+            dispatcher_reloader,
             llm,
             llm_addr,
             receiver,
@@ -318,6 +322,18 @@ impl TestApp {
     /// The secret environment variables a worker process needs.
     pub fn worker_env(&self) -> HashMap<String, String> {
         self.secret_env()
+    }
+
+    /// Sends SIGHUP to a worker process started by [`TestApp::start_worker_process`]: it
+    /// reloads its configuration file.
+    pub fn hang_up_worker_process(&self, pid: u32) -> anyhow::Result<()> {
+        let status = std::process::Command::new("kill")
+            .arg("-HUP")
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?;
+        anyhow::ensure!(status.success(), "kill -HUP {pid} failed");
+        Ok(())
     }
 
     /// SIGKILLs a worker process started by [`TestApp::start_worker_process`].

@@ -1,6 +1,6 @@
 //! The body of `agentfleet-worker`: load and validate the config and the secrets it names
 //! (exiting non-zero with the bad key named, before binding anything), then run until
-//! SIGTERM/SIGINT. Kept in the library so test harnesses can run the real binary's code.
+//! SIGTERM/SIGINT, reloading limits, quotas and budgets from the same file on SIGHUP. Kept in the library so test harnesses can run the real binary's code.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +33,9 @@ pub async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    worker.run(listener, shutdown::token_on_signal()).await?;
+    let stop = shutdown::token_on_signal();
+    let reloader = worker.reloader();
+    shutdown::reload_on_sighup(args.config, stop.clone(), move |new| reloader.apply(new));
+    worker.run(listener, stop).await?;
     Ok(())
 }

@@ -36,6 +36,8 @@ use agentfleet_common::ops::{self, Dependencies};
 use agentfleet_common::outbound::Outbound;
 use agentfleet_common::store::{JobStore, Redis, StoreError};
 
+use agentfleet_common::live::Live;
+use agentfleet_common::rate::LocalLimiter;
 use consumer::{Consumption, Source};
 use limits::{AgentLimits, LimitsConfig};
 use provider::Provider;
@@ -66,7 +68,10 @@ pub(crate) struct Shared {
     /// The fleet-wide spending ledgers (tenants' daily and agents' monthly budgets).
     ledgers: agentfleet_common::budget::Ledgers,
     /// Webhook deliveries per receiver host on this replica (`webhooks.per_host_rate`).
-    webhook_hosts: Option<agentfleet_common::rate::LocalLimiter>,
+    webhook_hosts: Live<Option<LocalLimiter>>,
+    /// The configuration limits, quotas and budgets are read from: `config` as loaded,
+    /// replaced by [`Reloader::apply`].
+    policy: Live<Config>,
 }
 
 /// One served agent: its config, what the agent runtime knows of it, provider endpoint and
@@ -137,17 +142,10 @@ impl Worker {
                 config: agent.clone(),
                 definition: config.agent_definition(name)?,
                 provider,
-                limits: AgentLimits::new(LimitsConfig {
-                    name,
-                    agent,
-                    pool: agent
-                        .pool
-                        .as_deref()
-                        .and_then(|pool| config.pools.get_key_value(pool))
-                        .map(|(pool, limit)| (pool.as_str(), limit)),
-                    names: &names,
-                    redis: redis.clone(),
-                }),
+                limits: AgentLimits::new(
+                    limits_config(&config, name, agent, &names),
+                    redis.clone(),
+                ),
                 circuit,
                 cache: agent.cache.map(|cache| {
                     cache::ResponseCache::new(name, cache.ttl, names.clone(), redis.clone())
@@ -158,10 +156,8 @@ impl Worker {
         let tools = build_tools(&config, &secrets)?;
         let running_quota = quota::RunningQuota::new(&config, redis.clone());
         let ledgers = agentfleet_common::budget::Ledgers::new(redis.clone(), names.clone());
-        let webhook_hosts = config
-            .webhooks
-            .per_host_rate
-            .map(agentfleet_common::rate::LocalLimiter::new);
+        let webhook_hosts = Live::new(config.webhooks.per_host_rate.map(LocalLimiter::new));
+        let policy = Live::new(config.clone());
         let deps = Dependencies {
             broker: broker.clone(),
             redis,
@@ -182,12 +178,21 @@ impl Worker {
             running_quota,
             ledgers,
             webhook_hosts,
+            policy,
         });
         Ok(Self {
             shared,
             agents,
             deps,
         })
+    }
+
+    /// A handle that applies a reloaded configuration's limits to this worker while it runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+            agents: self.agents.clone(),
+        }
     }
 
     /// Runs until `shutdown` is cancelled, then stops consuming, lets runs in flight finish
@@ -291,6 +296,56 @@ impl Worker {
         }
         tracing::info!("worker stopped");
         Ok(())
+    }
+}
+
+/// Applies a reloaded configuration (SIGHUP) to a running worker: see
+/// [`agentfleet_common::config::check_reloadable`] for what changes and what waits for a
+/// restart.
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+    agents: BTreeMap<String, Arc<AgentRuntime>>,
+}
+
+impl Reloader {
+    pub fn apply(&self, new: Config) -> Result<(), agentfleet_common::config::ConfigError> {
+        let shared = &self.shared;
+        agentfleet_common::config::check_reloadable(&shared.policy.get(), &new)?;
+        let names = new.names();
+        for (name, runtime) in &self.agents {
+            if let Some(agent) = new.agents.get(name) {
+                runtime
+                    .limits
+                    .reload(limits_config(&new, name, agent, &names));
+            }
+        }
+        shared.running_quota.reload(&new);
+        shared
+            .webhook_hosts
+            .set(new.webhooks.per_host_rate.map(LocalLimiter::new));
+        shared.policy.set(new);
+        tracing::info!("configuration reloaded: limits, quotas and budgets applied");
+        Ok(())
+    }
+}
+
+/// What an agent's limits are built from in `config`.
+fn limits_config<'a>(
+    config: &'a Config,
+    name: &'a str,
+    agent: &'a AgentConfig,
+    names: &'a agentfleet_common::naming::Names,
+) -> LimitsConfig<'a> {
+    LimitsConfig {
+        name,
+        agent,
+        pool: agent
+            .pool
+            .as_deref()
+            .and_then(|pool| config.pools.get_key_value(pool))
+            .map(|(pool, limit)| (pool.as_str(), limit)),
+        names,
     }
 }
 

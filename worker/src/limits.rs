@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use agentfleet_common::config::{AgentConfig, RateLimitConfig};
+use agentfleet_common::live::Live;
 use agentfleet_common::naming::{LimitScope, Names, RateKind};
 use agentfleet_common::rate::{Answer, Gcra, Mode, RateLimiter};
 use agentfleet_common::store::{Redis, StoreError};
@@ -36,13 +37,8 @@ return 0
 pub struct AgentLimits {
     /// Provider calls in flight on this replica (the agent's `concurrency`).
     calls: Arc<Semaphore>,
-    /// The agent's own buckets, then its pool's: a call takes a turn in each.
-    buckets: Vec<Gcra>,
-    /// The buckets of the API key the provider's headers describe: the pool's, else the
-    /// agent's own.
-    key_buckets: Vec<Gcra>,
-    /// Set while the provider asked the fleet to hold calls: the pool's, else the agent's.
-    pause_key: String,
+    /// Rebuilt when the configuration is reloaded.
+    buckets: Live<Buckets>,
     /// Runs on this replica wait for their rate-limit turn one behind the other (tokio's
     /// mutex is fair, first come first served), so no run is passed over again and again while
     /// newer ones win the race to Redis, and only the head of the line polls Redis.
@@ -52,14 +48,54 @@ pub struct AgentLimits {
     redis: Redis,
 }
 
+/// The fleet-wide buckets of one agent's calls.
+struct Buckets {
+    /// The agent's own buckets, then its pool's: a call takes a turn in each.
+    all: Vec<Gcra>,
+    /// The buckets of the API key the provider's headers describe: the pool's, else the
+    /// agent's own.
+    key: Vec<Gcra>,
+    /// Set while the provider asked the fleet to hold calls: the pool's, else the agent's.
+    pause_key: String,
+}
+
+impl Buckets {
+    fn new(config: &LimitsConfig<'_>) -> Self {
+        let LimitsConfig {
+            name,
+            agent,
+            pool,
+            names,
+            ..
+        } = *config;
+        let mut all = Vec::new();
+        if let Some(limit) = &agent.rate_limit {
+            all.extend(Gcra::of(names, LimitScope::Agent(name), limit));
+        }
+        let (pause_scope, key) = match pool {
+            Some((pool, limit)) => {
+                let pool_buckets = Gcra::of(names, LimitScope::Pool(pool), limit);
+                all.extend(pool_buckets.iter().cloned());
+                (LimitScope::Pool(pool), pool_buckets)
+            }
+            None => (LimitScope::Agent(name), all.clone()),
+        };
+        Self {
+            all,
+            key,
+            pause_key: names.pause_key(pause_scope),
+        }
+    }
+}
+
 /// What an agent's limits are built from: its config, its pool's limits if it has one, and
 /// where the state lives.
+#[derive(Clone, Copy)]
 pub struct LimitsConfig<'a> {
     pub name: &'a str,
     pub agent: &'a AgentConfig,
     pub pool: Option<(&'a str, &'a RateLimitConfig)>,
     pub names: &'a Names,
-    pub redis: Redis,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,36 +115,22 @@ pub enum AdmitError {
 }
 
 impl AgentLimits {
-    pub fn new(config: LimitsConfig<'_>) -> Self {
-        let LimitsConfig {
-            name,
-            agent,
-            pool,
-            names,
-            redis,
-        } = config;
-        let mut buckets = Vec::new();
-        if let Some(limit) = &agent.rate_limit {
-            buckets.extend(Gcra::of(names, LimitScope::Agent(name), limit));
-        }
-        let (pause_scope, key_buckets) = match pool {
-            Some((pool, limit)) => {
-                let pool_buckets = Gcra::of(names, LimitScope::Pool(pool), limit);
-                buckets.extend(pool_buckets.iter().cloned());
-                (LimitScope::Pool(pool), pool_buckets)
-            }
-            None => (LimitScope::Agent(name), buckets.clone()),
-        };
+    pub fn new(config: LimitsConfig<'_>, redis: Redis) -> Self {
         Self {
-            calls: Arc::new(Semaphore::new(usize::from(agent.concurrency))),
-            buckets,
-            key_buckets,
-            pause_key: names.pause_key(pause_scope),
+            calls: Arc::new(Semaphore::new(usize::from(config.agent.concurrency))),
+            buckets: Live::new(Buckets::new(&config)),
             turn: tokio::sync::Mutex::new(()),
             rate: RateLimiter::new(redis.clone()),
             pause: Arc::new(redis::Script::new(PAUSE)),
             redis,
         }
+    }
+
+    /// Takes the agent's (and its pool's) rate limits from a reloaded configuration. The
+    /// buckets' state in Redis stays: a changed rate applies from the next turn on. (The
+    /// call slots, `concurrency`, change at a restart.)
+    pub fn reload(&self, config: LimitsConfig<'_>) {
+        self.buckets.set(Buckets::new(&config));
     }
 
     /// Waits for one of the agent's call slots on this replica. A run takes it before it
@@ -136,9 +158,11 @@ impl AgentLimits {
     ) -> Result<Duration, AdmitError> {
         let started = tokio::time::Instant::now();
         let hold_until = started + max_hold;
-        if self.buckets.is_empty() {
+        let buckets = self.buckets.get();
+        if buckets.all.is_empty() {
             // No bucket's script to check the pause (and no turn to wait for): ask Redis.
-            self.wait_out_pause(stop, hold_until).await?;
+            self.wait_out_pause(&buckets.pause_key, stop, hold_until)
+                .await?;
             return Ok(started.elapsed());
         }
         // A line longer than the hold means a long wait: then the buckets say how long.
@@ -146,8 +170,8 @@ impl AgentLimits {
             turn = tokio::time::timeout_at(hold_until, self.turn.lock()) => turn.ok(),
             () = stop.cancelled() => return Err(AdmitError::Stopped),
         };
-        let mut taken = Vec::with_capacity(self.buckets.len());
-        for (i, bucket) in self.buckets.iter().enumerate() {
+        let mut taken = Vec::with_capacity(buckets.all.len());
+        for (i, bucket) in buckets.all.iter().enumerate() {
             let cost = bucket.cost(estimated_tokens);
             match self.take(bucket, cost, stop, hold_until).await {
                 Ok(()) => taken.push((bucket, cost)),
@@ -157,8 +181,8 @@ impl AgentLimits {
                 Err(AdmitError::WaitLonger {
                     reason: WaitReason::RateLimited,
                     ..
-                }) if self.buckets.iter().all(|b| b.kind == RateKind::Requests) => {
-                    let rest = self.buckets.get(i..).unwrap_or_default();
+                }) if buckets.all.iter().all(|b| b.kind == RateKind::Requests) => {
+                    let rest = buckets.all.get(i..).unwrap_or_default();
                     return Err(self.reserve(rest, estimated_tokens, &taken).await);
                 }
                 Err(err) => {
@@ -223,12 +247,13 @@ impl AgentLimits {
 
     async fn wait_out_pause(
         &self,
+        pause_key: &str,
         stop: &CancellationToken,
         hold_until: tokio::time::Instant,
     ) -> Result<(), AdmitError> {
         loop {
             let mut cmd = redis::cmd("PTTL");
-            cmd.arg(&self.pause_key);
+            cmd.arg(pause_key);
             let left_ms: i64 = self.redis.cmd(&cmd).await?;
             let left = match u64::try_from(left_ms) {
                 Ok(ms) if ms > 0 => Duration::from_millis(ms),
@@ -250,7 +275,7 @@ impl AgentLimits {
 
     /// Holds every replica's calls for `pause` (the provider's `Retry-After` on a 429).
     pub async fn pause(&self, pause: Duration) -> Result<(), StoreError> {
-        let mut invocation = self.pause.key(&self.pause_key);
+        let mut invocation = self.pause.key(&self.buckets.get().pause_key);
         invocation.arg(pause.as_millis().max(1) as u64);
         self.redis.script::<i64>(&invocation).await.map(|_| ())
     }
@@ -267,7 +292,8 @@ impl AgentLimits {
             );
             return self.pause(wait).await;
         }
-        for bucket in &self.key_buckets {
+        let buckets = self.buckets.get();
+        for bucket in &buckets.key {
             let window = match bucket.kind {
                 RateKind::Requests => limits.requests,
                 RateKind::Tokens => limits.tokens,
@@ -284,8 +310,9 @@ impl AgentLimits {
     /// Gives back what `admit` took for a call that was not made after all (the job's
     /// deadline passed while it waited), so the fleet's budget is not spent on nothing.
     pub async fn refund(&self, estimated_tokens: u64) {
-        let taken: Vec<(&Gcra, f64)> = self
-            .buckets
+        let buckets = self.buckets.get();
+        let taken: Vec<(&Gcra, f64)> = buckets
+            .all
             .iter()
             .map(|bucket| (bucket, bucket.cost(estimated_tokens)))
             .collect();
@@ -295,7 +322,8 @@ impl AgentLimits {
     /// Settles the token buckets once the call is over: to the usage the provider reported,
     /// or to nothing for a call that failed (its reservation is released).
     pub async fn settle_tokens(&self, estimated: u64, actual: u64) -> Result<(), StoreError> {
-        for bucket in self.buckets.iter().filter(|b| b.kind == RateKind::Tokens) {
+        let buckets = self.buckets.get();
+        for bucket in buckets.all.iter().filter(|b| b.kind == RateKind::Tokens) {
             let delta = actual as f64 - bucket.cost(estimated);
             if delta.abs() >= 1.0 {
                 self.call(bucket, delta, Mode::Adjust).await?;
@@ -336,8 +364,9 @@ impl AgentLimits {
     }
 
     async fn call(&self, gcra: &Gcra, cost: f64, mode: Mode) -> Result<Answer, StoreError> {
+        let buckets = self.buckets.get();
         self.rate
-            .call(gcra, Some(&self.pause_key), cost, mode)
+            .call(gcra, Some(&buckets.pause_key), cost, mode)
             .await
     }
 }

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use agentfleet_common::config::Config;
+use agentfleet_common::live::Live;
 use agentfleet_common::naming::Names;
 use agentfleet_common::store::{Redis, StoreError};
 
@@ -31,7 +32,7 @@ return 1
 /// How long a claimed place lasts without renewal: as long as a lease.
 #[derive(Clone)]
 pub struct RunningQuota {
-    max: Arc<HashMap<String, u32>>,
+    max: Arc<Live<HashMap<String, u32>>>,
     names: Names,
     redis: Redis,
     claim: Arc<redis::Script>,
@@ -56,13 +57,8 @@ pub struct Place {
 
 impl RunningQuota {
     pub fn new(config: &Config, redis: Redis) -> Self {
-        let max = config
-            .tenants
-            .iter()
-            .filter_map(|t| Some((t.id.clone(), t.quotas.max_running_jobs?)))
-            .collect();
         Self {
-            max: Arc::new(max),
+            max: Arc::new(Live::new(Self::quotas(config))),
             names: config.names(),
             redis,
             claim: Arc::new(redis::Script::new(CLAIM)),
@@ -70,9 +66,22 @@ impl RunningQuota {
         }
     }
 
+    fn quotas(config: &Config) -> HashMap<String, u32> {
+        config
+            .tenants
+            .iter()
+            .filter_map(|t| Some((t.id.clone(), t.quotas.max_running_jobs?)))
+            .collect()
+    }
+
+    /// Takes the tenants' `max_running_jobs` from a reloaded configuration.
+    pub fn reload(&self, config: &Config) {
+        self.max.set(Self::quotas(config));
+    }
+
     /// Claims a place for `job` of `tenant`; a tenant without the quota always may.
     pub async fn claim(&self, tenant: &str, job: Uuid) -> Result<Claim, StoreError> {
-        let Some(&max) = self.max.get(tenant) else {
+        let Some(&max) = self.max.get().get(tenant) else {
             return Ok(Claim::Held(None));
         };
         let key = self.names.running_key(tenant);

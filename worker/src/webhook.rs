@@ -171,7 +171,8 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
 
 /// How long a delivery to `url`'s host must wait under `webhooks.per_host_rate`, if at all.
 fn over_host_rate(shared: &Shared, url: &Url) -> Option<Duration> {
-    let limiter = shared.webhook_hosts.as_ref()?;
+    let limiters = shared.webhook_hosts.get();
+    let limiter = limiters.as_ref().as_ref()?;
     let host = format!(
         "{}:{}",
         url.host_str().unwrap_or_default(),

@@ -22,6 +22,7 @@ use crate::naming::{JobQueue, Names};
 mod agents;
 mod duration;
 mod infra;
+mod reload;
 mod secrets;
 mod tenants;
 mod tools;
@@ -38,6 +39,7 @@ pub use infra::{
     AmqpConfig, BurstConfig, DispatcherConfig, LogFormat, QueueType, RedisConfig, TelemetryConfig,
     WebhookConfig, WorkerConfig,
 };
+pub use reload::check_reloadable;
 pub use secrets::Secrets;
 pub use tenants::{TenantBudget, TenantConfig, TenantQuotas, MAX_TENANT_WEIGHT};
 pub use tools::{HeaderValue, HttpToolConfig, ToolConfig, ToolMethod};

@@ -415,3 +415,98 @@ async fn a_tenants_daily_budget_pauses_its_runs_across_the_fleet() -> anyhow::Re
     );
     Ok(())
 }
+
+/// Limits change without a restart: the dispatcher takes a raised submissions quota from a
+/// reloaded configuration, a worker process takes a raised running quota on SIGHUP (from its
+/// rewritten file), and a reload that adds a tenant is refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_change_on_reload_without_a_restart() -> anyhow::Result<()> {
+    let mut slow = AgentSpec::new("slow");
+    slow.concurrency = 8;
+    let model = slow.model();
+    let mut app = TestApp::spawn(AppOptions {
+        agents: vec![slow],
+        workers: 0,
+        behavior: Behavior {
+            latency: Duration::from_millis(300),
+            ..Behavior::default()
+        },
+        tenant_settings: vec![(
+            "acme",
+            "quotas: { max_running_jobs: 1, submissions_per_minute: 6 }".into(),
+        )],
+        ..AppOptions::default()
+    })
+    .await?;
+    let pid = app.start_worker_process(crate::WORKER_BIN)?;
+    let acme = app.acme.clone();
+    let mut ids = vec![app.submit_for(&acme, "slow", "0").await?];
+    let refused = app
+        .submit_as(&acme, &json!({"agent": "slow", "input": "1"}))
+        .await;
+    assert_eq!(refused.status(), 429, "6 a minute: a burst of one");
+
+    let raised = app
+        .config_yaml
+        .replace("submissions_per_minute: 6", "submissions_per_minute: 600")
+        .replace("max_running_jobs: 1", "max_running_jobs: 4");
+    let config = agentfleet_common::config::Config::from_yaml(&raised)?;
+    app.dispatcher_reloader.apply(config)?;
+    // Eleven more within 15 s, where the old quota would let in one per ten seconds. (The
+    // bucket's time already spent under the old rate is paid at the new one: at most the old
+    // burst's ten seconds.)
+    let raised_at = std::time::Instant::now();
+    for i in 1..12 {
+        let id = wait_until(
+            Duration::from_secs(15),
+            "a submission under the new quota",
+            || async {
+                let response = app
+                    .submit_as(&acme, &json!({"agent": "slow", "input": format!("{i}")}))
+                    .await;
+                let body: Value = response.json().await.ok()?;
+                body["id"].as_str().map(str::to_owned)
+            },
+        )
+        .await?;
+        ids.push(id);
+    }
+    assert!(raised_at.elapsed() < Duration::from_secs(15));
+    wait_until(
+        Duration::from_secs(20),
+        "a few jobs done one at a time",
+        || async {
+            let done = app.llm.call_count() >= 3;
+            done.then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(
+        app.llm.peak_in_flight(&model),
+        1,
+        "one at a time before the reload"
+    );
+
+    app.config_yaml = raised;
+    app.write_config_file("worker")?;
+    app.hang_up_worker_process(pid)?;
+    app.wait_terminal(&ids, Duration::from_secs(60)).await?;
+    let peak = app.llm.peak_in_flight(&model);
+    assert!(
+        peak > 1 && peak <= 4,
+        "after the reload, up to four at once ({peak})"
+    );
+
+    let with_new_tenant = app.config_yaml.replace(
+        "tenants:\n",
+        "tenants:\n  - { id: newcomer, api_key_sha256: \"0000000000000000000000000000000000000000000000000000000000000000\" }\n",
+    );
+    let err = app
+        .dispatcher_reloader
+        .apply(agentfleet_common::config::Config::from_yaml(
+            &with_new_tenant,
+        )?)
+        .expect_err("adding a tenant needs a restart");
+    assert!(err.to_string().contains("tenants"), "{err}");
+    Ok(())
+}

@@ -348,7 +348,8 @@ impl Run<'_> {
         max_tokens: u32,
     ) -> Result<Result<Reservation, Turned>, Interrupted> {
         let config = &self.shared.config;
-        let budgets = Budget::for_call(config, &self.msg.tenant, &self.agent.name);
+        let policy = self.shared.policy.get();
+        let budgets = Budget::for_call(&policy, &self.msg.tenant, &self.agent.name);
         let Some(price) = self.agent.definition.price.filter(|_| !budgets.is_empty()) else {
             return Ok(Ok(Reservation::default()));
         };

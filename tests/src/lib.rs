@@ -405,12 +405,7 @@ impl TestApp {
                 &json!({"agent": agent, "input": input, "webhook_url": self.webhook_url()}),
             )
             .await;
-        let status = response.status();
-        let body: Value = response.json().await?;
-        if status != reqwest::StatusCode::ACCEPTED {
-            bail!("submit answered {status}: {body}");
-        }
-        Ok(body["id"].as_str().context("id")?.to_owned())
+        accepted_id(response).await
     }
 
     /// Submits a text job to `agent` as `tenant`, without a webhook; returns the job id.
@@ -423,12 +418,7 @@ impl TestApp {
         let response = self
             .submit_as(tenant, &json!({"agent": agent, "input": input}))
             .await;
-        let status = response.status();
-        let body: Value = response.json().await?;
-        if status != reqwest::StatusCode::ACCEPTED {
-            bail!("submit answered {status}: {body}");
-        }
-        Ok(body["id"].as_str().context("id")?.to_owned())
+        accepted_id(response).await
     }
 
     /// POSTs a job with an `Idempotency-Key`.
@@ -732,6 +722,16 @@ async fn bind() -> anyhow::Result<tokio::net::TcpListener> {
 
 fn env_var(tenant: &str) -> String {
     format!("AFTEST_{}_WEBHOOK_SECRET", tenant.to_uppercase())
+}
+
+/// The id of an accepted job; any other answer is an error naming it.
+async fn accepted_id(response: reqwest::Response) -> anyhow::Result<String> {
+    let status = response.status();
+    let body: Value = response.json().await?;
+    if status != reqwest::StatusCode::ACCEPTED {
+        bail!("submit answered {status}: {body}");
+    }
+    Ok(body["id"].as_str().context("id")?.to_owned())
 }
 
 fn tenant(id: &str) -> TenantKeys {

@@ -157,32 +157,38 @@ async fn a_429_with_retry_after_pauses_the_whole_fleet() -> anyhow::Result<()> {
         records.iter().all(|r| r["status"] == "succeeded"),
         "{records:?}"
     );
+    assert_fleet_paused(&app, Duration::from_secs(2));
+    Ok(())
+}
+
+/// No call reached the stub inside `pause` after the answer that asked for it (the first
+/// scripted one), bar those already admitted when it came; and calls resumed after it.
+fn assert_fleet_paused(app: &TestApp, pause: Duration) {
     let calls = app.llm.calls();
-    let refused_at = app
+    let asked_at = app
         .llm
         .refused_at()
         .first()
         .copied()
-        .expect("the 429 was served");
+        .expect("the scripted answer was served");
     // Calls the other workers had admitted before the pause was written may still arrive
-    // just after the 429; none may start later inside the window.
+    // just after it; none may start later inside the window.
     let race = Duration::from_millis(150);
-    let window = Duration::from_secs(2) - Duration::from_millis(100);
+    let window = pause - Duration::from_millis(100);
     let inside: Vec<Duration> = calls
         .iter()
-        .filter(|c| c.at > refused_at + race)
-        .map(|c| c.at.duration_since(refused_at))
+        .filter(|c| c.at > asked_at + race)
+        .map(|c| c.at.duration_since(asked_at))
         .filter(|after| *after < window)
         .collect();
     assert!(
         inside.is_empty(),
-        "calls {inside:?} after the 429 came inside its 2 s Retry-After"
+        "calls {inside:?} came inside the {pause:?} the provider asked for"
     );
     assert!(
-        calls.iter().any(|c| c.at > refused_at + window),
+        calls.iter().any(|c| c.at > asked_at + window),
         "calls resumed"
     );
-    Ok(())
 }
 
 /// A run whose rate-limit turn is further off than `worker.max_limit_hold_ms` does not wait
@@ -344,29 +350,7 @@ async fn a_provider_that_reports_its_limit_used_up_pauses_the_fleet() -> anyhow:
     }
     let records = app.wait_terminal(&ids, Duration::from_secs(60)).await?;
     assert!(records.iter().all(|r| r["status"] == "succeeded"));
-    let answered_at = app
-        .llm
-        .refused_at()
-        .first()
-        .copied()
-        .expect("headers served");
-    let calls = app.llm.calls();
-    let race = Duration::from_millis(150);
-    let window = Duration::from_secs(2) - Duration::from_millis(100);
-    let inside: Vec<Duration> = calls
-        .iter()
-        .filter(|c| c.at > answered_at + race)
-        .map(|c| c.at.duration_since(answered_at))
-        .filter(|after| *after < window)
-        .collect();
-    assert!(
-        inside.is_empty(),
-        "calls {inside:?} inside the provider's 2 s reset"
-    );
-    assert!(
-        calls.iter().any(|c| c.at > answered_at + window),
-        "calls resumed"
-    );
+    assert_fleet_paused(&app, Duration::from_secs(2));
     Ok(())
 }
 

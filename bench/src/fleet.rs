@@ -15,8 +15,9 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
+use agentfleet_common::signing::WebhookSecret;
 use agentfleet_stub::llm::{Behavior, StubLlm};
-use agentfleet_stub::receiver::Delivery;
+use agentfleet_stub::receiver::{Delivery, Receiver};
 use agentfleet_tests::{AgentSpec, AppOptions, TestApp};
 
 use crate::procfs::Groups;
@@ -66,6 +67,8 @@ pub struct FleetOptions {
     pub webhook_concurrency: u16,
     /// Agents served by the same workers besides `agent`.
     pub others: Vec<OtherAgent>,
+    /// Tenants besides `acme` and `globex`, by id.
+    pub tenants: Vec<&'static str>,
 }
 
 impl FleetOptions {
@@ -76,7 +79,14 @@ impl FleetOptions {
             workers,
             webhook_concurrency: 32,
             others: Vec::new(),
+            tenants: Vec::new(),
         }
+    }
+
+    /// More tenants besides `acme` and `globex`.
+    pub fn with_tenants(mut self, tenants: &[&'static str]) -> Self {
+        self.tenants.extend_from_slice(tenants);
+        self
     }
 
     /// One more agent on the same workers.
@@ -162,6 +172,9 @@ pub struct Fleet {
     pub model: String,
     /// The stub LLMs of the agents that have their own, by agent name.
     own_llms: HashMap<String, StubLlm>,
+    /// The webhook receivers of the tenants besides `acme` (whose receiver is the app's), by
+    /// tenant id: each verifies with its tenant's secret, as a tenant's endpoint would.
+    tenant_hooks: HashMap<String, TenantHook>,
     options: FleetOptions,
     bins: Binaries,
     config: PathBuf,
@@ -180,20 +193,12 @@ impl Fleet {
                 latency: options.latency,
                 ..Behavior::default()
             },
+            extra_tenants: options.tenants.clone(),
             ..AppOptions::default()
         })
         .await?;
-        let mut own_llms = HashMap::new();
-        for other in &options.others {
-            let Some(behavior) = &other.own_llm else {
-                continue;
-            };
-            let llm = StubLlm::new(behavior.clone());
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = agentfleet_stub::spawn_router(listener, llm.router());
-            point_at(&mut app, &other.spec, addr)?;
-            own_llms.insert(other.spec.name.clone(), llm);
-        }
+        let own_llms = start_own_llms(&mut app, &options.others).await?;
+        let tenant_hooks = start_tenant_hooks(&app).await?;
         let config = app.write_config_file("bench")?;
         let port = free_port()?;
         let mut command = Command::new(&bins.dispatcher);
@@ -218,6 +223,7 @@ impl Fleet {
             agent: options.agent.name.clone(),
             model: options.agent.model(),
             own_llms,
+            tenant_hooks,
             app,
             bins: bins.clone(),
             config,
@@ -319,13 +325,33 @@ impl Fleet {
 
     /// A handle that submits jobs for `agent`.
     pub fn client_for(&self, agent: &str) -> Client {
+        self.client_with(&self.app.acme.api_key, agent, self.app.webhook_url())
+    }
+
+    /// A handle that submits jobs for `agent` as `tenant`, each with a webhook to that
+    /// tenant's receiver.
+    pub fn client_as(&self, tenant: &str, agent: &str) -> anyhow::Result<Client> {
+        let keys = self
+            .app
+            .tenants
+            .iter()
+            .find(|t| t.id == tenant)
+            .with_context(|| format!("no tenant {tenant} in this fleet"))?;
+        let webhook_url = match self.tenant_hooks.get(tenant) {
+            Some(hook) => hook.url.clone(),
+            None => self.app.webhook_url(),
+        };
+        Ok(self.client_with(&keys.api_key, agent, webhook_url))
+    }
+
+    fn client_with(&self, api_key: &str, agent: &str, webhook_url: String) -> Client {
         Client {
             inner: Arc::new(ClientInner {
                 http: self.http.clone(),
                 url: format!("{}/v1/jobs", self.dispatcher_url),
-                api_key: self.app.acme.api_key.clone(),
+                api_key: api_key.to_owned(),
                 agent: agent.to_owned(),
-                webhook_url: self.app.webhook_url(),
+                webhook_url,
             }),
         }
     }
@@ -345,18 +371,7 @@ impl Fleet {
         clients: usize,
         input: impl Fn(usize) -> String,
     ) -> anyhow::Result<Vec<Sent>> {
-        let client = self.client_for(agent);
-        futures_util::stream::iter(0..n)
-            .map(|i| {
-                let client = client.clone();
-                let input = input(i);
-                async move { client.submit_input(i, &input).await }
-            })
-            .buffer_unordered(clients)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect()
+        self.client_for(agent).submit_many(n, clients, input).await
     }
 
     /// `GET /v1/jobs/{id}` from the dispatcher process, as the tenant that submitted the job.
@@ -374,10 +389,20 @@ impl Fleet {
         Ok(response.json().await?)
     }
 
+    /// Every webhook receiver of the fleet: the app's (acme's), then the other tenants'.
+    fn receivers(&self) -> impl Iterator<Item = &Receiver> {
+        std::iter::once(&self.app.receiver).chain(self.tenant_hooks.values().map(|h| &h.receiver))
+    }
+
+    /// Deliveries received so far by every tenant's receiver.
+    pub fn webhook_count(&self) -> usize {
+        self.receivers().map(Receiver::count).sum()
+    }
+
     /// Deliveries received so far, by job id (the first delivery of each job).
     pub fn deliveries_by_job(&self) -> HashMap<String, Delivery> {
         let mut by_job = HashMap::new();
-        for d in self.app.receiver.deliveries() {
+        for d in self.receivers().flat_map(Receiver::deliveries) {
             if let Some(id) = d
                 .event
                 .as_ref()
@@ -399,19 +424,58 @@ impl Fleet {
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            if self.app.receiver.count() >= baseline + sent {
+            if self.webhook_count() >= baseline + sent {
                 return Ok(());
             }
             self.check_alive()?;
             if Instant::now() > deadline {
                 bail!(
                     "{} of {sent} webhooks after {within:?}",
-                    self.app.receiver.count().saturating_sub(baseline)
+                    self.webhook_count().saturating_sub(baseline)
                 );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// A tenant's webhook endpoint in this process.
+struct TenantHook {
+    receiver: Receiver,
+    url: String,
+}
+
+/// Starts the stub LLMs of the agents that have their own and points those agents at them.
+async fn start_own_llms(
+    app: &mut TestApp,
+    others: &[OtherAgent],
+) -> anyhow::Result<HashMap<String, StubLlm>> {
+    let mut own_llms = HashMap::new();
+    for other in others {
+        let Some(behavior) = &other.own_llm else {
+            continue;
+        };
+        let llm = StubLlm::new(behavior.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = agentfleet_stub::spawn_router(listener, llm.router());
+        point_at(app, &other.spec, addr)?;
+        own_llms.insert(other.spec.name.clone(), llm);
+    }
+    Ok(own_llms)
+}
+
+/// A verifying receiver for each tenant besides `acme`: a worker signs a tenant's webhooks
+/// with that tenant's secret, which the app's receiver (acme's) would answer 401.
+async fn start_tenant_hooks(app: &TestApp) -> anyhow::Result<HashMap<String, TenantHook>> {
+    let mut hooks = HashMap::new();
+    for tenant in app.tenants.iter().filter(|t| t.id != app.acme.id) {
+        let receiver = Receiver::new(Some(WebhookSecret::parse(&tenant.webhook_secret)?));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = agentfleet_stub::spawn_router(listener, receiver.router());
+        let url = format!("http://{addr}/hooks/{}", tenant.id);
+        hooks.insert(tenant.id.clone(), TenantHook { receiver, url });
+    }
+    Ok(hooks)
 }
 
 /// Submits jobs to the dispatcher process.
@@ -452,6 +516,27 @@ impl Client {
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap_or_default();
         Ok((status, body["id"].as_str().map(str::to_owned)))
+    }
+
+    /// Submits `n` jobs, job `i` with the input `input(i)`, `clients` in flight at once;
+    /// fails on any refusal.
+    pub async fn submit_many(
+        &self,
+        n: usize,
+        clients: usize,
+        input: impl Fn(usize) -> String,
+    ) -> anyhow::Result<Vec<Sent>> {
+        futures_util::stream::iter(0..n)
+            .map(|i| {
+                let client = self.clone();
+                let input = input(i);
+                async move { client.submit_input(i, &input).await }
+            })
+            .buffer_unordered(clients)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// POSTs job `i` and expects a 202.

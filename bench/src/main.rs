@@ -36,7 +36,7 @@ struct Args {
     /// Soak duration in minutes.
     #[arg(long, default_value_t = 30.0)]
     soak_minutes: f64,
-    /// Run only these scenarios (comma-separated ids, 1–8).
+    /// Run only these scenarios (comma-separated ids, 1–9).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Where to write the JSON report.

@@ -56,6 +56,15 @@ pub struct Settings {
     pub agent_concurrency: u16,
     pub agent_model_latency: Duration,
     pub agent_tool_latency: Duration,
+    /// 9: worker processes, the agent's concurrency on each and the stub's latency (so that
+    /// a backlog takes seconds); tenant A's backlog and tenant B's few jobs queued behind it;
+    /// the backlogs of five tenants with skewed loads, largest first.
+    pub fairness_workers: usize,
+    pub fairness_concurrency: u16,
+    pub fairness_latency: Duration,
+    pub fairness_backlog: usize,
+    pub fairness_few: usize,
+    pub fairness_skewed: Vec<usize>,
 }
 
 impl Settings {
@@ -95,6 +104,16 @@ impl Settings {
             agent_concurrency: 1_000,
             agent_model_latency: Duration::from_millis(500),
             agent_tool_latency: Duration::from_millis(200),
+            fairness_workers: 3,
+            fairness_concurrency: 4,
+            fairness_latency: Duration::from_millis(50),
+            fairness_backlog: if short { 200 } else { 1_000 },
+            fairness_few: 10,
+            fairness_skewed: if short {
+                vec![200, 100, 50, 25, 12]
+            } else {
+                vec![400, 200, 100, 50, 25]
+            },
         }
     }
 }
@@ -115,6 +134,7 @@ pub const SCENARIOS: &[(u8, &str)] = &[
     (6, "Scaling"),
     (7, "Soak"),
     (8, "Agent runs"),
+    (9, "Tenant fairness"),
 ];
 
 impl Ctx {
@@ -144,6 +164,13 @@ impl Ctx {
             }
             7 => s.soak.unwrap_or_default().as_secs() + 180,
             8 => 120,
+            9 => {
+                if s.short {
+                    60
+                } else {
+                    120
+                }
+            }
             _ => 60,
         };
         Duration::from_secs(secs)
@@ -168,6 +195,7 @@ impl Ctx {
             6 => scenarios::scaling::run(self).await,
             7 => scenarios::soak::run(self).await,
             8 => scenarios::agent_runs::run(self).await,
+            9 => scenarios::fairness::run(self).await,
             _ => anyhow::bail!("no scenario {id}"),
         }
     }

@@ -2,6 +2,7 @@
 //! its bounds, tears it down, and returns its rows.
 
 pub mod agent_runs;
+pub mod fairness;
 pub mod intake;
 pub mod latency;
 pub mod rate_limit;

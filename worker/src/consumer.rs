@@ -45,6 +45,17 @@ pub struct Consumption {
 }
 
 impl Consumption {
+    /// `sources` served by `slots` slots, each queue prefetching as many, so one source
+    /// alone can fill every slot.
+    pub fn new(sources: Vec<Source>, slots: u16, consumer_tag: String) -> Self {
+        Self {
+            sources,
+            prefetch: slots,
+            slots: Arc::new(Semaphore::new(usize::from(slots))),
+            consumer_tag,
+        }
+    }
+
     fn tag(&self, source: usize) -> String {
         format!("{}.{source}", self.consumer_tag)
     }
@@ -125,7 +136,7 @@ where
         handle,
     )
     .await;
-    give_back(&channel, consumption, &mut lanes, stop.is_cancelled()).await;
+    give_back(&channel, consumption, &mut lanes).await;
     result
 }
 
@@ -229,24 +240,18 @@ fn take(lanes: &mut Lanes<Delivery>, arrival: Arrival) -> Result<bool, BrokerErr
     }
 }
 
-/// Ends this consumption: on shutdown the consumers are cancelled (runs in flight still ack
-/// on this channel); deliveries not yet handed out go back to their queues at once, for
-/// another replica, instead of waiting for the channel to close.
-async fn give_back(
-    channel: &Channel,
-    consumption: &Consumption,
-    lanes: &mut Lanes<Delivery>,
-    stopping: bool,
-) {
-    if stopping {
-        for i in 0..consumption.sources.len() {
-            let _ = channel
-                .basic_cancel(
-                    consumption.tag(i).as_str().into(),
-                    BasicCancelOptions::default(),
-                )
-                .await;
-        }
+/// Ends this consumption: the consumers are cancelled, so nothing more is prefetched onto a
+/// channel no one reads (runs in flight still ack on it, so it stays open); deliveries not
+/// yet handed out go back to their queues at once, for another replica or the next
+/// consumption.
+async fn give_back(channel: &Channel, consumption: &Consumption, lanes: &mut Lanes<Delivery>) {
+    for i in 0..consumption.sources.len() {
+        let _ = channel
+            .basic_cancel(
+                consumption.tag(i).as_str().into(),
+                BasicCancelOptions::default(),
+            )
+            .await;
     }
     for delivery in lanes.drain() {
         let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -124,35 +123,7 @@ impl Worker {
         let served = config.served_agents();
         let job_queues = served.iter().flat_map(|a| config.job_queues(a)).collect();
         let broker = Broker::new(&config.amqp, names.clone(), job_queues, "agentfleet-worker");
-        let circuits = circuit::Circuits::default();
-        let mut agents = BTreeMap::new();
-        for name in &served {
-            let Some(agent) = config.agents.get(name) else {
-                continue;
-            };
-            let provider = Provider::new(agent, secrets.provider_keys.get(name));
-            let circuit = circuits.get(
-                provider.endpoint().as_str(),
-                &endpoint_label(provider.endpoint()),
-                &agent.circuit_breaker,
-                &metrics,
-            );
-            let runtime = AgentRuntime {
-                name: name.clone(),
-                config: agent.clone(),
-                definition: config.agent_definition(name)?,
-                provider,
-                limits: AgentLimits::new(
-                    limits_config(&config, name, agent, &names),
-                    redis.clone(),
-                ),
-                circuit,
-                cache: agent.cache.map(|cache| {
-                    cache::ResponseCache::new(name, cache.ttl, names.clone(), redis.clone())
-                }),
-            };
-            agents.insert(name.clone(), Arc::new(runtime));
-        }
+        let agents = build_agents(&config, &secrets, &redis, &metrics)?;
         let tools = build_tools(&config, &secrets)?;
         let running_quota = quota::RunningQuota::new(&config, redis.clone());
         let ledgers = agentfleet_common::budget::Ledgers::new(redis.clone(), names.clone());
@@ -214,63 +185,12 @@ impl Worker {
         });
 
         let tracker = TaskTracker::new();
-        let mut loops = tokio::task::JoinSet::new();
-        for (name, agent) in &self.agents {
-            let window = agent.config.delivery_window();
-            let consumption = Consumption {
-                sources: self
-                    .shared
-                    .config
-                    .job_queues(name)
-                    .into_iter()
-                    .map(|q| Source {
-                        queue: q.queue,
-                        weight: q.weight,
-                    })
-                    .collect(),
-                prefetch: window,
-                slots: Arc::new(Semaphore::new(usize::from(window))),
-                consumer_tag: format!("{}.{name}", self.shared.instance),
-            };
-            let shared = self.shared.clone();
-            let agent = agent.clone();
-            loops.spawn(consumer::consume(
-                self.shared.broker.clone(),
-                consumption,
-                tracker.clone(),
-                shutdown.clone(),
-                move |delivery, slot| {
-                    run::handle_job(shared.clone(), agent.clone(), delivery, slot)
-                },
-            ));
-        }
-        let webhook_slots = self.shared.config.webhooks.concurrency;
-        let consumption = Consumption {
-            sources: vec![Source {
-                queue: self.shared.broker.names().webhook_queue(),
-                weight: 1,
-            }],
-            prefetch: webhook_slots,
-            slots: Arc::new(Semaphore::new(usize::from(webhook_slots))),
-            consumer_tag: format!("{}.webhooks", self.shared.instance),
-        };
-        let shared = self.shared.clone();
-        loops.spawn(consumer::consume(
-            self.shared.broker.clone(),
-            consumption,
-            tracker.clone(),
-            shutdown.clone(),
-            move |delivery, slot| webhook::handle_webhook(shared.clone(), delivery, slot),
-        ));
-        loops.spawn(control::listen(
-            self.shared.broker.clone(),
-            self.shared.running.clone(),
-            shutdown.clone(),
-        ));
+        let loops = self.start_consuming(&tracker, &shutdown);
         tracing::info!(agents = ?self.agents.keys().collect::<Vec<_>>(), instance = %self.shared.instance, "worker started");
 
         shutdown.cancelled().await;
         self.shared.draining.cancel();
+        let mut loops = loops;
         while loops.join_next().await.is_some() {}
         tracker.close();
         let grace = self.shared.config.worker.shutdown_grace;
@@ -296,6 +216,63 @@ impl Worker {
         }
         tracing::info!("worker stopped");
         Ok(())
+    }
+}
+
+impl Worker {
+    /// Starts the consume loops: each agent's queues (one per tenant, and its shared one) and
+    /// the webhook queue, each handler tracked by `tracker`; and the control listener.
+    fn start_consuming(
+        &self,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> tokio::task::JoinSet<()> {
+        let shared = &self.shared;
+        let mut loops = tokio::task::JoinSet::new();
+        let broker = || shared.broker.clone();
+        for (name, agent) in &self.agents {
+            let sources = shared.config.job_queues(name).into_iter().map(|q| Source {
+                queue: q.queue,
+                weight: q.weight,
+            });
+            let consumption = Consumption::new(
+                sources.collect(),
+                agent.config.delivery_window(),
+                format!("{}.{name}", shared.instance),
+            );
+            let (shared, agent) = (shared.clone(), agent.clone());
+            loops.spawn(consumer::consume(
+                broker(),
+                consumption,
+                tracker.clone(),
+                shutdown.clone(),
+                move |delivery, slot| {
+                    run::handle_job(shared.clone(), agent.clone(), delivery, slot)
+                },
+            ));
+        }
+        let webhooks = Consumption::new(
+            vec![Source {
+                queue: shared.broker.names().webhook_queue(),
+                weight: 1,
+            }],
+            shared.config.webhooks.concurrency,
+            format!("{}.webhooks", shared.instance),
+        );
+        let for_webhooks = shared.clone();
+        loops.spawn(consumer::consume(
+            broker(),
+            webhooks,
+            tracker.clone(),
+            shutdown.clone(),
+            move |delivery, slot| webhook::handle_webhook(for_webhooks.clone(), delivery, slot),
+        ));
+        loops.spawn(control::listen(
+            shared.broker.clone(),
+            shared.running.clone(),
+            shutdown.clone(),
+        ));
+        loops
     }
 }
 
@@ -328,6 +305,43 @@ impl Reloader {
         tracing::info!("configuration reloaded: limits, quotas and budgets applied");
         Ok(())
     }
+}
+
+/// The runtime of each agent this replica serves: provider, limits, circuit, cache.
+fn build_agents(
+    config: &Config,
+    secrets: &Secrets,
+    redis: &Redis,
+    metrics: &Arc<Metrics>,
+) -> Result<BTreeMap<String, Arc<AgentRuntime>>, WorkerError> {
+    let names = config.names();
+    let circuits = circuit::Circuits::default();
+    let mut agents = BTreeMap::new();
+    for name in &config.served_agents() {
+        let Some(agent) = config.agents.get(name) else {
+            continue;
+        };
+        let provider = Provider::new(agent, secrets.provider_keys.get(name));
+        let circuit = circuits.get(
+            provider.endpoint().as_str(),
+            &endpoint_label(provider.endpoint()),
+            &agent.circuit_breaker,
+            metrics,
+        );
+        let runtime = AgentRuntime {
+            name: name.clone(),
+            config: agent.clone(),
+            definition: config.agent_definition(name)?,
+            provider,
+            limits: AgentLimits::new(limits_config(config, name, agent, &names), redis.clone()),
+            circuit,
+            cache: agent.cache.map(|cache| {
+                cache::ResponseCache::new(name, cache.ttl, names.clone(), redis.clone())
+            }),
+        };
+        agents.insert(name.clone(), Arc::new(runtime));
+    }
+    Ok(agents)
 }
 
 /// What an agent's limits are built from in `config`.

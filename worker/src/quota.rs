@@ -121,11 +121,20 @@ impl RunningQuota {
 impl Place {
     /// Gives the place back (it would expire by itself within a lease if this fails).
     pub async fn release(self) {
+        // Stop renewing first, so the renewal cannot put the place back after the ZREM.
         self.renewal.abort();
         let mut cmd = redis::cmd("ZREM");
         cmd.arg(&self.key).arg(self.job.to_string());
         if let Err(err) = self.quota.redis.cmd::<i64>(&cmd).await {
             tracing::debug!(error = %err, "could not give a running place back");
         }
+    }
+}
+
+/// A place dropped without `release` (its run's task panicked) stops being renewed and
+/// expires within a lease, instead of holding the tenant's quota for ever.
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.renewal.abort();
     }
 }

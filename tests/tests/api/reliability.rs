@@ -530,7 +530,8 @@ async fn idempotency_keys_return_the_original_job() -> anyhow::Result<()> {
 }
 
 /// Two consecutive failures open the circuit for 2 s: the retry waits out the cool-down
-/// instead of hitting the provider, then a probe succeeds and closes it.
+/// instead of hitting the provider (its record says `waiting: circuit_open`), then a probe
+/// succeeds and closes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_circuit_breaker_holds_calls_during_its_cooldown() -> anyhow::Result<()> {
     let mut agent = AgentSpec::new("summarize");
@@ -560,11 +561,19 @@ async fn the_circuit_breaker_holds_calls_during_its_cooldown() -> anyhow::Result
             .then_some(())
     })
     .await?;
+    // The retry that meets the open circuit says so on its record while it waits.
+    let waiting = wait_until(Duration::from_secs(10), "waiting: circuit_open", || async {
+        let record = app.job(&id).await.ok()?;
+        (record["waiting"]["reason"] == "circuit_open").then_some(record)
+    })
+    .await?;
+    assert!(waiting["waiting"]["until"].is_string());
     let record = app
         .wait_terminal(std::slice::from_ref(&id), Duration::from_secs(30))
         .await?
         .remove(0);
     assert_eq!(record["status"], "succeeded", "{record}");
+    assert!(record["waiting"].is_null(), "cleared when it ran: {record}");
     let calls = app.llm.calls();
     assert_eq!(calls.len(), 3);
     let gap = calls[2].at.duration_since(calls[1].at);

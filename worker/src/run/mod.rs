@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use agentfleet_common::store::{Begun, Lease, Written};
-use agentfleet_common::wire::{JobMessage, JobRecord, JobSpec, JobStatus, Step, Versioned};
+use agentfleet_common::wire::{
+    JobMessage, JobRecord, JobSpec, JobStatus, Step, Versioned, WaitReason, Waiting,
+};
 
 use crate::circuit::Admission;
 use crate::delivery::{
@@ -148,6 +150,7 @@ async fn intake(
     } else {
         if let Admission::Wait(wait) = agent.circuit.admit() {
             tracing::info!(?wait, "provider circuit open; job delayed");
+            note_waiting(shared, record, WaitReason::CircuitOpen, wait).await;
             return Err(delay(shared, msg, wait).await);
         }
         tokio::select! {
@@ -161,6 +164,22 @@ async fn intake(
         steps,
         slot,
     })
+}
+
+/// Says on the record why and until when a job that is not running waits (if the record is
+/// still as read: a cancellation meanwhile wins). A rate-limit turn reserved for it stays
+/// reserved. Bookkeeping for the caller: failing to write it delays nothing.
+async fn note_waiting(shared: &Shared, mut record: JobRecord, reason: WaitReason, wait: Duration) {
+    let reserved = record.waiting.as_ref().is_some_and(|w| w.reserved);
+    record.waiting = Some(Waiting {
+        reason,
+        until: Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default(),
+        reserved,
+    });
+    let expected = record.status;
+    if let Err(err) = shared.store.save_if_status(&record, expected).await {
+        tracing::debug!(error = %err, "could not note why the job waits");
+    }
 }
 
 /// Puts the message back on the delay ladder for `delay`, unchanged but for `not_before`.
@@ -208,15 +227,7 @@ impl<'a> Run<'a> {
         let read_status = record.status;
         let reserved_turn = record.waiting.take().is_some_and(|w| w.reserved);
         if !poison && record.attempts == 0 {
-            // Its first start ever: how long it queued, by tenant (fairness shows here).
-            let queued = (Utc::now() - record.created_at)
-                .to_std()
-                .unwrap_or_default();
-            shared
-                .metrics
-                .queue_wait
-                .with_label_values(&[&agent.name, &msg.tenant])
-                .observe(queued.as_secs_f64());
+            observe_queue_wait(shared, agent, &msg, &record);
         }
         if !poison {
             record.status = JobStatus::Running;
@@ -269,6 +280,18 @@ impl<'a> Run<'a> {
             reserved_turn: reserved_turn.into(),
         })
     }
+}
+
+/// How long a job queued before its first start ever, by tenant: fairness shows here.
+fn observe_queue_wait(shared: &Shared, agent: &AgentRuntime, msg: &JobMessage, record: &JobRecord) {
+    let queued = (Utc::now() - record.created_at)
+        .to_std()
+        .unwrap_or_default();
+    shared
+        .metrics
+        .queue_wait
+        .with_label_values(&[&agent.name, &msg.tenant])
+        .observe(queued.as_secs_f64());
 }
 
 /// The job's deadline: from its first start, the agent's run timeout, lowered by the job's.

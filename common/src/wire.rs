@@ -226,6 +226,20 @@ pub struct WebhookStatus {
     pub attempts: u32,
     pub last_status: Option<u16>,
     pub delivered_at: Option<DateTime<Utc>>,
+    /// How delivery ended, once it has: `delivered`, `gone` (410), `exhausted` (every retry
+    /// failed) or `webhook_blocked` (the URL resolved to a non-public address when sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<WebhookOutcome>,
+}
+
+/// How a webhook's delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookOutcome {
+    Delivered,
+    Gone,
+    Exhausted,
+    WebhookBlocked,
 }
 
 /// One failed attempt, kept on the record.

@@ -15,7 +15,9 @@ use url::Url;
 
 use agentfleet_common::outbound::{Destination, OutboundError};
 use agentfleet_common::signing;
-use agentfleet_common::wire::{Versioned, WebhookEvent, WebhookMessage, WebhookStatus};
+use agentfleet_common::wire::{
+    Versioned, WebhookEvent, WebhookMessage, WebhookOutcome, WebhookStatus,
+};
 
 use crate::delivery::{after_delayed_publish, remaining_delay, settle, undecodable, Disposition};
 use crate::Shared;
@@ -137,13 +139,7 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
             .map(|&delay| jitter(delay)),
         _ => None,
     };
-    let label = match (outcome, retry_delay) {
-        (Outcome::Delivered(_), _) => "delivered",
-        (Outcome::Gone, _) => "gone",
-        (Outcome::Blocked, _) => "blocked",
-        (Outcome::Failed(_), Some(_)) => "retry",
-        (Outcome::Failed(_), None) => "exhausted",
-    };
+    let (label, ended) = conclude(outcome, retry_delay.is_some());
     shared
         .metrics
         .webhook_deliveries
@@ -151,7 +147,7 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
         .inc();
     tracing::info!(outcome = label, "webhook attempt done");
 
-    if let Err(err) = record_attempt(shared, record, &msg, outcome).await {
+    if let Err(err) = record_attempt(shared, record, &msg, (outcome, ended)).await {
         // Bookkeeping only: the delivery itself stands; do not send it again for this.
         tracing::warn!(error = %err, "cannot record the webhook attempt");
     }
@@ -181,6 +177,17 @@ fn over_host_rate(shared: &Shared, url: &Url) -> Option<Duration> {
     limiter.check(&host).err()
 }
 
+/// The attempt's metric label, and how the delivery ended if it has.
+fn conclude(outcome: Outcome, retrying: bool) -> (&'static str, Option<WebhookOutcome>) {
+    match (outcome, retrying) {
+        (Outcome::Delivered(_), _) => ("delivered", Some(WebhookOutcome::Delivered)),
+        (Outcome::Gone, _) => ("gone", Some(WebhookOutcome::Gone)),
+        (Outcome::Blocked, _) => ("blocked", Some(WebhookOutcome::WebhookBlocked)),
+        (Outcome::Failed(_), true) => ("retry", None),
+        (Outcome::Failed(_), false) => ("exhausted", Some(WebhookOutcome::Exhausted)),
+    }
+}
+
 /// ±10% so a burst of failures does not come back as a burst of retries.
 fn jitter(delay: Duration) -> Duration {
     delay.mul_f64(0.9 + 0.2 * rand::random::<f64>())
@@ -193,9 +200,10 @@ async fn record_attempt(
     shared: &Shared,
     mut record: agentfleet_common::wire::JobRecord,
     msg: &WebhookMessage,
-    outcome: Outcome,
+    (outcome, ended): (Outcome, Option<WebhookOutcome>),
 ) -> Result<(), agentfleet_common::store::StoreError> {
     let status = record.webhook.get_or_insert_with(WebhookStatus::default);
+    status.outcome = ended;
     status.attempts = status.attempts.max(msg.attempt + 1);
     status.last_status = match outcome {
         Outcome::Delivered(code) | Outcome::Failed(Some(code)) => Some(code),

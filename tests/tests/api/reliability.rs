@@ -632,6 +632,7 @@ async fn a_410_from_the_receiver_stops_webhook_retries() -> anyhow::Result<()> {
     .await?;
     assert_eq!(record["webhook"]["attempts"], 1);
     assert!(record["webhook"]["delivered_at"].is_null());
+    assert_eq!(record["webhook"]["outcome"], "gone");
     // The decision is made at the attempt: a 410 is counted as gone, never as a retry.
     let metrics = app.worker_metrics(0).expect("worker");
     assert_eq!(

@@ -4,11 +4,13 @@
 //! destination must be http(s) and every address it resolves to must be public, checked at
 //! connect time by the resolver so DNS rebinding cannot slip past a check made earlier.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes_limit::read_limited;
+use ip_network::{Ipv4Network, Ipv6Network};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::{Host, Url};
 
@@ -122,11 +124,19 @@ pub struct Outbound {
     tools: reqwest::Client,
     webhooks: reqwest::Client,
     allow_private_webhooks: bool,
+    /// Static entries for webhook host names (`webhooks.hosts`).
+    hosts: Arc<BTreeMap<String, IpAddr>>,
     max_response_bytes: usize,
 }
 
 impl Outbound {
-    pub fn new(allow_private_webhooks: bool, max_response_bytes: usize) -> Self {
+    /// `hosts`: static entries for webhook host names, consulted before DNS (and still
+    /// guarded).
+    pub fn new(
+        allow_private_webhooks: bool,
+        max_response_bytes: usize,
+        hosts: &BTreeMap<String, IpAddr>,
+    ) -> Self {
         let base = || {
             reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
@@ -148,7 +158,13 @@ impl Outbound {
         let tools = build(base().redirect(reqwest::redirect::Policy::none()));
         let mut webhooks = base().redirect(reqwest::redirect::Policy::none());
         if !allow_private_webhooks {
-            webhooks = webhooks.dns_resolver(Arc::new(PublicOnlyResolver));
+            webhooks = webhooks.dns_resolver(Arc::new(PublicOnlyResolver {
+                hosts: hosts.clone(),
+            }));
+        } else {
+            for (name, ip) in hosts {
+                webhooks = webhooks.resolve(name, SocketAddr::new(*ip, 0));
+            }
         }
         let webhooks = build(webhooks);
         Self {
@@ -158,13 +174,23 @@ impl Outbound {
             tools,
             webhooks,
             allow_private_webhooks,
+            hosts: Arc::new(hosts.clone()),
             max_response_bytes,
         }
     }
 
-    /// Checks a caller-chosen URL before it is accepted or used.
+    /// Checks a caller-chosen URL before it is accepted or used: its scheme, credentials and
+    /// literal address, and the address of a static `hosts` entry for its name. (Other names
+    /// are checked when they are resolved, at every delivery.)
     pub fn check_webhook_url(&self, url: &Url) -> Result<(), OutboundError> {
-        check_webhook_url(url, self.allow_private_webhooks)
+        check_webhook_url(url, self.allow_private_webhooks)?;
+        let entry = url.host_str().and_then(|host| self.hosts.get(host));
+        match entry {
+            Some(ip) if !self.allow_private_webhooks && !is_public_ip(*ip) => Err(
+                OutboundError::Blocked("the host's configured address is not public".into()),
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// POSTs a JSON body and reads the whole response (bounded in time and size).
@@ -269,14 +295,20 @@ mod bytes_limit {
 
 const BLOCKED_MARKER: &str = "agentfleet-ssrf-guard";
 
-/// Resolves names and keeps only public addresses; none left is an error.
-struct PublicOnlyResolver;
+/// Resolves names (static `hosts` entries first, then DNS) and keeps only public
+/// addresses; none left is an error.
+struct PublicOnlyResolver {
+    hosts: BTreeMap<String, IpAddr>,
+}
 
 impl Resolve for PublicOnlyResolver {
     fn resolve(&self, name: Name) -> Resolving {
+        let fixed = self.hosts.get(name.as_str()).copied();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = match fixed {
+                Some(ip) => vec![SocketAddr::new(ip, 0)],
+                None => tokio::net::lookup_host((name.as_str(), 0)).await?.collect(),
+            };
             let public: Vec<SocketAddr> =
                 addrs.into_iter().filter(|a| is_public_ip(a.ip())).collect();
             if public.is_empty() {
@@ -320,44 +352,64 @@ pub fn check_webhook_url(url: &Url, allow_private: bool) -> Result<(), OutboundE
     Ok(())
 }
 
-/// True for addresses routable on the public internet.
+/// True for addresses routable on the public internet. The base rule is the IANA
+/// special-purpose registries as `ip_network` knows them (private, shared, loopback,
+/// link-local, documentation, benchmarking, reserved, unique-local, site-local…), plus
+/// multicast; an IPv6 address that embeds an IPv4 one — v4-mapped, NAT64 (`64:ff9b::/96`),
+/// 6to4 (`2002::/16`), Teredo (`2001::/32`) — is public only if every embedded address is,
+/// since a gateway would forward to it.
 pub fn is_public_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public_v4(v4);
-            }
-            is_public_v6(v6)
-        }
+        IpAddr::V6(v6) => match embedded_v4(v6) {
+            Embedded::None => is_public_v6(v6),
+            Embedded::One(v4) => is_public_v4(v4),
+            Embedded::Two(a, b) => is_public_v4(a) && is_public_v4(b),
+            Embedded::NeverPublic => false,
+        },
     }
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, c, _] = ip.octets();
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || ip.is_documentation()
-        || a == 0
-        || (a == 100 && (64..=127).contains(&b)) // shared address space (CGNAT)
-        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
-        || (a == 198 && (b == 18 || b == 19)) // benchmarking
-        || a >= 240) // reserved
+    Ipv4Network::from(ip).is_global() && !ip.is_multicast()
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00 // unique local
-        || (first & 0xffc0) == 0xfe80 // link-local
-        || first == 0x2001 && ip.segments()[1] == 0x0db8 // documentation
-        || ip.segments()[..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible (deprecated)
+    let s = ip.segments();
+    Ipv6Network::from(ip).is_global()
+        // Not globally reachable per IANA, and unknown to the crate:
+        && s[..4] != [0x0100, 0, 0, 0] // discard-only, 100::/64
+        && !(s[0] == 0x2001 && s[1] < 0x0200) // IETF protocol assignments, 2001::/23
+        && s[0] != 0x5f00 // SRv6 SIDs, 5f00::/16
+}
+
+/// The IPv4 addresses an IPv6 address carries, by the transition mechanism it belongs to.
+enum Embedded {
+    None,
+    One(Ipv4Addr),
+    /// Teredo: the server's and the client's (obfuscated in the address).
+    Two(Ipv4Addr, Ipv4Addr),
+    /// A range that only ever reaches a local network (local-use NAT64, `64:ff9b:1::/48`;
+    /// IPv4-compatible, `::/96`).
+    NeverPublic,
+}
+
+fn embedded_v4(ip: Ipv6Addr) -> Embedded {
+    let s = ip.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if let Some(mapped) = ip.to_ipv4_mapped() {
+        return Embedded::One(mapped);
+    }
+    match s {
+        [0x0064, 0xff9b, 0, 0, 0, 0, hi, lo] => Embedded::One(v4(hi, lo)),
+        [0x0064, 0xff9b, 0x0001, ..] => Embedded::NeverPublic,
+        [0x2002, hi, lo, ..] => Embedded::One(v4(hi, lo)),
+        [0x2001, 0x0000, server_hi, server_lo, _, _, client_hi, client_lo] => {
+            Embedded::Two(v4(server_hi, server_lo), v4(!client_hi, !client_lo))
+        }
+        [0, 0, 0, 0, 0, 0, _, _] => Embedded::NeverPublic,
+        _ => Embedded::None,
+    }
 }
 
 #[cfg(test)]
@@ -382,6 +434,25 @@ mod tests {
             "http://[fd00::1]/",
             "http://[fe80::1]/",
             "http://[::ffff:127.0.0.1]/",
+            // NAT64 of 127.0.0.1 and 10.0.0.1; local-use NAT64.
+            "http://[64:ff9b::7f00:1]/",
+            "http://[64:ff9b::a00:1]/",
+            "http://[64:ff9b:1::808:808]/",
+            // 6to4 of 127.0.0.1 and 192.168.1.1.
+            "http://[2002:7f00:1::1]/",
+            "http://[2002:c0a8:101::]/",
+            // Teredo with client 127.0.0.1 (obfuscated: !7f00:0001) or server 10.0.0.1.
+            "http://[2001:0:5ef5:79fb:0:0:80ff:fffe]/",
+            "http://[2001:0:a00:1::f7f7:f7f7]/",
+            // IPv4-compatible, discard-only, IETF assignments, multicast, reserved.
+            "http://[::7f00:1]/",
+            "http://[100::1]/",
+            "http://[2001:2::1]/",
+            "http://224.0.0.1/",
+            "http://[ff02::1]/",
+            "http://240.0.0.1/",
+            "http://198.18.0.1/",
+            "http://192.0.0.8/",
             "http://localhost:8080/",
             "http://metadata.google.internal/",
             "ftp://example.com/",
@@ -398,6 +469,15 @@ mod tests {
     fn public_destinations_pass_and_private_ones_when_allowed() {
         assert!(check_webhook_url(&url("https://example.com/hook"), false).is_ok());
         assert!(check_webhook_url(&url("https://93.184.216.34/hook"), false).is_ok());
+        // The same public address through each transition mechanism stays public.
+        for public in [
+            "http://[64:ff9b::5db8:d822]/",
+            "http://[2002:5db8:d822::1]/",
+            "http://[2001:0:5ef5:79fb:0:0:a247:29dd]/",
+            "http://[2606:4700::6810:84e5]/",
+        ] {
+            assert!(check_webhook_url(&url(public), false).is_ok(), "{public}");
+        }
         assert!(check_webhook_url(&url("http://127.0.0.1:9/hook"), true).is_ok());
         assert!(check_webhook_url(&url("ftp://127.0.0.1/"), true).is_err());
     }
@@ -406,11 +486,13 @@ mod tests {
     async fn resolver_refuses_names_that_resolve_inward() {
         use std::str::FromStr as _;
         let name = Name::from_str("localhost").expect("name");
-        let err = PublicOnlyResolver
-            .resolve(name)
-            .await
-            .err()
-            .expect("refused");
+        let err = PublicOnlyResolver {
+            hosts: BTreeMap::new(),
+        }
+        .resolve(name)
+        .await
+        .err()
+        .expect("refused");
         assert!(err.to_string().contains(BLOCKED_MARKER), "{err}");
     }
 }

@@ -88,7 +88,11 @@ impl Dispatcher {
             metrics: metrics.clone(),
         };
         // Webhook URLs are only checked here; responses are never read, so no size cap matters.
-        let outbound = Outbound::new(config.webhooks.allow_private_networks, 0);
+        let outbound = Outbound::new(
+            config.webhooks.allow_private_networks,
+            0,
+            &config.webhooks.hosts,
+        );
         let state = AppState {
             inner: Arc::new(Inner {
                 tenants: auth::Tenants::new(&config.tenants),

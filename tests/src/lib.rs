@@ -128,6 +128,8 @@ pub struct AppOptions {
     pub webhook_per_host_rate: Option<(u32, u32)>,
     /// `worker.budget_recheck_secs`.
     pub budget_recheck_secs: u64,
+    /// `webhooks.hosts`: static entries for webhook host names.
+    pub webhook_hosts: Vec<(&'static str, &'static str)>,
 }
 
 impl Default for AppOptions {
@@ -151,6 +153,7 @@ impl Default for AppOptions {
             per_key_rate: None,
             webhook_per_host_rate: None,
             budget_recheck_secs: 60,
+            webhook_hosts: Vec::new(),
         }
     }
 }
@@ -793,7 +796,7 @@ fn render_config(
 redis: {{ url: "{redis}", prefix: "{prefix}", result_ttl_secs: 3600 }}
 dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: 4096{per_key} }}
 worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease}, max_limit_hold_ms: {hold}, budget_recheck_secs: {recheck} }}
-webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?}{per_host} }}
+webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?}{per_host}{hosts} }}
 telemetry: {{ log_level: "warn" }}
 tenants:
 "#,
@@ -811,6 +814,16 @@ tenants:
                 ", per_key_rate: {{ per_second: {rate}, burst: {burst} }}"
             ))
             .unwrap_or_default(),
+        hosts = if options.webhook_hosts.is_empty() {
+            String::new()
+        } else {
+            let entries: Vec<String> = options
+                .webhook_hosts
+                .iter()
+                .map(|(name, ip)| format!("\"{name}\": \"{ip}\""))
+                .collect();
+            format!(", hosts: {{ {} }}", entries.join(", "))
+        },
         per_host = options
             .webhook_per_host_rate
             .map(|(rate, burst)| format!(

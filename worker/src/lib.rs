@@ -135,7 +135,11 @@ impl Worker {
             metrics: metrics.clone(),
         };
         let shared = Arc::new(Shared {
-            outbound: Outbound::new(config.webhooks.allow_private_networks, MAX_RESPONSE_BYTES),
+            outbound: Outbound::new(
+                config.webhooks.allow_private_networks,
+                MAX_RESPONSE_BYTES,
+                &config.webhooks.hosts,
+            ),
             config,
             secrets,
             store,

@@ -250,6 +250,10 @@ pub struct WebhookConfig {
     /// Allow webhook URLs that resolve to loopback, private or link-local addresses.
     /// Off in production (SSRF guard); on for local demos and tests.
     pub allow_private_networks: bool,
+    /// Static host entries for webhook URLs, consulted before DNS (as `/etc/hosts` would
+    /// be): `{ "hooks.example.com": "203.0.113.7" }`. The SSRF guard still applies to the
+    /// address, so an entry cannot open a way to a private network.
+    pub hosts: std::collections::BTreeMap<String, std::net::IpAddr>,
     /// Deliveries per receiver host that one worker replica makes (in process, `governor`):
     /// one slow or flooded receiver cannot take every delivery slot. A delivery over it waits
     /// in the delay queues, holding nothing, and keeps its attempt count. Off when absent.
@@ -266,6 +270,7 @@ impl Default for WebhookConfig {
                 .map(Duration::from_secs)
                 .to_vec(),
             allow_private_networks: false,
+            hosts: std::collections::BTreeMap::new(),
             per_host_rate: None,
         }
     }

@@ -1,6 +1,8 @@
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
-use agentfleet_tests::{AppOptions, TestApp};
+use agentfleet_tests::{wait_until, AppOptions, TestApp};
 
 /// Each kind of bad submission gets its 4xx naming the problem, and enqueues and stores
 /// nothing.
@@ -83,6 +85,7 @@ async fn webhooks_to_internal_addresses_are_refused() -> anyhow::Result<()> {
     let app = TestApp::spawn(AppOptions {
         workers: 0,
         allow_private_webhooks: false,
+        webhook_hosts: vec![("inward.example.test", "127.0.0.1")],
         ..AppOptions::default()
     })
     .await?;
@@ -92,6 +95,15 @@ async fn webhooks_to_internal_addresses_are_refused() -> anyhow::Result<()> {
         "http://10.0.0.1/",
         "http://[::1]/",
         "http://localhost/",
+        // The transition forms of private addresses: NAT64, 6to4, Teredo (client
+        // 127.0.0.1), local-use NAT64, IPv4-compatible.
+        "http://[64:ff9b::7f00:1]/",
+        "http://[2002:a00:1::1]/",
+        "http://[2001:0:5ef5:79fb:0:0:80ff:fffe]/",
+        "http://[64:ff9b:1::808:808]/",
+        "http://[::a00:1]/",
+        // A name whose configured address is loopback.
+        "http://inward.example.test:9/hook",
     ] {
         let response = app
             .submit_as(
@@ -104,5 +116,56 @@ async fn webhooks_to_internal_addresses_are_refused() -> anyhow::Result<()> {
         assert_eq!(problem["field"], "webhook_url", "{url}");
     }
     assert!(app.job_keys().await?.is_empty());
+    Ok(())
+}
+
+/// The delivery-time guard: a name that was fine when the job was accepted resolves to
+/// loopback when the worker delivers (as after DNS rebinding; here a worker whose static
+/// `webhooks.hosts` entry points inward). The delivery is refused, not sent: the receiver sees
+/// nothing, and the record ends as `webhook_blocked`, counted in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_resolves_inward_at_delivery_is_blocked_and_recorded() -> anyhow::Result<()>
+{
+    let mut app = TestApp::spawn(AppOptions {
+        workers: 0,
+        allow_private_webhooks: false,
+        ..AppOptions::default()
+    })
+    .await?;
+    let mut rebound = app.config.clone();
+    rebound
+        .webhooks
+        .hosts
+        .insert("hooks.rebind.test".into(), "127.0.0.1".parse()?);
+    let worker = app.start_worker_with(rebound).await?;
+    let port = app.receiver_addr.port();
+    let response = app
+        .submit_as(
+            &app.acme,
+            &json!({"agent": "summarize", "input": "x", "webhook_url": format!("http://hooks.rebind.test:{port}/hooks/acme")}),
+        )
+        .await;
+    assert_eq!(
+        response.status(),
+        202,
+        "a public-looking name passes at submit"
+    );
+    let id = response.json::<Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let record = wait_until(Duration::from_secs(20), "webhook blocked", || async {
+        let record = app.job(&id).await.ok()?;
+        (record["webhook"]["outcome"] == "webhook_blocked").then_some(record)
+    })
+    .await?;
+    assert_eq!(record["status"], "succeeded");
+    assert!(record["webhook"]["delivered_at"].is_null());
+    assert_eq!(app.receiver.requests(), 0, "nothing reached the receiver");
+    let metrics = app.worker_metrics(worker).expect("worker").render();
+    assert!(
+        metrics.contains(r#"agentfleet_webhook_deliveries_total{status="blocked"} 1"#),
+        "{metrics}"
+    );
     Ok(())
 }

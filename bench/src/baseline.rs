@@ -35,6 +35,8 @@ pub fn job_payload(agent: &str) -> Vec<u8> {
         agent: agent.to_owned(),
         attempt: 1,
         not_before: None,
+        // The dispatcher makes one up when the client sends none.
+        request_id: Some(Uuid::now_v7().to_string()),
     }
     .encode()
 }

@@ -295,6 +295,10 @@ pub struct JobRecord {
     /// for `GET /v1/jobs/{id}?include=steps` and for the webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<Step>>,
+    /// The `X-Request-Id` of the POST that created the job (the client's, or one the
+    /// dispatcher made up), so an operator can find the submission's log lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl JobRecord {
@@ -325,6 +329,7 @@ impl JobRecord {
             webhook: None,
             waiting: None,
             steps: None,
+            request_id: None,
         }
     }
 }
@@ -355,6 +360,10 @@ pub struct JobMessage {
     /// Set when the message went through a delay queue: not to be worked before this instant.
     #[serde(default)]
     pub not_before: Option<DateTime<Utc>>,
+    /// The request id of the submission, carried through retries and delays so the run's log
+    /// lines can be joined to the dispatcher's. Absent from messages of older dispatchers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -501,8 +510,16 @@ mod tests {
             agent: "a".into(),
             attempt: 1,
             not_before: None,
+            request_id: Some("req-1".into()),
         };
         assert_eq!(JobMessage::decode(&msg.encode()).expect("decode"), msg);
+        // A message of a dispatcher that did not send request ids still decodes.
+        let older = format!(
+            r#"{{"v":{SCHEMA_VERSION},"job_id":"{}","tenant":"t","agent":"a","attempt":1}}"#,
+            msg.job_id
+        );
+        let decoded = JobMessage::decode(older.as_bytes()).expect("older message");
+        assert_eq!(decoded.request_id, None);
         let mut other = msg.clone();
         other.v = 99;
         assert!(matches!(

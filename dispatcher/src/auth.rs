@@ -3,6 +3,7 @@
 //! comparison never touches the key itself.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
@@ -12,7 +13,8 @@ use agentfleet_common::config::{parse_sha256_hex, TenantConfig};
 use crate::problem::ApiError;
 
 pub struct Tenants {
-    by_key_hash: HashMap<[u8; 32], TenantConfig>,
+    /// Shared, so a submission's accept (a task of its own) can hold its tenant.
+    by_key_hash: HashMap<[u8; 32], Arc<TenantConfig>>,
 }
 
 impl Tenants {
@@ -20,13 +22,13 @@ impl Tenants {
     pub fn new(tenants: &[TenantConfig]) -> Self {
         let by_key_hash = tenants
             .iter()
-            .filter_map(|t| parse_sha256_hex(&t.api_key_sha256).map(|h| (h, t.clone())))
+            .filter_map(|t| parse_sha256_hex(&t.api_key_sha256).map(|h| (h, Arc::new(t.clone()))))
             .collect();
         Self { by_key_hash }
     }
 
     /// The tenant a request authenticates as.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<&TenantConfig, ApiError> {
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<&Arc<TenantConfig>, ApiError> {
         let value = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

@@ -1,9 +1,10 @@
 //! `/v1/jobs` and `/v1/agents`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,6 +22,7 @@ use agentfleet_common::wire::{
     SCHEMA_VERSION,
 };
 
+use crate::layers::RequestId;
 use crate::problem::ApiError;
 use crate::request::{parse_submit, SubmitRequest};
 use crate::AppState;
@@ -31,10 +33,11 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 pub async fn submit(
     State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let result = submit_inner(&state, &headers, body).await;
+    let result = submit_inner(&state, &headers, request_id, body).await;
     if let Err(err) = &result {
         let reason = match err {
             ApiError::Unauthorized => "unauthorized",
@@ -56,13 +59,26 @@ pub async fn submit(
     result
 }
 
+/// A valid submission on its way to being accepted.
+struct Submission {
+    id: Uuid,
+    tenant: Arc<TenantConfig>,
+    request: SubmitRequest,
+    request_id: RequestId,
+    /// The Idempotency-Key and the body's fingerprint.
+    idempotency: Option<(String, String)>,
+}
+
 async fn submit_inner(
     state: &AppState,
     headers: &HeaderMap,
+    request_id: RequestId,
     body: Body,
 ) -> Result<Response, ApiError> {
     let inner = &state.inner;
-    let tenant = inner.tenants.authenticate(headers)?;
+    let tenant = inner.tenants.authenticate(headers)?.clone();
+    // Before the body is read and before the Idempotency-Key is looked up: this limit protects
+    // the replica, so a flood of replays is refused like any other flood from the key.
     inner.quotas.get().check_burst(&tenant.id)?;
     require_json(headers)?;
     let idempotency_key = idempotency_key(headers)?;
@@ -71,45 +87,62 @@ async fn submit_inner(
         .await
         .map_err(|_| ApiError::PayloadTooLarge { limit })?;
     let request = parse_submit(&bytes)?;
-    validate(state, tenant, &request)?;
-    if inner.queue_depths.over_limit(&request.agent) {
-        return Err(ApiError::Overloaded {
-            agent: request.agent,
-        });
-    }
+    validate(state, &tenant, &request)?;
 
-    let id = Uuid::now_v7();
-    let span =
-        tracing::info_span!("submit", job_id = %id, agent = %request.agent, tenant = %tenant.id);
-    async {
-        if let Some(key) = &idempotency_key {
-            let fingerprint = fingerprint(&bytes);
-            let claim = inner
-                .store
-                .claim_idempotency_key(&tenant.id, key, id, &fingerprint, IDEMPOTENCY_TTL)
-                .await
-                .map_err(|e| ApiError::Unavailable(format!("claiming the idempotency key: {e}")))?;
-            if let Claim::Existing {
-                job_id,
-                fingerprint: theirs,
-            } = claim
-            {
-                return replay(state, &tenant.id, job_id, theirs == fingerprint).await;
-            }
+    let submission = Submission {
+        id: Uuid::now_v7(),
+        idempotency: idempotency_key.map(|key| (key, fingerprint(&bytes))),
+        tenant,
+        request,
+        request_id,
+    };
+    let span = tracing::info_span!(
+        "submit",
+        job_id = %submission.id,
+        agent = %submission.request.agent,
+        tenant = %submission.tenant.id
+    );
+    // From here on a key gets claimed and a record stored: the accept runs to its end in a
+    // task of its own, so a request that times out (or a client that goes away) cannot leave
+    // a claimed key naming a job that was never published. A retry with the key finds the
+    // job, or the key free again.
+    tokio::spawn(accept(state.clone(), submission).instrument(span))
+        .await
+        .unwrap_or_else(|err| Err(ApiError::Unavailable(format!("accepting the job: {err}"))))
+}
+
+/// The Idempotency-Key first: a job accepted before is answered with its replay whatever the
+/// load, quotas and budgets are now (the client is told again what it was told). Only a new
+/// job is shed or counted against quotas; if it is refused, its key is released, so a retry
+/// with it can be accepted later.
+async fn accept(state: AppState, submission: Submission) -> Result<Response, ApiError> {
+    let inner = &state.inner;
+    let tenant = submission.tenant.id.clone();
+    if let Some((key, fingerprint)) = &submission.idempotency {
+        let claim = inner
+            .store
+            .claim_idempotency_key(&tenant, key, submission.id, fingerprint, IDEMPOTENCY_TTL)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("claiming the idempotency key: {e}")))?;
+        if let Claim::Existing {
+            job_id,
+            fingerprint: theirs,
+        } = claim
+        {
+            return replay(&state, &tenant, job_id, &theirs == fingerprint).await;
         }
-        let accepted = enqueue(state, tenant, id, request).await;
-        if accepted.is_err() {
-            if let Some(key) = &idempotency_key {
-                // The job was never accepted: a retry with the same key must be able to.
-                if let Err(err) = inner.store.release_idempotency_key(&tenant.id, key).await {
-                    tracing::warn!(error = %err, "could not release an idempotency key");
-                }
-            }
-        }
-        accepted
     }
-    .instrument(span)
-    .await
+    let key = submission.idempotency.as_ref().map(|(key, _)| key.clone());
+    let accepted = enqueue(&state, submission).await;
+    if accepted.is_err() {
+        if let Some(key) = &key {
+            // The job was never accepted: a retry with the same key must be able to.
+            if let Err(err) = inner.store.release_idempotency_key(&tenant, key).await {
+                tracing::warn!(error = %err, "could not release an idempotency key");
+            }
+        }
+    }
+    accepted
 }
 
 fn validate(
@@ -139,20 +172,30 @@ fn validate(
     Ok(())
 }
 
-/// Stores the record and spec, then publishes the work token; undoes the store if the
-/// publish fails, so nothing half-written stays behind.
-async fn enqueue(
-    state: &AppState,
-    tenant: &TenantConfig,
-    id: Uuid,
-    request: SubmitRequest,
-) -> Result<Response, ApiError> {
+/// Sheds a new job when its agent's queues are full and checks its tenant's quotas and
+/// budgets, then stores the record and spec and publishes the work token; undoes the store if
+/// the publish fails, so nothing half-written stays behind.
+async fn enqueue(state: &AppState, submission: Submission) -> Result<Response, ApiError> {
     let inner = &state.inner;
+    let Submission {
+        id,
+        tenant,
+        request,
+        request_id,
+        ..
+    } = submission;
+    if inner.queue_depths.over_limit(&request.agent) {
+        return Err(ApiError::Overloaded {
+            agent: request.agent,
+        });
+    }
     let quotas = inner.quotas.get();
     quotas.check_budgets(&tenant.id, &request.agent).await?;
-    quotas.check_tenant(tenant, &inner.queue_depths).await?;
+    quotas.check_tenant(&tenant, &inner.queue_depths).await?;
     let tenant = tenant.id.as_str();
-    let record = JobRecord::new_queued(id, tenant, &request.agent, request.metadata, Utc::now());
+    let mut record =
+        JobRecord::new_queued(id, tenant, &request.agent, request.metadata, Utc::now());
+    record.request_id = Some(request_id.0);
     let spec = JobSpec {
         input: request.input,
         webhook_url: request.webhook_url.map(String::from),
@@ -171,6 +214,7 @@ async fn enqueue(
         agent: record.agent.clone(),
         attempt: 1,
         not_before: None,
+        request_id: record.request_id.clone(),
     };
     if let Err(err) = inner.broker.publish_job(&message).await {
         // If Redis is gone too, the orphan record expires with its TTL; no worker will see it.

@@ -6,6 +6,7 @@ mod auth;
 mod backlog;
 mod depths;
 mod jobs;
+mod layers;
 mod problem;
 mod quotas;
 mod request;
@@ -19,6 +20,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use agentfleet_common::broker::Broker;
@@ -118,8 +120,14 @@ impl Dispatcher {
         }
     }
 
+    /// The API under load shedding and a timeout (inner layers first: the body limit, the
+    /// timeout, then the shedding, so a shed request never starts a clock); the operational
+    /// endpoints beside it, outside both; axum's own 404/405 as problems; metrics and the
+    /// request id around everything.
     pub fn router(&self) -> Router {
-        let max_body = self.state.inner.config.dispatcher.max_body_bytes;
+        let config = &self.state.inner.config.dispatcher;
+        let max_body = config.max_body_bytes;
+        let slots = Arc::new(Semaphore::new(config.max_concurrent_requests as usize));
         let api = Router::new()
             .route("/v1/jobs", post(jobs::submit))
             .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
@@ -128,12 +136,21 @@ impl Dispatcher {
             // The handler enforces the limit itself (for a problem+json 413); this only keeps
             // axum's default 2 MB cap from applying first.
             .layer(DefaultBodyLimit::max(max_body.saturating_add(1)))
+            .layer(middleware::from_fn_with_state(
+                config.request_timeout,
+                layers::time_out,
+            ))
+            .layer(middleware::from_fn_with_state(slots, layers::shed_load))
             .with_state(self.state.clone());
         api.merge(ops::router(self.deps.clone()))
+            // Before the layers below: these replace fallbacks, and must be wrapped by them.
+            .fallback(layers::not_found)
+            .method_not_allowed_fallback(layers::method_not_allowed)
             .layer(middleware::from_fn_with_state(
                 self.state.inner.metrics.clone(),
                 record_http,
             ))
+            .layer(middleware::from_fn(layers::with_request_id))
     }
 
     /// Serves on `listener` until `shutdown` is cancelled, then drains in-flight requests.

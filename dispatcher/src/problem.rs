@@ -13,6 +13,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("not found")]
     NotFound,
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
     #[error("invalid request at `{field}`: {detail}")]
     InvalidField { field: String, detail: String },
     #[error("invalid request: {0}")]
@@ -23,6 +25,13 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("dependency unavailable: {0}")]
     Unavailable(String),
+    #[error("this dispatcher has too many requests in flight; retry shortly")]
+    Busy,
+    #[error(
+        "the request took longer than {} ms; retry shortly (a POST with an Idempotency-Key is safe to repeat)",
+        after.as_millis()
+    )]
+    Timeout { after: Duration },
     #[error("{0}")]
     Conflict(String),
     #[error("this Idempotency-Key was used with a different request body")]
@@ -65,10 +74,15 @@ impl ApiError {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidField { .. } | Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // A timeout is the server's, not the client's (408 would blame the client's
+            // slowness in sending), and is retried like an outage.
+            Self::Unavailable(_) | Self::Busy | Self::Timeout { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Overloaded { .. } | Self::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -80,12 +94,15 @@ impl ApiError {
         match self {
             Self::Unauthorized => ("unauthorized", "Unauthorized"),
             Self::NotFound => ("not-found", "Not Found"),
+            Self::MethodNotAllowed => ("method-not-allowed", "Method Not Allowed"),
             Self::InvalidField { .. } | Self::InvalidBody(_) => {
                 ("invalid-request", "Invalid request")
             }
             Self::UnsupportedMediaType => ("unsupported-media-type", "Unsupported Media Type"),
             Self::PayloadTooLarge { .. } => ("payload-too-large", "Payload Too Large"),
             Self::Unavailable(_) => ("unavailable", "Service Unavailable"),
+            Self::Busy => ("busy", "Service Unavailable"),
+            Self::Timeout { .. } => ("timeout", "Service Unavailable"),
             Self::Conflict(_) => ("conflict", "Conflict"),
             Self::IdempotencyMismatch => ("idempotency-mismatch", "Unprocessable Content"),
             Self::Overloaded { .. } => ("overloaded", "Too Many Requests"),
@@ -146,7 +163,7 @@ impl IntoResponse for ApiError {
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::Busy | Self::Timeout { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::Overloaded { .. } => {

@@ -130,6 +130,10 @@ pub struct AppOptions {
     pub budget_recheck_secs: u64,
     /// `webhooks.hosts`: static entries for webhook host names.
     pub webhook_hosts: Vec<(&'static str, &'static str)>,
+    /// `dispatcher.request_timeout_ms`; the default (10 s) when absent.
+    pub request_timeout_ms: Option<u64>,
+    /// `dispatcher.max_concurrent_requests`; the default (1024) when absent.
+    pub max_concurrent_requests: Option<u32>,
 }
 
 impl Default for AppOptions {
@@ -154,6 +158,8 @@ impl Default for AppOptions {
             webhook_per_host_rate: None,
             budget_recheck_secs: 60,
             webhook_hosts: Vec::new(),
+            request_timeout_ms: None,
+            max_concurrent_requests: None,
         }
     }
 }
@@ -439,6 +445,26 @@ impl TestApp {
             .send()
             .await
             .expect("dispatcher reachable")
+    }
+
+    /// Starts `POST /v1/jobs` as `tenant` on a raw connection and sends only the start of its
+    /// body: the request stays in the dispatcher (holding its place among the requests in
+    /// flight, its timeout running) until the stream is dropped. Read the answer, if one
+    /// comes, with [`read_raw_response`].
+    pub async fn start_stalled_submit(
+        &self,
+        tenant: &TenantKeys,
+    ) -> anyhow::Result<tokio::net::TcpStream> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stream = tokio::net::TcpStream::connect(self.dispatcher_addr).await?;
+        let head = format!(
+            "POST /v1/jobs HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"agent\":",
+            self.dispatcher_addr, tenant.api_key
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.flush().await?;
+        Ok(stream)
     }
 
     /// `DELETE /v1/jobs/{id}` as acme.
@@ -794,7 +820,7 @@ fn render_config(
     let mut yaml = format!(
         r#"amqp: {{ url: "{amqp}", prefix: "{prefix}", publish_timeout_ms: 3000 }}
 redis: {{ url: "{redis}", prefix: "{prefix}", result_ttl_secs: 3600 }}
-dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: 4096{per_key} }}
+dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: 4096{per_key}{http_limits} }}
 worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease}, max_limit_hold_ms: {hold}, budget_recheck_secs: {recheck} }}
 webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?}{per_host}{hosts} }}
 telemetry: {{ log_level: "warn" }}
@@ -814,6 +840,17 @@ tenants:
                 ", per_key_rate: {{ per_second: {rate}, burst: {burst} }}"
             ))
             .unwrap_or_default(),
+        http_limits = [
+            options
+                .request_timeout_ms
+                .map(|ms| format!(", request_timeout_ms: {ms}")),
+            options
+                .max_concurrent_requests
+                .map(|n| format!(", max_concurrent_requests: {n}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<String>(),
         hosts = if options.webhook_hosts.is_empty() {
             String::new()
         } else {
@@ -936,6 +973,75 @@ pub fn step_kinds(record: &Value) -> Vec<String> {
             other => other.unwrap_or("?").to_owned(),
         })
         .collect()
+}
+
+/// An HTTP/1.1 response read off a raw connection.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+/// Reads one response (with a `content-length`) from `stream`, failing after `within`.
+pub async fn read_raw_response(
+    stream: &mut tokio::net::TcpStream,
+    within: Duration,
+) -> anyhow::Result<RawResponse> {
+    use tokio::io::AsyncReadExt as _;
+    let read = async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(response) = parse_raw_response(&buf)? {
+                return Ok(response);
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                bail!(
+                    "connection closed before a whole response: {:?}",
+                    String::from_utf8_lossy(&buf)
+                );
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .with_context(|| format!("no response within {within:?}"))?
+}
+
+/// The response in `buf`, once its head and `content-length` bytes of body are there.
+fn parse_raw_response(buf: &[u8]) -> anyhow::Result<Option<RawResponse>> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..end])?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("status line {status_line:?}"))?;
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length: usize = headers
+        .get("content-length")
+        .context("no content-length")?
+        .parse()?;
+    let body = &buf[end + 4..];
+    if body.len() < length {
+        return Ok(None);
+    }
+    Ok(Some(RawResponse {
+        status,
+        body: String::from_utf8_lossy(&body[..length]).into_owned(),
+        headers,
+    }))
 }
 
 /// Polls `probe` until it yields a value or `within` passes.

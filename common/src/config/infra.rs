@@ -133,6 +133,17 @@ pub struct DispatcherConfig {
     /// cannot monopolise the replica. Off when absent. Fleet-wide quotas are per tenant
     /// (`tenants[].quotas`).
     pub per_key_rate: Option<BurstConfig>,
+    /// How long one API request (`/v1/...`) may take before it is answered 503 `timeout`
+    /// with `Retry-After`. A submission that got as far as claiming its Idempotency-Key or
+    /// storing its record still finishes (or undoes itself) after that answer, so a retry
+    /// with the same key finds what happened. `/healthz`, `/readyz` and `/metrics` bound
+    /// themselves.
+    #[serde(rename = "request_timeout_ms", with = "duration::millis")]
+    pub request_timeout: Duration,
+    /// API requests this replica serves at once; one more is answered 503 `busy` with
+    /// `Retry-After: 1` at once (shed, never queued). `/healthz`, `/readyz` and `/metrics`
+    /// are outside the limit, so probes and scrapes still answer under load.
+    pub max_concurrent_requests: u32,
 }
 
 impl Default for DispatcherConfig {
@@ -141,6 +152,8 @@ impl Default for DispatcherConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1_048_576,
             per_key_rate: None,
+            request_timeout: Duration::from_millis(10_000),
+            max_concurrent_requests: 1024,
         }
     }
 }
@@ -171,7 +184,11 @@ impl DispatcherConfig {
         if let Some(rate) = &self.per_key_rate {
             rate.validate(&format!("{at}.per_key_rate"))?;
         }
-        Ok(())
+        positive(&format!("{at}.request_timeout_ms"), self.request_timeout)?;
+        positive(
+            &format!("{at}.max_concurrent_requests"),
+            self.max_concurrent_requests,
+        )
     }
 }
 

@@ -4,6 +4,7 @@
 mod agents;
 mod auth;
 mod end_to_end;
+mod hygiene;
 mod lifecycle;
 mod limits;
 mod load;

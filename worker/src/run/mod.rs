@@ -52,7 +52,8 @@ pub async fn handle_job(
                 job_id = %msg.job_id,
                 agent = %msg.agent,
                 tenant = %msg.tenant,
-                attempt = msg.attempt
+                attempt = msg.attempt,
+                request_id = msg.request_id.as_deref()
             );
             let deliveries = delivery_count(&delivery);
             process(&shared, &agent, msg, deliveries)

@@ -27,6 +27,44 @@ impl std::fmt::Debug for WebhookSecret {
     }
 }
 
+/// Every secret a tenant's webhooks are signed with: one, or during a rotation several, each
+/// signing every delivery (`webhook-signature: v1,<new> v1,<old>`), so a receiver verifies with
+/// whichever it holds. Configured as one environment variable holding the secrets separated by
+/// spaces; rotating is: add the new one, move the receiver, drop the old.
+#[derive(Clone, Debug)]
+pub struct SigningKeys {
+    secrets: Vec<WebhookSecret>,
+}
+
+/// At most this many secrets sign at once: a rotation needs two, a slow one three.
+pub const MAX_SIGNING_SECRETS: usize = 4;
+
+impl SigningKeys {
+    /// Parses `whsec_…` secrets separated by whitespace (at least one, at most
+    /// [`MAX_SIGNING_SECRETS`]).
+    pub fn parse(raw: &str) -> Result<Self, SecretError> {
+        let secrets = raw
+            .split_whitespace()
+            .map(WebhookSecret::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        match secrets.len() {
+            0 => Err(SecretError::MissingPrefix),
+            n if n > MAX_SIGNING_SECRETS => Err(SecretError::TooMany),
+            _ => Ok(Self { secrets }),
+        }
+    }
+
+    /// The `webhook-signature` header: one `v1,` signature per secret, space-separated.
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        let signatures: Vec<String> = self
+            .secrets
+            .iter()
+            .map(|secret| secret.sign(id, timestamp, body))
+            .collect();
+        signatures.join(" ")
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SecretError {
     #[error("webhook secret must start with `whsec_`")]
@@ -35,6 +73,8 @@ pub enum SecretError {
     NotBase64,
     #[error("webhook secret must decode to 24..=64 bytes")]
     BadLength,
+    #[error("at most {MAX_SIGNING_SECRETS} webhook secrets may sign at once")]
+    TooMany,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -168,6 +208,43 @@ mod tests {
             secret.verify(SPEC_ID, "x", SPEC_SIG, SPEC_BODY, SPEC_TS, 300),
             Err(VerifyError::BadTimestamp)
         );
+    }
+
+    #[test]
+    fn during_a_rotation_every_secret_signs_and_either_verifies() {
+        let (old, new) = (WebhookSecret::generate(), WebhookSecret::generate());
+        let keys = SigningKeys::parse(&format!(" {new}  {old} ")).expect("two secrets");
+        let header = keys.sign(SPEC_ID, SPEC_TS, SPEC_BODY);
+        assert_eq!(header.split(' ').count(), 2, "{header}");
+        let ts = SPEC_TS.to_string();
+        for secret in [&old, &new] {
+            let secret = WebhookSecret::parse(secret).expect("secret");
+            let verify = |id: &str, ts: &str, body: &[u8]| {
+                secret.verify(id, ts, &header, body, SPEC_TS, 300)
+            };
+            assert_eq!(verify(SPEC_ID, &ts, SPEC_BODY), Ok(()));
+            assert_eq!(
+                verify("msg_other", &ts, SPEC_BODY),
+                Err(VerifyError::NoMatch)
+            );
+            assert_eq!(
+                verify(SPEC_ID, &(SPEC_TS + 1).to_string(), SPEC_BODY),
+                Err(VerifyError::NoMatch)
+            );
+            assert_eq!(verify(SPEC_ID, &ts, b"{}"), Err(VerifyError::NoMatch));
+        }
+        let stranger = WebhookSecret::parse(&WebhookSecret::generate()).expect("secret");
+        assert_eq!(
+            stranger.verify(SPEC_ID, &ts, &header, SPEC_BODY, SPEC_TS, 300),
+            Err(VerifyError::NoMatch)
+        );
+        assert_eq!(
+            SigningKeys::parse("  ").err(),
+            Some(SecretError::MissingPrefix)
+        );
+        let five = vec![WebhookSecret::generate(); 5].join(" ");
+        assert_eq!(SigningKeys::parse(&five).err(), Some(SecretError::TooMany));
+        assert!(!format!("{keys:?}").contains(&new[6..12]));
     }
 
     #[test]

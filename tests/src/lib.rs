@@ -203,6 +203,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     dispatcher_stop: CancellationToken,
     workers: Vec<Option<RunningWorker>>,
+    /// Replacements for tenants' secret variables (see [`TestApp::set_webhook_secrets`]).
+    signing_secrets: HashMap<String, String>,
     children: Vec<std::process::Child>,
     temp_files: Vec<PathBuf>,
 }
@@ -262,6 +264,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             dispatcher_stop,
             workers: Vec::new(),
+            signing_secrets: HashMap::new(),
             children: Vec::new(),
             temp_files: Vec::new(),
         };
@@ -272,12 +275,22 @@ impl TestApp {
         Ok(app)
     }
 
-    /// Secrets as the worker reads them from its environment.
+    /// Secrets as the worker reads them from its environment: each tenant's, unless
+    /// [`TestApp::set_webhook_secrets`] replaced it.
     fn secret_env(&self) -> HashMap<String, String> {
         self.tenants
             .iter()
-            .map(|t| (env_var(&t.id), t.webhook_secret.clone()))
+            .map(|t| {
+                let value = self.signing_secrets.get(&t.id).unwrap_or(&t.webhook_secret);
+                (env_var(&t.id), value.clone())
+            })
             .collect()
+    }
+
+    /// What workers started from now on read from `tenant`'s secret variable: during a
+    /// rotation, several secrets separated by spaces.
+    pub fn set_webhook_secrets(&mut self, tenant: &str, value: String) {
+        self.signing_secrets.insert(tenant.to_owned(), value);
     }
 
     /// Starts one more in-process worker; returns its index.

@@ -7,12 +7,13 @@ use secrecy::SecretString;
 
 use super::validation::invalid;
 use super::{Config, ConfigError, HeaderValue};
-use crate::signing::WebhookSecret;
+use crate::signing::SigningKeys;
 
 /// Secrets resolved from the environment by the process that needs them.
 #[derive(Clone, Default)]
 pub struct Secrets {
-    pub webhook: HashMap<String, WebhookSecret>,
+    /// Each tenant's signing secrets (several during a rotation).
+    pub webhook: HashMap<String, SigningKeys>,
     pub provider_keys: HashMap<String, SecretString>,
     /// Every tool's headers, literal or from the environment, by tool name; kept secret
     /// alike, since a header is where a tool's credentials go.
@@ -44,9 +45,9 @@ impl Config {
             let key = format!("tenants[{i}].webhook_secret_env");
             let value = lookup(var)
                 .ok_or_else(|| invalid(&key, format!("environment variable {var} is not set")))?;
-            let secret = WebhookSecret::parse(&value)
+            let keys = SigningKeys::parse(&value)
                 .map_err(|e| invalid(&key, format!("environment variable {var}: {e}")))?;
-            secrets.webhook.insert(tenant.id.clone(), secret);
+            secrets.webhook.insert(tenant.id.clone(), keys);
         }
         for (name, agent) in &self.agents {
             let Some(var) = &agent.api_key_env else {

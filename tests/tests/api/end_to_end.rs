@@ -105,3 +105,57 @@ async fn a_job_without_webhook_still_completes() -> anyhow::Result<()> {
     assert_eq!(app.receiver.count(), 0);
     Ok(())
 }
+
+/// During a secret rotation every active secret signs: a receiver holding the old secret and
+/// one holding the new both verify the delivery with an independent Standard Webhooks
+/// implementation, and a tampered id, timestamp or body fails with either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_secret_rotation_both_secrets_verify() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let old = app.acme.webhook_secret.clone();
+    let new = agentfleet_common::signing::WebhookSecret::generate();
+    app.set_webhook_secrets("acme", format!("{new} {old}"));
+    app.start_worker().await?;
+    app.submit_job("summarize", "rotate").await?;
+    app.wait_webhooks(1, Duration::from_secs(20)).await?;
+    let delivery = app.receiver.deliveries().remove(0);
+    assert!(
+        delivery.verified,
+        "the receiver holding the old secret accepts it"
+    );
+    assert_eq!(
+        delivery.signature.split(' ').count(),
+        2,
+        "one signature per secret"
+    );
+    let headers = |id: &str, timestamp: &str| -> anyhow::Result<http::HeaderMap> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("webhook-id", id.parse()?);
+        headers.insert("webhook-timestamp", timestamp.parse()?);
+        headers.insert("webhook-signature", delivery.signature.parse()?);
+        Ok(headers)
+    };
+    let later = (delivery.timestamp.parse::<i64>()? + 1).to_string();
+    for secret in [&old, &new] {
+        let hook = standardwebhooks::Webhook::new(secret)?;
+        let genuine = headers(&delivery.webhook_id, &delivery.timestamp)?;
+        hook.verify(&delivery.body, &genuine)
+            .map_err(|e| anyhow::anyhow!("standardwebhooks rejected the delivery: {e:?}"))?;
+        let other_id = headers("msg_tampered", &delivery.timestamp)?;
+        assert!(
+            hook.verify(&delivery.body, &other_id).is_err(),
+            "tampered id"
+        );
+        let other_time = headers(&delivery.webhook_id, &later)?;
+        assert!(
+            hook.verify(&delivery.body, &other_time).is_err(),
+            "tampered timestamp"
+        );
+        assert!(hook.verify(b"{}", &genuine).is_err(), "tampered body");
+    }
+    Ok(())
+}

@@ -1,30 +1,51 @@
 //! Tenant authentication: `Authorization: Bearer <key>`, matched by the SHA-256 of the key.
-//! Only hashes are configured, so a leaked config leaks no key; looking up by hash means the
-//! comparison never touches the key itself.
+//! Only hashes are configured, so a leaked config leaks no key. A tenant may have several
+//! keys, each with an id and an optional expiry, so a key rotates without downtime. The
+//! presented key's digest is compared with every configured one in constant time, and a
+//! missing, unknown or expired key is the same 401. The key id (never the key) goes into the
+//! request's span, so every log line of the request names it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::{header, HeaderMap};
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq as _;
 
-use agentfleet_common::config::{parse_sha256_hex, TenantConfig};
+use agentfleet_common::config::TenantConfig;
 
 use crate::problem::ApiError;
 
+struct Key {
+    /// Index into `Tenants::tenants`.
+    tenant: usize,
+    id: String,
+    hash: [u8; 32],
+    expires_at: Option<DateTime<Utc>>,
+}
+
 pub struct Tenants {
     /// Shared, so a submission's accept (a task of its own) can hold its tenant.
-    by_key_hash: HashMap<[u8; 32], Arc<TenantConfig>>,
+    tenants: Vec<Arc<TenantConfig>>,
+    keys: Vec<Key>,
 }
 
 impl Tenants {
-    /// Hashes were validated with the config; an unparsable one simply matches nothing.
+    /// Keys were validated with the config; one that does not parse is left out.
     pub fn new(tenants: &[TenantConfig]) -> Self {
-        let by_key_hash = tenants
-            .iter()
-            .filter_map(|t| parse_sha256_hex(&t.api_key_sha256).map(|h| (h, Arc::new(t.clone()))))
-            .collect();
-        Self { by_key_hash }
+        let mut keys = Vec::new();
+        for (index, tenant) in tenants.iter().enumerate() {
+            keys.extend(tenant.api_keys().into_iter().map(|key| Key {
+                tenant: index,
+                id: key.id,
+                hash: key.hash,
+                expires_at: key.expires_at,
+            }));
+        }
+        Self {
+            tenants: tenants.iter().cloned().map(Arc::new).collect(),
+            keys,
+        }
     }
 
     /// The tenant a request authenticates as.
@@ -38,18 +59,48 @@ impl Tenants {
             return Err(ApiError::Unauthorized);
         }
         let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        self.by_key_hash.get(&digest).ok_or(ApiError::Unauthorized)
+        let key = self.matching(&digest).ok_or(ApiError::Unauthorized)?;
+        if key.expires_at.is_some_and(|at| at <= Utc::now()) {
+            return Err(ApiError::Unauthorized);
+        }
+        tracing::Span::current().record("key_id", key.id.as_str());
+        self.tenants.get(key.tenant).ok_or(ApiError::Unauthorized)
+    }
+
+    /// The key whose hash is `digest`. Every key is compared, each in constant time, so the
+    /// time taken says nothing about how close a guess came.
+    fn matching(&self, digest: &[u8; 32]) -> Option<&Key> {
+        let mut found = None;
+        for key in &self.keys {
+            if bool::from(key.hash.ct_eq(digest)) {
+                found = Some(key);
+            }
+        }
+        found
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agentfleet_common::config::ApiKeyConfig;
 
     fn tenants() -> Tenants {
         Tenants::new(&[TenantConfig {
             id: "acme".into(),
-            api_key_sha256: hex::encode(Sha256::digest(b"secret-key")),
+            api_key_sha256: Some(hex::encode(Sha256::digest(b"secret-key"))),
+            api_keys: vec![
+                ApiKeyConfig {
+                    id: "next".into(),
+                    sha256: hex::encode(Sha256::digest(b"next-key")),
+                    expires_at: None,
+                },
+                ApiKeyConfig {
+                    id: "old".into(),
+                    sha256: hex::encode(Sha256::digest(b"old-key")),
+                    expires_at: Some(Utc::now() - chrono::Duration::seconds(1)),
+                },
+            ],
             webhook_secret_env: None,
             weight: 1,
             quotas: Default::default(),
@@ -84,5 +135,20 @@ mod tests {
             assert!(tenants.authenticate(&headers(bad)).is_err(), "{bad}");
         }
         assert!(tenants.authenticate(&HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn every_live_key_of_a_tenant_works_and_an_expired_one_is_unknown() {
+        let tenants = tenants();
+        let tenant = |token: &str| {
+            tenants
+                .authenticate(&headers(&format!("Bearer {token}")))
+                .map(|t| t.id.clone())
+        };
+        assert_eq!(tenant("next-key").ok().as_deref(), Some("acme"));
+        assert!(
+            matches!(tenant("old-key"), Err(ApiError::Unauthorized)),
+            "expired: the same 401 as an unknown key"
+        );
     }
 }

@@ -57,6 +57,8 @@ pub async fn with_request_id(mut req: Request, next: Next) -> Response {
         request_id = %id,
         method = %req.method(),
         path = %req.uri().path(),
+        // Filled in by authentication: which of the tenant's keys (never the key itself).
+        key_id = tracing::field::Empty,
     );
     // Sane by construction: visible ASCII, or a UUID.
     let value = HeaderValue::from_str(&id).ok();

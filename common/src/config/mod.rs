@@ -41,7 +41,10 @@ pub use infra::{
 };
 pub use reload::check_reloadable;
 pub use secrets::Secrets;
-pub use tenants::{TenantBudget, TenantConfig, TenantQuotas, MAX_TENANT_WEIGHT};
+pub use tenants::{
+    ApiKey, ApiKeyConfig, TenantBudget, TenantConfig, TenantQuotas, DEFAULT_KEY_ID,
+    MAX_TENANT_WEIGHT,
+};
 pub use tools::{HeaderValue, HttpToolConfig, ToolConfig, ToolMethod};
 pub use validation::{is_identifier, parse_sha256_hex};
 

@@ -3,7 +3,8 @@
 //! `max_queue_depth` and `monthly_budget_usd`, tenants' `quotas` and `budget`,
 //! `dispatcher.per_key_rate` and `webhooks.per_host_rate`. Everything else (prefixes,
 //! endpoints, agents' concurrency and tools, tenants' weights) is read at start only; a
-//! reload that adds or removes agents or tenants, or moves the prefixes, is refused whole,
+//! reload that adds or removes agents or tenants (or changes a tenant's keys), or moves the
+//! prefixes, is refused whole,
 //! since queues and keys are derived from them.
 
 use super::{invalid, Config, ConfigError};
@@ -28,7 +29,7 @@ pub fn check_reloadable(old: &Config, new: &Config) -> Result<(), ConfigError> {
     let ids = |c: &Config| {
         c.tenants
             .iter()
-            .map(|t| (t.id.clone(), t.api_key_sha256.to_ascii_lowercase()))
+            .map(|t| (t.id.clone(), t.api_keys()))
             .collect::<Vec<_>>()
     };
     if ids(old) != ids(new) {

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::validation::{check_identifier, invalid, parse_sha256_hex, positive};
@@ -15,8 +16,14 @@ pub const MAX_TENANT_WEIGHT: u32 = 100;
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub id: String,
-    /// Hex SHA-256 of the tenant's bearer token; the token itself is never configured.
-    pub api_key_sha256: String,
+    /// Hex SHA-256 of the tenant's bearer token (the key `default`); the token itself is
+    /// never configured. A tenant that rotates keys lists them in `api_keys` instead (or too).
+    #[serde(default)]
+    pub api_key_sha256: Option<String>,
+    /// The tenant's keys, each with an id (logged, never the key) and an optional expiry:
+    /// a key rotates by adding the new one, moving the clients, then removing the old.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
     /// Environment variable holding the tenant's `whsec_…` webhook signing secret.
     #[serde(default)]
     pub webhook_secret_env: Option<String>,
@@ -31,6 +38,29 @@ pub struct TenantConfig {
     #[serde(default)]
     pub budget: Option<TenantBudget>,
 }
+
+/// One of a tenant's API keys, as configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub id: String,
+    /// Hex SHA-256 of the bearer token.
+    pub sha256: String,
+    /// From this instant on the key is refused like an unknown one.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A tenant's API key as authentication uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: String,
+    pub hash: [u8; 32],
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The id of the key given as `api_key_sha256`.
+pub const DEFAULT_KEY_ID: &str = "default";
 
 /// A tenant's spending limit. Serialized as configured.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
@@ -101,17 +131,51 @@ impl TenantConfig {
                 ));
             }
         }
-        self.api_key_hash(at).map(drop)
+        self.checked_keys(at).map(drop)
     }
 
-    fn api_key_hash(&self, at: &str) -> Result<[u8; 32], ConfigError> {
-        parse_sha256_hex(&self.api_key_sha256).ok_or_else(|| {
-            invalid(
-                format!("{at}.api_key_sha256"),
-                "must be 64 hex characters (a SHA-256)",
-            )
-        })
+    /// The tenant's keys, `api_key_sha256` first (as `default`). Validated with the config,
+    /// so a key that does not parse is simply left out here.
+    pub fn api_keys(&self) -> Vec<ApiKey> {
+        self.checked_keys("tenants").unwrap_or_default()
     }
+
+    fn checked_keys(&self, at: &str) -> Result<Vec<ApiKey>, ConfigError> {
+        let mut keys = Vec::with_capacity(self.api_keys.len() + 1);
+        if let Some(hash) = &self.api_key_sha256 {
+            keys.push(ApiKey {
+                id: DEFAULT_KEY_ID.to_owned(),
+                hash: parse_hash(hash, &format!("{at}.api_key_sha256"))?,
+                expires_at: None,
+            });
+        }
+        for (i, key) in self.api_keys.iter().enumerate() {
+            let at = format!("{at}.api_keys[{i}]");
+            check_identifier(&format!("{at}.id"), &key.id)?;
+            if keys.iter().any(|k| k.id == key.id) {
+                return Err(invalid(
+                    format!("{at}.id"),
+                    format!("duplicate key id `{}`", key.id),
+                ));
+            }
+            keys.push(ApiKey {
+                id: key.id.clone(),
+                hash: parse_hash(&key.sha256, &format!("{at}.sha256"))?,
+                expires_at: key.expires_at,
+            });
+        }
+        if keys.is_empty() {
+            return Err(invalid(
+                format!("{at}.api_keys"),
+                "a tenant needs a key: api_key_sha256 or api_keys",
+            ));
+        }
+        Ok(keys)
+    }
+}
+
+fn parse_hash(hex: &str, at: &str) -> Result<[u8; 32], ConfigError> {
+    parse_sha256_hex(hex).ok_or_else(|| invalid(at, "must be 64 hex characters (a SHA-256)"))
 }
 
 /// Checks every tenant listed at `at` (`tenants`), then that no two share an id or an API key:
@@ -128,11 +192,16 @@ pub(super) fn validate_tenants(tenants: &[TenantConfig], at: &str) -> Result<(),
                 format!("duplicate tenant `{}`", tenant.id),
             ));
         }
-        if !key_hashes.insert(tenant.api_key_hash(&at)?) {
-            return Err(invalid(
-                format!("{at}.api_key_sha256"),
-                "two tenants share this API key",
-            ));
+        for key in tenant.checked_keys(&at)? {
+            if !key_hashes.insert(key.hash) {
+                return Err(invalid(
+                    format!("{at}.api_keys"),
+                    format!(
+                        "key `{}` is also another key (two keys share a hash)",
+                        key.id
+                    ),
+                ));
+            }
         }
     }
     Ok(())

@@ -503,3 +503,40 @@ fn per_replica_rates_are_checked() {
     let config = Config::from_yaml(&yaml_with(sections, "")).expect("valid");
     assert_eq!(config.webhooks.per_host_rate.map(|r| r.burst), Some(10));
 }
+
+#[test]
+fn tenants_may_have_several_keys_each_named_and_unique() {
+    let tenant = "    api_key_sha256: \"{KEY_HASH}\"\n".replace("{KEY_HASH}", KEY_HASH);
+    let other = "d".repeat(64);
+    let with_keys = |keys: &str| yaml("").replace(&tenant, keys);
+    let config = Config::from_yaml(&with_keys(&format!(
+        "    api_keys: [{{ id: k1, sha256: \"{KEY_HASH}\" }}, {{ id: k2, sha256: \"{other}\", expires_at: \"2030-01-01T00:00:00Z\" }}]\n"
+    )))
+    .expect("valid");
+    let keys = config.tenants[0].api_keys();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[1].id, "k2");
+    assert!(keys[1].expires_at.is_some());
+    for (keys, key) in [
+        (String::new(), "tenants[0].api_keys"),
+        (
+            format!("    api_keys: [{{ id: k1, sha256: \"{KEY_HASH}\" }}, {{ id: k1, sha256: \"{other}\" }}]\n"),
+            "tenants[0].api_keys[1].id",
+        ),
+        (
+            format!("    api_keys: [{{ id: k1, sha256: \"{KEY_HASH}\" }}, {{ id: k2, sha256: \"{KEY_HASH}\" }}]\n"),
+            "tenants[0].api_keys",
+        ),
+        (
+            "    api_keys: [{ id: k1, sha256: \"nothex\" }]\n".to_owned(),
+            "tenants[0].api_keys[0].sha256",
+        ),
+        (
+            format!("    api_keys: [{{ id: k1, sha256: \"{KEY_HASH}\", expires_at: soon }}]\n"),
+            "expires_at",
+        ),
+    ] {
+        let err = Config::from_yaml(&with_keys(&keys)).expect_err(key);
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+}

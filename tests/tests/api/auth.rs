@@ -95,3 +95,52 @@ async fn agents_are_listed_without_secrets_or_endpoints() -> anyhow::Result<()> 
     assert!(!text.contains("system_prompt") && !text.contains("You are a test agent"));
     Ok(())
 }
+
+/// A tenant with several keys: each live one authenticates as the tenant (a rotation needs
+/// no downtime), and an expired one answers exactly like an unknown key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_keys_rotate_and_an_expired_key_is_unknown() -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    let hash = |token: &str| hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    let keys = format!(
+        "api_keys: [{{ id: next, sha256: \"{}\" }}, {{ id: retired, sha256: \"{}\", expires_at: \"2020-01-01T00:00:00Z\" }}]",
+        hash("acme-next-key"),
+        hash("acme-retired-key")
+    );
+    let app = TestApp::spawn(AppOptions {
+        workers: 0,
+        tenant_settings: vec![("acme", keys)],
+        ..AppOptions::default()
+    })
+    .await?;
+    let submit = |token: &str| {
+        app.http
+            .post(app.url("/v1/jobs"))
+            .bearer_auth(token)
+            .json(&json!({"agent": "summarize", "input": "x"}))
+            .send()
+    };
+    assert_eq!(
+        submit(&app.acme.api_key).await?.status(),
+        202,
+        "the default key"
+    );
+    let next = submit("acme-next-key").await?;
+    assert_eq!(next.status(), 202, "the new key");
+    let id = next.json::<Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let read = app.get_job_as(&app.acme, &id).await;
+    assert_eq!(read.status(), 200, "the same tenant, whichever key");
+    let retired = submit("acme-retired-key").await?;
+    let unknown = submit("no-such-key").await?;
+    assert_eq!(retired.status(), 401);
+    assert_eq!(unknown.status(), 401);
+    assert_eq!(
+        retired.json::<Value>().await?,
+        unknown.json::<Value>().await?,
+        "expired and unknown keys are indistinguishable"
+    );
+    Ok(())
+}

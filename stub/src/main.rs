@@ -1,6 +1,7 @@
 //! `agentfleet-stub llm …` serves the OpenAI-compatible stub; `agentfleet-stub tools …` serves
 //! the counting tool server; `agentfleet-stub webhook …` serves a verifying webhook receiver
-//! that prints each delivery as a JSON line.
+//! that prints each delivery as a JSON line; `agentfleet-stub sign …` prints the signature
+//! header agentfleet would send, for checks with other Standard Webhooks implementations.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use agentfleet_common::signing::WebhookSecret;
+use agentfleet_common::signing::{SigningKeys, WebhookSecret};
 use agentfleet_stub::llm::{Behavior, Fault, StubLlm};
 use agentfleet_stub::receiver::Receiver;
 use agentfleet_stub::script::ModelScenario;
@@ -43,6 +44,17 @@ enum Command {
         /// Environment variable holding the whsec_ secret to verify with.
         #[arg(long)]
         secret_env: String,
+    },
+    /// Prints the `webhook-signature` header agentfleet sends for the body on stdin, signed
+    /// with every secret in the environment variable (space-separated, as during a rotation):
+    /// for checking signatures with another Standard Webhooks implementation.
+    Sign {
+        #[arg(long)]
+        secrets_env: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        timestamp: i64,
     },
 }
 
@@ -117,6 +129,19 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("environment variable {secret_env} is not set"))?;
             let secret = WebhookSecret::parse(&raw).with_context(|| secret_env.clone())?;
             serve(listen, Receiver::new(Some(secret)).router()).await
+        }
+        Command::Sign {
+            secrets_env,
+            id,
+            timestamp,
+        } => {
+            let raw = std::env::var(&secrets_env)
+                .with_context(|| format!("environment variable {secrets_env} is not set"))?;
+            let keys = SigningKeys::parse(&raw).with_context(|| secrets_env.clone())?;
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut body)?;
+            println!("{}", keys.sign(&id, timestamp, &body));
+            Ok(())
         }
     }
 }

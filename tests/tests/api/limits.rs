@@ -127,10 +127,10 @@ async fn agents_in_a_pool_share_its_limit() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A 429 with `Retry-After: 2` seen by one worker holds the calls of every worker for those
-/// 2 s: the stub sees none inside the window, then the jobs finish.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_429_with_retry_after_pauses_the_whole_fleet() -> anyhow::Result<()> {
+/// Three workers run 60 jobs of an agent at concurrency 2 while the stub serves `fault` once:
+/// every job succeeds, and no call of any worker reaches the stub inside the 2 s the fault
+/// asked the fleet to hold.
+async fn one_answer_pauses_the_whole_fleet(fault: agentfleet_tests::Fault) -> anyhow::Result<()> {
     let mut busy = AgentSpec::new("busy");
     busy.concurrency = 2;
     let app = TestApp::spawn(AppOptions {
@@ -144,10 +144,7 @@ async fn a_429_with_retry_after_pauses_the_whole_fleet() -> anyhow::Result<()> {
         ..AppOptions::default()
     })
     .await?;
-    app.llm.script_faults([agentfleet_tests::Fault::Status {
-        status: 429,
-        retry_after: Some(2),
-    }]);
+    app.llm.script_faults([fault]);
     let mut ids = Vec::new();
     for i in 0..60 {
         ids.push(app.submit_job("busy", &format!("job {i}")).await?);
@@ -159,6 +156,17 @@ async fn a_429_with_retry_after_pauses_the_whole_fleet() -> anyhow::Result<()> {
     );
     assert_fleet_paused(&app, Duration::from_secs(2));
     Ok(())
+}
+
+/// A 429 with `Retry-After: 2` seen by one worker holds the calls of every worker for those
+/// 2 s: the stub sees none inside the window, then the jobs finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_pauses_the_whole_fleet() -> anyhow::Result<()> {
+    one_answer_pauses_the_whole_fleet(agentfleet_tests::Fault::Status {
+        status: 429,
+        retry_after: Some(2),
+    })
+    .await
 }
 
 /// No call reached the stub inside `pause` after the answer that asked for it (the first
@@ -325,33 +333,13 @@ async fn the_admissible_backlog_leaves_out_what_limits_hold_back() -> anyhow::Re
 /// whole fleet like a 429 would: the provider counts every caller of the key, so it knows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_that_reports_its_limit_used_up_pauses_the_fleet() -> anyhow::Result<()> {
-    let mut busy = AgentSpec::new("busy");
-    busy.concurrency = 2;
-    let app = TestApp::spawn(AppOptions {
-        agents: vec![busy],
-        workers: 3,
-        behavior: Behavior {
-            latency: Duration::from_millis(50),
-            ..Behavior::default()
-        },
-        ..AppOptions::default()
-    })
-    .await?;
-    app.llm
-        .script_faults([agentfleet_tests::Fault::WithHeaders(vec![
-            ("x-ratelimit-remaining-requests".into(), "0".into()),
-            ("x-ratelimit-reset-requests".into(), "2s".into()),
-            ("x-ratelimit-remaining-tokens".into(), "90000".into()),
-            ("x-ratelimit-reset-tokens".into(), "6m0s".into()),
-        ])]);
-    let mut ids = Vec::new();
-    for i in 0..60 {
-        ids.push(app.submit_job("busy", &format!("job {i}")).await?);
-    }
-    let records = app.wait_terminal(&ids, Duration::from_secs(60)).await?;
-    assert!(records.iter().all(|r| r["status"] == "succeeded"));
-    assert_fleet_paused(&app, Duration::from_secs(2));
-    Ok(())
+    one_answer_pauses_the_whole_fleet(agentfleet_tests::Fault::WithHeaders(vec![
+        ("x-ratelimit-remaining-requests".into(), "0".into()),
+        ("x-ratelimit-reset-requests".into(), "2s".into()),
+        ("x-ratelimit-remaining-tokens".into(), "90000".into()),
+        ("x-ratelimit-reset-tokens".into(), "6m0s".into()),
+    ]))
+    .await
 }
 
 /// An agent allowed 1,200 requests/min (a burst of 20) is told by the provider that one

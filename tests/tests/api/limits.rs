@@ -342,16 +342,19 @@ async fn a_provider_that_reports_its_limit_used_up_pauses_the_fleet() -> anyhow:
     .await
 }
 
-/// An agent allowed 1,200 requests/min (a burst of 20) is told by the provider that one
-/// request is left in the window: its bucket is tightened to that, so the next 20 jobs are
-/// paced one per 50 ms instead of going out at once.
+/// An agent allowed 1,200 requests/min (a burst of 20) is told by the provider, in the first
+/// answer, that one request is left in the window: its bucket is tightened to that, so the
+/// next 20 calls are paced one per 50 ms instead of going out at once. One worker calling one
+/// at a time, with all 21 jobs queued first, so the calls follow the answer at once (the
+/// tightening lasts about a second: the bucket's burst).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_headers_with_less_room_tighten_the_shared_bucket() -> anyhow::Result<()> {
     let mut fast = AgentSpec::new("fast");
     fast.requests_per_minute = Some(1_200);
-    let app = TestApp::spawn(AppOptions {
+    fast.concurrency = 1;
+    let mut app = TestApp::spawn(AppOptions {
         agents: vec![fast],
-        workers: 3,
+        workers: 0,
         ..AppOptions::default()
     })
     .await?;
@@ -360,13 +363,11 @@ async fn provider_headers_with_less_room_tighten_the_shared_bucket() -> anyhow::
             ("x-ratelimit-remaining-requests".into(), "1".into()),
             ("x-ratelimit-reset-requests".into(), "30s".into()),
         ])]);
-    let first = app.submit_job("fast", "first").await?;
-    app.wait_terminal(std::slice::from_ref(&first), Duration::from_secs(10))
-        .await?;
     let mut ids = Vec::new();
-    for i in 0..20 {
+    for i in 0..21 {
         ids.push(app.submit_job("fast", &format!("job {i}")).await?);
     }
+    app.start_worker().await?;
     app.wait_terminal(&ids, Duration::from_secs(30)).await?;
     let mut times: Vec<_> = app.llm.calls().iter().skip(1).map(|c| c.at).collect();
     assert_eq!(times.len(), 20);

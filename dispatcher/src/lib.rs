@@ -9,7 +9,7 @@ mod jobs;
 mod layers;
 mod problem;
 mod quotas;
-mod request;
+pub mod request;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -25,6 +25,8 @@ pub enum DefinitionError {
     ZeroMaxResponseBytes { tool: String },
     #[error("the output schema does not compile: {reason}")]
     InvalidOutputSchema { reason: String },
+    #[error("the input schema does not compile: {reason}")]
+    InvalidInputSchema { reason: String },
     #[error("tool `{tool}` is defined more than once")]
     DuplicateTool { tool: String },
 }
@@ -228,6 +230,40 @@ impl OutputSchema {
 
     pub(crate) fn compiled(&self) -> &CompiledSchema {
         &self.0
+    }
+}
+
+/// A compiled JSON Schema that a job's structured `input` must satisfy, checked where the job
+/// is submitted (the runtime never sees it: an accepted input is valid by construction).
+#[derive(Debug, Clone)]
+pub struct InputSchema(CompiledSchema);
+
+/// Why an input does not satisfy an [`InputSchema`]: the first violation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputViolation {
+    /// Where, as a JSON pointer into the input (`/items/0/sku`); empty for the input itself.
+    pub pointer: String,
+    /// The rule it breaks, clipped (the library quotes the offending value).
+    pub rule: String,
+}
+
+impl InputSchema {
+    pub fn new(schema: Value) -> Result<Self, DefinitionError> {
+        CompiledSchema::compile(schema)
+            .map(Self)
+            .map_err(|reason| DefinitionError::InvalidInputSchema { reason })
+    }
+
+    pub fn schema(&self) -> &Value {
+        self.0.schema()
+    }
+
+    /// The first violation of the schema, if any.
+    pub fn check(&self, input: &Value) -> Result<(), InputViolation> {
+        match self.0.first_error(input) {
+            None => Ok(()),
+            Some((pointer, rule)) => Err(InputViolation { pointer, rule }),
+        }
     }
 }
 

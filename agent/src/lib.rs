@@ -40,8 +40,8 @@ pub mod step;
 mod testing;
 
 pub use definition::{
-    AgentDefinition, DefinitionError, LimitOverrides, Limits, OutputSchema, Price, SideEffect,
-    ToolSpec,
+    AgentDefinition, DefinitionError, InputSchema, InputViolation, LimitOverrides, Limits,
+    OutputSchema, Price, SideEffect, ToolSpec,
 };
 pub use message::{
     parse_assistant, AssistantMessage, FunctionCall, Message, ParseError, ToolCall, Usage,

@@ -47,6 +47,17 @@ impl CompiledSchema {
         }
         (shown, total)
     }
+
+    /// The first validation error: the JSON pointer of the offending value and the message,
+    /// clipped.
+    pub(crate) fn first_error(&self, instance: &Value) -> Option<(String, String)> {
+        self.validator.iter_errors(instance).next().map(|err| {
+            (
+                err.instance_path().as_str().to_owned(),
+                clip(&err.to_string(), MAX_ERROR_CHARS),
+            )
+        })
+    }
 }
 
 /// `at `/a/b`: message`, with the root spelled out because an empty pointer reads as nothing.

@@ -92,7 +92,14 @@ pub struct ChatMessage {
 #[serde(untagged)]
 pub enum JobInput {
     Text(String),
-    Messages { messages: Vec<ChatMessage> },
+    Messages {
+        messages: Vec<ChatMessage>,
+    },
+    /// The input of an agent with an `input_schema`: a JSON value that satisfied it when the
+    /// job was accepted. The model gets it as one user message holding the JSON.
+    Data {
+        data: serde_json::Value,
+    },
 }
 
 impl JobInput {
@@ -104,6 +111,10 @@ impl JobInput {
                 content: text.clone(),
             }],
             Self::Messages { messages } => messages.clone(),
+            Self::Data { data } => vec![ChatMessage {
+                role: Role::User,
+                content: data.to_string(),
+            }],
         }
     }
 
@@ -112,6 +123,7 @@ impl JobInput {
         match self {
             Self::Text(text) => text.chars().count(),
             Self::Messages { messages } => messages.iter().map(|m| m.content.chars().count()).sum(),
+            Self::Data { data } => data.to_string().chars().count(),
         }
     }
 }
@@ -499,6 +511,26 @@ mod tests {
             serde_json::from_str(r#"{"messages":[{"role":"system","content":"x"}]}"#)
                 .expect("messages");
         assert_eq!(msgs.content_chars(), 1);
+    }
+
+    #[test]
+    fn structured_input_round_trips_and_is_one_user_message() {
+        let data = JobInput::Data {
+            data: serde_json::json!({"messages": "not a conversation", "n": 1}),
+        };
+        let stored = serde_json::to_string(&data).expect("serialize");
+        let read: JobInput = serde_json::from_str(&stored).expect("deserialize");
+        assert_eq!(
+            read, data,
+            "the data wrapper keeps it apart from `{{messages}}`"
+        );
+        let messages = read.to_messages();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].role, Role::User);
+        assert_eq!(
+            messages[0].content,
+            r#"{"messages":"not a conversation","n":1}"#
+        );
     }
 
     #[test]

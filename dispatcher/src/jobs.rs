@@ -18,13 +18,13 @@ use agentfleet_common::config::TenantConfig;
 use agentfleet_common::events;
 use agentfleet_common::store::{Claim, Written};
 use agentfleet_common::wire::{
-    ControlMessage, ErrorCategory, JobError, JobMessage, JobRecord, JobSpec, JobStatus, Step,
-    SCHEMA_VERSION,
+    ControlMessage, ErrorCategory, JobError, JobInput, JobMessage, JobRecord, JobSpec, JobStatus,
+    Step, SCHEMA_VERSION,
 };
 
 use crate::layers::RequestId;
 use crate::problem::ApiError;
-use crate::request::{parse_submit, SubmitRequest};
+use crate::request::{job_input, parse_submit, SubmitRequest};
 use crate::AppState;
 
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -64,6 +64,8 @@ struct Submission {
     id: Uuid,
     tenant: Arc<TenantConfig>,
     request: SubmitRequest,
+    /// The request's input, read as its agent takes it.
+    input: JobInput,
     request_id: RequestId,
     /// The Idempotency-Key and the body's fingerprint.
     idempotency: Option<(String, String)>,
@@ -86,11 +88,12 @@ async fn submit_inner(
     let bytes: Bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge { limit })?;
-    let request = parse_submit(&bytes)?;
-    validate(state, &tenant, &request)?;
+    let mut request = parse_submit(&bytes)?;
+    let input = validate(state, &tenant, &mut request)?;
 
     let submission = Submission {
         id: Uuid::now_v7(),
+        input,
         idempotency: idempotency_key.map(|key| (key, fingerprint(&bytes))),
         tenant,
         request,
@@ -145,17 +148,21 @@ async fn accept(state: AppState, submission: Submission) -> Result<Response, Api
     accepted
 }
 
+/// What the request's fields mean for this tenant and agent; takes the input out of the
+/// request, read as the agent takes it.
 fn validate(
     state: &AppState,
     tenant: &TenantConfig,
-    request: &SubmitRequest,
-) -> Result<(), ApiError> {
+    request: &mut SubmitRequest,
+) -> Result<JobInput, ApiError> {
     if !state.inner.config.agents.contains_key(&request.agent) {
         return Err(ApiError::field(
             "agent",
             format!("unknown agent `{}`", request.agent),
         ));
     }
+    let schema = state.inner.input_schemas.get(&request.agent);
+    let input = job_input(std::mem::take(&mut request.input), schema)?;
     if let Some(url) = &request.webhook_url {
         if tenant.webhook_secret_env.is_none() {
             return Err(ApiError::field(
@@ -169,7 +176,7 @@ fn validate(
             .check_webhook_url(url)
             .map_err(|e| ApiError::field("webhook_url", e.to_string()))?;
     }
-    Ok(())
+    Ok(input)
 }
 
 /// Sheds a new job when its agent's queues are full and checks its tenant's quotas and
@@ -181,6 +188,7 @@ async fn enqueue(state: &AppState, submission: Submission) -> Result<Response, A
         id,
         tenant,
         request,
+        input,
         request_id,
         ..
     } = submission;
@@ -197,7 +205,7 @@ async fn enqueue(state: &AppState, submission: Submission) -> Result<Response, A
         JobRecord::new_queued(id, tenant, &request.agent, request.metadata, Utc::now());
     record.request_id = Some(request_id.0);
     let spec = JobSpec {
-        input: request.input,
+        input,
         webhook_url: request.webhook_url.map(String::from),
         timeout_secs: request.timeout_secs,
         limits: request.limits,

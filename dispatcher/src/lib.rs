@@ -11,6 +11,7 @@ mod problem;
 mod quotas;
 pub mod request;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use agentfleet_agent::InputSchema;
 use agentfleet_common::broker::Broker;
 use agentfleet_common::config::Config;
 use agentfleet_common::live::Live;
@@ -52,6 +54,8 @@ struct Inner {
     /// The configuration limits, quotas and budgets were last taken from.
     policy: Live<Config>,
     redis: Redis,
+    /// The agents' `input_schema`s, compiled once.
+    input_schemas: HashMap<String, InputSchema>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +64,8 @@ pub enum DispatcherError {
     Store(#[from] StoreError),
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("agents.{agent}.input_schema: {reason}")]
+    InputSchema { agent: String, reason: String },
 }
 
 /// A dispatcher ready to serve: built from the config, not yet listening.
@@ -95,8 +101,10 @@ impl Dispatcher {
             0,
             &config.webhooks.hosts,
         );
+        let input_schemas = compile_input_schemas(&config)?;
         let state = AppState {
             inner: Arc::new(Inner {
+                input_schemas,
                 tenants: auth::Tenants::new(&config.tenants),
                 queue_depths: depths::QueueDepths::new(&config, redis.clone(), metrics.clone()),
                 quotas: Live::new(quotas::Quotas::new(&config, redis.clone())),
@@ -202,6 +210,22 @@ impl Reloader {
         tracing::info!("configuration reloaded: quotas and budgets applied");
         Ok(())
     }
+}
+
+/// Config validation compiled them already; this keeps the compiled form.
+fn compile_input_schemas(config: &Config) -> Result<HashMap<String, InputSchema>, DispatcherError> {
+    let mut schemas = HashMap::new();
+    for (agent, settings) in &config.agents {
+        if let Some(schema) = &settings.input_schema {
+            let compiled =
+                InputSchema::new(schema.clone()).map_err(|e| DispatcherError::InputSchema {
+                    agent: agent.clone(),
+                    reason: e.to_string(),
+                })?;
+            schemas.insert(agent.clone(), compiled);
+        }
+    }
+    Ok(schemas)
 }
 
 async fn record_http(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {

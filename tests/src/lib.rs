@@ -58,6 +58,8 @@ pub struct AgentSpec {
     pub limits: Option<String>,
     /// The agent's `output_schema:` as a YAML flow map.
     pub output_schema: Option<String>,
+    /// The agent's `input_schema:` as a YAML flow map.
+    pub input_schema: Option<String>,
     /// USD per million input and output tokens of the agent's model.
     pub price: Option<(f64, f64)>,
     /// The provider pool (of [`AppOptions::pools`]) the agent shares limits with.
@@ -86,6 +88,7 @@ impl AgentSpec {
             tools: Vec::new(),
             limits: None,
             output_schema: None,
+            input_schema: None,
             price: None,
             pool: None,
             fairness: None,
@@ -966,6 +969,9 @@ fn render_agent_runtime(yaml: &mut String, agent: &AgentSpec) {
     }
     if let Some(limits) = &agent.limits {
         yaml.push_str(&format!("    limits: {limits}\n"));
+    }
+    if let Some(schema) = &agent.input_schema {
+        yaml.push_str(&format!("    input_schema: {schema}\n"));
     }
     if let Some(schema) = &agent.output_schema {
         yaml.push_str(&format!("    output_schema: {schema}\n"));

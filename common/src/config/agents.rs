@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
-use agentfleet_agent::Limits;
+use agentfleet_agent::{InputSchema, Limits};
 
 use super::duration;
 use super::validation::{invalid, positive};
@@ -177,6 +177,11 @@ pub struct AgentConfig {
     /// sent back once for repair when it fails.
     #[serde(default)]
     pub output_schema: Option<Value>,
+    /// JSON Schema of a job's `input`: when set, `input` is any JSON value that satisfies it
+    /// (checked by the dispatcher, which refuses the job otherwise) and reaches the model as
+    /// one user message holding that JSON; when absent, `input` is text or `{messages}`.
+    #[serde(default)]
+    pub input_schema: Option<Value>,
     /// Whose job runs next when several tenants have jobs queued for this agent.
     #[serde(default)]
     pub fairness: Fairness,
@@ -188,6 +193,10 @@ pub struct AgentConfig {
     /// together: reserved and settled per call like a tenant's daily budget.
     #[serde(default)]
     pub monthly_budget_usd: Option<f64>,
+    /// Mask `privacy`'s patterns in what this agent's runs give back; `privacy.mask_output`
+    /// when absent.
+    #[serde(default)]
+    pub mask_output: Option<bool>,
 }
 
 /// An agent's response cache. Serialized as configured.
@@ -227,6 +236,10 @@ impl AgentConfig {
     /// [`super::Config::validate`].
     pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
         let key = |field: &str| format!("{at}.{field}");
+        if let Some(schema) = &self.input_schema {
+            InputSchema::new(schema.clone())
+                .map_err(|e| invalid(key("input_schema"), e.to_string()))?;
+        }
         if let Some(cache) = &self.cache {
             positive(&key("cache.ttl_secs"), cache.ttl)?;
         }

@@ -2,7 +2,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use agentfleet_tests::{wait_until, AppOptions, TestApp};
+use agentfleet_stub::script::{Scenario, Turn};
+use agentfleet_tests::{wait_until, AgentSpec, AppOptions, TestApp};
 
 /// Each kind of bad submission gets its 4xx naming the problem, and enqueues and stores
 /// nothing.
@@ -34,6 +35,22 @@ async fn invalid_submissions_get_a_4xx_and_change_nothing() -> anyhow::Result<()
         ("bad webhook URL", json!({"agent": "summarize", "input": "x", "webhook_url": "not a url"}).to_string(), 400, Some("webhook_url")),
         ("webhook scheme", json!({"agent": "summarize", "input": "x", "webhook_url": "file:///etc/passwd"}).to_string(), 400, Some("webhook_url")),
         ("metadata not an object", json!({"agent": "summarize", "input": "x", "metadata": "m"}).to_string(), 400, Some("metadata")),
+        (
+            "metadata too deep",
+            json!({"agent": "summarize", "input": "x", "metadata": {"k": nested(40)}}).to_string(),
+            400,
+            Some("metadata"),
+        ),
+        (
+            "message not an object",
+            json!({"agent": "summarize", "input": {"messages": [["user", "x"]]}}).to_string(),
+            400,
+            Some("input.messages[0]"),
+        ),
+        ("webhook URL with credentials", json!({"agent": "summarize", "input": "x", "webhook_url": "https://u:p@example.com/h"}).to_string(), 400, Some("webhook_url")),
+        ("limits not an object", json!({"agent": "summarize", "input": "x", "limits": [3]}).to_string(), 400, Some("limits")),
+        ("timeout not whole", json!({"agent": "summarize", "input": "x", "timeout_secs": 2.5}).to_string(), 400, Some("timeout_secs")),
+        ("trailing bytes", format!("{} x", json!({"agent": "summarize", "input": "x"})), 400, None),
         ("too large", json!({"agent": "summarize", "input": "x".repeat(5000), "webhook_url": hook}).to_string(), 413, None),
     ];
     for (name, body, status, field) in cases {
@@ -77,6 +94,82 @@ async fn invalid_submissions_get_a_4xx_and_change_nothing() -> anyhow::Result<()
         "nothing was enqueued"
     );
     assert!(app.job_keys().await?.is_empty(), "nothing was stored");
+    Ok(())
+}
+
+fn nested(levels: usize) -> Value {
+    (0..levels).fold(json!(1), |inner, _| json!([inner]))
+}
+
+/// An agent that declares an `input_schema` takes structured input: a value that breaks the
+/// schema is refused naming the place and the rule, and stores nothing; a valid one runs, and
+/// the model gets it as one user message holding the JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_input_is_checked_against_the_agents_schema() -> anyhow::Result<()> {
+    let extract = AgentSpec {
+        input_schema: Some(
+            "{ type: object, required: [invoice], additionalProperties: false, properties: { invoice: { type: object, required: [lines], properties: { lines: { type: array, minItems: 1, items: { type: object, required: [sku, qty], properties: { sku: { type: string }, qty: { type: integer, minimum: 1 } } } } } } } }".into(),
+        ),
+        ..AgentSpec::new("extract")
+    };
+    let model = extract.model();
+    let app = TestApp::spawn(AppOptions {
+        agents: vec![extract],
+        workers: 1,
+        ..AppOptions::default()
+    })
+    .await?;
+    app.llm
+        .script_model(&model, Scenario::new(vec![Turn::Final("done".into())]));
+    for (input, field) in [
+        (
+            json!({"invoice": {"lines": [{"sku": "A1", "qty": 0}]}}),
+            "input.invoice.lines[0].qty",
+        ),
+        (
+            json!({"invoice": {"lines": [{"sku": "A1"}]}}),
+            "input.invoice.lines[0]",
+        ),
+        (json!({"invoice": {"lines": []}}), "input.invoice.lines"),
+        (json!({"invoice": {}}), "input.invoice"),
+        (
+            json!({"invoice": {"lines": [{"sku": "A1", "qty": 1}]}, "extra": 1}),
+            "input",
+        ),
+        (json!("a text input"), "input"),
+    ] {
+        let response = app
+            .submit_as(&app.acme, &json!({"agent": "extract", "input": input}))
+            .await;
+        assert_eq!(response.status(), 400, "{input}");
+        let problem: Value = response.json().await?;
+        assert_eq!(problem["field"], field, "{input}: {problem}");
+    }
+    assert!(app.job_keys().await?.is_empty(), "nothing was stored");
+
+    let invoice = json!({"invoice": {"lines": [{"sku": "A1", "qty": 2}]}});
+    let response = app
+        .submit_as(&app.acme, &json!({"agent": "extract", "input": invoice}))
+        .await;
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let record = app
+        .wait_terminal(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await?;
+    assert_eq!(record[0]["status"], "succeeded", "{record:?}");
+    let request = app.llm.last_request(&id).expect("the model was called");
+    let user: Vec<&Value> = request["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["role"] == "user")
+        .collect();
+    assert_eq!(user.len(), 1, "{request}");
+    let sent: Value = serde_json::from_str(user[0]["content"].as_str().unwrap_or_default())?;
+    assert_eq!(sent, invoice, "the model got the input as JSON");
     Ok(())
 }
 

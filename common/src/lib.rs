@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod naming;
 pub mod ops;
 pub mod outbound;
+pub mod privacy;
 pub mod rate;
 pub mod shutdown;
 pub mod signing;

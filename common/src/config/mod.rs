@@ -5,10 +5,11 @@
 //!
 //! The top [`Config`] is built from one part per concept, each in its own file and each
 //! validating itself under the key it sits at: `infra` (broker, Redis, listeners, webhooks,
-//! telemetry), `agents`, `tenants`, and the `secrets` resolved from the environment; the
-//! shared checks are in `validation`. Durations are [`Duration`](std::time::Duration)s from
-//! load time on, while the file keeps whole numbers with the unit in the key (`lease_secs`,
-//! `timeout_ms`): the `duration` helpers convert them, so no caller does.
+//! telemetry), `agents`, `tenants`, `privacy`, and the `secrets` resolved from the
+//! environment; the shared checks are in `validation`. Durations are
+//! [`Duration`](std::time::Duration)s from load time on, while the file keeps whole numbers
+//! with the unit in the key (`lease_secs`, `timeout_ms`): the `duration` helpers convert
+//! them, so no caller does.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,6 +23,7 @@ use crate::naming::{JobQueue, Names};
 mod agents;
 mod duration;
 mod infra;
+mod privacy;
 mod reload;
 mod secrets;
 mod tenants;
@@ -39,6 +41,7 @@ pub use infra::{
     AmqpConfig, BurstConfig, DispatcherConfig, LogFormat, QueueType, RedisConfig, TelemetryConfig,
     WebhookConfig, WorkerConfig,
 };
+pub use privacy::{PatternConfig, PrivacyConfig};
 pub use reload::check_reloadable;
 pub use secrets::Secrets;
 pub use tenants::{
@@ -71,6 +74,9 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Whether payloads may be logged, what is masked, and whether results are masked.
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
     pub agents: BTreeMap<String, AgentConfig>,
@@ -137,6 +143,7 @@ impl Config {
         self.worker.validate("worker")?;
         self.webhooks.validate("webhooks")?;
         self.telemetry.validate("telemetry")?;
+        self.privacy.masker("privacy")?;
 
         if self.agents.is_empty() {
             return Err(invalid("agents", "at least one agent is required"));
@@ -257,4 +264,5 @@ fn environment_overrides() -> config::Environment {
         .try_parsing(true)
         .list_separator(",")
         .with_list_parse_key("worker.agents")
+        .with_list_parse_key("privacy.mask")
 }

@@ -540,3 +540,94 @@ fn tenants_may_have_several_keys_each_named_and_unique() {
         assert!(err.to_string().contains(key), "{key}: {err}");
     }
 }
+
+#[test]
+fn privacy_defaults_keep_payloads_out_and_mask_every_builtin() {
+    let config = Config::from_yaml(&yaml("")).expect("valid");
+    assert!(!config.privacy.log_payloads);
+    assert!(!config.privacy.mask_output);
+    assert_eq!(config.privacy.mask, crate::privacy::Builtin::ALL.to_vec());
+    let privacy = config.privacy().expect("privacy");
+    assert_eq!(privacy.loggable("alice@example.com"), None);
+    assert!(!privacy.masks_output("summarize"));
+    assert_eq!(
+        privacy.masker().mask("alice@example.com 4111111111111111"),
+        "[email] [card_number]"
+    );
+}
+
+#[test]
+fn privacy_takes_patterns_and_agents_override_mask_output() {
+    let sections = r#"privacy:
+  log_payloads: true
+  mask: [email]
+  patterns: [{ name: employee_id, regex: "EMP-[0-9]{6}" }]
+  mask_output: true"#;
+    let config = Config::from_yaml(&yaml_with(sections, "mask_output: false")).expect("valid");
+    let privacy = config.privacy().expect("privacy");
+    assert_eq!(
+        privacy
+            .loggable("EMP-204816 a@b.io 4111111111111111")
+            .as_deref(),
+        Some("[employee_id] [email] 4111111111111111")
+    );
+    assert!(!privacy.masks_output("summarize"));
+    assert!(privacy.masks_output("another"));
+
+    let env = [
+        ("AGENTFLEET__PRIVACY__LOG_PAYLOADS", "false"),
+        ("AGENTFLEET__PRIVACY__MASK", "card_number,api_key"),
+    ];
+    let config = load_with_env(&yaml_with(sections, ""), &env).expect("valid");
+    assert!(!config.privacy.log_payloads);
+    use crate::privacy::Builtin;
+    assert_eq!(
+        config.privacy.mask,
+        vec![Builtin::CardNumber, Builtin::ApiKey]
+    );
+}
+
+#[test]
+fn bad_privacy_patterns_name_their_key_and_pattern() {
+    let with = |privacy: &str| Config::from_yaml(&yaml_with(privacy, ""));
+    for (privacy, key, says) in [
+        (
+            r#"privacy: { patterns: [{ name: ok, regex: "x" }, { name: ticket, regex: "T-(" }] }"#,
+            "privacy.patterns[1].regex",
+            "`ticket`",
+        ),
+        (
+            r#"privacy: { patterns: [{ name: anything, regex: "[0-9]*" }] }"#,
+            "privacy.patterns[0].regex",
+            "empty string",
+        ),
+        (
+            r#"privacy: { patterns: [{ name: email, regex: "x" }] }"#,
+            "privacy.patterns[0].name",
+            "`email`",
+        ),
+        (
+            r#"privacy: { patterns: [{ name: t, regex: "x" }, { name: t, regex: "y" }] }"#,
+            "privacy.patterns[1].name",
+            "`t`",
+        ),
+        (
+            r#"privacy: { patterns: [{ name: "Has Space", regex: "x" }] }"#,
+            "privacy.patterns[0].name",
+            "lowercase",
+        ),
+        (r#"privacy: { mask: [phone] }"#, "privacy.mask", "phone"),
+        (
+            r#"privacy: { log_payload: true }"#,
+            "log_payload",
+            "unknown field",
+        ),
+    ] {
+        let err = with(privacy).expect_err(key);
+        let text = err.to_string();
+        assert!(
+            text.contains(key) && text.contains(says),
+            "{privacy}: {err}"
+        );
+    }
+}

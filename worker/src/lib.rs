@@ -33,6 +33,7 @@ use agentfleet_common::config::{AgentConfig, Config, Secrets};
 use agentfleet_common::metrics::Metrics;
 use agentfleet_common::ops::{self, Dependencies};
 use agentfleet_common::outbound::Outbound;
+use agentfleet_common::privacy::Privacy;
 use agentfleet_common::store::{JobStore, Redis, StoreError};
 
 use agentfleet_common::live::Live;
@@ -71,6 +72,8 @@ pub(crate) struct Shared {
     /// The configuration limits, quotas and budgets are read from: `config` as loaded,
     /// replaced by [`Reloader::apply`].
     policy: Live<Config>,
+    /// Whether payloads may be logged (masked), and whose results are masked.
+    privacy: Live<Privacy>,
 }
 
 /// One served agent: its config, what the agent runtime knows of it, provider endpoint and
@@ -129,6 +132,7 @@ impl Worker {
         let ledgers = agentfleet_common::budget::Ledgers::new(redis.clone(), names.clone());
         let webhook_hosts = Live::new(config.webhooks.per_host_rate.map(LocalLimiter::new));
         let policy = Live::new(config.clone());
+        let privacy = Live::new(config.privacy()?);
         let deps = Dependencies {
             broker: broker.clone(),
             redis,
@@ -154,6 +158,7 @@ impl Worker {
             ledgers,
             webhook_hosts,
             policy,
+            privacy,
         });
         Ok(Self {
             shared,
@@ -293,6 +298,7 @@ impl Reloader {
     pub fn apply(&self, new: Config) -> Result<(), agentfleet_common::config::ConfigError> {
         let shared = &self.shared;
         agentfleet_common::config::check_reloadable(&shared.policy.get(), &new)?;
+        let privacy = new.privacy()?;
         let names = new.names();
         for (name, runtime) in &self.agents {
             if let Some(agent) = new.agents.get(name) {
@@ -306,7 +312,8 @@ impl Reloader {
             .webhook_hosts
             .set(new.webhooks.per_host_rate.map(LocalLimiter::new));
         shared.policy.set(new);
-        tracing::info!("configuration reloaded: limits, quotas and budgets applied");
+        shared.privacy.set(privacy);
+        tracing::info!("configuration reloaded: limits, quotas, budgets and privacy applied");
         Ok(())
     }
 }

@@ -16,12 +16,18 @@ use agentfleet_common::wire::{ErrorCategory, JobError};
 use crate::provider_limits::ProviderLimits;
 use crate::retry::parse_retry_after;
 
-/// A failed call: its category (which decides retrying), a message safe to store and show,
-/// and the provider's `Retry-After` if it sent one.
+/// A failed call: its category (which decides retrying), what happened in our own words,
+/// what the provider said about it, and the provider's `Retry-After` if it sent one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
     pub category: ErrorCategory,
+    /// Our words only (a status, a transport error, which part of an answer was wrong): safe
+    /// for any log line.
     pub message: String,
+    /// Text taken from the provider's response (its error message, what its answer held). It
+    /// may quote the request — a 400 often quotes the prompt — so it is logged only as a
+    /// payload; the record stores it after `message`.
+    pub detail: Option<String>,
     pub retry_after: Option<Duration>,
 }
 
@@ -30,14 +36,27 @@ impl Failure {
         Self {
             category,
             message: message.into(),
+            detail: None,
             retry_after: None,
+        }
+    }
+
+    fn with_detail(self, detail: Option<String>) -> Self {
+        Self { detail, ..self }
+    }
+
+    /// The message as the record stores it: ours, then the provider's.
+    pub fn full_message(&self) -> String {
+        match &self.detail {
+            Some(detail) => format!("{}: {detail}", self.message),
+            None => self.message.clone(),
         }
     }
 
     pub fn to_job_error(&self) -> JobError {
         JobError {
             category: self.category,
-            message: self.message.clone(),
+            message: self.full_message(),
         }
     }
 }
@@ -155,10 +174,8 @@ impl Provider {
             }
             status => Err(Failure {
                 category: status_category(status),
-                message: format!(
-                    "provider answered HTTP {status}{}",
-                    error_hint(&response.body)
-                ),
+                message: format!("provider answered HTTP {status}"),
+                detail: error_message(&response.body),
                 retry_after,
             }),
         }
@@ -195,13 +212,12 @@ fn classify_transport(err: OutboundError) -> Failure {
     Failure::new(category, err.to_string())
 }
 
-/// A short, safe excerpt of a provider's error message.
-fn error_hint(body: &[u8]) -> String {
+/// The first 200 characters of a provider's error message (`error.message`), if it sent one.
+fn error_message(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .map(|m| format!(": {}", m.chars().take(200).collect::<String>()))
-        .unwrap_or_default()
+        .map(|m| m.chars().take(200).collect())
 }
 
 /// `choices[0].message` (content and tool calls) and `usage`; anything else in a 2xx is
@@ -211,10 +227,10 @@ pub fn parse_completion(body: &[u8]) -> Result<ModelAnswer, Failure> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|_| invalid("provider response is not JSON".into()))?;
     if !value["error"].is_null() {
-        return Err(invalid(format!(
-            "provider returned an error in a 2xx response{}",
-            error_hint(body)
-        )));
+        return Err(
+            invalid("provider returned an error in a 2xx response".into())
+                .with_detail(error_message(body)),
+        );
     }
     let choices = value["choices"]
         .as_array()
@@ -222,8 +238,11 @@ pub fn parse_completion(body: &[u8]) -> Result<ModelAnswer, Failure> {
     let first = choices
         .first()
         .ok_or_else(|| invalid("provider response has an empty `choices` list".into()))?;
-    let message = parse_assistant(&first["message"])
-        .map_err(|e| invalid(format!("`choices[0].message`: {e}")))?;
+    // What is wrong may quote the answer (a role, a tool-call type): a detail.
+    let message = parse_assistant(&first["message"]).map_err(|e| {
+        invalid("provider response has an unreadable `choices[0].message`".into())
+            .with_detail(Some(e.to_string()))
+    })?;
     let count = |field: &str| value["usage"][field].as_u64().unwrap_or(0);
     let prompt_tokens = count("prompt_tokens");
     let completion_tokens = count("completion_tokens");
@@ -289,6 +308,34 @@ mod tests {
             let f = parse_completion(body).expect_err("invalid");
             assert_eq!(f.category, ErrorCategory::InvalidResponse, "{f:?}");
         }
+    }
+
+    #[test]
+    fn what_the_provider_said_stays_out_of_the_message() {
+        let body = br#"{"error":{"message":"Invalid prompt: 'mail alice@example.com'"}}"#;
+        assert_eq!(
+            error_message(body).as_deref(),
+            Some("Invalid prompt: 'mail alice@example.com'")
+        );
+        let failure = Failure::new(ErrorCategory::BadRequest, "provider answered HTTP 400")
+            .with_detail(error_message(body));
+        assert_eq!(failure.message, "provider answered HTTP 400");
+        assert_eq!(
+            failure.to_job_error().message,
+            "provider answered HTTP 400: Invalid prompt: 'mail alice@example.com'"
+        );
+        let long = format!(r#"{{"error":{{"message":"{}"}}}}"#, "x".repeat(500));
+        assert_eq!(error_message(long.as_bytes()).map(|m| m.len()), Some(200));
+        assert_eq!(error_message(b"<html>busy</html>"), None);
+
+        let in_2xx = br#"{"error":{"message":"overloaded, alice@example.com"},"choices":[]}"#;
+        let f = parse_completion(in_2xx).expect_err("invalid");
+        assert_eq!(f.message, "provider returned an error in a 2xx response");
+        assert_eq!(f.detail.as_deref(), Some("overloaded, alice@example.com"));
+        let role = br#"{"choices":[{"message":{"role":"alice@example.com","content":"x"}}]}"#;
+        let f = parse_completion(role).expect_err("invalid");
+        assert!(!f.message.contains("alice"), "{f:?}");
+        assert!(f.full_message().contains("alice@example.com"), "{f:?}");
     }
 
     #[test]

@@ -99,6 +99,11 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
     let mut data = record.clone();
     data.webhook = None;
     data.steps = Some(steps);
+    let privacy = shared.privacy.get();
+    if privacy.masks_output(&data.agent) {
+        // The record was stored masked; its steps were not (they are the run's own state).
+        privacy.masker().mask_result(&mut data);
+    }
     let event = WebhookEvent {
         event_type: msg.event,
         timestamp: record.finished_at.unwrap_or_else(Utc::now),

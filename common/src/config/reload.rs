@@ -1,7 +1,8 @@
 //! What a running process takes from a reloaded configuration (SIGHUP), and what waits for a
 //! restart. Reloaded: every limit, quota and budget — agents' `rate_limit`, `pools`,
 //! `max_queue_depth` and `monthly_budget_usd`, tenants' `quotas` and `budget`,
-//! `dispatcher.per_key_rate` and `webhooks.per_host_rate`. Everything else (prefixes,
+//! `dispatcher.per_key_rate` and `webhooks.per_host_rate` — and `privacy` with agents'
+//! `mask_output` (payload logging switched off needs no restart). Everything else (prefixes,
 //! endpoints, agents' concurrency and tools, tenants' weights) is read at start only; a
 //! reload that adds or removes agents or tenants (or changes a tenant's keys), or moves the
 //! prefixes, is refused whole,

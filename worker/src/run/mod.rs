@@ -12,6 +12,7 @@
 
 mod lease;
 mod outcome;
+mod payloads;
 mod turns;
 
 use std::sync::Arc;

@@ -150,7 +150,13 @@ impl Run<'_> {
     /// The runtime ended the run at a limit (or over an uncertain write): a failure of its
     /// own category, never retried — a retry would replay the same log to the same stop.
     async fn stopped(&mut self, stop: &Stop) -> Ending {
-        tracing::info!(reason = stop.reason.as_str(), "run stopped by its limits");
+        // A stop's message may quote the answer (an output that failed its schema).
+        let message = self.shared.privacy.get().loggable(&stop.message);
+        tracing::info!(
+            reason = stop.reason.as_str(),
+            error = message.as_deref(),
+            "run stopped by its limits"
+        );
         self.record.error = Some(JobError {
             category: ErrorCategory::from(stop.reason),
             message: stop.message.clone(),
@@ -164,7 +170,7 @@ impl Run<'_> {
         record.attempt_errors.push(AttemptError {
             attempt: record.attempts,
             category: failure.category,
-            message: failure.message.clone(),
+            message: failure.full_message(),
             at: Utc::now(),
         });
         let retry = &self.agent.config.retry;
@@ -174,7 +180,12 @@ impl Run<'_> {
         if failure.category.is_retryable() && record.attempts < retry.attempts && in_time {
             return self.schedule_retry(failure, wait).await.into();
         }
-        tracing::info!(category = failure.category.as_str(), error = %failure.message, "job failed");
+        tracing::info!(
+            category = failure.category.as_str(),
+            error = %failure.message,
+            detail = self.logged_detail(failure).as_deref(),
+            "job failed"
+        );
         self.finish(JobStatus::Failed).await
     }
 
@@ -227,14 +238,34 @@ impl Run<'_> {
             .job_retries
             .with_label_values(&[&self.agent.name, failure.category.as_str()])
             .inc();
-        tracing::info!(category = failure.category.as_str(), error = %failure.message, ?wait, next_attempt, "retry scheduled");
+        tracing::info!(
+            category = failure.category.as_str(),
+            error = %failure.message,
+            detail = self.logged_detail(failure).as_deref(),
+            ?wait,
+            next_attempt,
+            "retry scheduled"
+        );
         Disposition::Ack
     }
 
-    /// Writes the run's record under the lease, with the run's totals from its step log; a
-    /// refusal says how to settle the delivery.
+    /// What the provider said about a failure, for a log line: only with
+    /// `privacy.log_payloads`, masked.
+    fn logged_detail(&self, failure: &Failure) -> Option<String> {
+        let detail = failure.detail.as_deref()?;
+        self.shared.privacy.get().loggable(detail)
+    }
+
+    /// Writes the run's record under the lease, with the run's totals from its step log (and
+    /// its output and errors masked when the agent's results are); a refusal says how to
+    /// settle the delivery.
     async fn store(&mut self) -> Settled<()> {
         let totals = totals(&self.steps);
+        let privacy = self.shared.privacy.get();
+        if privacy.masks_output(&self.agent.name) {
+            // Stored masked: the API and the webhook give back only what is stored.
+            privacy.masker().mask_result(&mut self.record);
+        }
         let record = &mut self.record;
         record.usage = Some(totals.usage);
         record.cost_usd = Some(totals.cost_usd);

@@ -18,7 +18,7 @@ use agentfleet_common::budget::{Budget, Reservation};
 use agentfleet_common::store::Written;
 use agentfleet_common::wire::{ErrorCategory, JobInput, Role, WaitReason, Waiting};
 
-use super::Run;
+use super::{payloads, Run};
 use crate::cache::CachedAnswer;
 
 use crate::circuit::CallResult;
@@ -80,6 +80,9 @@ impl Run<'_> {
                 .limits
                 .lowered(&self.spec.limits.unwrap_or_default()),
         };
+        if self.steps.is_empty() {
+            payloads::input(&self.shared.privacy.get(), &self.spec.input);
+        }
         loop {
             if self.remaining(Utc::now()).is_none() {
                 return Ok(LoopEnd::Failed(deadline_exceeded()));
@@ -135,6 +138,10 @@ impl Run<'_> {
         match written {
             Ok(Written::Ok) => {
                 self.count_steps(&steps);
+                let privacy = self.shared.privacy.get();
+                for step in &steps {
+                    payloads::step(&privacy, step);
+                }
                 self.steps.extend(steps);
                 Ok(())
             }

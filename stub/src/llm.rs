@@ -35,6 +35,9 @@ pub enum Fault {
     /// A normal answer that also carries these (rate-limit) headers, as providers send
     /// `x-ratelimit-remaining-requests` and the like.
     WithHeaders(Vec<(String, String)>),
+    /// This status with an error message that quotes the request's last message, as
+    /// providers' 400s often quote the offending prompt.
+    QuotingPrompt { status: u16 },
 }
 
 #[derive(Debug, Clone)]
@@ -283,6 +286,10 @@ async fn chat_completions(
             }
             response
         }
+        Some(Fault::QuotingPrompt { status }) => {
+            lock(&stub.recorded).faults_served.push(Instant::now());
+            quoting_response(status, &request)
+        }
         Some(fault) => {
             lock(&stub.recorded).faults_served.push(Instant::now());
             fault_response(fault).await
@@ -372,8 +379,8 @@ async fn fault_response(fault: Fault) -> Response {
     match fault {
         Fault::Hang => std::future::pending::<Response>().await,
         Fault::Malformed => (StatusCode::OK, "{\"choices\": \"not a list\"").into_response(),
-        // Served as an answer by the caller.
-        Fault::WithHeaders(_) => StatusCode::OK.into_response(),
+        // Served by the caller, which has the request.
+        Fault::WithHeaders(_) | Fault::QuotingPrompt { .. } => StatusCode::OK.into_response(),
         Fault::Status {
             status,
             retry_after,
@@ -392,6 +399,18 @@ async fn fault_response(fault: Fault) -> Response {
             response
         }
     }
+}
+
+/// An error whose message quotes the request's last message.
+fn quoting_response(status: u16, request: &Value) -> Response {
+    let last = request["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let message = format!("Invalid content in messages: '{last}'");
+    (status, Json(json!({"error": {"message": message}}))).into_response()
 }
 
 /// The unscripted answer: echoes the last message, with the configured token counts.

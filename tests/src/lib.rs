@@ -68,6 +68,8 @@ pub struct AgentSpec {
     pub fairness: Option<&'static str>,
     /// `cache: { ttl_secs }`: the agent's response cache.
     pub cache_ttl_secs: Option<u64>,
+    /// `mask_output:`, overriding `privacy.mask_output` for this agent.
+    pub mask_output: Option<bool>,
 }
 
 impl AgentSpec {
@@ -93,6 +95,7 @@ impl AgentSpec {
             pool: None,
             fairness: None,
             cache_ttl_secs: None,
+            mask_output: None,
         }
     }
 
@@ -127,6 +130,8 @@ pub struct AppOptions {
     pub tenant_settings: Vec<(&'static str, String)>,
     /// `dispatcher.per_key_rate` as (per second, burst).
     pub per_key_rate: Option<(u32, u32)>,
+    /// `dispatcher.max_body_bytes`: small by default, so a test can reach it cheaply.
+    pub max_body_bytes: usize,
     /// `webhooks.per_host_rate` as (per second, burst).
     pub webhook_per_host_rate: Option<(u32, u32)>,
     /// `worker.budget_recheck_secs`.
@@ -137,6 +142,8 @@ pub struct AppOptions {
     pub request_timeout_ms: Option<u64>,
     /// `dispatcher.max_concurrent_requests`; the default (1024) when absent.
     pub max_concurrent_requests: Option<u32>,
+    /// `privacy:` as a YAML flow map; the defaults when absent.
+    pub privacy: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -158,11 +165,13 @@ impl Default for AppOptions {
             extra_tenants: Vec::new(),
             tenant_settings: Vec::new(),
             per_key_rate: None,
+            max_body_bytes: 4096,
             webhook_per_host_rate: None,
             budget_recheck_secs: 60,
             webhook_hosts: Vec::new(),
             request_timeout_ms: None,
             max_concurrent_requests: None,
+            privacy: None,
         }
     }
 }
@@ -836,7 +845,7 @@ fn render_config(
     let mut yaml = format!(
         r#"amqp: {{ url: "{amqp}", prefix: "{prefix}", publish_timeout_ms: 3000 }}
 redis: {{ url: "{redis}", prefix: "{prefix}", result_ttl_secs: 3600 }}
-dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: 4096{per_key}{http_limits} }}
+dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: {max_body}{per_key}{http_limits} }}
 worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease}, max_limit_hold_ms: {hold}, budget_recheck_secs: {recheck} }}
 webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?}{per_host}{hosts} }}
 telemetry: {{ log_level: "warn" }}
@@ -850,6 +859,7 @@ tenants:
         recheck = options.budget_recheck_secs,
         private = options.allow_private_webhooks,
         schedule = options.webhook_retry_schedule_secs,
+        max_body = options.max_body_bytes,
         per_key = options
             .per_key_rate
             .map(|(rate, burst)| format!(
@@ -934,6 +944,9 @@ tenants:
         render_agent_runtime(&mut yaml, a);
     }
     yaml.push_str(&TOOLS_YAML.replace("{tools}", &endpoints.tools.to_string()));
+    if let Some(privacy) = &options.privacy {
+        yaml.push_str(&format!("privacy: {privacy}\n"));
+    }
     if !options.pools.is_empty() {
         yaml.push_str("pools:\n");
         for (pool, rpm) in &options.pools {
@@ -963,6 +976,9 @@ fn render_agent_runtime(yaml: &mut String, agent: &AgentSpec) {
     }
     if let Some(ttl) = agent.cache_ttl_secs {
         yaml.push_str(&format!("    cache: {{ ttl_secs: {ttl} }}\n"));
+    }
+    if let Some(mask) = agent.mask_output {
+        yaml.push_str(&format!("    mask_output: {mask}\n"));
     }
     if !agent.tools.is_empty() {
         yaml.push_str(&format!("    tools: [{}]\n", agent.tools.join(", ")));

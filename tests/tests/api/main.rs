@@ -10,6 +10,7 @@ mod limits;
 mod load;
 mod ops;
 mod outages;
+mod privacy;
 mod reliability;
 mod retries;
 mod side_effects;

@@ -6,31 +6,12 @@
 #
 #   scripts/check-webhooks.sh
 #
-# Installs what it needs when missing: python3-venv (Debian) and the library into a venv
-# under $AGENTFLEET_TOOLS (default ~/.cache/agentfleet-tools/webhooks-venv).
+# Installs what it needs when missing (scripts/python-tool.sh): python3-venv (Debian) and the
+# library into a venv under $AGENTFLEET_TOOLS (default ~/.cache/agentfleet-tools/webhooks-venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TOOLS=${AGENTFLEET_TOOLS:-$HOME/.cache/agentfleet-tools}
-VENV="$TOOLS/webhooks-venv"
-REQUIREMENT=standardwebhooks==1.1.0
-
-if [ ! -x "$VENV/bin/python" ]; then
-    mkdir -p "$TOOLS"
-    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
-        if [ "$(id -u)" -eq 0 ]; then
-            apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
-        else
-            sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv >/dev/null
-        fi
-        rm -rf "$VENV"
-        python3 -m venv "$VENV"
-    fi
-fi
-if [ "$(cat "$VENV/.requirement" 2>/dev/null || true)" != "$REQUIREMENT" ]; then
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$REQUIREMENT"
-    printf '%s' "$REQUIREMENT" >"$VENV/.requirement"
-fi
+VENV=$(scripts/python-tool.sh webhooks standardwebhooks==1.1.0)
 
 cargo build -q --locked -p agentfleet-stub
 STUB=target/debug/agentfleet-stub

@@ -16,7 +16,7 @@ use crate::definition::AgentDefinition;
 use crate::message::{AssistantMessage, Message, Usage};
 
 /// One entry of the log. Timing is filled in by the worker: the runtime never reads a clock.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Step {
     /// Position in the log. Informational: the runtime goes by the order of the list.
     pub seq: u32,
@@ -31,7 +31,7 @@ pub struct Step {
     pub kind: StepKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StepKind {
     /// One model call.
@@ -68,7 +68,7 @@ pub enum StepKind {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolStatus {
     Ok,

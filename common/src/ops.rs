@@ -56,11 +56,20 @@ pub fn router(deps: Dependencies) -> Router {
         .with_state(deps)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
+/// Alive: answers as long as the process serves.
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz", security(()),
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)))]
+pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(deps): State<Dependencies>) -> Response {
+/// Ready: RabbitMQ and Redis reachable (each checked within about a second).
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz", security(()),
+    responses(
+        (status = 200, description = "`{\"rabbitmq\": \"up\", \"redis\": \"up\"}`", body = Object),
+        (status = 503, description = "One is down: `{\"rabbitmq\": \"down\", ...}`", body = Object),
+    ))]
+pub async fn readyz(State(deps): State<Dependencies>) -> Response {
     let (broker, redis) = deps.check().await;
     let status = if broker && redis {
         StatusCode::OK
@@ -75,7 +84,10 @@ async fn readyz(State(deps): State<Dependencies>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(deps): State<Dependencies>) -> Response {
+/// Prometheus metrics, text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics", security(()),
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(deps): State<Dependencies>) -> Response {
     (
         [(
             header::CONTENT_TYPE,

@@ -62,7 +62,7 @@ job_statuses! {
     Cancelled => "cancelled", terminal: true;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     System,
@@ -81,7 +81,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
@@ -128,8 +128,25 @@ impl JobInput {
     }
 }
 
+/// Written by hand from [`JobStatus::ALL`]: the derive does not see the wire names through the
+/// declaring macro.
+impl utoipa::PartialSchema for JobStatus {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(Self::ALL.iter().map(|s| s.as_str())))
+            .description(Some(
+                "`queued → running → succeeded | failed | cancelled`, with `retrying` between attempts and `awaiting_approval` while a human decides",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for JobStatus {}
+
 /// Failure classes. Which of them are retried is decided by [`ErrorCategory::is_retryable`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCategory {
     RateLimited,
@@ -201,7 +218,7 @@ impl From<StopReason> for ErrorCategory {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
     pub category: ErrorCategory,
     pub message: String,
@@ -211,7 +228,7 @@ pub use agentfleet_agent::{Step, Usage};
 
 /// Why a job that is not running is waiting, and until when (shown on the record and by the
 /// API while it waits).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Waiting {
     pub reason: WaitReason,
     pub until: DateTime<Utc>,
@@ -220,7 +237,7 @@ pub struct Waiting {
     pub reserved: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WaitReason {
     /// The agent's (or its pool's) fleet-wide rate limit has no turn for it yet.
@@ -233,7 +250,7 @@ pub enum WaitReason {
 }
 
 /// Delivery state of the job's webhook, kept on the record.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookStatus {
     pub attempts: u32,
     pub last_status: Option<u16>,
@@ -245,7 +262,7 @@ pub struct WebhookStatus {
 }
 
 /// How a webhook's delivery ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WebhookOutcome {
     Delivered,
@@ -255,7 +272,7 @@ pub enum WebhookOutcome {
 }
 
 /// One failed attempt, kept on the record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptError {
     pub attempt: u32,
     pub category: ErrorCategory,
@@ -265,7 +282,7 @@ pub struct AttemptError {
 
 /// The job record: what `GET /v1/jobs/{id}` returns and what a webhook carries as `data`.
 /// Stored as JSON under `Names::job_key`. It holds nothing secret and not the input.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobRecord {
     pub id: Uuid,
     pub tenant: String,
@@ -378,7 +395,7 @@ pub struct JobMessage {
     pub request_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum EventType {
     #[serde(rename = "job.succeeded")]
     JobSucceeded,
@@ -422,7 +439,7 @@ pub struct WebhookMessage {
 }
 
 /// The webhook body: `{"type", "timestamp", "data"}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookEvent {
     #[serde(rename = "type")]
     pub event_type: EventType,

@@ -8,13 +8,15 @@ use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::Utc;
-use serde_json::{json, Value};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tracing::Instrument as _;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use agentfleet_common::config::TenantConfig;
+use agentfleet_common::config::{ProviderKind, RateLimitConfig, RetryConfig, TenantConfig};
 use agentfleet_common::events;
 use agentfleet_common::store::{Claim, Written};
 use agentfleet_common::wire::{
@@ -23,7 +25,7 @@ use agentfleet_common::wire::{
 };
 
 use crate::layers::RequestId;
-use crate::problem::ApiError;
+use crate::problem::{ApiError, Problem};
 use crate::request::{job_input, parse_submit, SubmitRequest};
 use crate::AppState;
 
@@ -31,6 +33,31 @@ const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
+/// Submit a job: stored and queued before the answer. With an `Idempotency-Key`, the same key
+/// and body within 24 hours answer the original job (200) instead of a new one.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    operation_id = "submitJob",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; a repeat with the same body within 24 h answers the original job", min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]+$"),
+    ),
+    request_body(content = Object, content_type = "application/json", description = "The job (schema filled in from the configuration)"),
+    responses(
+        (status = 202, description = "Accepted: stored and queued", body = Accepted, headers(("Location" = String, description = "/v1/jobs/{id}"))),
+        (status = 200, description = "The job this Idempotency-Key was first used for", body = Accepted, headers(("Location" = String, description = "/v1/jobs/{id}"))),
+        (status = 400, description = "invalid-request: a field breaks a rule (named in `field`), or the body is not a JSON object", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "unauthorized: a missing, unknown or expired key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 402, description = "budget-exhausted: the tenant's daily or the agent's monthly budget has no room (`resets_at`)", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 409, description = "conflict: the job already ended, or a request with this Idempotency-Key is in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "payload-too-large: the body is over the configured size", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "unsupported-media-type: the body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "idempotency-mismatch: the Idempotency-Key was used with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "overloaded (the agent's queue is full), tenant-quota or rate-limited (`limit` names which)", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "unavailable (RabbitMQ or Redis), busy (too many requests in flight) or timeout", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+)]
 pub async fn submit(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
@@ -266,13 +293,22 @@ async fn replay(
     }
 }
 
+/// The answer to a submission: the job, as accepted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub id: Uuid,
+    pub status: JobStatus,
+    pub agent: String,
+    pub created_at: DateTime<Utc>,
+}
+
 fn accepted_response(status: StatusCode, record: &JobRecord) -> Response {
-    let body = json!({
-        "id": record.id,
-        "status": record.status,
-        "agent": record.agent,
-        "created_at": record.created_at,
-    });
+    let body = Accepted {
+        id: record.id,
+        status: record.status,
+        agent: record.agent.clone(),
+        created_at: record.created_at,
+    };
     let mut response = (status, Json(body)).into_response();
     if let Ok(value) = HeaderValue::from_str(&format!("/v1/jobs/{}", record.id)) {
         response.headers_mut().insert(header::LOCATION, value);
@@ -342,6 +378,23 @@ async fn load_own(state: &AppState, tenant: &str, id: &str) -> Result<JobRecord,
 
 /// `GET /v1/jobs/{id}`, with the run's steps when asked for (`?include=steps`): prompts, tool
 /// arguments and results are the owning tenant's to read.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    operation_id = "getJob",
+    params(
+        ("id" = Uuid, Path, description = "The job's id; another tenant's job is not found"),
+        ("include" = Option<Include>, Query, description = "`steps`: the run's step log too"),
+    ),
+    responses(
+        (status = 200, description = "The job record", body = JobRecord),
+        (status = 400, description = "invalid-request: a field breaks a rule (named in `field`), or the body is not a JSON object", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "unauthorized: a missing, unknown or expired key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 404, description = "not-found: no such job for this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "unavailable (RabbitMQ or Redis), busy (too many requests in flight) or timeout", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -358,6 +411,19 @@ pub async fn get(
 }
 
 /// `GET /v1/jobs/{id}/steps`: the run's step log alone.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/steps",
+    tag = "jobs",
+    operation_id = "getJobSteps",
+    params(("id" = Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The run's steps, oldest first", body = Vec<Step>),
+        (status = 401, description = "unauthorized: a missing, unknown or expired key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 404, description = "not-found: no such job for this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "unavailable (RabbitMQ or Redis), busy (too many requests in flight) or timeout", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+)]
 pub async fn steps(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -398,6 +464,20 @@ fn wants_steps(query: Option<&str>) -> Result<bool, ApiError> {
 /// `DELETE /v1/jobs/{id}`: a queued or retrying job is cancelled at once; a running one is
 /// marked cancelled and its run aborted (by broadcast, and by its lease renewal as a
 /// fallback). Either way the job gets its `job.cancelled` webhook. A finished job is 409.
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    operation_id = "cancelJob",
+    params(("id" = Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The cancelled job's record", body = JobRecord),
+        (status = 401, description = "unauthorized: a missing, unknown or expired key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 404, description = "not-found: no such job for this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflict: the job already ended, or a request with this Idempotency-Key is in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "unavailable (RabbitMQ or Redis), busy (too many requests in flight) or timeout", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -481,30 +561,69 @@ async fn after_cancel(state: &AppState, record: &JobRecord, was: JobStatus) {
     }
 }
 
+/// What a caller may know of an agent: never base URLs, key names or prompts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentSummary {
+    pub name: String,
+    pub provider: ProviderKind,
+    pub model: String,
+    pub max_tokens: u32,
+    pub concurrency: u16,
+    pub rate_limit: Option<RateLimitConfig>,
+    pub timeout_secs: u64,
+    pub retry: RetryConfig,
+    pub max_queue_depth: Option<u32>,
+    /// The JSON Schema `input` must satisfy, for an agent that takes structured input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<AgentSummary>,
+}
+
+/// The agents jobs may be submitted to, and their limits.
+#[utoipa::path(
+    get,
+    path = "/v1/agents",
+    tag = "agents",
+    operation_id = "listAgents",
+    responses(
+        (status = 200, description = "The configured agents", body = AgentList),
+        (status = 401, description = "unauthorized: a missing, unknown or expired key", body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 503, description = "unavailable (RabbitMQ or Redis), busy (too many requests in flight) or timeout", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+)]
 pub async fn agents(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AgentList>, ApiError> {
     state.inner.tenants.authenticate(&headers)?;
-    let agents: Vec<_> = state
+    let agents = state
         .inner
         .config
         .agents
         .iter()
-        .map(|(name, agent)| {
-            // Only what a caller needs: never base URLs, key names or prompts.
-            json!({
-                "name": name,
-                "provider": agent.provider,
-                "model": agent.model,
-                "max_tokens": agent.max_tokens,
-                "concurrency": agent.concurrency,
-                "rate_limit": agent.rate_limit,
-                "timeout_secs": agent.timeout.as_secs(),
-                "retry": agent.retry,
-                "max_queue_depth": agent.max_queue_depth,
-            })
+        .map(|(name, agent)| AgentSummary {
+            name: name.clone(),
+            provider: agent.provider,
+            model: agent.model.clone(),
+            max_tokens: agent.max_tokens,
+            concurrency: agent.concurrency,
+            rate_limit: agent.rate_limit.clone(),
+            timeout_secs: agent.timeout.as_secs(),
+            retry: agent.retry.clone(),
+            max_queue_depth: agent.max_queue_depth,
+            input_schema: agent.input_schema.clone(),
         })
         .collect();
-    Ok(Json(json!({ "agents": agents })))
+    Ok(Json(AgentList { agents }))
+}
+
+/// What `GET /v1/jobs/{id}` can include.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Include {
+    Steps,
 }

@@ -7,6 +7,7 @@ mod backlog;
 mod depths;
 mod jobs;
 mod layers;
+mod openapi;
 mod problem;
 mod quotas;
 pub mod request;
@@ -15,14 +16,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use agentfleet_agent::InputSchema;
 use agentfleet_common::broker::Broker;
@@ -136,11 +140,15 @@ impl Dispatcher {
         let config = &self.state.inner.config.dispatcher;
         let max_body = config.max_body_bytes;
         let slots = Arc::new(Semaphore::new(config.max_concurrent_requests as usize));
-        let api = Router::new()
-            .route("/v1/jobs", post(jobs::submit))
-            .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
-            .route("/v1/jobs/{id}/steps", get(jobs::steps))
-            .route("/v1/agents", get(jobs::agents))
+        // Registered through their annotations, so every route is in the document.
+        let (api, routes) = OpenApiRouter::new()
+            .routes(routes!(jobs::submit))
+            .routes(routes!(jobs::get, jobs::cancel))
+            .routes(routes!(jobs::steps))
+            .routes(routes!(jobs::agents))
+            .split_for_parts();
+        let document = openapi::render(routes, &self.state.inner.config);
+        let api = api
             // The handler enforces the limit itself (for a problem+json 413); this only keeps
             // axum's default 2 MB cap from applying first.
             .layer(DefaultBodyLimit::max(max_body.saturating_add(1)))
@@ -150,7 +158,11 @@ impl Dispatcher {
             ))
             .layer(middleware::from_fn_with_state(slots, layers::shed_load))
             .with_state(self.state.clone());
-        api.merge(ops::router(self.deps.clone()))
+        let contract = Router::new()
+            .route("/openapi.json", get(openapi::document))
+            .with_state(Bytes::from(document));
+        api.merge(contract)
+            .merge(ops::router(self.deps.clone()))
             // Before the layers below: these replace fallbacks, and must be wrapped by them.
             .fallback(layers::not_found)
             .method_not_allowed_fallback(layers::method_not_allowed)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -126,6 +126,53 @@ impl Limit {
     }
 }
 
+/// Every problem the API answers with: its `type` slug, `title` and status. The OpenAPI
+/// document lists these as the values of `type`; a test checks each [`ApiError`] is here.
+pub const PROBLEM_TYPES: &[(&str, &str, u16)] = &[
+    ("unauthorized", "Unauthorized", 401),
+    ("not-found", "Not Found", 404),
+    ("method-not-allowed", "Method Not Allowed", 405),
+    ("invalid-request", "Invalid request", 400),
+    ("unsupported-media-type", "Unsupported Media Type", 415),
+    ("payload-too-large", "Payload Too Large", 413),
+    ("unavailable", "Service Unavailable", 503),
+    ("busy", "Service Unavailable", 503),
+    ("timeout", "Service Unavailable", 503),
+    ("conflict", "Conflict", 409),
+    ("idempotency-mismatch", "Unprocessable Content", 422),
+    ("overloaded", "Too Many Requests", 429),
+    ("rate-limited", "Too Many Requests", 429),
+    ("tenant-quota", "Too Many Requests", 429),
+    ("budget-exhausted", "Payment Required", 402),
+];
+
+/// The URN of a problem type: `urn:agentfleet:problem:{slug}`.
+pub fn problem_type(slug: &str) -> String {
+    format!("urn:agentfleet:problem:{slug}")
+}
+
+/// An RFC 9457 problem, as every error is answered (`application/problem+json`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `urn:agentfleet:problem:{slug}`, one of the types listed in this document.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    /// What was wrong, for a person; a 5xx never says more than that a dependency failed.
+    pub detail: String,
+    /// For `invalid-request`: the offending field, as a path (`input.messages[2].role`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For `tenant-quota` and `rate-limited`: `max_queued_jobs`, `submissions_per_minute` or
+    /// `per_key_rate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    /// For `budget-exhausted`: when the spent budget starts again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -138,22 +185,26 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut body = json!({
-            "type": format!("urn:agentfleet:problem:{slug}"),
-            "title": title,
-            "status": status.as_u16(),
-            "detail": detail,
-        });
-        if let Self::InvalidField { field, .. } = &self {
-            body["field"] = json!(field);
-        }
-        if let Self::Limited { limit, .. } = &self {
-            body["limit"] = json!(limit.as_str());
-        }
-        if let Self::BudgetSpent { resets_at, .. } = &self {
-            body["resets_at"] = json!(resets_at);
-        }
-        let mut response = (status, body.to_string()).into_response();
+        let body = Problem {
+            kind: problem_type(slug),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail,
+            field: match &self {
+                Self::InvalidField { field, .. } => Some(field.clone()),
+                _ => None,
+            },
+            limit: match &self {
+                Self::Limited { limit, .. } => Some(limit.as_str().to_owned()),
+                _ => None,
+            },
+            resets_at: match &self {
+                Self::BudgetSpent { resets_at, .. } => Some(*resets_at),
+                _ => None,
+            },
+        };
+        let body = serde_json::to_string(&body).unwrap_or_default();
+        let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -181,5 +232,86 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of each error. The match has no wildcard: a new variant does not compile until it
+    /// is added here, and so checked against [`PROBLEM_TYPES`].
+    fn one_of_each() -> Vec<ApiError> {
+        let all = vec![
+            ApiError::Unauthorized,
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed,
+            ApiError::field("f", "d"),
+            ApiError::InvalidBody("b".into()),
+            ApiError::UnsupportedMediaType,
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::Unavailable("u".into()),
+            ApiError::Busy,
+            ApiError::Timeout {
+                after: Duration::from_secs(1),
+            },
+            ApiError::Conflict("c".into()),
+            ApiError::IdempotencyMismatch,
+            ApiError::Overloaded { agent: "a".into() },
+            ApiError::BudgetSpent {
+                detail: "d".into(),
+                resets_at: chrono::Utc::now(),
+            },
+            ApiError::Limited {
+                limit: Limit::Burst,
+                detail: "d".into(),
+                retry_after: Duration::from_secs(1),
+            },
+            ApiError::Limited {
+                limit: Limit::QueuedJobs,
+                detail: "d".into(),
+                retry_after: Duration::from_secs(1),
+            },
+        ];
+        for err in &all {
+            match err {
+                ApiError::Unauthorized
+                | ApiError::NotFound
+                | ApiError::MethodNotAllowed
+                | ApiError::InvalidField { .. }
+                | ApiError::InvalidBody(_)
+                | ApiError::UnsupportedMediaType
+                | ApiError::PayloadTooLarge { .. }
+                | ApiError::Unavailable(_)
+                | ApiError::Busy
+                | ApiError::Timeout { .. }
+                | ApiError::Conflict(_)
+                | ApiError::IdempotencyMismatch
+                | ApiError::Overloaded { .. }
+                | ApiError::BudgetSpent { .. }
+                | ApiError::Limited { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_title_and_status() {
+        for err in one_of_each() {
+            let (slug, title) = err.kind();
+            let status = err.status().as_u16();
+            assert!(
+                PROBLEM_TYPES.contains(&(slug, title, status)),
+                "{slug} ({title}, {status}) is not in PROBLEM_TYPES"
+            );
+        }
+        let answered: std::collections::HashSet<_> =
+            one_of_each().iter().map(|e| e.kind().0).collect();
+        for (slug, ..) in PROBLEM_TYPES {
+            assert!(
+                answered.contains(slug),
+                "{slug} is listed but never answered"
+            );
+        }
     }
 }

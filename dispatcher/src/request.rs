@@ -9,10 +9,13 @@ use std::marker::PhantomData;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_json::{Map, Number, Value};
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Number, Value};
 use url::Url;
 
 use agentfleet_agent::{InputSchema, LimitOverrides};
+use agentfleet_common::config::AgentConfig;
 use agentfleet_common::wire::{ChatMessage, JobInput, Role};
 
 use crate::problem::ApiError;
@@ -95,6 +98,104 @@ pub fn job_input(input: Value, schema: Option<&InputSchema>) -> Result<JobInput,
             "must be a string or an object with `messages`",
         )),
     }
+}
+
+// === the contract ===
+
+/// The JSON Schema of a `POST /v1/jobs` body for these agents, for the OpenAPI document: the
+/// rules of the types below, with the same constants, and the configured agents' names and
+/// inputs. (Nesting depth and the byte sizes of `metadata` and non-ASCII text are not
+/// expressible here; they are stated in the descriptions.)
+pub fn body_schema(agents: &BTreeMap<String, AgentConfig>) -> Value {
+    let nullable = |kind: &str| json!([kind, "null"]);
+    let count = || json!({"type": nullable("integer"), "minimum": 1});
+    let structured: Vec<(&String, &Value)> = agents
+        .iter()
+        .filter_map(|(name, agent)| agent.input_schema.as_ref().map(|s| (name, s)))
+        .collect();
+    let mut body = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["agent", "input"],
+        "properties": {
+            "agent": {
+                "type": "string",
+                "enum": agents.keys().collect::<Vec<_>>(),
+                "description": "The agent to run (GET /v1/agents lists them)",
+            },
+            "input": chat_input_schema(),
+            "webhook_url": {
+                "type": nullable("string"),
+                "format": "uri",
+                "maxLength": MAX_URL_CHARS,
+                "pattern": "^https?://[^@/?#]+([/?#].*)?$",
+                "description": "Where the signed job.* event is POSTed: a public http(s) URL without user name or password",
+            },
+            "metadata": {
+                "type": nullable("object"),
+                "maxProperties": MAX_METADATA_KEYS,
+                "description": format!("Returned as given on the record and the webhook: at most {MAX_METADATA_BYTES} bytes as compact JSON, nested at most {MAX_JSON_DEPTH} levels"),
+            },
+            "timeout_secs": {"type": nullable("integer"), "minimum": 1, "maximum": MAX_TIMEOUT_SECS},
+            "limits": {
+                "type": nullable("object"),
+                "additionalProperties": false,
+                "description": "Lower the agent's limits for this job (a higher value has no effect)",
+                "properties": {
+                    "max_turns": count(),
+                    "max_tool_calls": count(),
+                    "max_total_tokens": count(),
+                    "max_cost_usd": {"type": nullable("number"), "exclusiveMinimum": 0},
+                },
+            },
+        },
+    });
+    if !structured.is_empty() {
+        // What `input` must be depends on `agent`: one if/then per agent.
+        body["properties"]["input"] = json!({"description": "Depends on the agent"});
+        body["allOf"] = agents
+            .iter()
+            .map(|(name, agent)| {
+                let input = agent.input_schema.clone().unwrap_or_else(chat_input_schema);
+                json!({
+                    "if": {"properties": {"agent": {"const": name}}},
+                    "then": {"properties": {"input": input}},
+                })
+            })
+            .collect();
+    }
+    body
+}
+
+/// `input` of an agent without an input schema: text, or a conversation.
+fn chat_input_schema() -> Value {
+    let text = json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_CONTENT_BYTES,
+        "pattern": "\\S",
+        "description": format!("Text that is not blank, at most {MAX_CONTENT_BYTES} bytes as UTF-8"),
+    });
+    let message = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["role", "content"],
+        "properties": {
+            "role": {"type": "string", "enum": ["system", "user", "assistant"]},
+            "content": {"type": "string", "maxLength": MAX_CONTENT_BYTES},
+        },
+    });
+    json!({"oneOf": [
+        text,
+        {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["messages"],
+            "properties": {
+                "messages": {"type": "array", "minItems": 1, "maxItems": MAX_MESSAGES, "items": message},
+            },
+        },
+    ]})
 }
 
 // === the body's types ===
@@ -204,7 +305,7 @@ struct TimeoutSecs(u64);
 impl TryFrom<Number> for TimeoutSecs {
     type Error = String;
     fn try_from(n: Number) -> Result<Self, String> {
-        match n.as_u64() {
+        match whole(&n) {
             Some(secs @ 1..=MAX_TIMEOUT_SECS) => Ok(Self(secs)),
             _ => Err(format!(
                 "must be a whole number of seconds from 1 to {MAX_TIMEOUT_SECS}"
@@ -249,11 +350,23 @@ struct Count(u64);
 impl TryFrom<Number> for Count {
     type Error = &'static str;
     fn try_from(n: Number) -> Result<Self, Self::Error> {
-        match n.as_u64() {
+        match whole(&n) {
             Some(n) if n > 0 => Ok(Self(n)),
             _ => Err("must be a whole number greater than zero"),
         }
     }
+}
+
+/// A number that is whole and not negative, written `27` or `27.0` (JSON Schema's `integer`
+/// is a mathematical integer, whatever the spelling). One past `u64` (serde_json reads it as a
+/// float) saturates: as a limit it is no limit, and as a timeout it is over the maximum anyway.
+fn whole(n: &Number) -> Option<u64> {
+    if let Some(n) = n.as_u64() {
+        return Some(n);
+    }
+    let f = n.as_f64()?;
+    // `as` saturates at u64::MAX.
+    (f.fract() == 0.0 && f >= 0.0).then_some(f as u64)
 }
 
 #[derive(Deserialize)]

@@ -13,7 +13,7 @@ use super::duration;
 use super::validation::{invalid, positive};
 use super::ConfigError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     /// Any OpenAI-compatible `/chat/completions`: OpenAI, vLLM, Ollama, LiteLLM…
@@ -43,7 +43,7 @@ pub enum HttpVersion {
 // === impl RateLimitConfig ===
 
 /// Serialized as configured: the API's agent listing shows it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub requests_per_minute: u32,
@@ -68,13 +68,14 @@ impl RateLimitConfig {
 
 /// Serialized with the keys of the file (`max_delay_secs` in whole seconds): the API's agent
 /// listing shows it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryConfig {
     /// Attempts in all, the first included.
     pub attempts: u32,
     /// Upper bound on the backoff between two attempts.
     #[serde(rename = "max_delay_secs", with = "duration::secs")]
+    #[schema(value_type = u64)]
     pub max_delay: Duration,
 }
 

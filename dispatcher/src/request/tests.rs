@@ -138,6 +138,16 @@ fn limits_are_read() {
     let req = parse_submit(br#"{"agent":"a","input":"x","limits":{"max_turns":99999999999}}"#)
         .expect("ok");
     assert_eq!(req.limits.expect("limits").max_turns, Some(u32::MAX));
+    // JSON Schema's integers include 27.0.
+    let req = parse_submit(
+        br#"{"agent":"a","input":"x","timeout_secs":27.0,"limits":{"max_turns":2.0}}"#,
+    )
+    .expect("ok");
+    assert_eq!(req.timeout_secs, Some(27));
+    assert_eq!(req.limits.expect("limits").max_turns, Some(2));
+    let req = parse_submit(br#"{"agent":"a","input":"x","limits":{"max_total_tokens":123456789012345678901234567890}}"#)
+        .expect("ok");
+    assert_eq!(req.limits.expect("limits").max_total_tokens, Some(u64::MAX));
 }
 
 #[test]

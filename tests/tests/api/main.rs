@@ -3,6 +3,7 @@
 
 mod agents;
 mod auth;
+mod contract;
 mod end_to_end;
 mod hygiene;
 mod lifecycle;

@@ -220,6 +220,11 @@ impl Names {
         format!("{}:idem:{tenant}:{key}", self.redis)
     }
 
+    /// A tenant's audit trail: a Redis stream, trimmed to a configured length.
+    pub fn audit_stream(&self, tenant: &str) -> String {
+        format!("{}:audit:{tenant}", self.redis)
+    }
+
     /// Pattern matching every key of this deployment (used by tests to clean up).
     pub fn redis_pattern(&self) -> String {
         format!("{}:*", self.redis)

@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -14,7 +16,9 @@ use subtle::ConstantTimeEq as _;
 
 use agentfleet_common::config::TenantConfig;
 
+use crate::audit::AuditNote;
 use crate::problem::ApiError;
+use crate::AppState;
 
 struct Key {
     /// Index into `Tenants::tenants`.
@@ -48,8 +52,11 @@ impl Tenants {
         }
     }
 
-    /// The tenant a request authenticates as.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<&Arc<TenantConfig>, ApiError> {
+    /// The tenant a request authenticates as, and the id of the key it used.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(&Arc<TenantConfig>, &str), ApiError> {
         let value = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -64,7 +71,8 @@ impl Tenants {
             return Err(ApiError::Unauthorized);
         }
         tracing::Span::current().record("key_id", key.id.as_str());
-        self.tenants.get(key.tenant).ok_or(ApiError::Unauthorized)
+        let tenant = self.tenants.get(key.tenant).ok_or(ApiError::Unauthorized)?;
+        Ok((tenant, key.id.as_str()))
     }
 
     /// The key whose hash is `digest`. Every key is compared, each in constant time, so the
@@ -77,6 +85,26 @@ impl Tenants {
             }
         }
         found
+    }
+}
+
+/// The authenticated caller of an API request: the extractor every `/v1` handler takes. It
+/// notes the tenant and key id for the request's audit record.
+pub struct Caller {
+    pub tenant: Arc<TenantConfig>,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let (tenant, key_id) = state.inner.tenants.authenticate(&parts.headers)?;
+        if let Some(note) = parts.extensions.get::<AuditNote>() {
+            note.caller(&tenant.id, key_id);
+        }
+        Ok(Self {
+            tenant: tenant.clone(),
+        })
     }
 }
 
@@ -121,14 +149,14 @@ mod tests {
             tenants
                 .authenticate(&headers("Bearer secret-key"))
                 .ok()
-                .map(|t| t.id.as_str()),
+                .map(|(t, _)| t.id.as_str()),
             Some("acme")
         );
         assert_eq!(
             tenants
                 .authenticate(&headers("bearer secret-key"))
                 .ok()
-                .map(|t| t.id.as_str()),
+                .map(|(t, _)| t.id.as_str()),
             Some("acme")
         );
         for bad in ["Bearer other", "Basic secret-key", "secret-key", "Bearer "] {
@@ -143,9 +171,10 @@ mod tests {
         let tenant = |token: &str| {
             tenants
                 .authenticate(&headers(&format!("Bearer {token}")))
-                .map(|t| t.id.clone())
+                .map(|(t, key)| format!("{}/{key}", t.id))
         };
-        assert_eq!(tenant("next-key").ok().as_deref(), Some("acme"));
+        assert_eq!(tenant("next-key").ok().as_deref(), Some("acme/next"));
+        assert_eq!(tenant("secret-key").ok().as_deref(), Some("acme/default"));
         assert!(
             matches!(tenant("old-key"), Err(ApiError::Unauthorized)),
             "expired: the same 401 as an unknown key"

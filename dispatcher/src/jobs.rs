@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Extension, FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -24,6 +25,8 @@ use agentfleet_common::wire::{
     Step, SCHEMA_VERSION,
 };
 
+use crate::audit::AuditNote;
+use crate::auth::Caller;
 use crate::layers::RequestId;
 use crate::problem::{ApiError, Problem};
 use crate::request::{job_input, parse_submit, SubmitRequest};
@@ -61,10 +64,18 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 pub async fn submit(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
+    note: AuditNote,
+    // Taken as a result: a refused key is counted with the other refusals.
+    caller: Result<Caller, ApiError>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let result = submit_inner(&state, &headers, request_id, body).await;
+    let request = Request {
+        request_id,
+        note,
+        headers: &headers,
+    };
+    let result = submit_inner(&state, caller, request, body).await;
     if let Err(err) = &result {
         let reason = match err {
             ApiError::Unauthorized => "unauthorized",
@@ -86,6 +97,13 @@ pub async fn submit(
     result
 }
 
+/// What a submission comes with besides its body.
+struct Request<'a> {
+    request_id: RequestId,
+    note: AuditNote,
+    headers: &'a HeaderMap,
+}
+
 /// A valid submission on its way to being accepted.
 struct Submission {
     id: Uuid,
@@ -94,18 +112,23 @@ struct Submission {
     /// The request's input, read as its agent takes it.
     input: JobInput,
     request_id: RequestId,
+    note: AuditNote,
     /// The Idempotency-Key and the body's fingerprint.
     idempotency: Option<(String, String)>,
 }
 
 async fn submit_inner(
     state: &AppState,
-    headers: &HeaderMap,
-    request_id: RequestId,
+    caller: Result<Caller, ApiError>,
+    Request {
+        request_id,
+        note,
+        headers,
+    }: Request<'_>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let inner = &state.inner;
-    let tenant = inner.tenants.authenticate(headers)?.clone();
+    let tenant = caller?.tenant;
     // Before the body is read and before the Idempotency-Key is looked up: this limit protects
     // the replica, so a flood of replays is refused like any other flood from the key.
     inner.quotas.get().check_burst(&tenant.id)?;
@@ -116,6 +139,7 @@ async fn submit_inner(
         .await
         .map_err(|_| ApiError::PayloadTooLarge { limit })?;
     let mut request = parse_submit(&bytes)?;
+    note.input_sha256(hex::encode(Sha256::digest(request.input.to_string())));
     let input = validate(state, &tenant, &mut request)?;
 
     let submission = Submission {
@@ -125,6 +149,7 @@ async fn submit_inner(
         tenant,
         request,
         request_id,
+        note,
     };
     let span = tracing::info_span!(
         "submit",
@@ -159,10 +184,12 @@ async fn accept(state: AppState, submission: Submission) -> Result<Response, Api
             fingerprint: theirs,
         } = claim
         {
+            submission.note.job(job_id);
             return replay(&state, &tenant, job_id, &theirs == fingerprint).await;
         }
     }
     let key = submission.idempotency.as_ref().map(|(key, _)| key.clone());
+    submission.note.job(submission.id);
     let accepted = enqueue(&state, submission).await;
     if accepted.is_err() {
         if let Some(key) = &key {
@@ -360,9 +387,27 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// The `{id}` of a job route. One that is not a UUID names no job: 404, like an unknown one
+/// (and like a path axum cannot decode, rather than its plain-text 400). Noted for the audit.
+pub struct JobPath(Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound)?;
+        let id = Uuid::parse_str(&raw).map_err(|_| ApiError::NotFound)?;
+        if let Some(note) = parts.extensions.get::<AuditNote>() {
+            note.job(id);
+        }
+        Ok(Self(id))
+    }
+}
+
 /// Loads a job the tenant may see; another tenant's job is answered like an unknown one.
-async fn load_own(state: &AppState, tenant: &str, id: &str) -> Result<JobRecord, ApiError> {
-    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
+async fn load_own(state: &AppState, tenant: &str, id: Uuid) -> Result<JobRecord, ApiError> {
     let record = state
         .inner
         .store
@@ -397,15 +442,14 @@ async fn load_own(state: &AppState, tenant: &str, id: &str) -> Result<JobRecord,
 )]
 pub async fn get(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    caller: Caller,
+    JobPath(id): JobPath,
     RawQuery(query): RawQuery,
 ) -> Result<Json<JobRecord>, ApiError> {
-    let tenant = state.inner.tenants.authenticate(&headers)?;
     let with_steps = wants_steps(query.as_deref())?;
-    let mut record = load_own(&state, &tenant.id, &id).await?;
+    let mut record = load_own(&state, &caller.tenant.id, id).await?;
     if with_steps {
-        record.steps = Some(load_steps(&state, record.id).await?);
+        record.steps = Some(load_steps(&state, &record).await?);
     }
     Ok(Json(record))
 }
@@ -426,21 +470,29 @@ pub async fn get(
 )]
 pub async fn steps(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    caller: Caller,
+    JobPath(id): JobPath,
 ) -> Result<Json<Vec<Step>>, ApiError> {
-    let tenant = state.inner.tenants.authenticate(&headers)?;
-    let record = load_own(&state, &tenant.id, &id).await?;
-    load_steps(&state, record.id).await.map(Json)
+    let record = load_own(&state, &caller.tenant.id, id).await?;
+    load_steps(&state, &record).await.map(Json)
 }
 
-async fn load_steps(state: &AppState, id: Uuid) -> Result<Vec<Step>, ApiError> {
-    state
+/// The run's steps, masked like its result when its agent's output is masked (the stored log
+/// is not: the run is rebuilt from it).
+async fn load_steps(state: &AppState, record: &JobRecord) -> Result<Vec<Step>, ApiError> {
+    let mut steps = state
         .inner
         .store
-        .load_steps(id)
+        .load_steps(record.id)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("loading the steps: {e}")))
+        .map_err(|e| ApiError::Unavailable(format!("loading the steps: {e}")))?;
+    let privacy = state.inner.privacy.get();
+    if privacy.masks_output(&record.agent) {
+        steps
+            .iter_mut()
+            .for_each(|step| privacy.masker().mask_step(step));
+    }
+    Ok(steps)
 }
 
 /// `include=steps` (the only thing that can be included); anything else is a 400.
@@ -480,14 +532,13 @@ fn wants_steps(query: Option<&str>) -> Result<bool, ApiError> {
 )]
 pub async fn cancel(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    caller: Caller,
+    JobPath(id): JobPath,
 ) -> Result<Json<JobRecord>, ApiError> {
     let inner = &state.inner;
-    let tenant = inner.tenants.authenticate(&headers)?;
     // The status may change under us (a worker starts or finishes the run): compare-and-set.
     for _ in 0..8 {
-        let current = load_own(&state, &tenant.id, &id).await?;
+        let current = load_own(&state, &caller.tenant.id, id).await?;
         if current.status.is_terminal() {
             return Err(ApiError::Conflict(format!(
                 "job already {}",
@@ -597,9 +648,8 @@ pub struct AgentList {
 )]
 pub async fn agents(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Caller,
 ) -> Result<Json<AgentList>, ApiError> {
-    state.inner.tenants.authenticate(&headers)?;
     let agents = state
         .inner
         .config

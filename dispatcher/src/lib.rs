@@ -2,6 +2,7 @@
 //! RabbitMQ with a confirm, and answers `202` — only once both the record and the message
 //! are durable. It holds no job state of its own, so any number of replicas can run.
 
+mod audit;
 mod auth;
 mod backlog;
 mod depths;
@@ -35,6 +36,7 @@ use agentfleet_common::live::Live;
 use agentfleet_common::metrics::Metrics;
 use agentfleet_common::ops::{self, Dependencies};
 use agentfleet_common::outbound::Outbound;
+use agentfleet_common::privacy::Privacy;
 use agentfleet_common::store::{JobStore, Redis, StoreError};
 
 pub use problem::ApiError;
@@ -60,6 +62,8 @@ struct Inner {
     redis: Redis,
     /// The agents' `input_schema`s, compiled once.
     input_schemas: HashMap<String, InputSchema>,
+    /// Which agents' results are masked (their steps too, as read through the API).
+    privacy: Live<Privacy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,8 @@ pub enum DispatcherError {
     Serve(#[from] std::io::Error),
     #[error("agents.{agent}.input_schema: {reason}")]
     InputSchema { agent: String, reason: String },
+    #[error("privacy: {0}")]
+    Privacy(agentfleet_common::config::ConfigError),
 }
 
 /// A dispatcher ready to serve: built from the config, not yet listening.
@@ -106,9 +112,11 @@ impl Dispatcher {
             &config.webhooks.hosts,
         );
         let input_schemas = compile_input_schemas(&config)?;
+        let privacy = config.privacy().map_err(DispatcherError::Privacy)?;
         let state = AppState {
             inner: Arc::new(Inner {
                 input_schemas,
+                privacy: Live::new(privacy),
                 tenants: auth::Tenants::new(&config.tenants),
                 queue_depths: depths::QueueDepths::new(&config, redis.clone(), metrics.clone()),
                 quotas: Live::new(quotas::Quotas::new(&config, redis.clone())),
@@ -156,6 +164,11 @@ impl Dispatcher {
                 config.request_timeout,
                 layers::time_out,
             ))
+            // Outside the timeout, so a request that timed out is recorded too.
+            .layer(middleware::from_fn_with_state(
+                self.audit_trail(),
+                audit::record,
+            ))
             .layer(middleware::from_fn_with_state(slots, layers::shed_load))
             .with_state(self.state.clone());
         let contract = Router::new()
@@ -171,6 +184,15 @@ impl Dispatcher {
                 record_http,
             ))
             .layer(middleware::from_fn(layers::with_request_id))
+    }
+
+    fn audit_trail(&self) -> audit::AuditTrail {
+        let inner = &self.state.inner;
+        audit::AuditTrail::new(
+            inner.redis.clone(),
+            inner.config.names(),
+            inner.config.dispatcher.audit,
+        )
     }
 
     /// Serves on `listener` until `shutdown` is cancelled, then drains in-flight requests.
@@ -194,7 +216,9 @@ impl Dispatcher {
         );
         tracing::info!(addr = ?listener.local_addr().ok(), "dispatcher listening");
         let broker = self.state.inner.broker.clone();
-        axum::serve(listener, router)
+        // With the peer's address, for the audit trail.
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, service)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
         broker.close().await;
@@ -203,7 +227,7 @@ impl Dispatcher {
 }
 
 /// Applies a reloaded configuration (SIGHUP) to a serving dispatcher: tenants' quotas and
-/// budgets, agents' `max_queue_depth`, `dispatcher.per_key_rate`. See
+/// budgets, agents' `max_queue_depth`, `dispatcher.per_key_rate`, `privacy`. See
 /// [`agentfleet_common::config::check_reloadable`] for what waits for a restart.
 #[derive(Clone)]
 pub struct Reloader {
@@ -214,6 +238,7 @@ impl Reloader {
     pub fn apply(&self, new: Config) -> Result<(), agentfleet_common::config::ConfigError> {
         let inner = &self.state.inner;
         agentfleet_common::config::check_reloadable(&inner.policy.get(), &new)?;
+        inner.privacy.set(new.privacy()?);
         inner
             .quotas
             .set(quotas::Quotas::new(&new, inner.redis.clone()));

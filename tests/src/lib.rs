@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub mod logs;
 pub mod proxy;
 pub mod services;
 

@@ -144,6 +144,27 @@ pub struct DispatcherConfig {
     /// `Retry-After: 1` at once (shed, never queued). `/healthz`, `/readyz` and `/metrics`
     /// are outside the limit, so probes and scrapes still answer under load.
     pub max_concurrent_requests: u32,
+    /// The audit trail of API calls.
+    pub audit: AuditConfig,
+}
+
+/// Where the dispatcher's audit records go besides their log target (`agentfleet::audit`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Also add each record to the tenant's Redis stream `{prefix}:audit:{tenant}`.
+    pub redis_stream: bool,
+    /// Records a tenant's stream keeps, about (trimmed with `MAXLEN ~`).
+    pub max_entries: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            redis_stream: true,
+            max_entries: 10_000,
+        }
+    }
 }
 
 impl Default for DispatcherConfig {
@@ -154,6 +175,7 @@ impl Default for DispatcherConfig {
             per_key_rate: None,
             request_timeout: Duration::from_millis(10_000),
             max_concurrent_requests: 1024,
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -185,6 +207,7 @@ impl DispatcherConfig {
             rate.validate(&format!("{at}.per_key_rate"))?;
         }
         positive(&format!("{at}.request_timeout_ms"), self.request_timeout)?;
+        positive(&format!("{at}.audit.max_entries"), self.audit.max_entries)?;
         positive(
             &format!("{at}.max_concurrent_requests"),
             self.max_concurrent_requests,

@@ -38,8 +38,8 @@ pub use agents::{
     ProviderKind, RateLimitConfig, RetryConfig,
 };
 pub use infra::{
-    AmqpConfig, BurstConfig, DispatcherConfig, LogFormat, QueueType, RedisConfig, TelemetryConfig,
-    WebhookConfig, WorkerConfig,
+    AmqpConfig, AuditConfig, BurstConfig, DispatcherConfig, LogFormat, QueueType, RedisConfig,
+    TelemetryConfig, WebhookConfig, WorkerConfig,
 };
 pub use privacy::{PatternConfig, PrivacyConfig};
 pub use reload::check_reloadable;

@@ -2,6 +2,7 @@
 //! own app under a unique prefix, so they run in parallel and leave nothing behind.
 
 mod agents;
+mod audit;
 mod auth;
 mod contract;
 mod end_to_end;

@@ -6,19 +6,16 @@
 //! those values is in any line; with `log_payloads` the payload lines are there, masked; with
 //! `mask_output` the stored results and the webhook are masked, and an agent may opt out.
 //!
-//! Capture: the test runs on a runtime of its own whose threads (workers and blocking pool)
+//! Capture (`agentfleet_tests::logs`): the test runs on a runtime of its own whose threads (workers and blocking pool)
 //! have the capturing subscriber as their default, so lines of tests running in parallel on
 //! other runtimes never mix in.
 
-use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use agentfleet_common::config::{LogFormat, TelemetryConfig};
-use agentfleet_common::telemetry;
 use agentfleet_stub::script::{Scenario, ScriptedCall, Turn};
+use agentfleet_tests::logs::captured;
 use agentfleet_tests::{AgentSpec, AppOptions, Fault, TestApp};
 
 const EMAIL: &str = "alice.smith@example.com";
@@ -45,6 +42,13 @@ const MASKS: [&str; 4] = ["[email]", "[card_number]", "[api_key]", "[employee_id
 #[test]
 fn payloads_stay_out_of_every_log_line_by_default() -> anyhow::Result<()> {
     let (run, lines) = captured(|| run_jobs(None))?;
+
+    // Without mask_output the API shows the steps as they are.
+    assert!(
+        run.ordered_steps.to_string().contains(EMAIL),
+        "{}",
+        run.ordered_steps
+    );
 
     // The values went all the way through: input, tool call, tool result, answer, error.
     let output = run.ordered["output"].to_string();
@@ -139,6 +143,10 @@ fn logged_payloads_and_masked_results_hold_only_masks() -> anyhow::Result<()> {
         "the webhook has the steps: {event}"
     );
 
+    // So does the API's view of the steps (the stored log itself stays as the run needs it).
+    let steps = run.ordered_steps.to_string();
+    assert_masked(&steps, "the steps read through the API");
+
     // An agent that opts out of mask_output gives its results back as they are.
     let raw = run.raw["output"].to_string();
     assert!(
@@ -173,6 +181,8 @@ fn assert_masked(text: &str, what: &str) {
 struct Run {
     /// Tool call, then an answer echoing the tool's result; succeeded.
     ordered: Value,
+    /// Its steps, as `GET /v1/jobs/{id}?include=steps` returns them.
+    ordered_steps: Value,
     /// Rejected by the provider with a 400 quoting the prompt; failed.
     rejected: Value,
     /// The webhook event of `ordered`.
@@ -215,8 +225,12 @@ async fn run_jobs(privacy: Option<&str>) -> anyhow::Result<Run> {
     );
     let within = Duration::from_secs(30);
 
-    let ordered = app.submit_job("helper", &payload()).await?;
-    let ordered = app.wait_terminal(&[ordered], within).await?.remove(0);
+    let ordered_id = app.submit_job("helper", &payload()).await?;
+    let ordered = app
+        .wait_terminal(std::slice::from_ref(&ordered_id), within)
+        .await?
+        .remove(0);
+    let ordered_steps = app.job_with_steps(&ordered_id).await?["steps"].clone();
     assert_eq!(ordered["status"], "succeeded", "{ordered}");
     app.wait_webhooks(1, within).await?;
     let webhook = app.receiver.deliveries()[0]
@@ -236,75 +250,9 @@ async fn run_jobs(privacy: Option<&str>) -> anyhow::Result<Run> {
     assert_eq!(raw["status"], "succeeded", "{raw}");
     Ok(Run {
         ordered,
+        ordered_steps,
         rejected,
         webhook,
         raw,
     })
-}
-
-/// Runs `test` on a runtime of its own, every thread of which logs through the telemetry
-/// subscriber into a buffer; answers what `test` returned and every line logged.
-fn captured<F, Fut, T>(test: F) -> anyhow::Result<(T, Vec<String>)>
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = anyhow::Result<T>>,
-{
-    let buffer = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let writer = {
-        let buffer = buffer.clone();
-        move || Capture(buffer.clone())
-    };
-    let config = TelemetryConfig {
-        log_level: "trace".into(),
-        log_format: LogFormat::Json,
-    };
-    let dispatch = tracing::Dispatch::new(telemetry::subscriber(&config, writer));
-    forward_log_records();
-    let runtime = {
-        let dispatch = dispatch.clone();
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .on_thread_start(move || {
-                // For the thread's life: the runtime's threads end with the runtime.
-                std::mem::forget(tracing::dispatcher::set_default(&dispatch));
-            })
-            .build()?
-    };
-    let result = tracing::dispatcher::with_default(&dispatch, || runtime.block_on(test()));
-    runtime.shutdown_timeout(Duration::from_secs(10));
-    let text =
-        String::from_utf8_lossy(&buffer.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
-    Ok((result?, text.lines().map(str::to_owned).collect()))
-}
-
-/// Libraries that log through the `log` crate (reqwest, rustls) reach a binary's subscriber
-/// through the bridge its `init` installs; this installs the same bridge, under a global
-/// subscriber that keeps nothing (so other tests print nothing, as before).
-fn forward_log_records() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        use tracing_subscriber::layer::SubscriberExt as _;
-        use tracing_subscriber::util::SubscriberInitExt as _;
-        let _ = tracing_subscriber::registry()
-            .with(tracing_subscriber::filter::LevelFilter::OFF)
-            .try_init();
-    });
-}
-
-/// One writer per line the subscriber writes, appending to the shared buffer.
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

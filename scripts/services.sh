@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure RabbitMQ (127.0.0.1:5672) and Redis (127.0.0.1:6379) are up: starts them if
 # they are installed but stopped, installs them from the OS packages if missing (as root on
-# Debian/Ubuntu), and otherwise says exactly what to do. Idempotent.
+# Debian/Ubuntu), and otherwise says exactly what to do. Also makes sure of what the build
+# and the scripts need besides Rust: a C compiler and make (jemalloc, ring and libFuzzer are
+# compiled from source) and curl (scripts/run-local.sh). Idempotent.
 set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -27,6 +29,11 @@ install_pkg() { # package
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null
   }
 }
+
+# command:package
+for need in cc:gcc make:make curl:curl; do
+  command -v "${need%%:*}" >/dev/null 2>&1 || install_pkg "${need#*:}"
+done
 
 if ! port_open 6379; then
   command -v redis-server >/dev/null 2>&1 || install_pkg redis-server

@@ -15,6 +15,7 @@
 //! - `{p}.control` (fanout) → one exclusive queue per worker: cancellation broadcasts.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,6 +85,8 @@ struct Inner {
     /// never wait for another caller's connect, and skip connecting right after a failure.
     fail_fast: bool,
     last_failure: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Set by [`Broker::close`]: a closing process does not connect again.
+    closed: AtomicBool,
 }
 
 impl Broker {
@@ -106,6 +109,7 @@ impl Broker {
                 publisher: Mutex::new(None),
                 fail_fast: false,
                 last_failure: std::sync::Mutex::new(None),
+                closed: AtomicBool::new(false),
             }),
         }
     }
@@ -148,6 +152,9 @@ impl Broker {
         if let Some(conn) = self.current_connected() {
             return Ok(conn);
         }
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(BrokerError::NotConnected);
+        }
         let _connecting = if self.inner.fail_fast {
             self.inner
                 .connecting
@@ -156,9 +163,12 @@ impl Broker {
         } else {
             self.inner.connecting.lock().await
         };
-        // Someone else may have connected while we waited.
+        // Someone else may have connected while we waited, or closed the broker.
         if let Some(conn) = self.current_connected() {
             return Ok(conn);
+        }
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(BrokerError::NotConnected);
         }
         let mut timeout = self.inner.config.connect_timeout;
         if self.inner.fail_fast {
@@ -202,12 +212,44 @@ impl Broker {
         Ok(conn)
     }
 
-    /// Closes the connection; unacked deliveries on it go back to their queues.
-    pub async fn close(&self) {
-        self.inner.publisher.lock().await.take();
+    /// Closes `channels` (those whose owners kept them open for acks, see the worker's
+    /// consumer), the publishing channel and then the connection, all within `within`, and
+    /// says so once, at INFO. Unacked deliveries go back to their queues. From now on this
+    /// handle does not connect again.
+    ///
+    /// Every channel is closed explicitly, and first: lapin closes a channel that is merely
+    /// dropped in a task of its own, and when that task runs after the connection began to
+    /// close it fails, and lapin logs the connection as failed, at ERROR. A broker that does
+    /// not answer in time is left to the process's exit, whose closing socket requeues the
+    /// same deliveries.
+    pub async fn close(&self, channels: Vec<Channel>, within: Duration) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + within;
+        let publisher = tokio::time::timeout_at(deadline, self.inner.publisher.lock())
+            .await
+            .ok()
+            .and_then(|mut publisher| publisher.take());
         let conn = self.inner.current.write().ok().and_then(|mut c| c.take());
-        if let Some(conn) = conn {
-            let _ = conn.close(200, "shutting down".into()).await;
+        let Some(conn) = conn else {
+            tracing::info!("broker connection closed (none was open)");
+            return;
+        };
+        let closing = async {
+            for channel in channels.iter().chain(&publisher) {
+                if channel.status().connected() {
+                    let _ = channel.close(200, "shutting down".into()).await;
+                }
+            }
+            conn.close(200, "shutting down".into()).await
+        };
+        match tokio::time::timeout_at(deadline, closing).await {
+            Ok(Ok(())) => tracing::info!("broker connection closed"),
+            // Lost before: an outage, nothing left to close.
+            Ok(Err(err)) => tracing::info!(error = %err, "broker connection closed (it had ended)"),
+            Err(_) => tracing::warn!(
+                ?within,
+                "broker did not answer the close in time; the process's exit closes the socket"
+            ),
         }
     }
 

@@ -5,6 +5,7 @@
 mod audit;
 mod auth;
 mod backlog;
+pub mod cli;
 mod depths;
 mod jobs;
 mod layers;
@@ -14,6 +15,7 @@ mod quotas;
 pub mod request;
 
 use std::collections::HashMap;
+use std::future::IntoFuture as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,6 +39,7 @@ use agentfleet_common::metrics::Metrics;
 use agentfleet_common::ops::{self, Dependencies};
 use agentfleet_common::outbound::Outbound;
 use agentfleet_common::privacy::Privacy;
+use agentfleet_common::shutdown::Grace;
 use agentfleet_common::store::{JobStore, Redis, StoreError};
 
 pub use problem::ApiError;
@@ -195,7 +198,10 @@ impl Dispatcher {
         )
     }
 
-    /// Serves on `listener` until `shutdown` is cancelled, then drains in-flight requests.
+    /// Serves on `listener` until `shutdown` is cancelled, then stops within
+    /// `dispatcher.shutdown_grace_secs` (a [`Grace`] from the signal): requests in flight are
+    /// answered until its work part ends, and connections still open then are dropped; the
+    /// queue-depth poller stops; the broker connection is closed by the end.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -207,22 +213,45 @@ impl Dispatcher {
             tracing::warn!(error = %err, "broker not reachable at start; will retry on demand");
         }
         let router = self.router();
-        tokio::spawn(
-            self.state
-                .inner
+        let inner = &self.state.inner;
+        let poller = tokio::spawn(
+            inner
                 .queue_depths
                 .clone()
-                .poll(self.state.inner.broker.clone(), shutdown.clone()),
+                .poll(inner.broker.clone(), shutdown.clone()),
         );
-        tracing::info!(addr = ?listener.local_addr().ok(), "dispatcher listening");
-        let broker = self.state.inner.broker.clone();
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "dispatcher listening");
         // With the peer's address, for the audit trail.
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
-        broker.close().await;
-        Ok(())
+        let mut server = std::pin::pin!(axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future());
+        // Only a failing listener ends the server before the signal.
+        let ended = tokio::select! {
+            result = &mut server => Some(result),
+            () = shutdown.cancelled() => None,
+        };
+        let grace = Grace::start(
+            inner.config.dispatcher.shutdown_grace,
+            inner.config.amqp.connect_timeout,
+        );
+        let served = match ended {
+            Some(result) => result,
+            None => grace.work.bound(server).await.unwrap_or_else(|| {
+                // axum waits for every connection, a stalled client's too.
+                tracing::warn!("requests still in flight at the end of the grace period dropped");
+                Ok(())
+            }),
+        };
+        // Its channel is closed before the connection (see `Broker::close`).
+        let mut poller = poller;
+        if grace.end.bound(&mut poller).await.is_none() {
+            poller.abort();
+        }
+        inner.broker.close(Vec::new(), grace.end.remaining()).await;
+        tracing::info!("dispatcher stopped");
+        Ok(served?)
     }
 }
 

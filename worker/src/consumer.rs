@@ -68,21 +68,26 @@ impl Consumption {
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Consumes the queues of `consumption` until `stop` is cancelled, running `handle` for each
-/// delivery in a task tracked by `tracker` that holds a slot until it finishes.
+/// delivery in a task tracked by `tracker` that holds a slot until it finishes. Answers the
+/// channel it was consuming on when stopped: the runs still going ack on it, so it stays
+/// open until the caller closes it after them (dropping it would close it at once, and make
+/// their acks fail and their messages come round again).
 pub async fn consume<H, F>(
     broker: Broker,
     consumption: Consumption,
     tracker: TaskTracker,
     stop: CancellationToken,
     handle: H,
-) where
+) -> Option<Channel>
+where
     H: Fn(Delivery, OwnedSemaphorePermit) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
         match consume_once(&broker, &consumption, &tracker, &stop, &handle).await {
-            Ok(()) => backoff = Duration::from_millis(100),
+            Ok(Some(channel)) => return Some(channel),
+            Ok(None) => backoff = Duration::from_millis(100),
             Err(err) => {
                 tracing::warn!(queue = %consumption.label(), error = %err, ?backoff, "consumer lost; reconnecting");
             }
@@ -93,6 +98,7 @@ pub async fn consume<H, F>(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+    None
 }
 
 /// A delivery from source `.0`, or `None` when that source's consumer ended.
@@ -108,17 +114,22 @@ enum Wake {
     Arrived(Box<Arrival>),
 }
 
+/// One consumption, from connecting to its end: the channel when it ended because of `stop`,
+/// `None` when a consumer ended (it restarts quietly).
 async fn consume_once<H, F>(
     broker: &Broker,
     consumption: &Consumption,
     tracker: &TaskTracker,
     stop: &CancellationToken,
     handle: &H,
-) -> Result<(), BrokerError>
+) -> Result<Option<Channel>, BrokerError>
 where
     H: Fn(Delivery, OwnedSemaphorePermit) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
+    // A stop waits for this (it takes a few round trips): a channel dropped half set up would
+    // be closed by lapin in the background, racing the connection's close (see
+    // `Broker::close`). A broker that does not answer is the worker's deadline's business.
     let conn = broker.connection().await?;
     let channel = conn.create_channel().await?;
     channel
@@ -137,7 +148,8 @@ where
     )
     .await;
     give_back(&channel, consumption, &mut lanes).await;
-    result
+    result?;
+    Ok(stop.is_cancelled().then_some(channel))
 }
 
 /// Hands deliveries to handlers, one per slot, until a stop or a consumer's end.

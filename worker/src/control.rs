@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use lapin::Channel;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -56,14 +57,22 @@ impl Drop for RunGuard<'_> {
     }
 }
 
-/// Listens for broadcasts until `stop`, reconnecting with backoff.
-pub async fn listen(broker: Broker, running: std::sync::Arc<Running>, stop: CancellationToken) {
+/// Listens for broadcasts until `stop`, reconnecting with backoff. Answers the channel it
+/// was listening on when stopped, for the caller to close with the connection (see
+/// `Broker::close`).
+pub async fn listen(
+    broker: Broker,
+    running: std::sync::Arc<Running>,
+    stop: CancellationToken,
+) -> Option<Channel> {
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
-        if let Err(err) = listen_once(&broker, &running, &stop).await {
-            tracing::warn!(error = %err, ?backoff, "control listener lost; reconnecting");
-        } else {
-            backoff = Duration::from_millis(100);
+        match listen_once(&broker, &running, &stop).await {
+            Ok(Some(channel)) => return Some(channel),
+            Ok(None) => backoff = Duration::from_millis(100),
+            Err(err) => {
+                tracing::warn!(error = %err, ?backoff, "control listener lost; reconnecting");
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
@@ -71,13 +80,17 @@ pub async fn listen(broker: Broker, running: std::sync::Arc<Running>, stop: Canc
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+    None
 }
 
+/// Listens on a queue of its own until `stop` (answering the channel) or until its consumer
+/// ends (`None`).
 async fn listen_once(
     broker: &Broker,
     running: &Running,
     stop: &CancellationToken,
-) -> Result<(), BrokerError> {
+) -> Result<Option<Channel>, BrokerError> {
+    // A stop waits for this, as for a consumption's (see `consumer::consume_once`).
     let conn = broker.connection().await?;
     let channel = conn.create_channel().await?;
     let queue = channel
@@ -114,12 +127,12 @@ async fn listen_once(
     loop {
         let delivery = tokio::select! {
             next = consumer.next() => next,
-            () = stop.cancelled() => return Ok(()),
+            () = stop.cancelled() => return Ok(Some(channel)),
         };
         let delivery = match delivery {
             Some(Ok(delivery)) => delivery,
             Some(Err(err)) => return Err(err.into()),
-            None => return Ok(()),
+            None => return Ok(None),
         };
         match ControlMessage::decode(&delivery.data) {
             Ok(msg) => {

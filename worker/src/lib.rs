@@ -21,7 +21,6 @@ pub mod cli;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +33,7 @@ use agentfleet_common::metrics::Metrics;
 use agentfleet_common::ops::{self, Dependencies};
 use agentfleet_common::outbound::Outbound;
 use agentfleet_common::privacy::Privacy;
+use agentfleet_common::shutdown::{Deadline, Grace};
 use agentfleet_common::store::{JobStore, Redis, StoreError};
 
 use agentfleet_common::live::Live;
@@ -175,8 +175,11 @@ impl Worker {
         }
     }
 
-    /// Runs until `shutdown` is cancelled, then stops consuming, lets runs in flight finish
-    /// within `worker.shutdown_grace_secs`, gives the rest back to the broker and returns.
+    /// Runs until `shutdown` is cancelled, then stops within `worker.shutdown_grace_secs` (a
+    /// [`Grace`] from the signal): it stops consuming and lets runs in flight finish until the
+    /// grace period's work part ends; runs still going then are interrupted and give their
+    /// messages back within half the closing part; the consumers' channels and the broker
+    /// connection are closed by the end (which requeues every delivery not acked).
     pub async fn run(
         self,
         metrics_listener: TcpListener,
@@ -198,34 +201,69 @@ impl Worker {
         tracing::info!(agents = ?self.agents.keys().collect::<Vec<_>>(), instance = %self.shared.instance, "worker started");
 
         shutdown.cancelled().await;
+        let config = &self.shared.config;
+        let grace = Grace::start(config.worker.shutdown_grace, config.amqp.connect_timeout);
         self.shared.draining.cancel();
-        let mut loops = loops;
-        while loops.join_next().await.is_some() {}
+        let channels = stop_consuming(loops, grace.work).await;
         tracker.close();
-        let grace = self.shared.config.worker.shutdown_grace;
         tracing::info!(
             in_flight = tracker.len(),
-            ?grace,
+            grace = ?config.worker.shutdown_grace,
             "stopped consuming; draining runs"
         );
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        if grace.work.bound(tracker.wait()).await.is_none() {
             tracing::warn!(
                 in_flight = tracker.len(),
                 "grace period over; returning unfinished runs to the queue"
             );
             self.shared.hard_stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+            if grace.give_back.bound(tracker.wait()).await.is_none() {
+                // Their messages are unacked: closing the connection requeues them.
+                tracing::warn!(
+                    in_flight = tracker.len(),
+                    "runs still giving back at the end of the grace period left"
+                );
+            }
         }
-        // Closing the connection requeues every delivery that was not acked.
-        self.shared.broker.close().await;
+        self.shared
+            .broker
+            .close(channels, grace.end.remaining())
+            .await;
         ops_stop.cancel();
-        match ops_server.await {
-            Ok(result) => result?,
-            Err(err) => tracing::error!(error = %err, "metrics server task failed"),
+        let mut ops_server = ops_server;
+        match grace.end.bound(&mut ops_server).await {
+            Some(Ok(result)) => result?,
+            Some(Err(err)) => tracing::error!(error = %err, "metrics server task failed"),
+            None => ops_server.abort(),
         }
         tracing::info!("worker stopped");
         Ok(())
     }
+}
+
+/// Waits for the consume loops and the control listener to stop, until `deadline` (a loop
+/// still waiting on the broker then is dropped); answers their channels, which runs in flight
+/// still ack on.
+async fn stop_consuming(
+    mut loops: tokio::task::JoinSet<Option<lapin::Channel>>,
+    deadline: Deadline,
+) -> Vec<lapin::Channel> {
+    let mut channels = Vec::new();
+    let joined = deadline.bound(async {
+        while let Some(joined) = loops.join_next().await {
+            if let Ok(Some(channel)) = joined {
+                channels.push(channel);
+            }
+        }
+    });
+    if joined.await.is_none() {
+        tracing::warn!(
+            loops = loops.len(),
+            "consumers still waiting on the broker at the end of the grace period dropped"
+        );
+        loops.abort_all();
+    }
+    channels
 }
 
 impl Worker {
@@ -235,7 +273,7 @@ impl Worker {
         &self,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
-    ) -> tokio::task::JoinSet<()> {
+    ) -> tokio::task::JoinSet<Option<lapin::Channel>> {
         let shared = &self.shared;
         let mut loops = tokio::task::JoinSet::new();
         let broker = || shared.broker.clone();

@@ -146,6 +146,11 @@ pub struct DispatcherConfig {
     pub max_concurrent_requests: u32,
     /// The audit trail of API calls.
     pub audit: AuditConfig,
+    /// How long a stopping replica (SIGTERM) takes at most: requests in flight are answered
+    /// within it, less the part kept for closing the broker connection (see
+    /// [`crate::shutdown::Grace`]); connections still open then are dropped.
+    #[serde(rename = "shutdown_grace_secs", with = "duration::secs")]
+    pub shutdown_grace: Duration,
 }
 
 /// Where the dispatcher's audit records go besides their log target (`agentfleet::audit`).
@@ -176,6 +181,7 @@ impl Default for DispatcherConfig {
             request_timeout: Duration::from_millis(10_000),
             max_concurrent_requests: 1024,
             audit: AuditConfig::default(),
+            shutdown_grace: Duration::from_secs(15),
         }
     }
 }
@@ -207,6 +213,7 @@ impl DispatcherConfig {
             rate.validate(&format!("{at}.per_key_rate"))?;
         }
         positive(&format!("{at}.request_timeout_ms"), self.request_timeout)?;
+        positive(&format!("{at}.shutdown_grace_secs"), self.shutdown_grace)?;
         positive(&format!("{at}.audit.max_entries"), self.audit.max_entries)?;
         positive(
             &format!("{at}.max_concurrent_requests"),
@@ -223,7 +230,9 @@ pub struct WorkerConfig {
     pub metrics_listen: SocketAddr,
     /// Agents this replica serves; `"*"` means all configured agents.
     pub agents: Vec<String>,
-    /// How long a stopping replica lets its runs finish before it gives the rest back.
+    /// How long a stopping replica (SIGTERM) takes at most: its runs may finish within it,
+    /// less the part kept for giving the rest back and closing (see
+    /// [`crate::shutdown::Grace`]).
     #[serde(rename = "shutdown_grace_secs", with = "duration::secs")]
     pub shutdown_grace: Duration,
     /// How long a run's lease on its job lasts without renewal (renewed every third of it).

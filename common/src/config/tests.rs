@@ -126,6 +126,7 @@ fn durations_default_to_the_documented_values() {
     assert_eq!(config.redis.result_ttl, Duration::from_secs(604_800));
     assert_eq!(config.redis.timeout, Duration::from_millis(800));
     assert_eq!(config.worker.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(config.dispatcher.shutdown_grace, Duration::from_secs(15));
     assert_eq!(config.worker.lease, Duration::from_secs(15));
     assert_eq!(config.webhooks.timeout, Duration::from_secs(10));
     assert_eq!(
@@ -261,6 +262,21 @@ fn environment_overrides_reach_duration_keys() {
     )
     .expect_err("not a number");
     assert!(err.to_string().contains("shutdown_grace_secs"), "{err}");
+    let err = load_with_env(
+        &yaml(""),
+        &[("AGENTFLEET__DISPATCHER__SHUTDOWN_GRACE_SECS", "0")],
+    )
+    .expect_err("zero");
+    assert!(
+        err.to_string().contains("dispatcher.shutdown_grace_secs"),
+        "{err}"
+    );
+    let config = load_with_env(
+        &yaml(""),
+        &[("AGENTFLEET__DISPATCHER__SHUTDOWN_GRACE_SECS", "2")],
+    )
+    .expect("valid");
+    assert_eq!(config.dispatcher.shutdown_grace, Duration::from_secs(2));
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod outages;
 mod privacy;
 mod reliability;
 mod retries;
+mod shutdown;
 mod side_effects;
 mod tenants;
 mod validation;

@@ -16,6 +16,16 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 cargo build --release --locked -q -p agentfleet-bench -p agentfleet-dispatcher -p agentfleet-worker
 
+# The BullMQ peer (scenario 1's baseline): its npm dependencies, pinned by the lock file. Without
+# Node the suite runs and says loudly that the peer was skipped.
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+  if [ ! -d bench/bullmq/node_modules/bullmq ]; then
+    (cd bench/bullmq && npm ci --no-audit --no-fund --loglevel=error >&2)
+  fi
+else
+  echo "bench: WARNING: Node is not installed; the BullMQ peer will be SKIPPED" >&2
+fi
+
 # Scenario 3 keeps 2,000 provider calls in flight: the worker and the stub (in the suite's
 # process) each hold that many sockets.
 want=16384

@@ -106,14 +106,14 @@ pub struct OtherAgent {
 }
 
 /// A child process, killed when dropped.
-struct Process {
+pub(crate) struct Process {
     name: String,
     child: Child,
     log: PathBuf,
 }
 
 impl Process {
-    fn spawn(command: &mut Command, name: &str, log: PathBuf) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(command: &mut Command, name: &str, log: PathBuf) -> anyhow::Result<Self> {
         let file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = command
@@ -129,8 +129,12 @@ impl Process {
         })
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// An error if the process has exited, with the end of its log.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
@@ -345,15 +349,13 @@ impl Fleet {
     }
 
     fn client_with(&self, api_key: &str, agent: &str, webhook_url: String) -> Client {
-        Client {
-            inner: Arc::new(ClientInner {
-                http: self.http.clone(),
-                url: format!("{}/v1/jobs", self.dispatcher_url),
-                api_key: api_key.to_owned(),
-                agent: agent.to_owned(),
-                webhook_url,
-            }),
-        }
+        Client::to(
+            self.http.clone(),
+            format!("{}/v1/jobs", self.dispatcher_url),
+            api_key,
+            agent,
+            webhook_url,
+        )
     }
 
     /// Submits `n` jobs with `clients` in flight at once; fails on any refusal.
@@ -493,6 +495,25 @@ struct ClientInner {
 }
 
 impl Client {
+    /// A client of any intake that takes the dispatcher's `POST /v1/jobs` (the BullMQ peer's).
+    pub fn to(
+        http: reqwest::Client,
+        url: String,
+        api_key: &str,
+        agent: &str,
+        webhook_url: String,
+    ) -> Self {
+        Self {
+            inner: Arc::new(ClientInner {
+                http,
+                url,
+                api_key: api_key.to_owned(),
+                agent: agent.to_owned(),
+                webhook_url,
+            }),
+        }
+    }
+
     /// POSTs job `i`; the answer's status and id (when accepted).
     pub async fn post(&self, i: usize) -> Result<(u16, Option<String>), reqwest::Error> {
         self.post_input(&format!("bench job {i}")).await
@@ -581,7 +602,7 @@ fn point_at(app: &mut TestApp, agent: &AgentSpec, llm: SocketAddr) -> anyhow::Re
 }
 
 /// A port free on loopback right now (the child binds it a moment later).
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }

@@ -7,6 +7,7 @@
 //! `scripts/bench.sh [--short] [--soak] [--only 1,3] [--json PATH]`
 
 mod baseline;
+mod bullmq;
 mod fleet;
 mod load;
 mod procfs;

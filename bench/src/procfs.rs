@@ -192,6 +192,23 @@ impl CpuMeter {
 }
 
 impl CpuUse {
+    /// "workers 0.41, rabbitmq 0.30, …": CPU milliseconds per job of each group over `jobs`
+    /// jobs, the biggest first ("other" left out: it is not the system's own).
+    pub fn per_job_ms(&self, jobs: usize) -> String {
+        let mut by_use: Vec<(&String, &f64)> = self
+            .cores
+            .iter()
+            .filter(|(name, _)| *name != "other")
+            .collect();
+        by_use.sort_by(|a, b| b.1.total_cmp(a.1));
+        let per_job = |cores: f64| cores * self.wall_secs * 1000.0 / jobs.max(1) as f64;
+        let parts: Vec<String> = by_use
+            .iter()
+            .map(|(name, &cores)| format!("{name} {:.2}", per_job(cores)))
+            .collect();
+        parts.join(", ")
+    }
+
     /// "rabbitmq 0.9, worker 0.5, …" — the biggest users first.
     pub fn summary(&self) -> String {
         let mut by_use: Vec<(&String, &f64)> = self.cores.iter().collect();

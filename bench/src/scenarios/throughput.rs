@@ -1,13 +1,15 @@
 //! Scenario 1, Throughput, whole path: no-op jobs through one dispatcher and one worker until every
 //! webhook has arrived, against the broker's own ceiling measured in the same run (lapin publishing
 //! with confirms and consuming with manual acks, the same message size, a quorum queue, the same
-//! prefetch).
+//! prefetch), and against the queue a team would pick instead: BullMQ behind a Node intake
+//! (`crate::bullmq`), the same jobs, clients, stub and receiver.
 
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::baseline;
+use crate::bullmq;
 use crate::report::{Outcome, Row};
 use crate::suite::Ctx;
 
@@ -49,7 +51,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             whole.cpu.summary()
         ),
         format!("Redis commands per job: {}.", whole.redis_summary()),
+        format!("CPU ms per job: {}.", whole.cpu.per_job_ms(whole.jobs)),
     ];
+    let peer = peer_rows(ctx, whole.jobs_per_sec, &mut rows, &mut notes).await;
     if whole.failed_jobs > 0 {
         notes.push(format!(
             "{} jobs failed instead of succeeding.",
@@ -62,7 +66,52 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         details: json!({
             "whole_path": whole,
             "ceiling_msgs_per_sec": ceiling,
+            "bullmq": peer,
             "message_bytes": payload.len(),
         }),
     })
+}
+
+/// The BullMQ peer's rows: its jobs/s, ours against it, and CPU per job of each. A peer that
+/// cannot run here (no Node) or fails is said loudly, in the notes and on stderr; our own rows
+/// stand either way.
+async fn peer_rows(
+    ctx: &Ctx,
+    ours: f64,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> Option<bullmq::PeerRun> {
+    let s = &ctx.settings;
+    if let Some(reason) = bullmq::unavailable() {
+        eprintln!("bench: WARNING: the BullMQ peer is SKIPPED: {reason}");
+        notes.push(format!("BullMQ peer SKIPPED: {reason}."));
+        return None;
+    }
+    let concurrency = 64;
+    let run = bullmq::throughput(&ctx.bins, s.throughput_jobs, s.clients, 100, concurrency).await;
+    match run {
+        Ok(peer) => {
+            let ratio = ours / peer.jobs_per_sec;
+            rows.push(
+                Row::new("whole-path jobs/s vs BullMQ", ours, "jobs/s")
+                    .baseline("BullMQ + Node intake", peer.jobs_per_sec, "jobs/s")
+                    .goal("≥ 1.0", ratio >= 1.0),
+            );
+            notes.push(format!(
+                "BullMQ peer ({} jobs, {} clients, worker concurrency {concurrency}): {:.0} jobs/s, intake {:.0} POSTs/s while draining; CPU while measured: {}; CPU ms per job: {}.",
+                peer.jobs,
+                peer.clients,
+                peer.jobs_per_sec,
+                peer.accepted_posts_per_sec,
+                peer.cpu.summary(),
+                peer.cpu.per_job_ms(peer.jobs)
+            ));
+            Some(peer)
+        }
+        Err(err) => {
+            eprintln!("bench: WARNING: the BullMQ peer failed: {err:#}");
+            notes.push(format!("BullMQ peer FAILED: {err:#}."));
+            None
+        }
+    }
 }

@@ -16,11 +16,13 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 cargo build --release --locked -q -p agentfleet-bench -p agentfleet-dispatcher -p agentfleet-worker
 
-# The BullMQ peer (scenario 1's baseline): its npm dependencies, pinned by the lock file. Without
-# Node the suite runs and says loudly that the peer was skipped.
+# The BullMQ peer (scenario 1's baseline): its npm dependencies, pinned by package.json and the
+# lock file (`npm install`, not `npm ci`: the lock leaves out the optional native builds of other
+# platforms, which `npm ci` insists on). Without Node the suite runs and says loudly that the
+# peer was skipped.
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
-  if [ ! -d bench/bullmq/node_modules/bullmq ]; then
-    (cd bench/bullmq && npm ci --no-audit --no-fund --loglevel=error >&2)
+  if [ ! -d bench/bullmq/node_modules/bullmq ] || [ ! -d bench/bullmq/node_modules/ioredis ]; then
+    (cd bench/bullmq && npm install --no-audit --no-fund --loglevel=error >&2)
   fi
 else
   echo "bench: WARNING: Node is not installed; the BullMQ peer will be SKIPPED" >&2

@@ -30,7 +30,7 @@ pub fn unavailable() -> Option<String> {
         return Some("Node is not installed".into());
     }
     if !dir().join("node_modules/bullmq").is_dir() {
-        return Some("bench/bullmq has no node_modules (run `npm ci` there)".into());
+        return Some("bench/bullmq has no node_modules (run `npm install` there)".into());
     }
     None
 }

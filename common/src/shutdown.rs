@@ -226,3 +226,33 @@ where
     #[cfg(not(unix))]
     let _ = (path, stop, apply);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `d` less what a test's own steps may have taken since the deadline was set.
+    fn about(deadline: Deadline, d: Duration) -> bool {
+        let left = deadline.remaining();
+        left <= d && left + Duration::from_millis(500) > d
+    }
+
+    #[test]
+    fn the_closing_part_is_the_connect_timeout_but_at_most_a_quarter_of_the_grace() {
+        let secs = Duration::from_secs;
+        let grace = Grace::start(secs(30), secs(3));
+        assert!(about(grace.work, secs(27)));
+        assert!(about(grace.give_back, Duration::from_millis(28_500)));
+        assert!(about(grace.end, secs(30)));
+        assert_eq!(Grace::watchdog(secs(30), secs(3)), secs(33));
+
+        let grace = Grace::start(secs(2), secs(3));
+        assert!(about(grace.work, Duration::from_millis(1_500)));
+        assert!(about(grace.give_back, Duration::from_millis(1_750)));
+        assert!(about(grace.end, secs(2)));
+        assert_eq!(
+            Grace::watchdog(secs(2), secs(3)),
+            Duration::from_millis(2_500)
+        );
+    }
+}

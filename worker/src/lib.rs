@@ -19,6 +19,15 @@ mod webhook;
 
 pub mod cli;
 
+/// The worker's readers of what a provider sends, for the fuzz targets in `fuzz/` (their
+/// modules are private). Not an API: nothing but the fuzz targets uses it.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::provider::parse_completion;
+    pub use crate::provider_limits::ProviderLimits;
+    pub use crate::retry::parse_retry_after;
+}
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -246,9 +246,10 @@ pub fn parse_completion(body: &[u8]) -> Result<ModelAnswer, Failure> {
     let count = |field: &str| value["usage"][field].as_u64().unwrap_or(0);
     let prompt_tokens = count("prompt_tokens");
     let completion_tokens = count("completion_tokens");
+    // Saturating: the counts are the provider's, and a garbled pair must not overflow.
     let total_tokens = value["usage"]["total_tokens"]
         .as_u64()
-        .unwrap_or(prompt_tokens + completion_tokens);
+        .unwrap_or(prompt_tokens.saturating_add(completion_tokens));
     Ok(ModelAnswer {
         message,
         usage: Usage {
@@ -271,6 +272,14 @@ mod tests {
         let answer = parse_completion(body).expect("ok");
         assert_eq!(answer.message.content.as_deref(), Some("hi"));
         assert_eq!(answer.usage.total_tokens, 5);
+    }
+
+    /// Found by the `provider_response` fuzz target: a sum past `u64::MAX` panicked.
+    #[test]
+    fn huge_usage_counts_saturate() {
+        let body = br#"{"choices":[{"message":{"role":"assistant","content":"x"}}],"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":1}}"#;
+        let answer = parse_completion(body).expect("ok");
+        assert_eq!(answer.usage.total_tokens, u64::MAX);
     }
 
     #[test]

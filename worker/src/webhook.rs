@@ -39,7 +39,7 @@ pub async fn handle_webhook(shared: Arc<Shared>, delivery: Delivery, _slot: Owne
                 job_id = %msg.job_id,
                 tenant = %msg.tenant,
                 event = msg.event.as_str(),
-                attempt = msg.attempt + 1
+                attempt = msg.attempt.saturating_add(1)
             );
             deliver(&shared, msg).instrument(span).await
         }
@@ -158,7 +158,7 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
     }
     if let Some(delay) = retry_delay {
         let retry = WebhookMessage {
-            attempt: msg.attempt + 1,
+            attempt: msg.attempt.saturating_add(1),
             not_before: chrono::Duration::from_std(delay)
                 .ok()
                 .map(|d| Utc::now() + d),
@@ -209,7 +209,7 @@ async fn record_attempt(
 ) -> Result<(), agentfleet_common::store::StoreError> {
     let status = record.webhook.get_or_insert_with(WebhookStatus::default);
     status.outcome = ended;
-    status.attempts = status.attempts.max(msg.attempt + 1);
+    status.attempts = status.attempts.max(msg.attempt.saturating_add(1));
     status.last_status = match outcome {
         Outcome::Delivered(code) | Outcome::Failed(Some(code)) => Some(code),
         Outcome::Gone => Some(410),

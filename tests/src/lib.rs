@@ -481,16 +481,7 @@ impl TestApp {
         &self,
         tenant: &TenantKeys,
     ) -> anyhow::Result<tokio::net::TcpStream> {
-        use tokio::io::AsyncWriteExt as _;
-        let mut stream = tokio::net::TcpStream::connect(self.dispatcher_addr).await?;
-        let head = format!(
-            "POST /v1/jobs HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\n\
-             content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"agent\":",
-            self.dispatcher_addr, tenant.api_key
-        );
-        stream.write_all(head.as_bytes()).await?;
-        stream.flush().await?;
-        Ok(stream)
+        stalled_submit(self.dispatcher_addr, &tenant.api_key).await
     }
 
     /// `DELETE /v1/jobs/{id}` as acme.
@@ -1078,6 +1069,23 @@ fn parse_raw_response(buf: &[u8]) -> anyhow::Result<Option<RawResponse>> {
         body: String::from_utf8_lossy(&body[..length]).into_owned(),
         headers,
     }))
+}
+
+/// Starts `POST /v1/jobs` with `api_key` on a raw connection to `addr` and sends only the
+/// start of its body: the request stays in the dispatcher until the stream is dropped.
+pub async fn stalled_submit(
+    addr: SocketAddr,
+    api_key: &str,
+) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {api_key}\r\n\
+         content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"agent\":"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.flush().await?;
+    Ok(stream)
 }
 
 /// Polls `probe` until it yields a value or `within` passes.

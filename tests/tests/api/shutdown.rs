@@ -296,16 +296,7 @@ impl Client {
     /// Starts a submission and sends only the start of its body: the request stays in the
     /// dispatcher until the stream is dropped.
     async fn stall(&self) -> anyhow::Result<tokio::net::TcpStream> {
-        use tokio::io::AsyncWriteExt as _;
-        let mut stream = tokio::net::TcpStream::connect(self.addr).await?;
-        let head = format!(
-            "POST /v1/jobs HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\n\
-             content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"agent\":",
-            self.addr, self.api_key
-        );
-        stream.write_all(head.as_bytes()).await?;
-        stream.flush().await?;
-        Ok(stream)
+        agentfleet_tests::stalled_submit(self.addr, &self.api_key).await
     }
 }
 

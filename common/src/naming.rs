@@ -139,14 +139,13 @@ impl Names {
         format!("{}.dead", self.amqp)
     }
 
-    /// The job record (the public view of a job).
+    /// Everything a job keeps, in one hash (fields named by `store::field`): its record (the
+    /// public view), its spec (input, webhook URL: read by workers, never returned whole), its
+    /// step log, its fencing-token counter and its hand-off note. One key, one expiry, and a
+    /// terminal job pays one key's overhead instead of five. The id is the key's hash tag, so
+    /// the job's hash and its lease ([`Self::lease_key`]) share a Redis Cluster slot.
     pub fn job_key(&self, id: Uuid) -> String {
-        format!("{}:job:{id}", self.redis)
-    }
-
-    /// What the job asked for (input, webhook URL): read by the worker, never returned whole.
-    pub fn job_spec_key(&self, id: Uuid) -> String {
-        format!("{}:job:{id}:spec", self.redis)
+        format!("{}:job:{{{id}}}", self.redis)
     }
 
     /// GCRA state of an agent's or a pool's fleet-wide rate limit.
@@ -195,24 +194,10 @@ impl Names {
         format!("{}.control", self.amqp)
     }
 
-    /// The lease on a job: `{owner}:{fencing token}`, with an expiry.
+    /// The lease on a job: `{owner}:{fencing token}`, with an expiry of its own (so it is not
+    /// a field of the job's hash). Tagged like [`Self::job_key`].
     pub fn lease_key(&self, id: Uuid) -> String {
-        format!("{}:lease:{id}", self.redis)
-    }
-
-    /// Counter that issues a job's fencing tokens.
-    pub fn fence_key(&self, id: Uuid) -> String {
-        format!("{}:fence:{id}", self.redis)
-    }
-
-    /// The run's step log: a list, one JSON step per element, appended under the lease.
-    pub fn steps_key(&self, id: Uuid) -> String {
-        format!("{}:steps:{id}", self.redis)
-    }
-
-    /// Set once a job's terminal event was handed to the webhook queue.
-    pub fn handoff_key(&self, id: Uuid) -> String {
-        format!("{}:handoff:{id}", self.redis)
+        format!("{}:lease:{{{id}}}", self.redis)
     }
 
     /// A tenant's Idempotency-Key.
@@ -242,7 +227,8 @@ mod tests {
         assert_eq!(names.agent_queue("sum"), "af1.jobs.sum");
         assert_eq!(names.work_exchange(), "af1.work");
         assert_eq!(names.delay_queue(1000), "af1.delay.1000ms");
-        assert_eq!(names.job_key(id), format!("af2:job:{id}"));
+        assert_eq!(names.job_key(id), format!("af2:job:{{{id}}}"));
+        assert_eq!(names.lease_key(id), format!("af2:lease:{{{id}}}"));
         assert_eq!(
             names.rate_key(LimitScope::Agent("sum"), RateKind::Tokens),
             "af2:rl:sum:tok"
@@ -255,7 +241,6 @@ mod tests {
             names.pause_key(LimitScope::Pool("openai")),
             "af2:pause:pool:openai"
         );
-        assert!(names.job_spec_key(id).starts_with("af2:"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Redis access: one connection manager (it reconnects by itself), every command bounded by a
 //! timeout so an outage fails fast instead of hanging, and the job store built on it.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,8 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("a redis script answered `{0}`, which this version does not know")]
     UnexpectedAnswer(String),
+    #[error("the job's step log is broken: {0}")]
+    BrokenStepLog(String),
 }
 
 /// A cheap-clone handle to Redis with a per-command timeout.
@@ -90,12 +93,45 @@ pub struct JobStore {
     scripts: Arc<Scripts>,
 }
 
+/// The fields of a job's hash (`Names::job_key`). The scripts get the same names from
+/// [`lua_prelude`], so neither side spells them twice.
+mod field {
+    pub const RECORD: &str = "record";
+    pub const SPEC: &str = "spec";
+    /// The counter that issues the job's fencing tokens; dropped once the job is terminal
+    /// (nothing begins a terminal job, so no token is issued again).
+    pub const FENCE: &str = "fence";
+    /// Set once the job's terminal event is on the webhook queue.
+    pub const HANDOFF: &str = "handoff";
+    /// How many steps the log holds; step `i` is the field `STEP` + `i`.
+    pub const STEPS: &str = "steps";
+    pub const STEP: &str = "step:";
+
+    pub fn step(index: usize) -> String {
+        format!("{STEP}{index}")
+    }
+
+    /// The fields a job no longer needs once `record` is stored, space-separated. A terminal
+    /// job is never begun again, so its fence counter goes; once its event's delivery has
+    /// concluded (delivered, gone, blocked or given up), so do what it asked for (input and
+    /// webhook URL) and the hand-off note: only readers of the record and the steps remain.
+    pub fn dropped_after(record: &crate::wire::JobRecord) -> String {
+        let concluded = record.webhook.as_ref().is_some_and(|w| w.outcome.is_some());
+        match (record.status.is_terminal(), concluded) {
+            (false, _) => String::new(),
+            (true, false) => FENCE.to_owned(),
+            (true, true) => format!("{FENCE} {SPEC} {HANDOFF}"),
+        }
+    }
+}
+
 struct Scripts {
     transition: redis::Script,
     begin: redis::Script,
     renew: redis::Script,
     close: redis::Script,
     append_steps: redis::Script,
+    mark_handed_off: redis::Script,
 }
 
 impl Scripts {
@@ -108,29 +144,42 @@ impl Scripts {
             renew: script(RENEW),
             close: script(CLOSE),
             append_steps: script(APPEND_STEPS),
+            mark_handed_off: script(MARK_HANDED_OFF),
         }
     }
 }
 
-/// Every job script starts with this, generated from [`JobStatus`] at startup: the terminal
-/// statuses as a Lua set, so no script spells them. (`TERMINAL[status]` is `true` or `nil`.)
+/// Every job script starts with this, generated at startup: the terminal statuses of
+/// [`JobStatus`] as a Lua set (`TERMINAL[status]` is `true` or `nil`), and the names of the
+/// job hash's fields from [`field`], so no script spells either.
 fn lua_prelude() -> String {
     let terminal: Vec<String> = JobStatus::ALL
         .iter()
         .filter(|s| s.is_terminal())
         .map(|s| format!("['{}'] = true", s.as_str()))
         .collect();
-    format!("local TERMINAL = {{{}}}\n", terminal.join(", "))
+    format!(
+        "local TERMINAL = {{{}}}\n\
+         local RECORD, SPEC, FENCE, HANDOFF, STEPS, STEP = '{}', '{}', '{}', '{}', '{}', '{}'\n",
+        terminal.join(", "),
+        field::RECORD,
+        field::SPEC,
+        field::FENCE,
+        field::HANDOFF,
+        field::STEPS,
+        field::STEP,
+    )
 }
 
 /// Every write of a job record goes through this script (or `BEGIN`, which makes the same
 /// checks), so the checks and the write are one atomic step: the writer's lease (fencing
-/// token) must still be the current one, and a terminal record is final (only bookkeeping —
-/// webhook delivery state — may touch it). `ARGV[4]` is a [`WriteMode`]; it answers a
-/// [`Written`] by name. The spec and the step log (`KEYS[3]`, `KEYS[4]`) expire with the record.
+/// token, `KEYS[2]`) must still be the current one, and a terminal record is final (only
+/// bookkeeping — webhook delivery state — may touch it). `ARGV[4]` is a [`WriteMode`]; it
+/// answers a [`Written`] by name. `ARGV[6]` names the fields the job no longer needs after
+/// this write ([`Fields::dropped_after`]). Everything of the job (`KEYS[1]`) expires together.
 const TRANSITION: &str = r"
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return 'lease_lost' end
-local current = redis.call('GET', KEYS[1])
+local current = redis.call('HGET', KEYS[1], RECORD)
 if not current then return 'missing' end
 local status = cjson.decode(current)['status']
 if ARGV[4] == 'bookkeeping' then
@@ -140,28 +189,28 @@ elseif TERMINAL[status] then
 elseif ARGV[4] == 'cas' and status ~= ARGV[5] then
   return 'conflict'
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('EXPIRE', KEYS[3], ARGV[2])
-redis.call('EXPIRE', KEYS[4], ARGV[2])
+redis.call('HSET', KEYS[1], RECORD, ARGV[1])
+for name in string.gmatch(ARGV[6], '%S+') do redis.call('HDEL', KEYS[1], name) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 'ok'
 ";
 
-/// Starts a run in one step: takes the job's lease if nobody holds it, with a fresh fencing
-/// token, and writes the run's record if the stored status is still the one the run read.
-/// Answers `{'ok', token}`, `{'busy', ms left on someone else's lease}`, or a refusal
-/// (`missing`, `terminal`, `conflict`: status changed meanwhile) with 0.
+/// Starts a run in one step: takes the job's lease (`KEYS[1]`) if nobody holds it, with a
+/// fresh fencing token from the job's hash (`KEYS[2]`), and writes the run's record if the
+/// stored status is still the one the run read. Answers `{'ok', token}`, `{'busy', ms left on
+/// someone else's lease}`, or a refusal (`missing`, `terminal`, `conflict`: status changed
+/// meanwhile) with 0.
 const BEGIN: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'busy', redis.call('PTTL', KEYS[1])} end
-local current = redis.call('GET', KEYS[3])
+local current = redis.call('HGET', KEYS[2], RECORD)
 if not current then return {'missing', 0} end
 local status = cjson.decode(current)['status']
 if TERMINAL[status] then return {'terminal', 0} end
 if status ~= ARGV[5] then return {'conflict', 0} end
-local token = redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
+local token = redis.call('HINCRBY', KEYS[2], FENCE, 1)
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
-redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
-redis.call('EXPIRE', KEYS[4], ARGV[4])
+redis.call('HSET', KEYS[2], RECORD, ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
 return {'ok', token}
 ";
 
@@ -170,33 +219,75 @@ return {'ok', token}
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lease_lost' end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local current = redis.call('GET', KEYS[2])
+local current = redis.call('HGET', KEYS[2], RECORD)
 if not current then return 'missing' end
 return cjson.decode(current)['status']
 ";
 
-/// Ends a run: notes the webhook hand-off when there was one (`ARGV[3]` = '1'), then releases
-/// the lease if it is still ours.
+/// Ends a run: notes the webhook hand-off on the job when there was one (`ARGV[2]` = '1'),
+/// then releases the lease if it is still ours. A job that expired meanwhile is not made
+/// again by the note.
 const CLOSE: &str = r"
-if ARGV[3] == '1' then redis.call('SET', KEYS[2], 1, 'EX', ARGV[2]) end
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], HANDOFF, 1)
+end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 ";
 
-/// Appends steps to a run's log (`KEYS[2]`) as the holder of the lease (`KEYS[1]`), if the
-/// log is as long as the writer believes (`ARGV[2]`): a step is never appended twice, nor
-/// after someone else's. Answers a [`Written`] by name.
+/// Notes a hand-off made outside a run (a cancellation, a redelivery's re-hand-off).
+const MARK_HANDED_OFF: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], HANDOFF, 1) end
+return 0
+";
+
+/// Appends steps to a run's log in the job's hash (`KEYS[2]`) as the holder of the lease
+/// (`KEYS[1]`), if the log is as long as the writer believes (`ARGV[2]`): a step is never
+/// appended twice, nor after someone else's. Answers a [`Written`] by name.
 const APPEND_STEPS: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lease_lost' end
-if redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[2]) then return 'conflict' end
-for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 'missing' end
+local len = tonumber(redis.call('HGET', KEYS[2], STEPS) or '0')
+if len ~= tonumber(ARGV[2]) then return 'conflict' end
+for i = 4, #ARGV do redis.call('HSET', KEYS[2], STEP .. (len + i - 4), ARGV[i]) end
+redis.call('HSET', KEYS[2], STEPS, len + #ARGV - 3)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 'ok'
 ";
 
-fn parse_steps(raw: &[String]) -> Result<Vec<Step>, StoreError> {
-    raw.iter()
-        .map(|step| serde_json::from_str(step).map_err(StoreError::from))
+/// A record or spec as stored: JSON without its top-level nulls and empty lists, which read
+/// back as the same value (those fields default to `None` and empty). The API still shows
+/// them, from the value read back; in Redis they were about a tenth of a finished job.
+fn stored_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    let mut value = serde_json::to_value(value)?;
+    if let serde_json::Value::Object(fields) = &mut value {
+        fields.retain(|_, field| match field {
+            serde_json::Value::Null => false,
+            serde_json::Value::Array(items) => !items.is_empty(),
+            _ => true,
+        });
+    }
+    Ok(serde_json::to_string(&value)?)
+}
+
+/// A job's hash, as `HGETALL` answers it.
+type JobFields = HashMap<String, String>;
+
+/// The step log held in a job's hash, oldest first.
+fn steps_of(fields: &JobFields) -> Result<Vec<Step>, StoreError> {
+    let len = match fields.get(field::STEPS) {
+        None => 0,
+        Some(len) => len
+            .parse::<usize>()
+            .map_err(|_| StoreError::BrokenStepLog(format!("a length of `{len}`")))?,
+    };
+    (0..len)
+        .map(|index| {
+            let raw = fields
+                .get(&field::step(index))
+                .ok_or_else(|| StoreError::BrokenStepLog(format!("step {index} is missing")))?;
+            serde_json::from_str(raw).map_err(StoreError::from)
+        })
         .collect()
 }
 
@@ -273,6 +364,22 @@ pub enum Renewed {
     Lost,
 }
 
+/// What [`JobStore::load_for_run`] found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// The job, what it asked for, and its step log so far.
+    Ready {
+        record: JobRecord,
+        spec: JobSpec,
+        steps: Vec<Step>,
+    },
+    /// A job whose event's delivery concluded: it keeps its record and step log for readers,
+    /// and no longer what it asked for. Nothing is left to do for it.
+    Concluded(JobRecord),
+    /// Expired, or never stored.
+    Gone,
+}
+
 /// What an Idempotency-Key claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -302,48 +409,47 @@ impl JobStore {
 
     /// Writes a new job's record and spec in one transaction: both exist or neither does.
     pub async fn create(&self, record: &JobRecord, spec: &JobSpec) -> Result<(), StoreError> {
+        let key = self.names.job_key(record.id);
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .set_ex(
-                self.names.job_key(record.id),
-                serde_json::to_string(record)?,
-                self.ttl_secs,
+            .hset_multiple(
+                &key,
+                &[
+                    (field::RECORD, stored_json(record)?),
+                    (field::SPEC, stored_json(spec)?),
+                ],
             )
             .ignore()
-            .set_ex(
-                self.names.job_spec_key(record.id),
-                serde_json::to_string(spec)?,
-                self.ttl_secs,
-            )
+            .expire(&key, self.ttl_secs as i64)
             .ignore();
         self.redis.pipe::<()>(&pipe).await
     }
 
-    /// Removes a job's record and spec (undoing a `create` whose publish failed).
+    /// Removes a job (undoing a `create` whose publish failed).
     pub async fn delete(&self, id: Uuid) -> Result<(), StoreError> {
         let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.names.job_key(id))
-            .arg(self.names.job_spec_key(id));
+        cmd.arg(self.names.job_key(id));
         self.redis.cmd::<()>(&cmd).await
     }
 
     pub async fn load(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.names.job_key(id));
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(self.names.job_key(id)).arg(field::RECORD);
         let raw: Option<String> = self.redis.cmd(&cmd).await?;
         raw.map(|raw| serde_json::from_str(&raw))
             .transpose()
             .map_err(StoreError::from)
     }
 
-    /// The record and the spec together; `None` if either is gone (expired or never made).
+    /// The record and the spec together; `None` if the job is gone (expired or never made).
     pub async fn load_with_spec(
         &self,
         id: Uuid,
     ) -> Result<Option<(JobRecord, JobSpec)>, StoreError> {
-        let mut cmd = redis::cmd("MGET");
+        let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.names.job_key(id))
-            .arg(self.names.job_spec_key(id));
+            .arg(field::RECORD)
+            .arg(field::SPEC);
         let (record, spec): (Option<String>, Option<String>) = self.redis.cmd(&cmd).await?;
         match (record, spec) {
             (Some(record), Some(spec)) => Ok(Some((
@@ -354,30 +460,28 @@ impl JobStore {
         }
     }
 
-    /// What a run needs, in one round trip: the record, the spec, and the run's step log so
-    /// far. `None` if the record or the spec is gone (expired or never made).
-    pub async fn load_for_run(
-        &self,
-        id: Uuid,
-    ) -> Result<Option<(JobRecord, JobSpec, Vec<Step>)>, StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("MGET")
-            .arg(self.names.job_key(id))
-            .arg(self.names.job_spec_key(id))
-            .cmd("LRANGE")
-            .arg(self.names.steps_key(id))
-            .arg(0)
-            .arg(-1);
-        let ((record, spec), steps): ((Option<String>, Option<String>), Vec<String>) =
-            self.redis.pipe(&pipe).await?;
-        let (Some(record), Some(spec)) = (record, spec) else {
-            return Ok(None);
+    /// What a run or a webhook delivery needs, in one round trip: the record, the spec, and
+    /// the run's step log so far.
+    pub async fn load_for_run(&self, id: Uuid) -> Result<Loaded, StoreError> {
+        let fields = self.load_fields(id).await?;
+        let Some(record) = fields.get(field::RECORD) else {
+            return Ok(Loaded::Gone);
         };
-        Ok(Some((
-            serde_json::from_str(&record)?,
-            serde_json::from_str(&spec)?,
-            parse_steps(&steps)?,
-        )))
+        let record: JobRecord = serde_json::from_str(record)?;
+        let Some(spec) = fields.get(field::SPEC) else {
+            return Ok(Loaded::Concluded(record));
+        };
+        Ok(Loaded::Ready {
+            record,
+            spec: serde_json::from_str(spec)?,
+            steps: steps_of(&fields)?,
+        })
+    }
+
+    async fn load_fields(&self, id: Uuid) -> Result<JobFields, StoreError> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.names.job_key(id));
+        self.redis.cmd(&cmd).await
     }
 
     async fn transition(
@@ -394,13 +498,12 @@ impl JobStore {
         invocation
             .key(self.names.job_key(record.id))
             .key(self.names.lease_key(record.id))
-            .key(self.names.job_spec_key(record.id))
-            .key(self.names.steps_key(record.id))
-            .arg(serde_json::to_string(record)?)
+            .arg(stored_json(record)?)
             .arg(self.ttl_secs)
             .arg(lease)
             .arg(mode.script_name())
-            .arg(expected);
+            .arg(expected)
+            .arg(field::dropped_after(record));
         let answer: String = self.redis.script(&invocation).await?;
         Written::from_answer(&answer)
     }
@@ -442,12 +545,10 @@ impl JobStore {
         let mut invocation = self.scripts.begin.prepare_invoke();
         invocation
             .key(self.names.lease_key(id))
-            .key(self.names.fence_key(id))
             .key(self.names.job_key(id))
-            .key(self.names.job_spec_key(id))
             .arg(owner)
             .arg(ttl.as_millis() as u64)
-            .arg(serde_json::to_string(record)?)
+            .arg(stored_json(record)?)
             .arg(self.ttl_secs)
             .arg(expected.as_str());
         let (answer, value): (String, i64) = self.redis.script(&invocation).await?;
@@ -494,9 +595,8 @@ impl JobStore {
         let mut invocation = self.scripts.close.prepare_invoke();
         invocation
             .key(self.names.lease_key(id))
-            .key(self.names.handoff_key(id))
+            .key(self.names.job_key(id))
             .arg(&lease.value)
-            .arg(self.ttl_secs)
             .arg(if handed_off { "1" } else { "" });
         let _: i64 = self.redis.script(&invocation).await?;
         Ok(())
@@ -515,7 +615,7 @@ impl JobStore {
         let mut invocation = self.scripts.append_steps.prepare_invoke();
         invocation
             .key(self.names.lease_key(id))
-            .key(self.names.steps_key(id))
+            .key(self.names.job_key(id))
             .arg(&lease.value)
             .arg(expected_len)
             .arg(self.ttl_secs);
@@ -526,28 +626,35 @@ impl JobStore {
         Written::from_answer(&answer)
     }
 
-    /// The job's step log, oldest first.
+    /// The job's step log, oldest first (empty for a job that is gone).
     pub async fn load_steps(&self, id: Uuid) -> Result<Vec<Step>, StoreError> {
-        let mut cmd = redis::cmd("LRANGE");
-        cmd.arg(self.names.steps_key(id)).arg(0).arg(-1);
-        let raw: Vec<String> = self.redis.cmd(&cmd).await?;
-        parse_steps(&raw)
+        steps_of(&self.load_fields(id).await?)
     }
 
     /// Notes that the job's terminal event is on the webhook queue.
     pub async fn mark_handed_off(&self, id: Uuid) -> Result<(), StoreError> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.names.handoff_key(id))
-            .arg(1)
-            .arg("EX")
-            .arg(self.ttl_secs);
-        self.redis.cmd::<()>(&cmd).await
+        let mut invocation = self.scripts.mark_handed_off.prepare_invoke();
+        invocation.key(self.names.job_key(id));
+        let _: i64 = self.redis.script(&invocation).await?;
+        Ok(())
     }
 
     pub async fn handed_off(&self, id: Uuid) -> Result<bool, StoreError> {
-        let mut cmd = redis::cmd("EXISTS");
-        cmd.arg(self.names.handoff_key(id));
+        let mut cmd = redis::cmd("HEXISTS");
+        cmd.arg(self.names.job_key(id)).arg(field::HANDOFF);
         self.redis.cmd(&cmd).await
+    }
+
+    /// What a job takes in Redis, by `MEMORY USAGE` (bytes, with Redis' own overhead), for
+    /// the benchmark's storage figures; 0 for a job that is gone.
+    pub async fn memory_usage(&self, id: Uuid) -> Result<u64, StoreError> {
+        let mut cmd = redis::cmd("MEMORY");
+        cmd.arg("USAGE")
+            .arg(self.names.job_key(id))
+            .arg("SAMPLES")
+            .arg(0);
+        let bytes: Option<u64> = self.redis.cmd(&cmd).await?;
+        Ok(bytes.unwrap_or(0))
     }
 
     /// Claims a tenant's Idempotency-Key for a new job, or finds who had it.
@@ -612,6 +719,32 @@ mod tests {
                 "{status:?} in {prelude}"
             );
         }
+    }
+
+    #[test]
+    fn stored_json_reads_back_as_the_same_record_and_spec() {
+        let id = Uuid::now_v7();
+        let mut record = JobRecord::new_queued(id, "acme", "summarize", None, chrono::Utc::now());
+        let stored = stored_json(&record).unwrap();
+        assert!(
+            !stored.contains("null") && !stored.contains("[]"),
+            "{stored}"
+        );
+        assert_eq!(serde_json::from_str::<JobRecord>(&stored).unwrap(), record);
+        record.metadata = Some(serde_json::json!({"kept": null, "list": []}));
+        record.output = Some(serde_json::json!("done"));
+        let stored = stored_json(&record).unwrap();
+        assert_eq!(serde_json::from_str::<JobRecord>(&stored).unwrap(), record);
+
+        let spec = JobSpec {
+            input: crate::wire::JobInput::Text("hi".into()),
+            webhook_url: None,
+            timeout_secs: None,
+            limits: None,
+        };
+        let stored = stored_json(&spec).unwrap();
+        assert_eq!(stored, r#"{"input":"hi"}"#);
+        assert_eq!(serde_json::from_str::<JobSpec>(&stored).unwrap(), spec);
     }
 
     #[test]

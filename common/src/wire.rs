@@ -281,7 +281,8 @@ pub struct AttemptError {
 }
 
 /// The job record: what `GET /v1/jobs/{id}` returns and what a webhook carries as `data`.
-/// Stored as JSON under `Names::job_key`. It holds nothing secret and not the input.
+/// Stored as JSON in the job's hash (`Names::job_key`). It holds nothing secret and not the
+/// input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobRecord {
     pub id: Uuid,
@@ -363,7 +364,7 @@ impl JobRecord {
     }
 }
 
-/// What the job asked for, stored beside the record under `Names::job_spec_key`.
+/// What the job asked for, stored beside the record in the job's hash (`Names::job_key`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
     pub input: JobInput,

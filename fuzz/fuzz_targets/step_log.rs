@@ -1,6 +1,6 @@
-//! The step log as stored in Redis (a JSON list, one step an element), read back on every
-//! resume and replayed through `decide`, which promises to be total: whatever the log holds,
-//! it returns an action.
+//! The step log as stored in Redis (one JSON step per field of the job's hash), read back on
+//! every resume and replayed through `decide`, which promises to be total: whatever the log
+//! holds, it returns an action.
 #![no_main]
 
 use std::sync::LazyLock;

@@ -749,17 +749,38 @@ async fn cleanup(
 
     let client = redis::Client::open(redis_url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(names.redis_pattern())
-        .query_async(&mut conn)
-        .await?;
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(&keys)
-            .query_async::<()>(&mut conn)
+    delete_keys(&mut conn, &names.redis_pattern()).await
+}
+
+/// Deletes the keys matching `pattern` a batch at a time (`SCAN` + `UNLINK`): a soak leaves
+/// hundreds of thousands, which one `KEYS` and one `DEL` would hold Redis up for, past the
+/// client's timeout.
+async fn delete_keys(
+    conn: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> anyhow::Result<()> {
+    const BATCH: usize = 1_000;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(BATCH)
+            .query_async(conn)
             .await?;
+        if !keys.is_empty() {
+            redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<()>(conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
     }
-    Ok(())
 }
 
 async fn bind() -> anyhow::Result<tokio::net::TcpListener> {

@@ -15,6 +15,7 @@ use url::Url;
 
 use agentfleet_common::outbound::{Destination, OutboundError};
 use agentfleet_common::signing;
+use agentfleet_common::store::Loaded;
 use agentfleet_common::wire::{
     Versioned, WebhookEvent, WebhookMessage, WebhookOutcome, WebhookStatus,
 };
@@ -54,8 +55,17 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
         return after_delayed_publish(published, "an early webhook");
     }
     let (record, spec, steps) = match shared.store.load_for_run(msg.job_id).await {
-        Ok(Some(found)) => found,
-        Ok(None) => {
+        Ok(Loaded::Ready {
+            record,
+            spec,
+            steps,
+        }) => (record, spec, steps),
+        Ok(Loaded::Concluded(_)) => {
+            // A second hand-off of the same event (at least once): its delivery is over.
+            tracing::debug!("the job's event was delivered already; duplicate dropped");
+            return Disposition::Ack;
+        }
+        Ok(Loaded::Gone) => {
             tracing::warn!("job is gone; dropping its webhook");
             return Disposition::Ack;
         }

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use agentfleet_common::config::HttpVersion;
+use agentfleet_common::store::{JobStore, Redis};
 use agentfleet_stub::script::{Scenario, ScriptedCall, Turn};
 use agentfleet_tests::AgentSpec;
 
@@ -97,6 +98,8 @@ struct Stored {
     step_count: usize,
     record: u64,
     spec: u64,
+    /// `MEMORY USAGE` of the job's hash: the bytes above with Redis' own overhead.
+    redis: u64,
     #[serde(skip)]
     kinds: Vec<(String, String)>,
 }
@@ -231,6 +234,15 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             ))
             .baseline(&format!("per turn in the {TURNS}-turn runs"), five_per_turn, "B")
             .goal("≤ 1.2 (linear in turns)", per_turn <= 1.2 * five_per_turn),
+    );
+    rows.push(
+        Row::new("Redis bytes per single-call job", one.redis as f64, "B")
+            .display(format!(
+                "Redis bytes per single-call job: {} B (MEMORY USAGE of its one key, after its webhook; record {} B, spec {} B, step log {} B as JSON)",
+                one.redis, one.record, one.spec, one.steps
+            ))
+            .baseline("its JSON alone", one.total() as f64, "B")
+            .goal("≤ 1,024 B", one.redis <= 1024),
     );
     let growth = long.total() as f64 / runs.stored.total;
     let alternative_growth = long_alternative / five_alternative;
@@ -535,37 +547,39 @@ async fn check_run(fleet: &Fleet, id: &str) -> anyhow::Result<(Stored, Option<St
     Ok((stored, problem))
 }
 
-/// The bytes a job leaves in Redis: `STRLEN` of its record and spec, and the sum of its step
-/// log's elements (`LRANGE`).
+/// The bytes a job leaves in Redis: its record, spec and step log as the store wrote them
+/// (the same serializer), and what Redis says the job's hash takes with its own overhead.
 async fn stored(fleet: &Fleet, id: &str) -> anyhow::Result<Stored> {
     let uuid: Uuid = id.parse().with_context(|| format!("job id {id}"))?;
-    let names = fleet.app.names();
-    let mut conn = fleet.app.redis().await?;
-    let mut pipe = redis::pipe();
-    pipe.cmd("STRLEN")
-        .arg(names.job_key(uuid))
-        .cmd("STRLEN")
-        .arg(names.job_spec_key(uuid))
-        .cmd("LRANGE")
-        .arg(names.steps_key(uuid))
-        .arg(0)
-        .arg(-1);
-    let (record, spec, steps): (u64, u64, Vec<Vec<u8>>) = pipe.query_async(&mut conn).await?;
+    let app = &fleet.app;
+    let store = JobStore::new(Redis::connect(&app.config.redis)?, app.names(), 3600);
+    let record = store
+        .load(uuid)
+        .await?
+        .with_context(|| format!("job {id} is not in Redis"))?;
+    // Gone once the job's webhook was delivered.
+    let spec = store.load_with_spec(uuid).await?.map(|(_, spec)| spec);
+    let steps = store.load_steps(uuid).await?;
     let kinds = steps
         .iter()
-        .map(|raw| {
-            let step: Value = serde_json::from_slice(raw).unwrap_or_default();
+        .map(|step| {
+            let step = serde_json::to_value(step).unwrap_or_default();
             let field = |name: &str| step[name].as_str().unwrap_or_default().to_owned();
             (field("kind"), field("status"))
         })
         .collect();
     Ok(Stored {
-        steps: steps.iter().map(|s| s.len() as u64).sum(),
+        steps: steps.iter().map(json_len).sum(),
         step_count: steps.len(),
-        record,
-        spec,
+        record: json_len(&record),
+        spec: spec.as_ref().map_or(0, json_len),
+        redis: store.memory_usage(uuid).await?,
         kinds,
     })
+}
+
+fn json_len<T: Serialize>(value: &T) -> u64 {
+    serde_json::to_vec(value).map_or(0, |json| json.len() as u64)
 }
 
 /// One run of one turn and one of [`LONG_TURNS`], one after the other on a fleet of their own

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::time::Duration;
 
 use agentfleet_stub::llm::Behavior;
@@ -201,5 +202,55 @@ async fn environment_overrides_are_applied_and_validated() -> anyhow::Result<()>
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("shutdown_grace_secs"), "{stderr}");
+    Ok(())
+}
+
+/// A finished job whose webhook was delivered keeps one key — its hash: the record and the
+/// step log — and nothing it no longer needs: no lease, fencing-token counter, input, webhook
+/// URL or hand-off note. It all expires together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_keeps_one_key_and_only_what_it_still_needs() -> anyhow::Result<()> {
+    let app = TestApp::spawn(AppOptions::default()).await?;
+    let id = app.submit_job("summarize", "a short one").await?;
+    let record = agentfleet_tests::wait_until(
+        Duration::from_secs(15),
+        "the job's webhook delivered and noted",
+        || async {
+            let record = app.job(&id).await.ok()?;
+            (!record["webhook"]["delivered_at"].is_null()).then_some(record)
+        },
+    )
+    .await?;
+    assert_eq!(record["status"], "succeeded");
+
+    let uuid: uuid::Uuid = id.parse()?;
+    let job_key = app.names().job_key(uuid);
+    let mut redis = app.redis().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*{id}*", app.prefix))
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(keys, vec![job_key.clone()], "the job's keys");
+    let fields: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&job_key)
+        .query_async(&mut redis)
+        .await?;
+    let mut names: Vec<&str> = fields.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["record", "step:0", "steps"]);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&job_key)
+        .query_async(&mut redis)
+        .await?;
+    let configured = app.config.redis.result_ttl.as_secs() as i64;
+    assert!(ttl > 0 && ttl <= configured, "TTL {ttl} of {configured}");
+    let bytes: u64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&job_key)
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(&mut redis)
+        .await?;
+    println!("a finished single-call job takes {bytes} B in Redis");
     Ok(())
 }

@@ -24,7 +24,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use agentfleet_common::store::{Begun, Lease, Written};
+use agentfleet_common::store::{Begun, Lease, Loaded, Written};
 use agentfleet_common::wire::{
     JobMessage, JobRecord, JobSpec, JobStatus, Step, Versioned, WaitReason, Waiting,
 };
@@ -127,8 +127,19 @@ async fn intake(
         return Err(after_delayed_publish(published, "an early job"));
     }
     let (record, spec, steps) = match shared.store.load_for_run(msg.job_id).await {
-        Ok(Some(found)) => found,
-        Ok(None) => {
+        Ok(Loaded::Ready {
+            record,
+            spec,
+            steps,
+        }) => (record, spec, steps),
+        Ok(Loaded::Concluded(record)) => {
+            tracing::info!(
+                status = record.status.as_str(),
+                "job ended and its event was delivered; message dropped"
+            );
+            return Err(Disposition::Ack);
+        }
+        Ok(Loaded::Gone) => {
             tracing::warn!("job record is gone (expired or never stored); dropping the message");
             return Err(Disposition::Ack);
         }

@@ -1,6 +1,7 @@
-//! Handing a job's terminal event to the webhook queue — once, from whichever process ended
-//! the job (a worker, or the dispatcher for a cancellation) or found it ended without a
-//! hand-off (a redelivery after a crash).
+//! A job's terminal event: the message that delivers it, and handing it to the webhook queue
+//! once — from the dispatcher for a cancellation, or from a worker that found the job ended
+//! without a hand-off (a redelivery after a crash). The run that ends a job makes the first
+//! attempt itself (`worker::webhook::first_attempt`).
 
 use crate::broker::{Broker, BrokerError};
 use crate::store::{JobStore, StoreError};
@@ -23,10 +24,13 @@ pub async fn hand_off(
     record: &JobRecord,
     spec: &JobSpec,
 ) -> Result<(), HandoffError> {
-    if event_of(record, spec).is_none() || store.handed_off(record.id).await? {
+    let Some(msg) = event_message(record, spec) else {
+        return Ok(());
+    };
+    if store.handed_off(record.id).await? {
         return Ok(());
     }
-    publish_event(broker, record, spec).await?;
+    broker.publish_webhook(&msg).await?;
     if let Err(err) = store.mark_handed_off(record.id).await {
         tracing::warn!(error = %err, "cannot note the webhook hand-off");
     }
@@ -38,25 +42,14 @@ fn event_of(record: &JobRecord, spec: &JobSpec) -> Option<EventType> {
     EventType::for_status(record.status).filter(|_| spec.webhook_url.is_some())
 }
 
-/// Publishes the terminal event of a job that the caller has just ended itself (so it cannot
-/// have been handed off before), without noting the hand-off: the caller notes it in its own
-/// closing write. Answers whether there was an event to publish.
-pub async fn publish_event(
-    broker: &Broker,
-    record: &JobRecord,
-    spec: &JobSpec,
-) -> Result<bool, BrokerError> {
-    let Some(event) = event_of(record, spec) else {
-        return Ok(false);
-    };
-    let msg = WebhookMessage {
+/// The first delivery of the job's terminal event, if it has one.
+pub fn event_message(record: &JobRecord, spec: &JobSpec) -> Option<WebhookMessage> {
+    Some(WebhookMessage {
         v: SCHEMA_VERSION,
         job_id: record.id,
         tenant: record.tenant.clone(),
-        event,
+        event: event_of(record, spec)?,
         attempt: 0,
         not_before: None,
-    };
-    broker.publish_webhook(&msg).await?;
-    Ok(true)
+    })
 }

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub job_retries: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
+    pub webhook_first_attempts: IntCounterVec,
     pub circuit_state: IntGaugeVec,
     pub jobs_cancelled: IntCounterVec,
     pub http_requests: IntCounterVec,
@@ -182,6 +183,11 @@ impl Metrics {
                 "Webhook delivery attempts, by outcome (delivered, retry, gone, exhausted, blocked, throttled).",
                 &["status"],
             ),
+            webhook_first_attempts: counter(
+                "agentfleet_webhook_first_attempts_total",
+                "Where jobs' events went from the run that ended them: concluded inline, or queued (no inline room, or a failed or slow first attempt).",
+                &["path"],
+            ),
             circuit_state: gauge(
                 "agentfleet_circuit_state",
                 "Provider circuit breaker per endpoint: 0 closed, 1 open, 2 half-open.",
@@ -243,6 +249,7 @@ impl Metrics {
             "agentfleet_job_retries_total",
             "agentfleet_dead_letters_total",
             "agentfleet_webhook_deliveries_total",
+            "agentfleet_webhook_first_attempts_total",
             "agentfleet_circuit_state",
             "agentfleet_jobs_cancelled_total",
             "agentfleet_http_requests_total",

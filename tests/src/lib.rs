@@ -135,6 +135,8 @@ pub struct AppOptions {
     pub max_body_bytes: usize,
     /// `webhooks.per_host_rate` as (per second, burst).
     pub webhook_per_host_rate: Option<(u32, u32)>,
+    /// `webhooks.inline_timeout_ms` and `inline_concurrency`; the defaults when absent.
+    pub webhook_inline: Option<(u64, u16)>,
     /// `worker.budget_recheck_secs`.
     pub budget_recheck_secs: u64,
     /// `webhooks.hosts`: static entries for webhook host names.
@@ -168,6 +170,7 @@ impl Default for AppOptions {
             per_key_rate: None,
             max_body_bytes: 4096,
             webhook_per_host_rate: None,
+            webhook_inline: None,
             budget_recheck_secs: 60,
             webhook_hosts: Vec::new(),
             request_timeout_ms: None,
@@ -409,7 +412,12 @@ impl TestApp {
     }
 
     pub fn webhook_url(&self) -> String {
-        format!("http://{}/hooks/acme", self.receiver_addr)
+        self.webhook_url_for("acme")
+    }
+
+    /// The test receiver's URL for `tenant`'s events.
+    pub fn webhook_url_for(&self, tenant: &str) -> String {
+        format!("http://{}/hooks/{tenant}", self.receiver_addr)
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
@@ -860,7 +868,7 @@ fn render_config(
 redis: {{ url: "{redis}", prefix: "{prefix}", result_ttl_secs: 3600 }}
 dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: {max_body}{per_key}{http_limits} }}
 worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease}, max_limit_hold_ms: {hold}, budget_recheck_secs: {recheck} }}
-webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?}{per_host}{hosts} }}
+webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?}{per_host}{inline}{hosts} }}
 telemetry: {{ log_level: "warn" }}
 tenants:
 "#,
@@ -904,6 +912,12 @@ tenants:
             .webhook_per_host_rate
             .map(|(rate, burst)| format!(
                 ", per_host_rate: {{ per_second: {rate}, burst: {burst} }}"
+            ))
+            .unwrap_or_default(),
+        inline = options
+            .webhook_inline
+            .map(|(timeout, room)| format!(
+                ", inline_timeout_ms: {timeout}, inline_concurrency: {room}"
             ))
             .unwrap_or_default(),
     );

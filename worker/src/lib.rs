@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     ledgers: agentfleet_common::budget::Ledgers,
     /// Webhook deliveries per receiver host on this replica (`webhooks.per_host_rate`).
     webhook_hosts: Live<Option<LocalLimiter>>,
+    /// Room for inline first webhook attempts (`webhooks.inline_concurrency`).
+    inline_webhooks: Arc<tokio::sync::Semaphore>,
     /// The configuration limits, quotas and budgets are read from: `config` as loaded,
     /// replaced by [`Reloader::apply`].
     policy: Live<Config>,
@@ -140,6 +142,9 @@ impl Worker {
         let running_quota = quota::RunningQuota::new(&config, redis.clone());
         let ledgers = agentfleet_common::budget::Ledgers::new(redis.clone(), names.clone());
         let webhook_hosts = Live::new(config.webhooks.per_host_rate.map(LocalLimiter::new));
+        let inline_webhooks = Arc::new(tokio::sync::Semaphore::new(usize::from(
+            config.webhooks.inline_concurrency,
+        )));
         let policy = Live::new(config.clone());
         let privacy = Live::new(config.privacy()?);
         let deps = Dependencies {
@@ -166,6 +171,7 @@ impl Worker {
             running_quota,
             ledgers,
             webhook_hosts,
+            inline_webhooks,
             policy,
             privacy,
         });

@@ -1,5 +1,6 @@
-//! Webhook delivery, from its own durable queue with its own slots, so a slow receiver never
-//! occupies an agent's concurrency. Each delivery is signed per Standard Webhooks with the
+//! Webhook delivery: a first attempt inline from the run that ended the job (bounded, with
+//! its own per-replica room), then from its own durable queue with its own slots, so a slow
+//! receiver never occupies an agent's concurrency. Each delivery is signed per Standard Webhooks with the
 //! tenant's secret; the `webhook-id` is derived from the job and event, so it is the same on
 //! every retry and every replica. Failures are retried on the configured schedule through the
 //! delay ladder; 410 Gone stops retries.
@@ -13,11 +14,14 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument as _;
 use url::Url;
 
+use agentfleet_common::broker::BrokerError;
+use agentfleet_common::events;
 use agentfleet_common::outbound::{Destination, OutboundError};
 use agentfleet_common::signing;
 use agentfleet_common::store::Loaded;
 use agentfleet_common::wire::{
-    Versioned, WebhookEvent, WebhookMessage, WebhookOutcome, WebhookStatus,
+    JobRecord, JobSpec, Step, Versioned, WebhookEvent, WebhookMessage, WebhookOutcome,
+    WebhookStatus,
 };
 
 use crate::delivery::{after_delayed_publish, remaining_delay, settle, undecodable, Disposition};
@@ -54,12 +58,16 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
         let published = shared.broker.publish_webhook_delayed(&msg, remaining).await;
         return after_delayed_publish(published, "an early webhook");
     }
-    let (record, spec, steps) = match shared.store.load_for_run(msg.job_id).await {
+    let job = match shared.store.load_for_run(msg.job_id).await {
         Ok(Loaded::Ready {
             record,
             spec,
             steps,
-        }) => (record, spec, steps),
+        }) => Job {
+            record,
+            spec,
+            steps,
+        },
         Ok(Loaded::Concluded(_)) => {
             // A second hand-off of the same event (at least once): its delivery is over.
             tracing::debug!("the job's event was delivered already; duplicate dropped");
@@ -74,8 +82,107 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
             return Disposition::Requeue;
         }
     };
-    let Some(url) = spec.webhook_url.as_deref().and_then(|u| Url::parse(u).ok()) else {
-        return Disposition::Ack;
+    match attempt(shared, msg, job, shared.config.webhooks.timeout).await {
+        Next::Done => Disposition::Ack,
+        Next::Undeliverable => Disposition::DeadLetter,
+        Next::Later { msg, delay, what } => {
+            let published = shared.broker.publish_webhook_delayed(&msg, delay).await;
+            after_delayed_publish(published, what)
+        }
+    }
+}
+
+/// A terminal job as an attempt needs it.
+pub(crate) struct Job {
+    pub record: JobRecord,
+    pub spec: JobSpec,
+    pub steps: Vec<Step>,
+}
+
+/// What is left to do for an event after an attempt.
+enum Next {
+    /// Nothing: delivered, or its delivery ended (gone, blocked, exhausted, no URL or secret).
+    Done,
+    /// The event cannot be encoded.
+    Undeliverable,
+    /// Another attempt (or the same one, throttled), through the delay ladder.
+    Later {
+        msg: WebhookMessage,
+        delay: Duration,
+        what: &'static str,
+    },
+}
+
+/// How the job's end reached its receiver, as [`first_attempt`] tells the run.
+pub(crate) enum FirstAttempt {
+    /// The job has no event to send (no webhook URL).
+    NoEvent,
+    /// Delivered inline, or its delivery ended: nothing went to the webhook queue.
+    Concluded,
+    /// On the webhook queue (no inline room, or the inline attempt failed or was slow).
+    HandedOff,
+}
+
+/// The first attempt at a job's event, made by the run that just stored the job's end, so
+/// a job whose receiver answers crosses the broker once. Bounded by
+/// `webhooks.inline_timeout_ms` and by the replica's `inline_concurrency` (no room: straight
+/// to the queue, never a wait), so a slow receiver costs its own run at most that timeout
+/// and other tenants' runs nothing. Anything but a concluded delivery is handed to the webhook
+/// queue (a failed attempt as attempt 1, on the retry schedule); an error means the event is
+/// on no queue, and the run must not ack.
+pub(crate) async fn first_attempt(shared: &Shared, job: Job) -> Result<FirstAttempt, BrokerError> {
+    let Some(msg) = events::event_message(&job.record, &job.spec) else {
+        return Ok(FirstAttempt::NoEvent);
+    };
+    let inline = &shared.config.webhooks;
+    let permit = (!inline.inline_timeout.is_zero())
+        .then(|| shared.inline_webhooks.clone().try_acquire_owned().ok())
+        .flatten();
+    let Some(_permit) = permit else {
+        shared.broker.publish_webhook(&msg).await?;
+        count_first(shared, &FirstAttempt::HandedOff);
+        return Ok(FirstAttempt::HandedOff);
+    };
+    let timeout = inline.inline_timeout.min(inline.timeout);
+    let first = match attempt(shared, msg.clone(), job, timeout).await {
+        Next::Done => FirstAttempt::Concluded,
+        Next::Undeliverable => {
+            // The queue's consumer dead-letters it, keeping a copy to look at.
+            shared.broker.publish_webhook(&msg).await?;
+            FirstAttempt::HandedOff
+        }
+        Next::Later { msg, delay, .. } => {
+            shared.broker.publish_webhook_delayed(&msg, delay).await?;
+            FirstAttempt::HandedOff
+        }
+    };
+    count_first(shared, &first);
+    Ok(first)
+}
+
+fn count_first(shared: &Shared, first: &FirstAttempt) {
+    let path = match first {
+        FirstAttempt::NoEvent => return,
+        FirstAttempt::Concluded => "inline",
+        FirstAttempt::HandedOff => "queued",
+    };
+    shared
+        .metrics
+        .webhook_first_attempts
+        .with_label_values(&[path])
+        .inc();
+}
+
+/// One attempt at `msg`'s event, bounded by `timeout`, noted on the record; answers what is
+/// left to do.
+async fn attempt(shared: &Shared, msg: WebhookMessage, job: Job, timeout: Duration) -> Next {
+    let Some(url) = job
+        .spec
+        .webhook_url
+        .as_deref()
+        .and_then(|u| Url::parse(u).ok())
+    else {
+        return Next::Done;
     };
     if let Some(wait) = over_host_rate(shared, &url) {
         // Same attempt, later: a throttled delivery is not a failed one.
@@ -90,8 +197,11 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
                 .map(|d| Utc::now() + d),
             ..msg
         };
-        let published = shared.broker.publish_webhook_delayed(&later, wait).await;
-        return after_delayed_publish(published, "a throttled webhook");
+        return Next::Later {
+            msg: later,
+            delay: wait,
+            what: "a throttled webhook",
+        };
     }
     let Some(secret) = shared.secrets.webhook.get(&msg.tenant) else {
         tracing::error!("tenant has no webhook secret configured; cannot sign, dropping");
@@ -100,53 +210,12 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
             .webhook_deliveries
             .with_label_values(&["blocked"])
             .inc();
-        return Disposition::Ack;
+        return Next::Done;
     };
-
-    // The event is the record as it was when the job ended, with the run's steps: the
-    // delivery bookkeeping is not part of it, and its timestamp is the end time, so every
-    // retry sends the same body.
-    let mut data = record.clone();
-    data.webhook = None;
-    data.steps = Some(steps);
-    let privacy = shared.privacy.get();
-    if privacy.masks_output(&data.agent) {
-        // The record was stored masked; its steps were not (they are the run's own state).
-        privacy.masker().mask_result(&mut data);
-    }
-    let event = WebhookEvent {
-        event_type: msg.event,
-        timestamp: record.finished_at.unwrap_or_else(Utc::now),
-        data,
+    let Some(signed) = sign_event(shared, &msg, secret, &job) else {
+        return Next::Undeliverable;
     };
-    let Ok(body) = serde_json::to_vec(&event) else {
-        return Disposition::DeadLetter;
-    };
-    let id = event.id();
-    let timestamp = Utc::now().timestamp();
-    let signature = secret.sign(&id, timestamp, &body);
-    let timestamp = timestamp.to_string();
-    let headers = [
-        (signing::HEADER_ID, id.as_str()),
-        (signing::HEADER_TIMESTAMP, timestamp.as_str()),
-        (signing::HEADER_SIGNATURE, signature.as_str()),
-    ];
-    let timeout = shared.config.webhooks.timeout;
-    let result = shared
-        .outbound
-        .post_json(Destination::Webhook, &url, &headers, body, timeout)
-        .await;
-    let outcome = match &result {
-        Ok(r) if (200..300).contains(&r.status) => Outcome::Delivered(r.status),
-        Ok(r) if r.status == 410 => Outcome::Gone,
-        Ok(r) => Outcome::Failed(Some(r.status)),
-        Err(OutboundError::Blocked(_)) => Outcome::Blocked,
-        Err(_) => Outcome::Failed(None),
-    };
-    if let Err(err) = &result {
-        tracing::info!(error = %err, "webhook attempt failed");
-    }
-
+    let outcome = post(shared, &url, signed, timeout).await;
     let schedule = &shared.config.webhooks.retry_schedule;
     let retry_delay = match outcome {
         Outcome::Failed(_) => schedule
@@ -162,22 +231,88 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
         .inc();
     tracing::info!(outcome = label, "webhook attempt done");
 
-    if let Err(err) = record_attempt(shared, record, &msg, (outcome, ended)).await {
+    if let Err(err) = record_attempt(shared, job.record, &msg, (outcome, ended)).await {
         // Bookkeeping only: the delivery itself stands; do not send it again for this.
         tracing::warn!(error = %err, "cannot record the webhook attempt");
     }
-    if let Some(delay) = retry_delay {
-        let retry = WebhookMessage {
-            attempt: msg.attempt.saturating_add(1),
-            not_before: chrono::Duration::from_std(delay)
-                .ok()
-                .map(|d| Utc::now() + d),
-            ..msg
-        };
-        let published = shared.broker.publish_webhook_delayed(&retry, delay).await;
-        return after_delayed_publish(published, "the webhook retry");
+    match retry_delay {
+        Some(delay) => Next::Later {
+            msg: WebhookMessage {
+                attempt: msg.attempt.saturating_add(1),
+                not_before: chrono::Duration::from_std(delay)
+                    .ok()
+                    .map(|d| Utc::now() + d),
+                ..msg
+            },
+            delay,
+            what: "the webhook retry",
+        },
+        None => Next::Done,
     }
-    Disposition::Ack
+}
+
+/// A signed event: its body and its Standard Webhooks headers.
+struct Signed {
+    body: Vec<u8>,
+    id: String,
+    timestamp: String,
+    signature: String,
+}
+
+/// The event is the record as it was when the job ended, with the run's steps: the delivery
+/// bookkeeping is not part of it, and its timestamp is the end time, so every attempt sends
+/// the same body. `None` if it cannot be encoded.
+fn sign_event(
+    shared: &Shared,
+    msg: &WebhookMessage,
+    secret: &signing::SigningKeys,
+    job: &Job,
+) -> Option<Signed> {
+    let mut data = job.record.clone();
+    data.webhook = None;
+    data.steps = Some(job.steps.clone());
+    let privacy = shared.privacy.get();
+    if privacy.masks_output(&data.agent) {
+        // The record was stored masked; its steps were not (they are the run's own state).
+        privacy.masker().mask_result(&mut data);
+    }
+    let event = WebhookEvent {
+        event_type: msg.event,
+        timestamp: job.record.finished_at.unwrap_or_else(Utc::now),
+        data,
+    };
+    let body = serde_json::to_vec(&event).ok()?;
+    let id = event.id();
+    let timestamp = Utc::now().timestamp();
+    let signature = secret.sign(&id, timestamp, &body);
+    Some(Signed {
+        body,
+        id,
+        timestamp: timestamp.to_string(),
+        signature,
+    })
+}
+
+async fn post(shared: &Shared, url: &Url, signed: Signed, timeout: Duration) -> Outcome {
+    let headers = [
+        (signing::HEADER_ID, signed.id.as_str()),
+        (signing::HEADER_TIMESTAMP, signed.timestamp.as_str()),
+        (signing::HEADER_SIGNATURE, signed.signature.as_str()),
+    ];
+    let result = shared
+        .outbound
+        .post_json(Destination::Webhook, url, &headers, signed.body, timeout)
+        .await;
+    if let Err(err) = &result {
+        tracing::info!(error = %err, "webhook attempt failed");
+    }
+    match &result {
+        Ok(r) if (200..300).contains(&r.status) => Outcome::Delivered(r.status),
+        Ok(r) if r.status == 410 => Outcome::Gone,
+        Ok(r) => Outcome::Failed(Some(r.status)),
+        Err(OutboundError::Blocked(_)) => Outcome::Blocked,
+        Err(_) => Outcome::Failed(None),
+    }
 }
 
 /// How long a delivery to `url`'s host must wait under `webhooks.per_host_rate`, if at all.
@@ -213,7 +348,7 @@ fn jitter(delay: Duration) -> Duration {
 /// event racing can only leave the lower attempt count, which the next attempt corrects).
 async fn record_attempt(
     shared: &Shared,
-    mut record: agentfleet_common::wire::JobRecord,
+    mut record: JobRecord,
     msg: &WebhookMessage,
     (outcome, ended): (Outcome, Option<WebhookOutcome>),
 ) -> Result<(), agentfleet_common::store::StoreError> {

@@ -19,6 +19,7 @@ mod shutdown;
 mod side_effects;
 mod tenants;
 mod validation;
+mod webhooks;
 
 /// The worker binary built by this crate, for tests that need a separate process.
 pub const WORKER_BIN: &str = env!("CARGO_BIN_EXE_agentfleet-test-worker");

@@ -22,6 +22,7 @@ use crate::delivery::Disposition;
 use crate::provider::Failure;
 use crate::quota::Claim;
 use crate::retry::backoff;
+use crate::webhook::{self, FirstAttempt};
 use crate::Shared;
 
 /// How a run ended: what to do with its delivery, and whether it handed the job's terminal
@@ -303,12 +304,19 @@ impl Run<'_> {
         if status == JobStatus::Failed {
             self.keep_failed_copy().await;
         }
-        // This run just ended the job, so nobody handed its event off before: publish without
-        // looking for the note, and let `close` write the note.
-        match events::publish_event(&self.shared.broker, &self.record, &self.spec).await {
-            Ok(handed_off) => Ending {
+        // This run just ended the job, so nobody handed its event off before: attempt it
+        // (inline, or on the queue) without looking for the note, and let `close` write the
+        // note if it went to the queue.
+        let job = webhook::Job {
+            record: self.record.clone(),
+            spec: self.spec.clone(),
+            // The run is over: nothing reads its steps after this.
+            steps: std::mem::take(&mut self.steps),
+        };
+        match webhook::first_attempt(self.shared, job).await {
+            Ok(first) => Ending {
                 disposition: Disposition::Ack,
-                handed_off,
+                handed_off: matches!(first, FirstAttempt::HandedOff),
             },
             Err(err) => {
                 // Not acked: the redelivery finds the job terminal and hands off then.

@@ -1,0 +1,124 @@
+//! The first webhook attempt, made inline by the run that ended the job.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use agentfleet_tests::{wait_until, AppOptions, TestApp};
+
+/// How long an inline first attempt may take in these tests.
+const INLINE_TIMEOUT_MS: u64 = 4_000;
+
+/// A receiver that accepts connections and never answers; counts them.
+async fn hanging_receiver() -> anyhow::Result<(String, Arc<AtomicUsize>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hooks/acme", listener.local_addr()?);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    Ok((url, accepted))
+}
+
+fn first_attempts(app: &TestApp, path: &str) -> u64 {
+    app.worker_metrics(0)
+        .map(|m| m.webhook_first_attempts.with_label_values(&[path]).get())
+        .unwrap_or_default()
+}
+
+/// A receiver that hangs costs its own tenant's events the inline timeout and another
+/// tenant's runs nothing: while globex's first attempts hang (all of them in flight, none
+/// recorded yet), acme's jobs run, end, and have their webhooks delivered inline — one broker
+/// round per job. When globex's attempts time out, its events go to the webhook queue as
+/// attempt 1. (The test receiver verifies acme's signatures, so acme is the one answered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_slows_only_its_own_tenants_events() -> anyhow::Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        workers: 1,
+        webhook_inline: Some((INLINE_TIMEOUT_MS, 64)),
+        webhook_retry_schedule_secs: vec![3_600],
+        ..AppOptions::default()
+    })
+    .await?;
+    let (hanging_url, accepted) = hanging_receiver().await?;
+    let globex = app.tenant("globex").clone();
+    let mut globex_jobs = Vec::new();
+    for i in 0..8 {
+        let body =
+            json!({"agent": "summarize", "input": format!("g{i}"), "webhook_url": hanging_url});
+        let response = app.submit_as(&globex, &body).await;
+        assert_eq!(response.status(), 202);
+        let accepted: serde_json::Value = response.json().await?;
+        globex_jobs.push(accepted["id"].as_str().unwrap_or_default().to_owned());
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "globex's 8 first attempts hanging",
+        || async { (accepted.load(Ordering::SeqCst) >= 8).then_some(()) },
+    )
+    .await?;
+
+    for i in 0..40 {
+        app.submit_job("summarize", &format!("a{i}")).await?;
+    }
+    app.wait_webhooks(40, Duration::from_secs(20)).await?;
+    // Still hanging: no globex attempt has ended (it would be noted on the record).
+    for id in &globex_jobs {
+        let record = app.job(id).await?;
+        assert_eq!(record["status"], "succeeded", "{record}");
+        assert!(
+            record["webhook"].is_null(),
+            "globex's attempt ended before acme's jobs were done: {record}"
+        );
+    }
+    assert_eq!(
+        first_attempts(&app, "inline"),
+        40,
+        "acme's events, inline (queued: {})",
+        first_attempts(&app, "queued")
+    );
+    assert!(
+        app.receiver.deliveries().iter().all(|d| d.verified),
+        "every delivery signed for acme"
+    );
+
+    wait_until(
+        Duration::from_secs(INLINE_TIMEOUT_MS / 1000 + 10),
+        "globex's first attempts timed out and queued",
+        || async { (first_attempts(&app, "queued") == 8).then_some(()) },
+    )
+    .await?;
+    for id in &globex_jobs {
+        let record = app.job(id).await?;
+        assert_eq!(record["webhook"]["attempts"], 1, "{record}");
+        assert!(record["webhook"]["outcome"].is_null(), "{record}");
+    }
+    Ok(())
+}
+
+/// With no inline room (`inline_concurrency: 0`) every event takes the webhook queue, and is
+/// still delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_inline_room_events_take_the_queue() -> anyhow::Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        workers: 1,
+        webhook_inline: Some((INLINE_TIMEOUT_MS, 0)),
+        ..AppOptions::default()
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(app.submit_job("summarize", &format!("q{i}")).await?);
+    }
+    app.wait_webhooks(5, Duration::from_secs(15)).await?;
+    assert_eq!(first_attempts(&app, "queued"), 5);
+    assert_eq!(first_attempts(&app, "inline"), 0);
+    Ok(())
+}

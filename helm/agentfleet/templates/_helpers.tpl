@@ -62,6 +62,11 @@ agentfleet.io/worker-group: {{ . }}
 {{- (.Values.config.amqp | default dict).prefix | default "agentfleet" }}
 {{- end }}
 
+{{/* dispatcher.shutdown_grace_secs of the configuration (default 15). */}}
+{{- define "agentfleet.dispatcherGraceSecs" -}}
+{{- (.Values.config.dispatcher | default dict).shutdown_grace_secs | default 15 | int }}
+{{- end }}
+
 {{/* worker.shutdown_grace_secs of the configuration (default 30). */}}
 {{- define "agentfleet.shutdownGraceSecs" -}}
 {{- (.Values.config.worker | default dict).shutdown_grace_secs | default 30 | int }}

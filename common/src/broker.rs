@@ -183,27 +183,8 @@ impl Broker {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(BrokerError::NotConnected);
         }
-        let mut timeout = self.inner.config.connect_timeout;
-        if self.inner.fail_fast {
-            let recent = self
-                .inner
-                .last_failure
-                .lock()
-                .ok()
-                .and_then(|at| *at)
-                .is_some_and(|at| at.elapsed() < FAIL_FAST_HOLD);
-            if recent {
-                return Err(BrokerError::NotConnected);
-            }
-            timeout = timeout.min(Duration::from_millis(700));
-        }
+        let (timeout, budget) = self.connect_bounds()?;
         self.forget_lost_connection();
-        // A fail-fast caller gets one bound for the whole round of nodes; others one per node.
-        let budget = if self.inner.fail_fast {
-            timeout
-        } else {
-            timeout * u32::try_from(self.inner.config.endpoints().len()).unwrap_or(u32::MAX)
-        };
         let result = self.connect_any(timeout, budget).await;
         if let Ok(mut last) = self.inner.last_failure.lock() {
             *last = result.is_err().then(std::time::Instant::now);
@@ -213,6 +194,29 @@ impl Broker {
             *current = Some((conn.clone(), node));
         }
         Ok(conn)
+    }
+
+    /// How long one node may take to connect, and the whole round of nodes. A fail-fast
+    /// caller gets 700 ms at most for the round, and gives up at once right after a failure;
+    /// others get `amqp.connect_timeout_ms` per node.
+    fn connect_bounds(&self) -> Result<(Duration, Duration), BrokerError> {
+        let timeout = self.inner.config.connect_timeout;
+        if !self.inner.fail_fast {
+            let nodes = u32::try_from(self.inner.config.endpoints().len()).unwrap_or(u32::MAX);
+            return Ok((timeout, timeout.saturating_mul(nodes)));
+        }
+        let recent = self
+            .inner
+            .last_failure
+            .lock()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() < FAIL_FAST_HOLD);
+        if recent {
+            return Err(BrokerError::NotConnected);
+        }
+        let timeout = timeout.min(Duration::from_millis(700));
+        Ok((timeout, timeout))
     }
 
     /// A connection that was lost points the next connect at the node after its own: that
@@ -237,11 +241,14 @@ impl Broker {
         budget: Duration,
     ) -> Result<(Arc<Connection>, usize), BrokerError> {
         let endpoints = self.inner.config.endpoints();
-        let deadline = tokio::time::Instant::now() + budget;
+        // No deadline past what an `Instant` can hold: the per-node timeouts bound it then.
+        let deadline = tokio::time::Instant::now().checked_add(budget);
         let first = self.inner.next_node.load(Ordering::SeqCst);
         let mut last_error = BrokerError::NotConnected;
-        for node in (0..endpoints.len()).map(|i| (first + i) % endpoints.len()) {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        for node in node_order(first, endpoints.len()) {
+            let left = deadline.map_or(timeout, |d| {
+                d.saturating_duration_since(tokio::time::Instant::now())
+            });
             if left.is_zero() {
                 break;
             }
@@ -251,8 +258,9 @@ impl Broker {
                     return Ok((conn, node));
                 }
                 Err(err) => {
-                    // The URL may hold credentials: only its place in the list is logged.
-                    tracing::warn!(node, error = %err, "broker node did not connect");
+                    // The URL may hold credentials: only its place in the list is logged. At
+                    // debug: the caller reports the round's failure.
+                    tracing::debug!(node, error = %err, "broker node did not connect");
                     self.inner
                         .next_node
                         .store((node + 1) % endpoints.len(), Ordering::SeqCst);
@@ -694,6 +702,11 @@ pub fn delay_step_for(remaining: Duration) -> u64 {
         .unwrap_or(DELAY_STEPS_MS[0])
 }
 
+/// The order a connect tries `nodes` nodes in: from `first`, wrapping round, each once.
+fn node_order(first: usize, nodes: usize) -> impl Iterator<Item = usize> {
+    (0..nodes).map(move |i| (first + i) % nodes)
+}
+
 async fn bounded<T>(
     timeout: Duration,
     fut: impl std::future::Future<Output = Result<T, BrokerError>>,
@@ -714,5 +727,13 @@ mod tests {
         assert_eq!(delay_step_for(Duration::from_secs(1)), 1_000);
         assert_eq!(delay_step_for(Duration::from_secs(7)), 5_000);
         assert_eq!(delay_step_for(Duration::from_secs(36_000)), 3_600_000);
+    }
+
+    #[test]
+    fn nodes_are_tried_in_rotation_from_the_first_given() {
+        assert_eq!(node_order(0, 3).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(node_order(2, 3).collect::<Vec<_>>(), [2, 0, 1]);
+        assert_eq!(node_order(0, 1).collect::<Vec<_>>(), [0]);
+        assert_eq!(node_order(5, 0).count(), 0);
     }
 }

@@ -56,7 +56,10 @@ pub struct AmqpConfig {
     pub publish_timeout: Duration,
     /// `x-quorum-initial-group-size` of every quorum queue declared (work, delay, dead-letter
     /// and webhook queues): how many cluster nodes hold a replica. Absent: RabbitMQ's default
-    /// (every node of the cluster when the queue is declared).
+    /// (every node of the cluster when the queue is declared). Like `delivery_limit`, it is
+    /// a queue argument: RabbitMQ refuses a declaration that differs from the existing queue's
+    /// (`PRECONDITION_FAILED`, naming it), so set it before the queues exist; changing it later
+    /// needs the queues re-created, or their replicas moved with `rabbitmq-queues`.
     #[serde(default)]
     pub quorum_initial_group_size: Option<u32>,
 }

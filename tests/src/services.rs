@@ -30,6 +30,30 @@ pub(crate) async fn wait_port(
     .await
 }
 
+/// The longest one `rabbitmqctl` call may take (a node's startup, a join, a stop).
+const CTL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `command` to its end and answers its output, or kills it after `within`.
+fn output_within(mut command: Command, within: Duration) -> anyhow::Result<std::process::Output> {
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    // The pipes are read while waiting, so a chatty command cannot block on a full pipe.
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match finished.recv_timeout(within) {
+        Ok(output) => Ok(output?),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            bail!("{command:?} did not finish within {within:?}")
+        }
+    }
+}
+
 /// The RabbitMQ server scripts (Debian puts the unwrapped ones here; the wrappers in
 /// /usr/sbin switch to the rabbitmq user and drop our environment).
 fn rabbit_bin(name: &str) -> PathBuf {
@@ -113,7 +137,7 @@ impl PrivateRabbit {
         if let Some(home) = &self.home {
             command.env("HOME", home);
         }
-        let out = command.output()?;
+        let out = output_within(command, CTL_TIMEOUT)?;
         if !out.status.success() {
             bail!(
                 "rabbitmqctl -n {} {args:?}: {}",

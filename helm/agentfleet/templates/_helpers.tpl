@@ -103,14 +103,14 @@ Call with (dict "root" $ "group" $group).
 
 {{/* Environment shared by the dispatcher and the workers: the URLs, from the connection Secret. */}}
 {{- define "agentfleet.connectionEnv" -}}
-{{- /* A cluster's nodes, comma-separated, under amqpUrlsKey; else one node under amqpUrlKey. */}}
-{{- if .Values.secrets.connection.amqpUrlsKey }}
+{{- /* A cluster's nodes, comma-separated, under amqpUrlsKey; else one node under amqpUrlKey. */ -}}
+{{- if .Values.secrets.connection.amqpUrlsKey -}}
 - name: AGENTFLEET__AMQP__URLS
   valueFrom:
     secretKeyRef:
       name: {{ .Values.secrets.connection.name }}
       key: {{ .Values.secrets.connection.amqpUrlsKey }}
-{{- else }}
+{{- else -}}
 - name: AGENTFLEET__AMQP__URL
   valueFrom:
     secretKeyRef:

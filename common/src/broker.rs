@@ -2,6 +2,13 @@
 //! per-agent work queues, delay queues, the dead-letter queue, the webhook queue) declared on
 //! every (re)connect; and publishing with confirms on persistent messages.
 //!
+//! A cluster is given as several URLs (`amqp.urls`): a connect tries them in order from the
+//! node last in use, and a lost connection moves on to the node after it, so a process whose
+//! node died reconnects to a live one at once. Every declaration is idempotent (the same
+//! names, options and arguments each time), so declaring again after a reconnect changes
+//! nothing; quorum queues keep their messages on a majority of their replicas, and a confirm
+//! means that majority has the message.
+//!
 //! Topology, all names from [`Names`]:
 //! - `{p}.work` (direct): `jobs.{agent}` → `{p}.jobs.{agent}` (the agent's shared queue),
 //!   `jobs.{agent}.{tenant}` → `{p}.jobs.{agent}.{tenant}` (one per tenant, for agents with
@@ -15,7 +22,7 @@
 //! - `{p}.control` (fanout) → one exclusive queue per worker: cancellation broadcasts.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,8 +82,12 @@ struct Inner {
     /// Their routing keys: a job goes to its tenant's queue when this process knows it.
     routes: HashSet<String>,
     connection_name: String,
-    /// The live connection, read on every publish without waiting on a connect.
-    current: std::sync::RwLock<Option<Arc<Connection>>>,
+    /// The live connection and the index (in `amqp.urls`) of its node, read on every
+    /// publish without waiting on a connect.
+    current: std::sync::RwLock<Option<(Arc<Connection>, usize)>>,
+    /// The node a connect tries first: the one last in use, or the one after it once that
+    /// connection was lost or refused.
+    next_node: AtomicUsize,
     /// Held while connecting, so one caller connects and the others wait (or, fail-fast,
     /// give up at once).
     connecting: Mutex<()>,
@@ -105,6 +116,7 @@ impl Broker {
                 job_queues,
                 connection_name: connection_name.to_owned(),
                 current: std::sync::RwLock::new(None),
+                next_node: AtomicUsize::new(0),
                 connecting: Mutex::new(()),
                 publisher: Mutex::new(None),
                 fail_fast: false,
@@ -143,6 +155,7 @@ impl Broker {
             .read()
             .ok()?
             .as_ref()
+            .map(|(conn, _)| conn)
             .filter(|c| c.status().connected())
             .cloned()
     }
@@ -170,45 +183,126 @@ impl Broker {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(BrokerError::NotConnected);
         }
-        let mut timeout = self.inner.config.connect_timeout;
-        if self.inner.fail_fast {
-            let recent = self
-                .inner
-                .last_failure
-                .lock()
-                .ok()
-                .and_then(|at| *at)
-                .is_some_and(|at| at.elapsed() < FAIL_FAST_HOLD);
-            if recent {
-                return Err(BrokerError::NotConnected);
-            }
-            timeout = timeout.min(Duration::from_millis(700));
-        }
-        let result = self.connect(timeout).await;
+        let (timeout, budget) = self.connect_bounds()?;
+        self.forget_lost_connection();
+        let result = self.connect_any(timeout, budget).await;
         if let Ok(mut last) = self.inner.last_failure.lock() {
             *last = result.is_err().then(std::time::Instant::now);
         }
-        let conn = result?;
+        let (conn, node) = result?;
         if let Ok(mut current) = self.inner.current.write() {
-            *current = Some(conn.clone());
+            *current = Some((conn.clone(), node));
         }
         Ok(conn)
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<Arc<Connection>, BrokerError> {
+    /// How long one node may take to connect, and the whole round of nodes. A fail-fast
+    /// caller gets 700 ms at most for the round, and gives up at once right after a failure;
+    /// others get `amqp.connect_timeout_ms` per node.
+    fn connect_bounds(&self) -> Result<(Duration, Duration), BrokerError> {
+        let timeout = self.inner.config.connect_timeout;
+        if !self.inner.fail_fast {
+            let nodes = u32::try_from(self.inner.config.endpoints().len()).unwrap_or(u32::MAX);
+            return Ok((timeout, timeout.saturating_mul(nodes)));
+        }
+        let recent = self
+            .inner
+            .last_failure
+            .lock()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() < FAIL_FAST_HOLD);
+        if recent {
+            return Err(BrokerError::NotConnected);
+        }
+        let timeout = timeout.min(Duration::from_millis(700));
+        Ok((timeout, timeout))
+    }
+
+    /// A connection that was lost points the next connect at the node after its own: that
+    /// node is likely down, and is tried last.
+    fn forget_lost_connection(&self) {
+        let lost = self.inner.current.write().ok().and_then(|mut c| c.take());
+        if let Some((_, node)) = lost {
+            let nodes = self.inner.config.endpoints().len().max(1);
+            self.inner
+                .next_node
+                .store((node + 1) % nodes, Ordering::SeqCst);
+            tracing::warn!(node, "broker connection lost; connecting to the next node");
+        }
+    }
+
+    /// Tries each node once, from `next_node` on, each within `timeout` and all within
+    /// `budget`; the first that connects and takes the topology wins. A node that fails moves
+    /// `next_node` past it, so a caller that ran out of budget makes the next try elsewhere.
+    async fn connect_any(
+        &self,
+        timeout: Duration,
+        budget: Duration,
+    ) -> Result<(Arc<Connection>, usize), BrokerError> {
+        let endpoints = self.inner.config.endpoints();
+        // No deadline past what an `Instant` can hold: the per-node timeouts bound it then.
+        let deadline = tokio::time::Instant::now().checked_add(budget);
+        let first = self.inner.next_node.load(Ordering::SeqCst);
+        let mut last_error = BrokerError::NotConnected;
+        for node in node_order(first, endpoints.len()) {
+            let left = deadline.map_or(timeout, |d| {
+                d.saturating_duration_since(tokio::time::Instant::now())
+            });
+            if left.is_zero() {
+                break;
+            }
+            match self.connect(node, timeout.min(left)).await {
+                Ok(conn) => {
+                    self.inner.next_node.store(node, Ordering::SeqCst);
+                    return Ok((conn, node));
+                }
+                Err(err) => {
+                    // The URL may hold credentials: only its place in the list is logged. At
+                    // debug: the caller reports the round's failure.
+                    tracing::debug!(node, error = %err, "broker node did not connect");
+                    self.inner
+                        .next_node
+                        .store((node + 1) % endpoints.len(), Ordering::SeqCst);
+                    last_error = err;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn connect(
+        &self,
+        node: usize,
+        timeout: Duration,
+    ) -> Result<Arc<Connection>, BrokerError> {
+        let url = self
+            .inner
+            .config
+            .endpoints()
+            .get(node)
+            .ok_or(BrokerError::NotConnected)?;
         let props = ConnectionProperties::default()
             .with_connection_name(self.inner.connection_name.clone().into());
-        let conn = tokio::time::timeout(
-            timeout,
-            Connection::connect(self.inner.config.url.expose_secret(), props),
-        )
-        .await
-        .map_err(|_| BrokerError::Timeout(timeout))??;
+        let conn = tokio::time::timeout(timeout, Connection::connect(url.expose_secret(), props))
+            .await
+            .map_err(|_| BrokerError::Timeout(timeout))??;
         let conn = Arc::new(conn);
-        let channel = conn.create_channel().await?;
-        bounded(timeout, self.declare_topology(&channel)).await?;
-        let _ = channel.close(200, "topology declared".into()).await;
-        tracing::info!(prefix = %self.inner.names.amqp_prefix(), "connected to the broker");
+        let declared = bounded(timeout, async {
+            let channel = conn.create_channel().await?;
+            self.declare_topology(&channel).await?;
+            let _ = channel.close(200, "topology declared".into()).await;
+            Ok(())
+        })
+        .await;
+        if let Err(err) = declared {
+            // A node that takes connections but not declarations (a minority, booting) is
+            // not one to stay on.
+            let _ = tokio::time::timeout(timeout, conn.close(200, "topology not declared".into()))
+                .await;
+            return Err(err);
+        }
+        tracing::info!(prefix = %self.inner.names.amqp_prefix(), node, "connected to the broker");
         Ok(conn)
     }
 
@@ -230,7 +324,7 @@ impl Broker {
             .ok()
             .and_then(|mut publisher| publisher.take());
         let conn = self.inner.current.write().ok().and_then(|mut c| c.take());
-        let Some(conn) = conn else {
+        let Some((conn, _)) = conn else {
             tracing::info!("broker connection closed (none was open)");
             return;
         };
@@ -321,10 +415,7 @@ impl Broker {
                 // queues dead-letter at most once: a message expiring while its target is not
                 // ready — right after a broker restart — would be dropped. The chaos test
                 // caught exactly that.)
-                args.insert(
-                    "x-queue-type".into(),
-                    AMQPValue::LongString("quorum".into()),
-                );
+                self.quorum_args(&mut args);
                 args.insert(
                     "x-dead-letter-strategy".into(),
                     AMQPValue::LongString("at-least-once".into()),
@@ -355,10 +446,7 @@ impl Broker {
     fn queue_args(&self, dead_letters: bool) -> FieldTable {
         let mut args = FieldTable::default();
         if self.inner.config.queue_type == QueueType::Quorum {
-            args.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
+            self.quorum_args(&mut args);
             if dead_letters {
                 // A message redelivered this often (workers crashing on it) is poison.
                 args.insert(
@@ -374,6 +462,20 @@ impl Broker {
             );
         }
         args
+    }
+
+    /// Makes a queue a quorum queue, with `amqp.quorum_initial_group_size` replicas if set.
+    fn quorum_args(&self, args: &mut FieldTable) {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        if let Some(size) = self.inner.config.quorum_initial_group_size {
+            args.insert(
+                "x-quorum-initial-group-size".into(),
+                AMQPValue::LongLongInt(i64::from(size)),
+            );
+        }
     }
 
     async fn declare_queue(
@@ -600,6 +702,11 @@ pub fn delay_step_for(remaining: Duration) -> u64 {
         .unwrap_or(DELAY_STEPS_MS[0])
 }
 
+/// The order a connect tries `nodes` nodes in: from `first`, wrapping round, each once.
+fn node_order(first: usize, nodes: usize) -> impl Iterator<Item = usize> {
+    (0..nodes).map(move |i| (first + i) % nodes)
+}
+
 async fn bounded<T>(
     timeout: Duration,
     fut: impl std::future::Future<Output = Result<T, BrokerError>>,
@@ -620,5 +727,13 @@ mod tests {
         assert_eq!(delay_step_for(Duration::from_secs(1)), 1_000);
         assert_eq!(delay_step_for(Duration::from_secs(7)), 5_000);
         assert_eq!(delay_step_for(Duration::from_secs(36_000)), 3_600_000);
+    }
+
+    #[test]
+    fn nodes_are_tried_in_rotation_from_the_first_given() {
+        assert_eq!(node_order(0, 3).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(node_order(2, 3).collect::<Vec<_>>(), [2, 0, 1]);
+        assert_eq!(node_order(0, 1).collect::<Vec<_>>(), [0]);
+        assert_eq!(node_order(5, 0).count(), 0);
     }
 }

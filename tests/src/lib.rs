@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod logs;
 pub mod proxy;
+pub mod rabbit_cluster;
 pub mod services;
 
 use agentfleet_common::broker::DELAY_STEPS_MS;
@@ -116,6 +117,11 @@ pub struct AppOptions {
     pub allow_private_webhooks: bool,
     /// Where the app's processes reach RabbitMQ and Redis (a proxy, a private server).
     pub amqp_url: String,
+    /// A cluster's nodes (`amqp.urls`), in the order the app tries them; when not empty it
+    /// replaces `amqp_url`.
+    pub amqp_urls: Vec<String>,
+    /// `amqp.quorum_initial_group_size`.
+    pub quorum_initial_group_size: Option<u32>,
     pub redis_url: String,
     /// Where the harness itself inspects and cleans up: the real services behind any proxy.
     pub admin_amqp_url: String,
@@ -159,6 +165,8 @@ impl Default for AppOptions {
             webhook_retry_schedule_secs: vec![1, 1, 2],
             allow_private_webhooks: true,
             amqp_url: AMQP_URL.to_owned(),
+            amqp_urls: Vec::new(),
+            quorum_initial_group_size: None,
             redis_url: REDIS_URL.to_owned(),
             admin_amqp_url: AMQP_URL.to_owned(),
             admin_redis_url: REDIS_URL.to_owned(),
@@ -864,7 +872,7 @@ fn render_config(
 ) -> String {
     let llm_addr = endpoints.llm;
     let mut yaml = format!(
-        r#"amqp: {{ url: "{amqp}", prefix: "{prefix}", publish_timeout_ms: 3000 }}
+        r#"amqp: {{ {amqp}, prefix: "{prefix}", publish_timeout_ms: 3000{group} }}
 redis: {{ url: "{redis}", prefix: "{prefix}", result_ttl_secs: 3600 }}
 dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: {max_body}{per_key}{http_limits} }}
 worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease}, max_limit_hold_ms: {hold}, budget_recheck_secs: {recheck} }}
@@ -872,7 +880,15 @@ webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}
 telemetry: {{ log_level: "warn" }}
 tenants:
 "#,
-        amqp = options.amqp_url,
+        amqp = if options.amqp_urls.is_empty() {
+            format!("url: \"{}\"", options.amqp_url)
+        } else {
+            format!("urls: {:?}", options.amqp_urls)
+        },
+        group = options
+            .quorum_initial_group_size
+            .map(|n| format!(", quorum_initial_group_size: {n}"))
+            .unwrap_or_default(),
         redis = options.redis_url,
         lease = options.lease_secs,
         grace = options.shutdown_grace_secs,

@@ -26,8 +26,14 @@ pub enum QueueType {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
-    /// May hold credentials, so it is a secret: never logged.
-    pub url: SecretString,
+    /// One broker node. Exactly one of `url` and `urls` is set. May hold credentials, so it
+    /// is a secret: never logged.
+    #[serde(default)]
+    pub url: Option<SecretString>,
+    /// The nodes of one cluster, tried in this order: a process connects to the first that
+    /// answers and, when that connection fails or is lost, to the next after it.
+    #[serde(default)]
+    pub urls: Option<Vec<SecretString>>,
     #[serde(default = "default_prefix")]
     pub prefix: String,
     #[serde(default)]
@@ -48,12 +54,57 @@ pub struct AmqpConfig {
         default = "default_publish_timeout"
     )]
     pub publish_timeout: Duration,
+    /// `x-quorum-initial-group-size` of every quorum queue declared (work, delay, dead-letter
+    /// and webhook queues): how many cluster nodes hold a replica. Absent: RabbitMQ's default
+    /// (every node of the cluster when the queue is declared). Like `delivery_limit`, it is
+    /// a queue argument: RabbitMQ refuses a declaration that differs from the existing queue's
+    /// (`PRECONDITION_FAILED`, naming it), so set it before the queues exist; changing it later
+    /// needs the queues re-created, or their replicas moved with `rabbitmq-queues`.
+    #[serde(default)]
+    pub quorum_initial_group_size: Option<u32>,
 }
 
 impl AmqpConfig {
+    /// The broker nodes, in the order to try them: `urls`, or the one `url`.
+    pub fn endpoints(&self) -> &[SecretString] {
+        match (&self.urls, &self.url) {
+            (Some(urls), _) => urls,
+            (None, Some(url)) => std::slice::from_ref(url),
+            (None, None) => &[],
+        }
+    }
+
     pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
         let key = |field: &str| format!("{at}.{field}");
-        check_url_scheme(&key("url"), self.url.expose_secret(), &["amqp", "amqps"])?;
+        match (&self.url, &self.urls) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    key("urls"),
+                    "set either `url` (one node) or `urls` (a cluster's nodes), not both",
+                ))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    key("url"),
+                    "missing: set `url` (one node) or `urls` (a cluster's nodes)",
+                ))
+            }
+            (Some(url), None) => {
+                check_url_scheme(&key("url"), url.expose_secret(), &["amqp", "amqps"])?
+            }
+            (None, Some(urls)) => {
+                if urls.is_empty() {
+                    return Err(invalid(key("urls"), "must list at least one URL"));
+                }
+                for (i, url) in urls.iter().enumerate() {
+                    let at = format!("{}[{i}]", key("urls"));
+                    check_url_scheme(&at, url.expose_secret(), &["amqp", "amqps"])?;
+                }
+            }
+        }
+        if let Some(size) = self.quorum_initial_group_size {
+            positive(&key("quorum_initial_group_size"), size)?;
+        }
         check_prefix(&key("prefix"), &self.prefix)?;
         positive(&key("connect_timeout_ms"), self.connect_timeout)?;
         positive(&key("publish_timeout_ms"), self.publish_timeout)?;

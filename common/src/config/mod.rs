@@ -263,6 +263,7 @@ fn environment_overrides() -> config::Environment {
         .separator("__")
         .try_parsing(true)
         .list_separator(",")
+        .with_list_parse_key("amqp.urls")
         .with_list_parse_key("worker.agents")
         .with_list_parse_key("privacy.mask")
 }

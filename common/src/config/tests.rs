@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use secrecy::ExposeSecret as _;
+
 use super::*;
 
 const KEY_HASH: &str = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
@@ -648,4 +650,85 @@ fn bad_privacy_patterns_name_their_key_and_pattern() {
             "{privacy}: {err}"
         );
     }
+}
+
+#[test]
+fn a_cluster_is_a_list_of_urls_tried_in_order() {
+    let doc = yaml("").replace(
+        r#"url: "amqp://guest:guest@127.0.0.1:5672/%2f", prefix: "t1""#,
+        r#"urls: ["amqp://u:p@a:5672/%2f", "amqps://u:p@b:5671/%2f"], prefix: "t1", quorum_initial_group_size: 3"#,
+    );
+    let config = Config::from_yaml(&doc).expect("valid");
+    let urls: Vec<&str> = config
+        .amqp
+        .endpoints()
+        .iter()
+        .map(|u| u.expose_secret())
+        .collect();
+    assert_eq!(urls, ["amqp://u:p@a:5672/%2f", "amqps://u:p@b:5671/%2f"]);
+    assert_eq!(config.amqp.quorum_initial_group_size, Some(3));
+    assert!(!format!("{:?}", config.amqp).contains("u:p"));
+
+    let single = Config::from_yaml(&yaml("")).expect("valid");
+    assert_eq!(single.amqp.endpoints().len(), 1);
+    assert_eq!(single.amqp.quorum_initial_group_size, None);
+}
+
+#[test]
+fn urls_can_come_from_the_environment() {
+    let doc = yaml("").replace(r#"url: "amqp://guest:guest@127.0.0.1:5672/%2f", "#, "");
+    let config = load_with_env(
+        &doc,
+        &[(
+            "AGENTFLEET__AMQP__URLS",
+            "amqp://u:p@a:5672/%2f,amqp://u:p@b:5672/%2f",
+        )],
+    )
+    .expect("valid");
+    assert_eq!(config.amqp.endpoints().len(), 2);
+}
+
+#[test]
+fn url_and_urls_are_one_or_the_other_and_each_is_checked() {
+    let single = r#"url: "amqp://guest:guest@127.0.0.1:5672/%2f", "#;
+    let cases = [
+        (
+            yaml("").replace(single, r#"url: "amqp://a/%2f", urls: ["amqp://b/%2f"], "#),
+            "`amqp.urls`: set either",
+        ),
+        (yaml("").replace(single, ""), "`amqp.url`: missing"),
+        (
+            yaml("").replace(single, "urls: [], "),
+            "`amqp.urls`: must list at least one URL",
+        ),
+        (
+            yaml("").replace(single, r#"urls: ["amqp://a/%2f", "http://u:secret@b/"], "#),
+            "`amqp.urls[1]`: scheme must be one of amqp, amqps",
+        ),
+        (
+            yaml("").replace(single, r#"urls: ["not a url"], "#),
+            "`amqp.urls[0]`: not a URL",
+        ),
+        (
+            yaml("").replace(
+                r#"%2f", prefix: "t1" }"#,
+                r#"%2f", prefix: "t1", quorum_initial_group_size: 0 }"#,
+            ),
+            "`amqp.quorum_initial_group_size`: must be greater than zero",
+        ),
+    ];
+    for (doc, expected) in cases {
+        let err = Config::from_yaml(&doc).expect_err(expected);
+        assert!(err.to_string().contains(expected), "{expected}: {err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+    let err = Config::from_yaml(&yaml("").replace(
+        r#"%2f", prefix: "t1" }"#,
+        r#"%2f", prefix: "t1", quorum_initial_group_size: -1 }"#,
+    ))
+    .expect_err("negative");
+    assert!(
+        err.to_string().contains("amqp.quorum_initial_group_size"),
+        "{err}"
+    );
 }

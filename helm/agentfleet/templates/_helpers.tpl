@@ -108,11 +108,20 @@ Call with (dict "root" $ "group" $group).
 
 {{/* Environment shared by the dispatcher and the workers: the URLs, from the connection Secret. */}}
 {{- define "agentfleet.connectionEnv" -}}
+{{- /* A cluster's nodes, comma-separated, under amqpUrlsKey; else one node under amqpUrlKey. */ -}}
+{{- if .Values.secrets.connection.amqpUrlsKey -}}
+- name: AGENTFLEET__AMQP__URLS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.connection.name }}
+      key: {{ .Values.secrets.connection.amqpUrlsKey }}
+{{- else -}}
 - name: AGENTFLEET__AMQP__URL
   valueFrom:
     secretKeyRef:
       name: {{ .Values.secrets.connection.name }}
       key: {{ .Values.secrets.connection.amqpUrlKey }}
+{{- end }}
 - name: AGENTFLEET__REDIS__URL
   valueFrom:
     secretKeyRef:

@@ -108,7 +108,7 @@ async fn workers_reconnect_after_a_broker_outage() -> anyhow::Result<()> {
     })
     .await?;
     let mut config = app.config.clone();
-    config.amqp.url = format!("amqp://guest:guest@{}/%2f", worker_proxy.addr()).into();
+    config.amqp.url = Some(format!("amqp://guest:guest@{}/%2f", worker_proxy.addr()).into());
     app.start_worker_with(config).await?;
     let first = app.submit_job("summarize", "before").await?;
     app.wait_terminal(&[first], Duration::from_secs(20)).await?;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod logs;
 pub mod proxy;
+pub mod redis_sentinel;
 pub mod services;
 
 use agentfleet_common::broker::DELAY_STEPS_MS;
@@ -120,6 +121,9 @@ pub struct AppOptions {
     /// Where the harness itself inspects and cleans up: the real services behind any proxy.
     pub admin_amqp_url: String,
     pub admin_redis_url: String,
+    /// The app's `redis:` connection fields as YAML flow-map fields (a `sentinel: {...}`,
+    /// `min_replicas_acked`...), in place of `url: redis_url`.
+    pub redis_connection: Option<String>,
     pub lease_secs: u64,
     /// Provider pools: name and requests per minute.
     pub pools: Vec<(String, u32)>,
@@ -160,6 +164,7 @@ impl Default for AppOptions {
             redis_url: REDIS_URL.to_owned(),
             admin_amqp_url: AMQP_URL.to_owned(),
             admin_redis_url: REDIS_URL.to_owned(),
+            redis_connection: None,
             lease_secs: 3,
             pools: Vec::new(),
             max_limit_hold_ms: 30_000,
@@ -836,7 +841,7 @@ fn render_config(
     let llm_addr = endpoints.llm;
     let mut yaml = format!(
         r#"amqp: {{ url: "{amqp}", prefix: "{prefix}", publish_timeout_ms: 3000 }}
-redis: {{ url: "{redis}", prefix: "{prefix}", result_ttl_secs: 3600 }}
+redis: {{ {redis}, prefix: "{prefix}", result_ttl_secs: 3600 }}
 dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: {max_body}{per_key}{http_limits} }}
 worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease}, max_limit_hold_ms: {hold}, budget_recheck_secs: {recheck} }}
 webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?}{per_host}{hosts} }}
@@ -844,7 +849,10 @@ telemetry: {{ log_level: "warn" }}
 tenants:
 "#,
         amqp = options.amqp_url,
-        redis = options.redis_url,
+        redis = options
+            .redis_connection
+            .clone()
+            .unwrap_or_else(|| format!("url: \"{}\"", options.redis_url)),
         lease = options.lease_secs,
         grace = options.shutdown_grace_secs,
         hold = options.max_limit_hold_ms,

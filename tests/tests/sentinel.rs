@@ -60,6 +60,8 @@ impl Failures {
 /// What one run measured.
 struct Outcome {
     accepted: usize,
+    /// Submissions whose Idempotency-Key stayed claimed without a job ([`Submitted::StuckKey`]).
+    stuck_keys: usize,
     terminal: usize,
     lost: usize,
     webhooks_missing: usize,
@@ -83,8 +85,9 @@ impl Outcome {
             )
         });
         println!(
-            "sentinel [{label}]: accepted={} terminal={} lost={} webhooks missing={} | double runs={} | 503s={} redis errors={} | failover window {window}; promotion {} ms after the kill | {:.1?}",
+            "sentinel [{label}]: accepted={} (keys stuck at 409: {}) terminal={} lost={} webhooks missing={} | double runs={} | 503s={} redis errors={} | failover window {window}; promotion {} ms after the kill | {:.1?}",
             self.accepted,
+            self.stuck_keys,
             self.terminal,
             self.lost,
             self.webhooks_missing,
@@ -165,12 +168,13 @@ async fn run_with_master_kill(min_replicas_acked: u32) -> anyhow::Result<Outcome
         .map(|i| {
             let (app, failures) = (&app, &failures);
             async move {
-                tokio::time::sleep_until((started + spacing * u32::try_from(i).ok()?).into()).await;
+                let at = started + spacing * u32::try_from(i).unwrap_or(u32::MAX);
+                tokio::time::sleep_until(at.into()).await;
                 submit_until_accepted(app, i, failures).await
             }
         })
         .buffer_unordered(32)
-        .collect::<Vec<Option<String>>>();
+        .collect::<Vec<Submitted>>();
     let chaos = async {
         tokio::time::sleep_until((started + window / 3).into()).await;
         let killed_at = Instant::now();
@@ -180,7 +184,17 @@ async fn run_with_master_kill(min_replicas_acked: u32) -> anyhow::Result<Outcome
     };
     let (accepted, chaos) = tokio::join!(submitter, chaos);
     let (killed_at, promoted_after, new_master_differs) = chaos?;
-    let accepted: Vec<String> = accepted.into_iter().flatten().collect();
+    let stuck_keys = accepted
+        .iter()
+        .filter(|s| matches!(s, Submitted::StuckKey))
+        .count();
+    let accepted: Vec<String> = accepted
+        .into_iter()
+        .filter_map(|s| match s {
+            Submitted::Accepted(id) => Some(id),
+            Submitted::StuckKey => None,
+        })
+        .collect();
     anyhow::ensure!(
         accepted.iter().collect::<HashSet<_>>().len() == accepted.len(),
         "every accepted job has its own id"
@@ -197,11 +211,15 @@ async fn run_with_master_kill(min_replicas_acked: u32) -> anyhow::Result<Outcome
     app.redis_url = topology.master_url().await?;
     Ok(Outcome {
         accepted: accepted.len(),
+        stuck_keys,
         terminal: terminal.len(),
         lost,
         webhooks_missing,
         double_runs: app.llm.double_runs(),
-        submit_503s: failures.window().map_or(0, |(_, _, n)| n) - redis_errors,
+        submit_503s: failures
+            .window()
+            .map_or(0, |(_, _, n)| n)
+            .saturating_sub(redis_errors),
         redis_errors,
         window,
         promoted_after,
@@ -236,13 +254,27 @@ async fn probe_redis(config: RedisConfig, failures: Failures, stop: Cancellation
     errors
 }
 
+/// What became of one submission.
+enum Submitted {
+    Accepted(String),
+    /// Its Idempotency-Key kept answering 409 ("in progress"): the key was claimed, then the
+    /// accept failed with the master and could not release it, so the key names a job that
+    /// was never stored (until the key's TTL). Not an accepted job; counted apart.
+    StuckKey,
+}
+
+/// How long 409s may go on before a submission counts as [`Submitted::StuckKey`]: far past
+/// any accept in progress (store and publish timeouts).
+const STUCK_AFTER: Duration = Duration::from_secs(15);
+
 /// Submits job `i`, retrying 503s (noted as failures), 409s and 429s with the same
-/// Idempotency-Key, until accepted or the test's patience ends.
-async fn submit_until_accepted(app: &TestApp, i: usize, failures: &Failures) -> Option<String> {
+/// Idempotency-Key, until accepted, its key is stuck, or the test's patience ends.
+async fn submit_until_accepted(app: &TestApp, i: usize, failures: &Failures) -> Submitted {
     let body =
         json!({"agent": "sentinel", "input": format!("job {i}"), "webhook_url": app.webhook_url()});
     let key = format!("sentinel-{i}");
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut conflict_since = None;
     while Instant::now() < deadline {
         let response = app
             .http
@@ -252,16 +284,25 @@ async fn submit_until_accepted(app: &TestApp, i: usize, failures: &Failures) -> 
             .json(&body)
             .send()
             .await;
-        if let Ok(response) = response {
-            match response.status().as_u16() {
-                200 | 202 => {
-                    let body: serde_json::Value = response.json().await.ok()?;
-                    return body["id"].as_str().map(str::to_owned);
-                }
-                503 => failures.note(),
-                409 | 429 => {}
-                other => panic!("job {i}: unexpected {other}"),
+        let status = response.as_ref().map_or(0, |r| r.status().as_u16());
+        match (status, response) {
+            (200 | 202, Ok(response)) => {
+                let body: serde_json::Value = response.json().await.expect("an accepted body");
+                let id = body["id"].as_str().expect("an accepted job's id");
+                return Submitted::Accepted(id.to_owned());
             }
+            (409, _) => {
+                let since = *conflict_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > STUCK_AFTER {
+                    return Submitted::StuckKey;
+                }
+            }
+            (503, _) => failures.note(),
+            (0 | 429, _) => {}
+            (other, _) => panic!("job {i}: unexpected {other}"),
+        }
+        if status != 409 {
+            conflict_since = None;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

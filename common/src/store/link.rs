@@ -179,6 +179,8 @@ impl Link {
         };
         resolver.failed_at = None;
         resolver.generation += 1;
+        // host:port only: the credentials are elsewhere in the connection info.
+        let address = client.get_connection_info().addr().to_string();
         let master = Arc::new(Master::open(
             client,
             &self.inner.manager_config,
@@ -186,6 +188,7 @@ impl Link {
         )?);
         tracing::info!(
             generation = resolver.generation,
+            master = %address,
             "redis master found through the sentinels"
         );
         *self

@@ -33,6 +33,8 @@ impl Node {
 
 pub struct SentinelRedis {
     dir: PathBuf,
+    /// Keep `dir` on drop (see [`SentinelRedis::keep`]).
+    keep: bool,
     /// Master first, as started; after a failover the sentinels know which is which.
     servers: Vec<Node>,
     sentinels: Vec<Node>,
@@ -49,6 +51,7 @@ impl SentinelRedis {
         std::fs::create_dir_all(&dir)?;
         let mut topology = Self {
             dir,
+            keep: false,
             servers: Vec::new(),
             sentinels: Vec::new(),
         };
@@ -236,6 +239,12 @@ impl SentinelRedis {
         Ok(port)
     }
 
+    /// Keeps the servers' and sentinels' files (their logs) after the drop, for a run whose
+    /// figures want explaining.
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
     /// Asks the sentinels for a failover while the master is alive: it is demoted to a
     /// replica (and answers `READONLY` to writes) and a replica is promoted.
     pub async fn demote_master(&self) -> anyhow::Result<u16> {
@@ -256,7 +265,12 @@ impl Drop for SentinelRedis {
             let _ = node.child.kill();
             let _ = node.child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // A failed test keeps the servers' and sentinels' logs for its post-mortem.
+        if self.keep || std::thread::panicking() {
+            eprintln!("sentinel topology kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

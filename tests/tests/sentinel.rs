@@ -38,7 +38,7 @@ fn jobs_per_run() -> usize {
         .unwrap_or(200)
 }
 
-/// When failures were seen, shared by the submitters and the Redis probe.
+/// When failures were seen (by the submitters, or by the Redis probe).
 #[derive(Clone, Default)]
 struct Failures(Arc<Mutex<Vec<Instant>>>);
 
@@ -63,37 +63,53 @@ struct Outcome {
     /// Submissions whose Idempotency-Key stayed claimed without a job ([`Submitted::StuckKey`]).
     stuck_keys: usize,
     terminal: usize,
+    /// Accepted and never terminal: `gone` of them have no record at all (404).
     lost: usize,
+    gone: usize,
     webhooks_missing: usize,
     double_runs: u64,
     submit_503s: usize,
     redis_errors: usize,
-    /// First to last failure (submission or Redis), and where it started after the kill.
-    window: Option<(Duration, Duration)>,
+    /// First and last failed submission (503), and Redis error of the probe, after the kill.
+    rejected: Option<(Duration, Duration)>,
+    probed: Option<(Duration, Duration)>,
     promoted_after: Duration,
     new_master_differs: bool,
     elapsed: Duration,
 }
 
 impl Outcome {
+    /// From the first to the last failure of either kind, as (from, to) after the kill.
+    fn window(&self) -> Option<(Duration, Duration)> {
+        let spans: Vec<(Duration, Duration)> =
+            [self.rejected, self.probed].into_iter().flatten().collect();
+        let from = spans.iter().map(|s| s.0).min()?;
+        let to = spans.iter().map(|s| s.1).max()?;
+        Some((from, to))
+    }
+
     fn print(&self, label: &str) {
-        let window = self.window.map_or("none seen".to_owned(), |(len, from)| {
-            format!(
-                "{} ms (from {} ms after the kill)",
-                len.as_millis(),
-                from.as_millis()
-            )
-        });
+        let span = |s: Option<(Duration, Duration)>| {
+            s.map_or("none".to_owned(), |(from, to)| {
+                format!("{}-{} ms", from.as_millis(), to.as_millis())
+            })
+        };
+        let window = self
+            .window()
+            .map_or(0, |(from, to)| (to - from).as_millis());
         println!(
-            "sentinel [{label}]: accepted={} (keys stuck at 409: {}) terminal={} lost={} webhooks missing={} | double runs={} | 503s={} redis errors={} | failover window {window}; promotion {} ms after the kill | {:.1?}",
+            "sentinel [{label}]: accepted={} (keys stuck at 409: {}) terminal={} lost={} (no record: {}) webhooks missing={} | double runs={} | failover window {window} ms (503s={} at {}, redis errors={} at {}, after the kill); promotion {} ms after the kill | {:.1?}",
             self.accepted,
             self.stuck_keys,
             self.terminal,
             self.lost,
+            self.gone,
             self.webhooks_missing,
             self.double_runs,
             self.submit_503s,
+            span(self.rejected),
             self.redis_errors,
+            span(self.probed),
             self.promoted_after.as_millis(),
             self.elapsed,
         );
@@ -111,7 +127,7 @@ async fn a_master_killed_mid_run_loses_no_accepted_job_with_wait() -> anyhow::Re
     for outcome in [&acked, &unacked] {
         assert!(outcome.new_master_differs, "a replica was promoted");
         assert!(
-            outcome.window.is_some(),
+            outcome.window().is_some(),
             "the failover was observed (failed submissions or Redis errors)"
         );
     }
@@ -153,11 +169,11 @@ async fn run_with_master_kill(min_replicas_acked: u32) -> anyhow::Result<Outcome
         ..AppOptions::default()
     })
     .await?;
-    let failures = Failures::default();
+    let (failures, probe_failures) = (Failures::default(), Failures::default());
     let probe_stop = CancellationToken::new();
     let probe = tokio::spawn(probe_redis(
         app.config.redis.clone(),
-        failures.clone(),
+        probe_failures.clone(),
         probe_stop.clone(),
     ));
 
@@ -200,28 +216,35 @@ async fn run_with_master_kill(min_replicas_acked: u32) -> anyhow::Result<Outcome
         "every accepted job has its own id"
     );
 
-    let (terminal, lost) = settle(&app, &accepted, Duration::from_secs(90)).await?;
+    let (terminal, gone) = settle(&app, &accepted, Duration::from_secs(90)).await?;
     let webhooks_missing = missing_webhooks(&app, &terminal, Duration::from_secs(60)).await;
     probe_stop.cancel();
     let redis_errors = probe.await?;
-    let window = failures
-        .window()
-        .map(|(first, last, _)| (last - first, first.saturating_duration_since(killed_at)));
+    let since_kill = |f: &Failures| {
+        f.window().map(|(first, last, n)| {
+            let from = first.saturating_duration_since(killed_at);
+            (from, from + (last - first), n)
+        })
+    };
+    let (rejected, probed) = (since_kill(&failures), since_kill(&probe_failures));
+    if terminal.len() < accepted.len() {
+        // Replication lost writes: keep the servers' and sentinels' logs to say how.
+        topology.keep();
+    }
     // The harness cleans up on whichever server is the master now.
     app.redis_url = topology.master_url().await?;
     Ok(Outcome {
         accepted: accepted.len(),
         stuck_keys,
         terminal: terminal.len(),
-        lost,
+        lost: accepted.len() - terminal.len(),
+        gone,
         webhooks_missing,
         double_runs: app.llm.double_runs(),
-        submit_503s: failures
-            .window()
-            .map_or(0, |(_, _, n)| n)
-            .saturating_sub(redis_errors),
+        submit_503s: rejected.map_or(0, |(_, _, n)| n),
         redis_errors,
-        window,
+        rejected: rejected.map(|(from, to, _)| (from, to)),
+        probed: probed.map(|(from, to, _)| (from, to)),
         promoted_after,
         new_master_differs,
         elapsed: started.elapsed(),
@@ -310,12 +333,13 @@ async fn submit_until_accepted(app: &TestApp, i: usize, failures: &Failures) -> 
 }
 
 /// Polls until every accepted job is terminal or gone (404: its record was lost), or the
-/// deadline; answers the terminal ones and how many are lost (gone or never terminal).
+/// deadline.
 async fn settle(
     app: &TestApp,
     accepted: &[String],
     within: Duration,
 ) -> anyhow::Result<(Vec<String>, usize)> {
+    // Answers the terminal jobs and how many are gone (404) at the end; the rest never ended.
     let deadline = Instant::now() + within;
     let mut terminal = HashSet::new();
     loop {
@@ -339,8 +363,7 @@ async fn settle(
             }
         }
         if terminal.len() + gone == accepted.len() || Instant::now() > deadline {
-            let lost = accepted.len() - terminal.len();
-            return Ok((terminal.into_iter().collect(), lost));
+            return Ok((terminal.into_iter().collect(), gone));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

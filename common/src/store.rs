@@ -1,19 +1,24 @@
-//! Redis access: one connection manager (it reconnects by itself), every command bounded by a
-//! timeout so an outage fails fast instead of hanging, and the job store built on it.
+//! Redis access: connections to one server or to the master Sentinel names (`link`, the only
+//! code that knows which), every command bounded by a timeout so an outage fails fast instead
+//! of hanging, writes that back a promise acknowledged by replicas when asked, and the job
+//! store built on it.
+
+mod link;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::FromRedisValue;
-use secrecy::ExposeSecret;
+use redis::aio::ConnectionManager;
+use redis::{FromRedisValue, Value};
 use uuid::Uuid;
 
-use crate::config::RedisConfig;
+use crate::config::{ConfigError, RedisConfig};
 use crate::naming::Names;
 use crate::wire::{JobRecord, JobSpec, JobStatus, Step};
+
+use link::{Link, Master};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -27,60 +32,180 @@ pub enum StoreError {
     UnexpectedAnswer(String),
     #[error("the job's step log is broken: {0}")]
     BrokenStepLog(String),
+    /// The write happened on the master, but fewer replicas than `redis.min_replicas_acked`
+    /// confirmed it in time: a failover now could forget it, so it is not a promise.
+    #[error("the write reached {acked} of the {wanted} replicas it must reach")]
+    NotReplicated { acked: u32, wanted: u32 },
+    #[error("the sentinels name no reachable redis master (yet)")]
+    NoMaster,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// How many replicas must acknowledge a write that backs a promise, and for how long to wait.
+#[derive(Debug, Clone, Copy)]
+struct Durability {
+    replicas: u32,
+    wait: Duration,
 }
 
 /// A cheap-clone handle to Redis with a per-command timeout.
 #[derive(Clone)]
 pub struct Redis {
-    conn: ConnectionManager,
+    link: Link,
     timeout: Duration,
+    durability: Durability,
 }
 
 impl Redis {
-    /// Connects lazily: a process starts even while Redis is down, and reports not-ready.
+    /// Connects lazily: a process starts even while Redis (or every sentinel) is down, and
+    /// reports not-ready.
     pub fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
-        let client = redis::Client::open(config.url.expose_secret())?;
-        let timeout = config.timeout;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)?;
-        Ok(Self { conn, timeout })
+        Ok(Self {
+            link: Link::connect(config)?,
+            timeout: config.timeout,
+            durability: Durability {
+                replicas: config.min_replicas_acked,
+                wait: config.wait_timeout,
+            },
+        })
     }
 
-    async fn bounded<T, F>(&self, fut: F) -> Result<T, StoreError>
+    /// Runs `op` on a connection to the master (the shared one, or one for acknowledged
+    /// writes), bounded by the timeout; a failure that says the master changed is reported to
+    /// the link.
+    async fn on_master<T, F, Fut>(&self, acked: bool, op: F) -> Result<T, StoreError>
     where
-        F: Future<Output = redis::RedisResult<T>>,
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
     {
-        tokio::time::timeout(self.timeout, fut)
+        let master: Arc<Master> = self.link.master().await?;
+        let conn = if acked {
+            master.acked()
+        } else {
+            master.shared()
+        };
+        let result = tokio::time::timeout(self.timeout, op(conn))
             .await
-            .map_err(|_| StoreError::Timeout(self.timeout))?
-            .map_err(StoreError::from)
+            .unwrap_or(Err(StoreError::Timeout(self.timeout)));
+        if let Err(err) = &result {
+            self.link.failed(&master, err);
+        }
+        result
     }
 
     pub async fn cmd<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        self.bounded(cmd.query_async(&mut conn)).await
+        self.on_master(false, |mut conn| async move {
+            Ok(cmd.query_async(&mut conn).await?)
+        })
+        .await
     }
 
     pub async fn pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        self.bounded(pipe.query_async(&mut conn)).await
+        self.on_master(false, |mut conn| async move {
+            Ok(pipe.query_async(&mut conn).await?)
+        })
+        .await
     }
 
     pub async fn script<T: FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        self.bounded(invocation.invoke_async(&mut conn)).await
+        self.on_master(false, |mut conn| async move {
+            Ok(invocation.invoke_async(&mut conn).await?)
+        })
+        .await
+    }
+
+    /// [`Redis::script`] for a write that backs a promise: with `redis.min_replicas_acked`, the
+    /// script and `WAIT` go in one round trip, and too few acknowledgements are
+    /// [`StoreError::NotReplicated`] (the caller must not promise: 503, or no ack).
+    pub async fn script_acked<T: FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let durability = self.durability;
+        if durability.replicas == 0 {
+            return self.script(invocation).await;
+        }
+        self.on_master(true, |mut conn| async move {
+            let mut pipe = redis::pipe();
+            pipe.invoke_script(invocation);
+            durability.wait_in(&mut pipe);
+            let answer = match pipe.query_async::<(T, i64)>(&mut conn).await {
+                Err(err)
+                    if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    // The script cache is per server: a new master does not have it yet.
+                    invocation.load_async(&mut conn).await?;
+                    pipe.query_async(&mut conn).await?
+                }
+                answer => answer?,
+            };
+            let (value, acked) = answer;
+            durability.check(acked)?;
+            Ok(value)
+        })
+        .await
+    }
+
+    /// [`Redis::pipe`] for a write that backs a promise and whose replies are not needed: a
+    /// transaction (`atomic`) stays one, with `WAIT` after its `EXEC` (inside, `WAIT` would
+    /// not block), all in one round trip.
+    pub async fn pipe_acked(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
+        let durability = self.durability;
+        if durability.replicas == 0 {
+            return self.pipe(pipe).await;
+        }
+        let mut with_wait = redis::pipe();
+        if pipe.is_transaction() {
+            with_wait.cmd("MULTI");
+        }
+        for cmd in pipe.cmd_iter() {
+            with_wait.add_command(cmd.clone());
+        }
+        if pipe.is_transaction() {
+            with_wait.cmd("EXEC");
+        }
+        durability.wait_in(&mut with_wait);
+        self.on_master(true, |mut conn| async move {
+            let mut replies: Vec<Value> = with_wait.query_async(&mut conn).await?;
+            let acked = match replies.pop() {
+                Some(Value::Int(acked)) => acked,
+                other => return Err(StoreError::UnexpectedAnswer(format!("WAIT: {other:?}"))),
+            };
+            for reply in replies {
+                reply.extract_error()?;
+            }
+            durability.check(acked)
+        })
+        .await
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self.cmd(&redis::cmd("PING")).await?;
         Ok(())
+    }
+}
+
+impl Durability {
+    fn wait_in(self, pipe: &mut redis::Pipeline) {
+        pipe.cmd("WAIT")
+            .arg(self.replicas)
+            .arg(u64::try_from(self.wait.as_millis()).unwrap_or(u64::MAX));
+    }
+
+    fn check(self, acked: i64) -> Result<(), StoreError> {
+        let acked = u32::try_from(acked).unwrap_or(0);
+        if acked >= self.replicas {
+            Ok(())
+        } else {
+            Err(StoreError::NotReplicated {
+                acked,
+                wanted: self.replicas,
+            })
+        }
     }
 }
 
@@ -422,7 +547,7 @@ impl JobStore {
             .ignore()
             .expire(&key, self.ttl_secs as i64)
             .ignore();
-        self.redis.pipe::<()>(&pipe).await
+        self.redis.pipe_acked(&pipe).await
     }
 
     /// Removes a job (undoing a `create` whose publish failed).
@@ -504,7 +629,7 @@ impl JobStore {
             .arg(mode.script_name())
             .arg(expected)
             .arg(field::dropped_after(record));
-        let answer: String = self.redis.script(&invocation).await?;
+        let answer: String = self.redis.script_acked(&invocation).await?;
         Written::from_answer(&answer)
     }
 
@@ -622,7 +747,7 @@ impl JobStore {
         for step in steps {
             invocation.arg(serde_json::to_string(step)?);
         }
-        let answer: String = self.redis.script(&invocation).await?;
+        let answer: String = self.redis.script_acked(&invocation).await?;
         Written::from_answer(&answer)
     }
 

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub mod logs;
 pub mod proxy;
 pub mod rabbit_cluster;
+pub mod redis_sentinel;
 pub mod services;
 
 use agentfleet_common::broker::DELAY_STEPS_MS;
@@ -126,6 +127,9 @@ pub struct AppOptions {
     /// Where the harness itself inspects and cleans up: the real services behind any proxy.
     pub admin_amqp_url: String,
     pub admin_redis_url: String,
+    /// The app's `redis:` connection fields as YAML flow-map fields (a `sentinel: {...}`,
+    /// `min_replicas_acked`...), in place of `url: redis_url`.
+    pub redis_connection: Option<String>,
     pub lease_secs: u64,
     /// Provider pools: name and requests per minute.
     pub pools: Vec<(String, u32)>,
@@ -170,6 +174,7 @@ impl Default for AppOptions {
             redis_url: REDIS_URL.to_owned(),
             admin_amqp_url: AMQP_URL.to_owned(),
             admin_redis_url: REDIS_URL.to_owned(),
+            redis_connection: None,
             lease_secs: 3,
             pools: Vec::new(),
             max_limit_hold_ms: 30_000,
@@ -873,7 +878,7 @@ fn render_config(
     let llm_addr = endpoints.llm;
     let mut yaml = format!(
         r#"amqp: {{ {amqp}, prefix: "{prefix}", publish_timeout_ms: 3000{group} }}
-redis: {{ url: "{redis}", prefix: "{prefix}", result_ttl_secs: 3600 }}
+redis: {{ {redis}, prefix: "{prefix}", result_ttl_secs: 3600 }}
 dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: {max_body}{per_key}{http_limits} }}
 worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease}, max_limit_hold_ms: {hold}, budget_recheck_secs: {recheck} }}
 webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?}{per_host}{inline}{hosts} }}
@@ -889,7 +894,10 @@ tenants:
             .quorum_initial_group_size
             .map(|n| format!(", quorum_initial_group_size: {n}"))
             .unwrap_or_default(),
-        redis = options.redis_url,
+        redis = options
+            .redis_connection
+            .clone()
+            .unwrap_or_else(|| format!("url: \"{}\"", options.redis_url)),
         lease = options.lease_secs,
         grace = options.shutdown_grace_secs,
         hold = options.max_limit_hold_ms,

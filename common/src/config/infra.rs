@@ -133,7 +133,13 @@ fn default_publish_timeout() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    pub url: SecretString,
+    /// One Redis server. Exactly one of `url` and `sentinel` is given ([`RedisConfig::topology`]).
+    /// May hold credentials, so it is a secret: never logged.
+    #[serde(default)]
+    pub url: Option<SecretString>,
+    /// A master and its replicas watched by Redis Sentinel: the master is asked of the sentinels.
+    #[serde(default)]
+    pub sentinel: Option<SentinelConfig>,
     #[serde(default = "default_prefix")]
     pub prefix: String,
     /// How long job records and specs are kept; a Redis `EX` value, so whole seconds.
@@ -150,15 +156,68 @@ pub struct RedisConfig {
         default = "default_redis_timeout"
     )]
     pub timeout: Duration,
+    /// Replicas that must have a write that backs a promise (an accepted job, a record
+    /// transition, the step log) before it counts as done: `WAIT` in the same round trip.
+    /// 0, the default, waits for none (replication stays asynchronous).
+    #[serde(default)]
+    pub min_replicas_acked: u32,
+    /// How long such a write waits for its replicas before it fails; below `timeout_ms`,
+    /// which bounds the whole round trip.
+    #[serde(
+        rename = "wait_timeout_ms",
+        with = "duration::millis",
+        default = "default_wait_timeout"
+    )]
+    pub wait_timeout: Duration,
+}
+
+/// Where Redis is, as [`RedisConfig`] says once validated.
+#[derive(Debug, Clone, Copy)]
+pub enum RedisTopology<'a> {
+    Single(&'a SecretString),
+    Sentinel(&'a SentinelConfig),
 }
 
 impl RedisConfig {
+    /// One server or a sentinel-watched master; an error naming the key unless exactly one
+    /// of `url` and `sentinel` is given.
+    pub fn topology(&self, at: &str) -> Result<RedisTopology<'_>, ConfigError> {
+        match (&self.url, &self.sentinel) {
+            (Some(url), None) => Ok(RedisTopology::Single(url)),
+            (None, Some(sentinel)) => Ok(RedisTopology::Sentinel(sentinel)),
+            (Some(_), Some(_)) => Err(invalid(
+                format!("{at}.sentinel"),
+                format!("give either {at}.url or {at}.sentinel, not both"),
+            )),
+            (None, None) => Err(invalid(
+                format!("{at}.url"),
+                format!("missing: give {at}.url (one server) or {at}.sentinel"),
+            )),
+        }
+    }
+
     pub(super) fn validate(&self, at: &str) -> Result<(), ConfigError> {
         let key = |field: &str| format!("{at}.{field}");
-        check_url_scheme(&key("url"), self.url.expose_secret(), &["redis", "rediss"])?;
+        match self.topology(at)? {
+            RedisTopology::Single(url) => {
+                check_url_scheme(&key("url"), url.expose_secret(), &["redis", "rediss"])?
+            }
+            RedisTopology::Sentinel(sentinel) => sentinel.validate(&key("sentinel"))?,
+        }
         check_prefix(&key("prefix"), &self.prefix)?;
         positive(&key("result_ttl_secs"), self.result_ttl)?;
-        positive(&key("timeout_ms"), self.timeout)
+        positive(&key("timeout_ms"), self.timeout)?;
+        if self.min_replicas_acked > 0 {
+            // WAIT with a timeout of 0 blocks forever.
+            positive(&key("wait_timeout_ms"), self.wait_timeout)?;
+            if self.wait_timeout >= self.timeout {
+                return Err(invalid(
+                    key("wait_timeout_ms"),
+                    format!("must be shorter than {at}.timeout_ms, which bounds the whole write"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -170,6 +229,67 @@ fn default_result_ttl() -> Duration {
 fn default_redis_timeout() -> Duration {
     // Requests must fail within a second when Redis hangs.
     Duration::from_millis(800)
+}
+
+fn default_wait_timeout() -> Duration {
+    // Within the default command timeout, with room for the write itself.
+    Duration::from_millis(500)
+}
+
+// === impl SentinelConfig ===
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The sentinels, `redis://[[user]:password@]host:port`: each may carry its own
+    /// credentials, so they are secrets. Asked in order for the master's address.
+    pub urls: Vec<SecretString>,
+    /// The name the sentinels monitor the master under (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// The master's credentials (the sentinels' own are in `urls`).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<SecretString>,
+    #[serde(default)]
+    pub db: u16,
+}
+
+impl SentinelConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if self.urls.is_empty() {
+            return Err(invalid(
+                format!("{at}.urls"),
+                "must name at least one sentinel",
+            ));
+        }
+        for (i, url) in self.urls.iter().enumerate() {
+            // This build talks to sentinels without TLS (the client's TLS features are off).
+            check_url_scheme(&format!("{at}.urls[{i}]"), url.expose_secret(), &["redis"])?;
+        }
+        let name_ok = !self.master_name.is_empty()
+            && !self
+                .master_name
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control());
+        if !name_ok {
+            return Err(invalid(
+                format!("{at}.master_name"),
+                "must be a non-empty name without spaces",
+            ));
+        }
+        if self
+            .password
+            .as_ref()
+            .is_some_and(|p| p.expose_secret().is_empty())
+        {
+            return Err(invalid(
+                format!("{at}.password"),
+                "must not be empty when given",
+            ));
+        }
+        Ok(())
+    }
 }
 
 // === impl DispatcherConfig ===

@@ -39,7 +39,7 @@ pub use agents::{
 };
 pub use infra::{
     AmqpConfig, AuditConfig, BurstConfig, DispatcherConfig, LogFormat, QueueType, RedisConfig,
-    TelemetryConfig, WebhookConfig, WorkerConfig,
+    RedisTopology, SentinelConfig, TelemetryConfig, WebhookConfig, WorkerConfig,
 };
 pub use privacy::{PatternConfig, PrivacyConfig};
 pub use reload::check_reloadable;
@@ -266,4 +266,5 @@ fn environment_overrides() -> config::Environment {
         .with_list_parse_key("amqp.urls")
         .with_list_parse_key("worker.agents")
         .with_list_parse_key("privacy.mask")
+        .with_list_parse_key("redis.sentinel.urls")
 }

@@ -732,3 +732,114 @@ fn url_and_urls_are_one_or_the_other_and_each_is_checked() {
         "{err}"
     );
 }
+
+const SINGLE_REDIS: &str = r#"redis: { url: "redis://127.0.0.1:6379/0", prefix: "t1" }"#;
+
+/// The test document with its `redis:` entry replaced.
+fn with_redis(redis: &str) -> String {
+    yaml("").replace(SINGLE_REDIS, redis)
+}
+
+#[test]
+fn redis_sentinel_loads_and_the_topology_says_which() {
+    let config = Config::from_yaml(&with_redis(
+        r#"redis: { prefix: "t1", sentinel: { urls: ["redis://127.0.0.1:26379", "redis://:pw@127.0.0.1:26380"], master_name: "main", password: "m", db: 2 } }"#,
+    ))
+    .expect("valid");
+    let Ok(RedisTopology::Sentinel(sentinel)) = config.redis.topology("redis") else {
+        panic!("a sentinel topology");
+    };
+    assert_eq!(sentinel.urls.len(), 2);
+    assert_eq!(sentinel.master_name, "main");
+    assert_eq!(sentinel.db, 2);
+    // Secrets stay out of the debug form (and so out of any log line).
+    let shown = format!("{:?}", config.redis);
+    assert!(
+        !shown.contains("pw@") && !shown.contains("\"m\""),
+        "{shown}"
+    );
+    let single = Config::from_yaml(&yaml("")).expect("valid");
+    assert!(matches!(
+        single.redis.topology("redis"),
+        Ok(RedisTopology::Single(_))
+    ));
+    assert_eq!(single.redis.min_replicas_acked, 0);
+    assert_eq!(single.redis.wait_timeout, Duration::from_millis(500));
+}
+
+#[test]
+fn redis_needs_exactly_one_of_url_and_sentinel() {
+    let cases = [
+        (
+            r#"redis: { prefix: "t1" }"#,
+            "`redis.url`: missing: give redis.url (one server) or redis.sentinel",
+        ),
+        (
+            r#"redis: { url: "redis://127.0.0.1:6379/0", prefix: "t1", sentinel: { urls: ["redis://127.0.0.1:26379"], master_name: "main" } }"#,
+            "`redis.sentinel`: give either redis.url or redis.sentinel, not both",
+        ),
+        (
+            r#"redis: { prefix: "t1", sentinel: { urls: [], master_name: "main" } }"#,
+            "`redis.sentinel.urls`: must name at least one sentinel",
+        ),
+        (
+            r#"redis: { prefix: "t1", sentinel: { urls: ["redis://127.0.0.1:26379", "rediss://h:26379"], master_name: "main" } }"#,
+            "`redis.sentinel.urls[1]`: scheme must be one of redis",
+        ),
+        (
+            r#"redis: { prefix: "t1", sentinel: { urls: ["redis://127.0.0.1:26379"], master_name: "" } }"#,
+            "`redis.sentinel.master_name`",
+        ),
+        (
+            r#"redis: { prefix: "t1", sentinel: { urls: ["redis://127.0.0.1:26379"], master_name: "main", password: "" } }"#,
+            "`redis.sentinel.password`",
+        ),
+    ];
+    for (redis, expected) in cases {
+        let err = Config::from_yaml(&with_redis(redis)).expect_err(expected);
+        assert!(err.to_string().contains(expected), "{expected}: {err}");
+    }
+    // An unknown key inside `sentinel` is refused by name too.
+    let err = Config::from_yaml(&with_redis(
+        r#"redis: { prefix: "t1", sentinel: { urls: ["redis://127.0.0.1:26379"], master: "main" } }"#,
+    ))
+    .expect_err("unknown key");
+    assert!(err.to_string().contains("master"), "{err}");
+}
+
+#[test]
+fn replica_acknowledgements_need_a_wait_shorter_than_the_command_timeout() {
+    let acked = |fields: &str| {
+        Config::from_yaml(&with_redis(&format!(
+            r#"redis: {{ url: "redis://127.0.0.1:6379/0", prefix: "t1", {fields} }}"#
+        )))
+    };
+    let config = acked("min_replicas_acked: 1, wait_timeout_ms: 300").expect("valid");
+    assert_eq!(config.redis.min_replicas_acked, 1);
+    assert_eq!(config.redis.wait_timeout, Duration::from_millis(300));
+    let err = acked("min_replicas_acked: 1, wait_timeout_ms: 800").expect_err("too long");
+    assert!(
+        err.to_string()
+            .contains("`redis.wait_timeout_ms`: must be shorter than redis.timeout_ms"),
+        "{err}"
+    );
+    let err = acked("min_replicas_acked: 2, wait_timeout_ms: 0").expect_err("zero");
+    assert!(err.to_string().contains("`redis.wait_timeout_ms`"), "{err}");
+    // Off, the wait timeout is not looked at.
+    acked("wait_timeout_ms: 0").expect("valid when off");
+}
+
+#[test]
+fn sentinel_urls_come_from_the_environment_as_a_list() {
+    let doc = with_redis(r#"redis: { prefix: "t1", sentinel: { master_name: "main" } }"#);
+    let config = load_with_env(
+        &doc,
+        &[(
+            "AGENTFLEET__REDIS__SENTINEL__URLS",
+            "redis://s1:26379,redis://s2:26379",
+        )],
+    )
+    .expect("valid");
+    let sentinel = config.redis.sentinel.expect("sentinel");
+    assert_eq!(sentinel.urls.len(), 2);
+}

@@ -122,11 +122,26 @@ Call with (dict "root" $ "group" $group).
       name: {{ .Values.secrets.connection.name }}
       key: {{ .Values.secrets.connection.amqpUrlKey }}
 {{- end }}
+{{- if .Values.secrets.connection.redisSentinelUrlsKey }}
+- name: AGENTFLEET__REDIS__SENTINEL__URLS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.connection.name }}
+      key: {{ .Values.secrets.connection.redisSentinelUrlsKey }}
+{{- with .Values.secrets.connection.redisSentinelPasswordKey }}
+- name: AGENTFLEET__REDIS__SENTINEL__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $.Values.secrets.connection.name }}
+      key: {{ . }}
+{{- end }}
+{{- else }}
 - name: AGENTFLEET__REDIS__URL
   valueFrom:
     secretKeyRef:
       name: {{ .Values.secrets.connection.name }}
       key: {{ .Values.secrets.connection.redisUrlKey }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}

@@ -1,0 +1,277 @@
+//! Where Redis commands go: one server, or the master the sentinels name now.
+//!
+//! Only this module knows the topology. With one server, a [`ConnectionManager`] reconnects to
+//! its address by itself. Behind Sentinel that is not enough: after a failover the old address
+//! is dead (a manager would keep dialling it), and when the old master comes back it is a
+//! replica that answers `READONLY`. So the connections to a master are one [`Master`] value,
+//! and an error that says "this is not (or no longer) the master" drops it; the next command
+//! asks the sentinels again.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{ErrorKind, RedisConnectionInfo, ServerErrorKind};
+use secrecy::ExposeSecret;
+
+use super::StoreError;
+use crate::config::{RedisConfig, RedisTopology, SentinelConfig};
+
+/// Connections for writes followed by `WAIT`. A `WAIT` blocks its connection on the server
+/// until the replicas answer, so those writes never share the connection every other command
+/// uses, and a few of them keep one slow acknowledgement from holding up the rest.
+const ACKED_CONNECTIONS: usize = 4;
+
+/// After the sentinels named no reachable master, commands fail at once for this long instead
+/// of each asking every sentinel again (during a failover that is every command).
+const RESOLVE_PAUSE: Duration = Duration::from_millis(100);
+
+/// The connections to one master: the shared one and those for acknowledged writes.
+pub(super) struct Master {
+    /// Which resolution made it; a failure only drops the master it happened on.
+    generation: u64,
+    shared: ConnectionManager,
+    acked: Vec<ConnectionManager>,
+    next_acked: AtomicUsize,
+}
+
+impl Master {
+    fn open(
+        client: redis::Client,
+        config: &ConnectionManagerConfig,
+        generation: u64,
+    ) -> Result<Self, StoreError> {
+        let manager = || ConnectionManager::new_lazy_with_config(client.clone(), config.clone());
+        Ok(Self {
+            generation,
+            shared: manager()?,
+            acked: (0..ACKED_CONNECTIONS)
+                .map(|_| manager())
+                .collect::<Result<_, _>>()?,
+            next_acked: AtomicUsize::new(0),
+        })
+    }
+
+    pub(super) fn shared(&self) -> ConnectionManager {
+        self.shared.clone()
+    }
+
+    /// One of the connections for acknowledged writes, in turn.
+    pub(super) fn acked(&self) -> ConnectionManager {
+        let i = self.next_acked.fetch_add(1, Ordering::Relaxed) % self.acked.len();
+        self.acked[i].clone()
+    }
+}
+
+/// A cheap-clone handle to the current master.
+#[derive(Clone)]
+pub(super) struct Link {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    current: RwLock<Option<Arc<Master>>>,
+    /// `None` for one server: its master never changes.
+    sentinel: Option<tokio::sync::Mutex<Resolver>>,
+    manager_config: ConnectionManagerConfig,
+    timeout: Duration,
+}
+
+struct Resolver {
+    client: SentinelClient,
+    generation: u64,
+    failed_at: Option<Instant>,
+}
+
+impl Link {
+    /// Connects lazily: nothing is dialled until the first command.
+    pub(super) fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
+        let timeout = config.timeout;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let (current, sentinel) = match config.topology("redis")? {
+            RedisTopology::Single(url) => {
+                let client = redis::Client::open(url.expose_secret())?;
+                let master = Master::open(client, &manager_config, 0)?;
+                (Some(Arc::new(master)), None)
+            }
+            RedisTopology::Sentinel(sentinel) => (None, Some(resolver(sentinel)?)),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                current: RwLock::new(current),
+                sentinel: sentinel.map(tokio::sync::Mutex::new),
+                manager_config,
+                timeout,
+            }),
+        })
+    }
+
+    /// The master to send a command to, asking the sentinels first if none is known.
+    pub(super) async fn master(&self) -> Result<Arc<Master>, StoreError> {
+        match self.known() {
+            Some(master) => Ok(master),
+            None => self.resolve().await,
+        }
+    }
+
+    fn known(&self) -> Option<Arc<Master>> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Notes that a command on `master` failed: if the error says it may not be the master
+    /// any more, the next command asks the sentinels. (With one server, nothing to do: the
+    /// connection manager reconnects to the same address.)
+    pub(super) fn failed(&self, master: &Master, err: &StoreError) {
+        if self.inner.sentinel.is_none() || !means_new_master(err) {
+            return;
+        }
+        let mut current = self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|m| m.generation == master.generation)
+        {
+            tracing::warn!(error = %err, "redis master lost; asking the sentinels again");
+            *current = None;
+        }
+    }
+
+    async fn resolve(&self) -> Result<Arc<Master>, StoreError> {
+        let Some(sentinel) = &self.inner.sentinel else {
+            // Unreachable in practice: a single server's master is set at connect.
+            return Err(StoreError::NoMaster);
+        };
+        let mut resolver = sentinel.lock().await;
+        // Another command may have resolved while this one waited for the lock.
+        if let Some(master) = self.known() {
+            return Ok(master);
+        }
+        if resolver
+            .failed_at
+            .is_some_and(|at| at.elapsed() < RESOLVE_PAUSE)
+        {
+            return Err(StoreError::NoMaster);
+        }
+        let asked = tokio::time::timeout(self.inner.timeout, resolver.client.async_get_client());
+        let client = match asked.await {
+            Ok(Ok(client)) => client,
+            Ok(Err(err)) => {
+                resolver.failed_at = Some(Instant::now());
+                return Err(err.into());
+            }
+            Err(_) => {
+                resolver.failed_at = Some(Instant::now());
+                return Err(StoreError::Timeout(self.inner.timeout));
+            }
+        };
+        resolver.failed_at = None;
+        resolver.generation += 1;
+        // host:port only: the credentials are elsewhere in the connection info.
+        let address = client.get_connection_info().addr().to_string();
+        let master = Arc::new(Master::open(
+            client,
+            &self.inner.manager_config,
+            resolver.generation,
+        )?);
+        tracing::info!(
+            generation = resolver.generation,
+            master = %address,
+            "redis master found through the sentinels"
+        );
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(master.clone());
+        Ok(master)
+    }
+}
+
+fn resolver(config: &SentinelConfig) -> Result<Resolver, StoreError> {
+    let mut master = RedisConnectionInfo::default().set_db(i64::from(config.db));
+    if let Some(username) = &config.username {
+        master = master.set_username(username);
+    }
+    if let Some(password) = &config.password {
+        master = master.set_password(password.expose_secret());
+    }
+    let urls: Vec<&str> = config.urls.iter().map(|u| u.expose_secret()).collect();
+    let client = SentinelClient::build(
+        urls,
+        config.master_name.clone(),
+        Some(SentinelNodeConnectionInfo::default().set_redis_connection_info(master)),
+        SentinelServerType::Master,
+    )?;
+    Ok(Resolver {
+        client,
+        generation: 0,
+        failed_at: None,
+    })
+}
+
+/// Whether a failed command suggests its server is not the master now: it is gone (I/O,
+/// timeout), it says it is a replica (`READONLY`, after a failover demoted it) or cut off from
+/// its master (`MASTERDOWN`), or its replicas did not keep up (it may be a master the
+/// sentinels have replaced). Asking again costs one sentinel round trip when it still is.
+fn means_new_master(err: &StoreError) -> bool {
+    match err {
+        StoreError::Timeout(_) | StoreError::NotReplicated { .. } => true,
+        StoreError::Redis(err) => {
+            err.is_io_error()
+                || err.is_unrecoverable_error()
+                || matches!(
+                    err.kind(),
+                    ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+                )
+        }
+        StoreError::NoMaster
+        | StoreError::Corrupt(_)
+        | StoreError::UnexpectedAnswer(_)
+        | StoreError::BrokenStepLog(_) => false,
+        StoreError::Config(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(kind: ServerErrorKind) -> StoreError {
+        StoreError::Redis((ErrorKind::Server(kind), "from the server").into())
+    }
+
+    #[test]
+    fn a_replica_or_a_dead_server_means_asking_the_sentinels_again() {
+        assert!(means_new_master(&server(ServerErrorKind::ReadOnly)));
+        assert!(means_new_master(&server(ServerErrorKind::MasterDown)));
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(means_new_master(&StoreError::Redis(io.into())));
+        assert!(means_new_master(&StoreError::Timeout(
+            Duration::from_millis(1)
+        )));
+        assert!(means_new_master(&StoreError::NotReplicated {
+            acked: 0,
+            wanted: 1
+        }));
+    }
+
+    #[test]
+    fn a_script_error_or_bad_data_keeps_the_master() {
+        assert!(!means_new_master(&server(ServerErrorKind::NoScript)));
+        assert!(!means_new_master(&server(ServerErrorKind::ResponseError)));
+        assert!(!means_new_master(&StoreError::UnexpectedAnswer("x".into())));
+    }
+}

@@ -68,6 +68,9 @@ pub enum BrokerError {
 /// A recent failed connect makes fail-fast callers give up at once for this long.
 const FAIL_FAST_HOLD: Duration = Duration::from_millis(500);
 
+/// How long a fail-fast caller waits for the connect it started (which goes on without it).
+const FAIL_FAST_WAIT: Duration = Duration::from_millis(700);
+
 /// A cheap-clone handle to the broker.
 #[derive(Clone)]
 pub struct Broker {
@@ -90,7 +93,7 @@ struct Inner {
     next_node: AtomicUsize,
     /// Held while connecting, so one caller connects and the others wait (or, fail-fast,
     /// give up at once).
-    connecting: Mutex<()>,
+    connecting: Arc<Mutex<()>>,
     publisher: Mutex<Option<Channel>>,
     /// Request paths (the dispatcher) must answer within a second during an outage: they
     /// never wait for another caller's connect, and skip connecting right after a failure.
@@ -117,7 +120,7 @@ impl Broker {
                 connection_name: connection_name.to_owned(),
                 current: std::sync::RwLock::new(None),
                 next_node: AtomicUsize::new(0),
-                connecting: Mutex::new(()),
+                connecting: Arc::new(Mutex::new(())),
                 publisher: Mutex::new(None),
                 fail_fast: false,
                 last_failure: std::sync::Mutex::new(None),
@@ -168,55 +171,77 @@ impl Broker {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(BrokerError::NotConnected);
         }
-        let _connecting = if self.inner.fail_fast {
-            self.inner
-                .connecting
-                .try_lock()
-                .map_err(|_| BrokerError::NotConnected)?
-        } else {
-            self.inner.connecting.lock().await
-        };
+        if self.inner.fail_fast {
+            return self.connect_in_background().await;
+        }
+        let _connecting = self.inner.connecting.lock().await;
         // Someone else may have connected while we waited, or closed the broker.
         if let Some(conn) = self.current_connected() {
             return Ok(conn);
         }
+        self.connect_round().await
+    }
+
+    /// For request paths: the connect runs in a task of its own, with the full per-node
+    /// timeouts, and the caller that started it waits for it only `FAIL_FAST_WAIT`; callers
+    /// that find one running, or a failure in the last `FAIL_FAST_HOLD`, give up at once. A
+    /// slow connect — a cluster that lost a node declares the quorum queues whose leader was
+    /// on it only once a new leader is elected — so completes for the requests after.
+    async fn connect_in_background(&self) -> Result<Arc<Connection>, BrokerError> {
+        if self.failed_recently() {
+            return Err(BrokerError::NotConnected);
+        }
+        let connecting = self
+            .inner
+            .connecting
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| BrokerError::NotConnected)?;
+        let broker = self.clone();
+        let round = tokio::spawn(async move {
+            let _connecting = connecting;
+            if broker.current_connected().is_some() {
+                return;
+            }
+            let _ = broker.connect_round().await;
+        });
+        let _ = tokio::time::timeout(FAIL_FAST_WAIT, round).await;
+        self.current_connected().ok_or(BrokerError::NotConnected)
+    }
+
+    /// One round over the nodes; the connection it makes becomes the current one.
+    async fn connect_round(&self) -> Result<Arc<Connection>, BrokerError> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(BrokerError::NotConnected);
         }
-        let (timeout, budget) = self.connect_bounds()?;
+        let timeout = self.inner.config.connect_timeout;
+        let nodes = u32::try_from(self.inner.config.endpoints().len()).unwrap_or(u32::MAX);
         self.forget_lost_connection();
-        let result = self.connect_any(timeout, budget).await;
+        let result = self
+            .connect_any(timeout, timeout.saturating_mul(nodes))
+            .await;
         if let Ok(mut last) = self.inner.last_failure.lock() {
             *last = result.is_err().then(std::time::Instant::now);
         }
         let (conn, node) = result?;
+        if self.inner.closed.load(Ordering::SeqCst) {
+            // Closed while this round ran: the connection is not kept.
+            let _ = tokio::time::timeout(timeout, conn.close(200, "closing".into())).await;
+            return Err(BrokerError::NotConnected);
+        }
         if let Ok(mut current) = self.inner.current.write() {
             *current = Some((conn.clone(), node));
         }
         Ok(conn)
     }
 
-    /// How long one node may take to connect, and the whole round of nodes. A fail-fast
-    /// caller gets 700 ms at most for the round, and gives up at once right after a failure;
-    /// others get `amqp.connect_timeout_ms` per node.
-    fn connect_bounds(&self) -> Result<(Duration, Duration), BrokerError> {
-        let timeout = self.inner.config.connect_timeout;
-        if !self.inner.fail_fast {
-            let nodes = u32::try_from(self.inner.config.endpoints().len()).unwrap_or(u32::MAX);
-            return Ok((timeout, timeout.saturating_mul(nodes)));
-        }
-        let recent = self
-            .inner
+    fn failed_recently(&self) -> bool {
+        self.inner
             .last_failure
             .lock()
             .ok()
             .and_then(|at| *at)
-            .is_some_and(|at| at.elapsed() < FAIL_FAST_HOLD);
-        if recent {
-            return Err(BrokerError::NotConnected);
-        }
-        let timeout = timeout.min(Duration::from_millis(700));
-        Ok((timeout, timeout))
+            .is_some_and(|at| at.elapsed() < FAIL_FAST_HOLD)
     }
 
     /// A connection that was lost points the next connect at the node after its own: that

@@ -260,6 +260,7 @@ async fn submit_until_accepted(
     let body = json!({"agent": "cluster", "input": format!("cluster job {i}"), "webhook_url": app.webhook_url()});
     let key = format!("cluster-{i}");
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = String::from("no answer");
     while Instant::now() < deadline {
         let sent = Instant::now();
         let response = app
@@ -288,7 +289,9 @@ async fn submit_until_accepted(
                         .map(str::to_owned)
                         .ok_or_else(|| anyhow::anyhow!("job {i}: no id in {body}"));
                 }
-                409 | 503 => {}
+                409 | 503 => {
+                    last = format!("{status}: {}", response.text().await.unwrap_or_default());
+                }
                 other => {
                     let body = response.text().await.unwrap_or_default();
                     anyhow::bail!("job {i}: dispatcher {dispatcher} answered {other}: {body}");
@@ -297,7 +300,7 @@ async fn submit_until_accepted(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    anyhow::bail!("job {i} was never accepted")
+    anyhow::bail!("job {i} was never accepted by dispatcher {dispatcher}; its last answer: {last}")
 }
 
 /// Waits until the receiver has a webhook for every job; answers how many jobs that is.

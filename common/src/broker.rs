@@ -215,11 +215,8 @@ impl Broker {
             return Err(BrokerError::NotConnected);
         }
         let timeout = self.inner.config.connect_timeout;
-        let nodes = u32::try_from(self.inner.config.endpoints().len()).unwrap_or(u32::MAX);
         self.forget_lost_connection();
-        let result = self
-            .connect_any(timeout, timeout.saturating_mul(nodes))
-            .await;
+        let result = self.connect_any(timeout).await;
         if let Ok(mut last) = self.inner.last_failure.lock() {
             *last = result.is_err().then(std::time::Instant::now);
         }
@@ -257,27 +254,17 @@ impl Broker {
         }
     }
 
-    /// Tries each node once, from `next_node` on, each within `timeout` and all within
-    /// `budget`; the first that connects and takes the topology wins. A node that fails moves
-    /// `next_node` past it, so a caller that ran out of budget makes the next try elsewhere.
+    /// Tries each node once, from `next_node` on, each within `timeout`; the first that
+    /// connects and takes the topology wins. A node that fails moves `next_node` past it.
     async fn connect_any(
         &self,
         timeout: Duration,
-        budget: Duration,
     ) -> Result<(Arc<Connection>, usize), BrokerError> {
         let endpoints = self.inner.config.endpoints();
-        // No deadline past what an `Instant` can hold: the per-node timeouts bound it then.
-        let deadline = tokio::time::Instant::now().checked_add(budget);
         let first = self.inner.next_node.load(Ordering::SeqCst);
         let mut last_error = BrokerError::NotConnected;
         for node in node_order(first, endpoints.len()) {
-            let left = deadline.map_or(timeout, |d| {
-                d.saturating_duration_since(tokio::time::Instant::now())
-            });
-            if left.is_zero() {
-                break;
-            }
-            match self.connect(node, timeout.min(left)).await {
+            match self.connect(node, timeout).await {
                 Ok(conn) => {
                     self.inner.next_node.store(node, Ordering::SeqCst);
                     return Ok((conn, node));

@@ -16,6 +16,8 @@ use uuid::Uuid;
 
 use crate::config::{ConfigError, RedisConfig};
 use crate::naming::Names;
+use chrono::{DateTime, Utc};
+
 use crate::wire::{JobRecord, JobSpec, JobStatus, Step};
 
 use link::{Link, Master};
@@ -32,6 +34,8 @@ pub enum StoreError {
     UnexpectedAnswer(String),
     #[error("the job's step log is broken: {0}")]
     BrokenStepLog(String),
+    #[error("the job's run mark `{0}` is not `<attempt> <RFC 3339 time>`")]
+    BrokenRunMark(String),
     /// The write happened on the master, but fewer replicas than `redis.min_replicas_acked`
     /// confirmed it in time: a failover now could forget it, so it is not a promise.
     #[error("the write reached {acked} of the {wanted} replicas it must reach")]
@@ -231,6 +235,9 @@ mod field {
     /// How many steps the log holds; step `i` is the field `STEP` + `i`.
     pub const STEPS: &str = "steps";
     pub const STEP: &str = "step:";
+    /// A begun run's mark ([`super::RunMark`]): while it is there, the job is running,
+    /// whatever the record says. Removed by every write of the record.
+    pub const RUN: &str = "run";
 
     pub fn step(index: usize) -> String {
         format!("{STEP}{index}")
@@ -275,8 +282,9 @@ impl Scripts {
 }
 
 /// Every job script starts with this, generated at startup: the terminal statuses of
-/// [`JobStatus`] as a Lua set (`TERMINAL[status]` is `true` or `nil`), and the names of the
-/// job hash's fields from [`field`], so no script spells either.
+/// [`JobStatus`] as a Lua set (`TERMINAL[status]` is `true` or `nil`), the names of the job
+/// hash's fields from [`field`], so no script spells either, and `status_of`, the job's
+/// status with a begun run's mark ([`RunMark`]) taken into account.
 fn lua_prelude() -> String {
     let terminal: Vec<String> = JobStatus::ALL
         .iter()
@@ -285,7 +293,11 @@ fn lua_prelude() -> String {
         .collect();
     format!(
         "local TERMINAL = {{{}}}\n\
-         local RECORD, SPEC, FENCE, HANDOFF, STEPS, STEP = '{}', '{}', '{}', '{}', '{}', '{}'\n",
+         local RECORD, SPEC, FENCE, HANDOFF, STEPS, STEP, RUN = '{}', '{}', '{}', '{}', '{}', '{}', '{}'\n\
+         local function status_of(key, record)\n\
+           if redis.call('HEXISTS', key, RUN) == 1 then return '{}' end\n\
+           return cjson.decode(record)['status']\n\
+         end\n",
         terminal.join(", "),
         field::RECORD,
         field::SPEC,
@@ -293,6 +305,8 @@ fn lua_prelude() -> String {
         field::HANDOFF,
         field::STEPS,
         field::STEP,
+        field::RUN,
+        JobStatus::Running.as_str(),
     )
 }
 
@@ -301,12 +315,15 @@ fn lua_prelude() -> String {
 /// token, `KEYS[2]`) must still be the current one, and a terminal record is final (only
 /// bookkeeping — webhook delivery state — may touch it). `ARGV[4]` is a [`WriteMode`]; it
 /// answers a [`Written`] by name. `ARGV[6]` names the fields the job no longer needs after
-/// this write ([`Fields::dropped_after`]). Everything of the job (`KEYS[1]`) expires together.
+/// this write ([`field::dropped_after`]). A run's write may carry the steps it has not stored
+/// yet (`ARGV[9..]`, where the log holds `ARGV[8]` steps: `conflict` otherwise) and let its
+/// lease go (`ARGV[7]`), so a one-call run ends in one round trip. The record replaces a
+/// begun run's mark. Everything of the job (`KEYS[1]`) expires together.
 const TRANSITION: &str = r"
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return 'lease_lost' end
 local current = redis.call('HGET', KEYS[1], RECORD)
 if not current then return 'missing' end
-local status = cjson.decode(current)['status']
+local status = status_of(KEYS[1], current)
 if ARGV[4] == 'bookkeeping' then
   if not TERMINAL[status] then return 'conflict' end
 elseif TERMINAL[status] then
@@ -314,29 +331,38 @@ elseif TERMINAL[status] then
 elseif ARGV[4] == 'cas' and status ~= ARGV[5] then
   return 'conflict'
 end
+if ARGV[8] ~= '' then
+  local len = tonumber(redis.call('HGET', KEYS[1], STEPS) or '0')
+  if len ~= tonumber(ARGV[8]) then return 'conflict' end
+  for i = 9, #ARGV do redis.call('HSET', KEYS[1], STEP .. (len + i - 9), ARGV[i]) end
+  redis.call('HSET', KEYS[1], STEPS, len + #ARGV - 8)
+end
 redis.call('HSET', KEYS[1], RECORD, ARGV[1])
+redis.call('HDEL', KEYS[1], RUN)
 for name in string.gmatch(ARGV[6], '%S+') do redis.call('HDEL', KEYS[1], name) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+if ARGV[7] == '1' and ARGV[3] ~= '' then redis.call('DEL', KEYS[2]) end
 return 'ok'
 ";
 
-/// Starts a run in one step: takes the job's lease (`KEYS[1]`) if nobody holds it, with a
-/// fresh fencing token from the job's hash (`KEYS[2]`), and writes the run's record if the
-/// stored status is still the one the run read. Answers `{'ok', token}`, `{'busy', ms left on
-/// someone else's lease}`, or a refusal (`missing`, `terminal`, `conflict`: status changed
-/// meanwhile) with 0.
+/// Starts a run in one round trip: reads the job's hash (`KEYS[2]`) and, unless the job
+/// ended, takes its lease (`KEYS[1]`) if nobody holds it, with a fresh fencing token from the
+/// hash, and marks it running (`ARGV[3]`, a [`RunMark`]; empty keeps the status). The mark
+/// stands for the record the run would write: rewriting the record's JSON here is not safe
+/// (cjson turns an empty list inside the caller's metadata into an object). Answers
+/// `{verdict, n, fields}`: `{'ok', token, the hash as it was}`, `{'busy', ms left on someone
+/// else's lease, {}}`, `{'terminal', 0, the hash}` or `{'missing', 0, {}}`.
 const BEGIN: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'busy', redis.call('PTTL', KEYS[1])} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'busy', redis.call('PTTL', KEYS[1]), {}} end
 local current = redis.call('HGET', KEYS[2], RECORD)
-if not current then return {'missing', 0} end
-local status = cjson.decode(current)['status']
-if TERMINAL[status] then return {'terminal', 0} end
-if status ~= ARGV[5] then return {'conflict', 0} end
+if not current then return {'missing', 0, {}} end
+local fields = redis.call('HGETALL', KEYS[2])
+if TERMINAL[status_of(KEYS[2], current)] then return {'terminal', 0, fields} end
 local token = redis.call('HINCRBY', KEYS[2], FENCE, 1)
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
-redis.call('HSET', KEYS[2], RECORD, ARGV[3])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], RUN, ARGV[3]) end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {'ok', token}
+return {'ok', token, fields}
 ";
 
 /// Extends a lease still held by its owner; answers the job's status (so a run learns of a
@@ -346,7 +372,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lease_lost' end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local current = redis.call('HGET', KEYS[2], RECORD)
 if not current then return 'missing' end
-return cjson.decode(current)['status']
+return status_of(KEYS[2], current)
 ";
 
 /// Ends a run: notes the webhook hand-off on the job when there was one (`ARGV[2]` = '1'),
@@ -416,6 +442,84 @@ fn steps_of(fields: &JobFields) -> Result<Vec<Step>, StoreError> {
         .collect()
 }
 
+/// A job as a run or a webhook delivery needs it: the record, what it asked for, and the
+/// run's step log so far.
+#[derive(Debug)]
+pub struct StoredJob {
+    pub record: JobRecord,
+    pub spec: JobSpec,
+    pub steps: Vec<Step>,
+}
+
+/// What a job's hash says, with a begun run's mark applied to the record.
+fn loaded_from(fields: &JobFields) -> Result<Loaded, StoreError> {
+    let Some(raw) = fields.get(field::RECORD) else {
+        return Ok(Loaded::Gone);
+    };
+    let record = record_view(raw, fields.get(field::RUN).map(String::as_str))?;
+    let Some(spec) = fields.get(field::SPEC) else {
+        return Ok(Loaded::Concluded(record));
+    };
+    Ok(Loaded::Ready(StoredJob {
+        record,
+        spec: serde_json::from_str(spec)?,
+        steps: steps_of(fields)?,
+    }))
+}
+
+/// The record as readers must see it: the stored JSON, and over it the mark of a run that
+/// began since the record was last written.
+fn record_view(raw: &str, mark: Option<&str>) -> Result<JobRecord, StoreError> {
+    let mut record: JobRecord = serde_json::from_str(raw)?;
+    if let Some(mark) = mark {
+        RunMark::parse(mark)?.apply(&mut record);
+    }
+    Ok(record)
+}
+
+/// What beginning a run changes on a job, stored beside the record (field `run`) instead of
+/// rewriting it, so that loading a job, taking its lease and marking it running are one
+/// script: the job is `running`, as attempt `attempt` (or the one it had, if higher), since
+/// its first start or else `started_at`, and no longer waiting. The run's next write of the
+/// record (a step's end, a retry, the job's end) carries the same and removes the mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunMark {
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+}
+
+impl RunMark {
+    fn encode(self) -> String {
+        format!(
+            "{} {}",
+            self.attempt,
+            self.started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        )
+    }
+
+    fn parse(raw: &str) -> Result<Self, StoreError> {
+        let broken = || StoreError::BrokenRunMark(raw.to_owned());
+        let (attempt, started_at) = raw.split_once(' ').ok_or_else(broken)?;
+        Ok(Self {
+            attempt: attempt.parse().map_err(|_| broken())?,
+            started_at: DateTime::parse_from_rfc3339(started_at)
+                .map_err(|_| broken())?
+                .with_timezone(&Utc),
+        })
+    }
+
+    /// The record as the run that made this mark sees it.
+    pub fn apply(self, record: &mut JobRecord) {
+        record.status = JobStatus::Running;
+        // Attempts count messages, not deliveries: a redelivery after a crash is the same
+        // attempt.
+        record.attempts = record.attempts.max(self.attempt);
+        record.started_at.get_or_insert(self.started_at);
+        record.waiting = None;
+    }
+}
+
 /// Who writes a record, and so which checks the write must pass.
 #[derive(Debug, Clone, Copy)]
 enum WriteMode<'a> {
@@ -445,14 +549,39 @@ pub struct Lease {
 }
 
 /// The outcome of trying to start a run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Begun {
-    /// The lease is ours and the record says the run started.
-    Held(Lease),
+    /// The lease is ours, and the job is as it was just before (the run's own changes are
+    /// the [`RunMark`] it asked for).
+    Held(Lease, StoredJob),
     /// Someone else holds the lease for about this long; nothing was written.
     Busy(Duration),
-    /// The record was not written: `Missing`, `Terminal` or `Conflict` (status changed).
-    Refused(Written),
+    /// The job ended (`Ready` with a terminal record, or `Concluded`) or is `Gone`; nothing
+    /// was written.
+    NotRunnable(Loaded),
+}
+
+/// How to start a run: who asks, for how long, and what it marks.
+#[derive(Debug, Clone, Copy)]
+pub struct BeginRun<'a> {
+    pub id: Uuid,
+    pub owner: &'a str,
+    pub ttl: Duration,
+    /// `None` takes the lease and leaves the status as it is (a message that keeps coming
+    /// back: it is about to be failed, not run).
+    pub mark: Option<RunMark>,
+}
+
+/// A run's write of its record under its lease.
+#[derive(Debug, Clone, Copy)]
+pub struct RunWrite<'a> {
+    pub record: &'a JobRecord,
+    pub lease: &'a Lease,
+    /// Steps the log does not hold yet, appended in the same step, where it holds `base`.
+    pub steps: &'a [Step],
+    pub base: usize,
+    /// Lets the lease go in the same step: the run writes nothing after this.
+    pub release: bool,
 }
 
 /// What a guarded write found.
@@ -493,11 +622,7 @@ pub enum Renewed {
 #[derive(Debug)]
 pub enum Loaded {
     /// The job, what it asked for, and its step log so far.
-    Ready {
-        record: JobRecord,
-        spec: JobSpec,
-        steps: Vec<Step>,
-    },
+    Ready(StoredJob),
     /// A job whose event's delivery concluded: it keeps its record and step log for readers,
     /// and no longer what it asked for. Nothing is left to do for it.
     Concluded(JobRecord),
@@ -558,12 +683,14 @@ impl JobStore {
     }
 
     pub async fn load(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(self.names.job_key(id)).arg(field::RECORD);
-        let raw: Option<String> = self.redis.cmd(&cmd).await?;
-        raw.map(|raw| serde_json::from_str(&raw))
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.names.job_key(id))
+            .arg(field::RECORD)
+            .arg(field::RUN);
+        let (record, mark): (Option<String>, Option<String>) = self.redis.cmd(&cmd).await?;
+        record
+            .map(|raw| record_view(&raw, mark.as_deref()))
             .transpose()
-            .map_err(StoreError::from)
     }
 
     /// The record and the spec together; `None` if the job is gone (expired or never made).
@@ -574,33 +701,23 @@ impl JobStore {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.names.job_key(id))
             .arg(field::RECORD)
-            .arg(field::SPEC);
-        let (record, spec): (Option<String>, Option<String>) = self.redis.cmd(&cmd).await?;
+            .arg(field::SPEC)
+            .arg(field::RUN);
+        let (record, spec, mark): (Option<String>, Option<String>, Option<String>) =
+            self.redis.cmd(&cmd).await?;
         match (record, spec) {
             (Some(record), Some(spec)) => Ok(Some((
-                serde_json::from_str(&record)?,
+                record_view(&record, mark.as_deref())?,
                 serde_json::from_str(&spec)?,
             ))),
             _ => Ok(None),
         }
     }
 
-    /// What a run or a webhook delivery needs, in one round trip: the record, the spec, and
-    /// the run's step log so far.
+    /// What a webhook delivery needs, in one round trip: the record, the spec, and the run's
+    /// step log.
     pub async fn load_for_run(&self, id: Uuid) -> Result<Loaded, StoreError> {
-        let fields = self.load_fields(id).await?;
-        let Some(record) = fields.get(field::RECORD) else {
-            return Ok(Loaded::Gone);
-        };
-        let record: JobRecord = serde_json::from_str(record)?;
-        let Some(spec) = fields.get(field::SPEC) else {
-            return Ok(Loaded::Concluded(record));
-        };
-        Ok(Loaded::Ready {
-            record,
-            spec: serde_json::from_str(spec)?,
-            steps: steps_of(&fields)?,
-        })
+        loaded_from(&self.load_fields(id).await?)
     }
 
     async fn load_fields(&self, id: Uuid) -> Result<JobFields, StoreError> {
@@ -613,6 +730,8 @@ impl JobStore {
         &self,
         record: &JobRecord,
         mode: WriteMode<'_>,
+        steps: Option<(usize, &[Step])>,
+        release: bool,
     ) -> Result<Written, StoreError> {
         let (lease, expected) = match mode {
             WriteMode::Leased(lease) => (lease.value.as_str(), ""),
@@ -628,7 +747,19 @@ impl JobStore {
             .arg(lease)
             .arg(mode.script_name())
             .arg(expected)
-            .arg(field::dropped_after(record));
+            .arg(field::dropped_after(record))
+            .arg(if release { "1" } else { "" });
+        match steps {
+            Some((base, steps)) => {
+                invocation.arg(base);
+                for step in steps {
+                    invocation.arg(serde_json::to_string(step)?);
+                }
+            }
+            None => {
+                invocation.arg("");
+            }
+        }
         let answer: String = self.redis.script_acked(&invocation).await?;
         Written::from_answer(&answer)
     }
@@ -639,7 +770,22 @@ impl JobStore {
         record: &JobRecord,
         lease: &Lease,
     ) -> Result<Written, StoreError> {
-        self.transition(record, WriteMode::Leased(lease)).await
+        self.transition(record, WriteMode::Leased(lease), None, false)
+            .await
+    }
+
+    /// A run's write: its record, the steps it has not stored yet, and (at its end) the
+    /// release of its lease, in one round trip. Refused if the lease is lost, the job ended,
+    /// or the log is not `base` steps long (`Conflict`); a refusal writes nothing.
+    pub async fn save_run(&self, write: RunWrite<'_>) -> Result<Written, StoreError> {
+        let steps = (!write.steps.is_empty()).then_some((write.base, write.steps));
+        self.transition(
+            write.record,
+            WriteMode::Leased(write.lease),
+            steps,
+            write.release,
+        )
+        .await
     }
 
     /// Writes a record if its stored status is still `expected` (and not terminal).
@@ -648,45 +794,46 @@ impl JobStore {
         record: &JobRecord,
         expected: JobStatus,
     ) -> Result<Written, StoreError> {
-        self.transition(record, WriteMode::IfStatus(expected)).await
+        self.transition(record, WriteMode::IfStatus(expected), None, false)
+            .await
     }
 
     /// Updates delivery bookkeeping on a record that already ended.
     pub async fn save_bookkeeping(&self, record: &JobRecord) -> Result<Written, StoreError> {
-        self.transition(record, WriteMode::Bookkeeping).await
+        self.transition(record, WriteMode::Bookkeeping, None, false)
+            .await
     }
 
-    /// Starts a run as `owner`: takes the job's lease for `ttl` with a fresh fencing token and
-    /// writes `record` (the run's view: running, attempt counted), provided nobody holds the
-    /// lease and the stored status is still `expected` (what the run read). One round trip.
-    pub async fn begin_run(
-        &self,
-        record: &JobRecord,
-        expected: JobStatus,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<Begun, StoreError> {
-        let id = record.id;
+    /// Starts a run, in one round trip: loads the job and, unless it ended or someone holds
+    /// its lease, takes the lease for `ttl` with a fresh fencing token and marks the job
+    /// running ([`RunMark`]).
+    pub async fn begin_run(&self, begin: BeginRun<'_>) -> Result<Begun, StoreError> {
         let mut invocation = self.scripts.begin.prepare_invoke();
         invocation
-            .key(self.names.lease_key(id))
-            .key(self.names.job_key(id))
-            .arg(owner)
-            .arg(ttl.as_millis() as u64)
-            .arg(stored_json(record)?)
-            .arg(self.ttl_secs)
-            .arg(expected.as_str());
-        let (answer, value): (String, i64) = self.redis.script(&invocation).await?;
+            .key(self.names.lease_key(begin.id))
+            .key(self.names.job_key(begin.id))
+            .arg(begin.owner)
+            .arg(begin.ttl.as_millis() as u64)
+            .arg(begin.mark.map(RunMark::encode).unwrap_or_default())
+            .arg(self.ttl_secs);
+        let (verdict, value, fields): (String, i64, JobFields) =
+            self.redis.script(&invocation).await?;
         let value = u64::try_from(value).unwrap_or(0);
-        Ok(match answer.as_str() {
+        Ok(match verdict.as_str() {
             "busy" => Begun::Busy(Duration::from_millis(value)),
-            verdict => match Written::from_answer(verdict)? {
-                Written::Ok => Begun::Held(Lease {
-                    token: value,
-                    value: format!("{owner}:{value}"),
-                }),
-                refused => Begun::Refused(refused),
+            "ok" => match loaded_from(&fields)? {
+                Loaded::Ready(job) => Begun::Held(
+                    Lease {
+                        token: value,
+                        value: format!("{}:{value}", begin.owner),
+                    },
+                    job,
+                ),
+                // A job without a spec has ended, so the script could not have begun it.
+                _ => return Err(StoreError::UnexpectedAnswer("ok without a spec".into())),
             },
+            "terminal" | "missing" => Begun::NotRunnable(loaded_from(&fields)?),
+            other => return Err(StoreError::UnexpectedAnswer(other.to_owned())),
         })
     }
 
@@ -870,6 +1017,40 @@ mod tests {
         let stored = stored_json(&spec).unwrap();
         assert_eq!(stored, r#"{"input":"hi"}"#);
         assert_eq!(serde_json::from_str::<JobSpec>(&stored).unwrap(), spec);
+    }
+
+    #[test]
+    fn a_run_mark_reads_back_and_makes_the_record_running() {
+        let started_at = chrono::Utc::now();
+        let mark = RunMark {
+            attempt: 2,
+            started_at,
+        };
+        assert_eq!(RunMark::parse(&mark.encode()).unwrap(), mark);
+        let mut record =
+            JobRecord::new_queued(Uuid::now_v7(), "acme", "summarize", None, started_at);
+        record.attempts = 3;
+        record.waiting = Some(crate::wire::Waiting {
+            reason: crate::wire::WaitReason::RateLimited,
+            until: started_at,
+            reserved: true,
+        });
+        let raw = stored_json(&record).unwrap();
+        let seen = record_view(&raw, Some(&mark.encode())).unwrap();
+        assert_eq!(seen.status, JobStatus::Running);
+        assert_eq!(seen.attempts, 3, "never lowered");
+        assert_eq!(seen.started_at, Some(started_at));
+        assert_eq!(seen.waiting, None);
+        assert_eq!(record_view(&raw, None).unwrap(), record);
+        for broken in ["", "2", "x 2026-11-23T00:00:00Z", "2 yesterday"] {
+            assert!(
+                matches!(
+                    record_view(&raw, Some(broken)),
+                    Err(StoreError::BrokenRunMark(_))
+                ),
+                "{broken:?}"
+            );
+        }
     }
 
     #[test]

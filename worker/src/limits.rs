@@ -57,6 +57,22 @@ struct Buckets {
     key: Vec<Gcra>,
     /// Set while the provider asked the fleet to hold calls: the pool's, else the agent's.
     pause_key: String,
+    /// What this replica last read of the pause key, and when.
+    pause_seen: std::sync::Mutex<Option<PauseSeen>>,
+}
+
+/// How long a replica takes its last reading of the fleet's pause as current, for an agent
+/// without buckets (whose admission is only that reading): one `PTTL` per this much time
+/// instead of one per call. A pause another replica sets is seen this late at most; one
+/// this replica sets, at once.
+const PAUSE_RECHECK: Duration = Duration::from_millis(50);
+
+/// A reading of the pause key: taken at `at`, paused until `until` (not paused if it is
+/// not later than `at`).
+#[derive(Debug, Clone, Copy)]
+struct PauseSeen {
+    at: tokio::time::Instant,
+    until: tokio::time::Instant,
 }
 
 impl Buckets {
@@ -84,6 +100,7 @@ impl Buckets {
             all,
             key,
             pause_key: names.pause_key(pause_scope),
+            pause_seen: std::sync::Mutex::new(None),
         }
     }
 }
@@ -161,8 +178,7 @@ impl AgentLimits {
         let buckets = self.buckets.get();
         if buckets.all.is_empty() {
             // No bucket's script to check the pause (and no turn to wait for): ask Redis.
-            self.wait_out_pause(&buckets.pause_key, stop, hold_until)
-                .await?;
+            self.wait_out_pause(&buckets, stop, hold_until).await?;
             return Ok(started.elapsed());
         }
         // A line longer than the hold means a long wait: then the buckets say how long.
@@ -247,18 +263,15 @@ impl AgentLimits {
 
     async fn wait_out_pause(
         &self,
-        pause_key: &str,
+        buckets: &Buckets,
         stop: &CancellationToken,
         hold_until: tokio::time::Instant,
     ) -> Result<(), AdmitError> {
         loop {
-            let mut cmd = redis::cmd("PTTL");
-            cmd.arg(pause_key);
-            let left_ms: i64 = self.redis.cmd(&cmd).await?;
-            let left = match u64::try_from(left_ms) {
-                Ok(ms) if ms > 0 => Duration::from_millis(ms),
-                _ => return Ok(()),
-            };
+            let left = self.pause_left(buckets).await?;
+            if left.is_zero() {
+                return Ok(());
+            }
             if tokio::time::Instant::now() + left > hold_until {
                 return Err(AdmitError::WaitLonger {
                     wait: left,
@@ -273,9 +286,36 @@ impl AgentLimits {
         }
     }
 
+    /// How long the fleet's calls are paused from now: the last reading if it is recent
+    /// (`PAUSE_RECHECK`), else the pause key's `PTTL`.
+    async fn pause_left(&self, buckets: &Buckets) -> Result<Duration, StoreError> {
+        let now = tokio::time::Instant::now();
+        let seen = *lock(&buckets.pause_seen);
+        if let Some(seen) = seen.filter(|seen| now.duration_since(seen.at) < PAUSE_RECHECK) {
+            return Ok(seen.until.saturating_duration_since(now));
+        }
+        let mut cmd = redis::cmd("PTTL");
+        cmd.arg(&buckets.pause_key);
+        let left_ms: i64 = self.redis.cmd(&cmd).await?;
+        let left = Duration::from_millis(u64::try_from(left_ms).unwrap_or(0));
+        *lock(&buckets.pause_seen) = Some(PauseSeen {
+            at: now,
+            until: now + left,
+        });
+        Ok(left)
+    }
+
     /// Holds every replica's calls for `pause` (the provider's `Retry-After` on a 429).
     pub async fn pause(&self, pause: Duration) -> Result<(), StoreError> {
-        let mut invocation = self.pause.key(&self.buckets.get().pause_key);
+        let buckets = self.buckets.get();
+        let now = tokio::time::Instant::now();
+        {
+            // This replica holds its calls at once, whatever it read before.
+            let mut seen = lock(&buckets.pause_seen);
+            let until = seen.map_or(now, |seen| seen.until).max(now + pause);
+            *seen = Some(PauseSeen { at: now, until });
+        }
+        let mut invocation = self.pause.key(&buckets.pause_key);
         invocation.arg(pause.as_millis().max(1) as u64);
         self.redis.script::<i64>(&invocation).await.map(|_| ())
     }
@@ -369,4 +409,12 @@ impl AgentLimits {
             .call(gcra, Some(&buckets.pause_key), cost, mode)
             .await
     }
+}
+
+/// The lock of a pause reading (a writer cannot panic while holding it, so a poisoned lock
+/// still holds a whole value).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

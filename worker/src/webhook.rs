@@ -18,10 +18,9 @@ use agentfleet_common::broker::BrokerError;
 use agentfleet_common::events;
 use agentfleet_common::outbound::{Destination, OutboundError};
 use agentfleet_common::signing;
-use agentfleet_common::store::Loaded;
+use agentfleet_common::store::{Loaded, StoredJob as Job};
 use agentfleet_common::wire::{
-    JobRecord, JobSpec, Step, Versioned, WebhookEvent, WebhookMessage, WebhookOutcome,
-    WebhookStatus,
+    JobRecord, Versioned, WebhookEvent, WebhookMessage, WebhookOutcome, WebhookStatus,
 };
 
 use crate::delivery::{after_delayed_publish, remaining_delay, settle, undecodable, Disposition};
@@ -59,15 +58,7 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
         return after_delayed_publish(published, "an early webhook");
     }
     let job = match shared.store.load_for_run(msg.job_id).await {
-        Ok(Loaded::Ready {
-            record,
-            spec,
-            steps,
-        }) => Job {
-            record,
-            spec,
-            steps,
-        },
+        Ok(Loaded::Ready(job)) => job,
         Ok(Loaded::Concluded(_)) => {
             // A second hand-off of the same event (at least once): its delivery is over.
             tracing::debug!("the job's event was delivered already; duplicate dropped");
@@ -90,13 +81,6 @@ async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {
             after_delayed_publish(published, what)
         }
     }
-}
-
-/// A terminal job as an attempt needs it.
-pub(crate) struct Job {
-    pub record: JobRecord,
-    pub spec: JobSpec,
-    pub steps: Vec<Step>,
 }
 
 /// What is left to do for an event after an attempt.

@@ -240,7 +240,8 @@ fn means_new_master(err: &StoreError) -> bool {
         StoreError::NoMaster
         | StoreError::Corrupt(_)
         | StoreError::UnexpectedAnswer(_)
-        | StoreError::BrokenStepLog(_) => false,
+        | StoreError::BrokenStepLog(_)
+        | StoreError::BrokenRunMark(_) => false,
         StoreError::Config(_) => false,
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use agentfleet_agent::{AssistantMessage, Step, StepKind};
-use agentfleet_common::store::{Begun, JobStore, Redis, Written};
+use agentfleet_common::store::{BeginRun, Begun, JobStore, Loaded, Redis, RunMark, Written};
 use agentfleet_common::wire::{JobStatus, Usage};
 use agentfleet_stub::llm::Behavior;
 use agentfleet_tests::{wait_until, AgentSpec, AppOptions, Fault, TestApp};
@@ -335,16 +335,23 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_the_job() -> anyhow::Resu
     let id = app.submit_job("summarize", "x").await?;
     let store = JobStore::new(Redis::connect(&app.config.redis)?, app.names(), 3600);
     let uuid = uuid::Uuid::parse_str(&id)?;
-    let queued = store.load(uuid).await?.expect("record");
     let begin = |owner: &'static str, ttl: Duration| {
-        let (store, queued) = (store.clone(), queued.clone());
+        let store = store.clone();
         async move {
             store
-                .begin_run(&queued, JobStatus::Queued, owner, ttl)
+                .begin_run(BeginRun {
+                    id: uuid,
+                    owner,
+                    ttl,
+                    mark: Some(RunMark {
+                        attempt: 1,
+                        started_at: chrono::Utc::now(),
+                    }),
+                })
                 .await
         }
     };
-    let Begun::Held(stale) = begin("stalled", Duration::from_millis(200)).await? else {
+    let Begun::Held(stale, _) = begin("stalled", Duration::from_millis(200)).await? else {
         anyhow::bail!("first run refused");
     };
     assert!(matches!(
@@ -353,7 +360,7 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_the_job() -> anyhow::Resu
     ));
     let fresh = wait_until(Duration::from_secs(5), "stale lease to expire", || async {
         match begin("fresh", Duration::from_secs(5)).await.ok()? {
-            Begun::Held(lease) => Some(lease),
+            Begun::Held(lease, _) => Some(lease),
             _ => None,
         }
     })
@@ -371,43 +378,66 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_the_job() -> anyhow::Resu
     Ok(())
 }
 
-/// A run starts only on the job as it read it: a status changed meanwhile, or a job that
-/// ended, is refused, and the refusal writes nothing (no lease, no record change).
+/// Beginning a run reads the job, takes its lease and marks it running in one step: readers
+/// see it running (as attempt 1, since the run's start) until the run writes its record; a
+/// job that ended is not begun, and the refusal writes nothing (no lease, no change).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_does_not_start_on_a_job_that_changed_or_ended() -> anyhow::Result<()> {
+async fn a_begun_run_shows_as_running_and_an_ended_job_is_not_begun() -> anyhow::Result<()> {
     let app = TestApp::spawn(AppOptions {
         workers: 0,
         ..AppOptions::default()
     })
     .await?;
-    let id = app.submit_job("summarize", "x").await?;
     let store = JobStore::new(Redis::connect(&app.config.redis)?, app.names(), 3600);
+    let begin = |id: uuid::Uuid, started_at| {
+        store.begin_run(BeginRun {
+            id,
+            owner: "w",
+            ttl: Duration::from_secs(5),
+            mark: Some(RunMark {
+                attempt: 1,
+                started_at,
+            }),
+        })
+    };
+    let id = app.submit_job("summarize", "x").await?;
     let uuid = uuid::Uuid::parse_str(&id)?;
-    let queued = store.load(uuid).await?.expect("record");
-    let mut running = queued.clone();
-    running.status = JobStatus::Running;
-    let ttl = Duration::from_secs(5);
+    let started_at = chrono::Utc::now();
+    let Begun::Held(lease, job) = begin(uuid, started_at).await? else {
+        anyhow::bail!("the run was not begun");
+    };
+    assert_eq!(job.record.status, JobStatus::Queued, "the job as it was");
+    let shown = app.job(&id).await?;
+    assert_eq!(shown["status"], "running", "{shown}");
+    assert_eq!(shown["attempts"], 1);
+    let shown_start: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(shown["started_at"].clone())?;
+    assert_eq!(shown_start, started_at);
+    // The run's own write replaces the mark.
+    let mut record = job.record;
+    record.status = JobStatus::Retrying;
+    assert_eq!(store.save_leased(&record, &lease).await?, Written::Ok);
+    assert_eq!(app.job(&id).await?["status"], "retrying");
+    store.close_run(uuid, &lease, false).await?;
+
+    let ended = app.submit_job("summarize", "y").await?;
+    let ended_uuid = uuid::Uuid::parse_str(&ended)?;
+    assert_eq!(app.cancel(&ended).await.status(), 200);
+    let Begun::NotRunnable(Loaded::Ready(found)) = begin(ended_uuid, started_at).await? else {
+        anyhow::bail!("an ended job must not be begun");
+    };
+    assert_eq!(found.record.status, JobStatus::Cancelled);
     assert_eq!(
-        store
-            .begin_run(&running, JobStatus::Retrying, "w", ttl)
-            .await?,
-        Begun::Refused(Written::Conflict)
-    );
-    assert_eq!(
-        store.load(uuid).await?.expect("record").status,
-        JobStatus::Queued
-    );
-    assert_eq!(app.cancel(&id).await.status(), 200);
-    assert_eq!(
-        store
-            .begin_run(&running, JobStatus::Queued, "w", ttl)
-            .await?,
-        Begun::Refused(Written::Terminal)
-    );
-    assert_eq!(
-        store.load(uuid).await?.expect("record").status,
+        store.load(ended_uuid).await?.expect("record").status,
         JobStatus::Cancelled
     );
+    let lease_key = app.names().lease_key(ended_uuid);
+    let mut redis = app.redis().await?;
+    let leased: bool = redis::cmd("EXISTS")
+        .arg(&lease_key)
+        .query_async(&mut redis)
+        .await?;
+    assert!(!leased, "no lease was taken");
     Ok(())
 }
 
@@ -424,17 +454,16 @@ async fn a_recorded_model_call_is_not_paid_for_twice() -> anyhow::Result<()> {
     let uuid = uuid::Uuid::parse_str(&id)?;
     let store = JobStore::new(Redis::connect(&app.config.redis)?, app.names(), 3600);
     // A crashed run: it started, its model call completed and was recorded, then it died.
-    let mut running = store.load(uuid).await?.expect("record");
-    running.status = JobStatus::Running;
-    running.attempts = 1;
-    running.started_at = Some(chrono::Utc::now());
-    let Begun::Held(lease) = store
-        .begin_run(
-            &running,
-            JobStatus::Queued,
-            "crashed",
-            Duration::from_secs(30),
-        )
+    let Begun::Held(lease, _) = store
+        .begin_run(BeginRun {
+            id: uuid,
+            owner: "crashed",
+            ttl: Duration::from_secs(30),
+            mark: Some(RunMark {
+                attempt: 1,
+                started_at: chrono::Utc::now(),
+            }),
+        })
         .await?
     else {
         anyhow::bail!("could not take the lease");

@@ -5,10 +5,11 @@
 //! or send a webhook. A message is acked only after what its processing produced (the next
 //! state, a retry message, the webhook hand-off) is durably stored or confirmed.
 //!
-//! The delivery goes through [`intake`] (too early? already ended? circuit open? a call slot),
-//! then [`Run::begin`] takes the lease and marks the job running, [`Run::execute`] drives the
-//! agent loop from the step log ([`turns`]) and decides the attempt's end ([`outcome`]), and
-//! [`Run::close`] releases the lease.
+//! The delivery goes through [`intake`] (too early? circuit open? a call slot), then
+//! [`Run::begin`] reads the job, takes its lease and marks it running in one round trip (a job
+//! that ended is dropped), [`Run::execute`] drives the agent loop from the step log
+//! ([`turns`]) and decides the attempt's end ([`outcome`]), whose write lets the lease go, and
+//! [`Run::close`] notes a webhook hand-off (or releases a lease no write let go).
 
 mod lease;
 mod outcome;
@@ -24,9 +25,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use agentfleet_common::store::{Begun, Lease, Loaded, Written};
+use agentfleet_common::store::{BeginRun, Begun, Lease, Loaded, RunMark, StoredJob};
 use agentfleet_common::wire::{
-    JobMessage, JobRecord, JobSpec, JobStatus, Step, Versioned, WaitReason, Waiting,
+    JobMessage, JobRecord, JobSpec, Step, Versioned, WaitReason, Waiting,
 };
 
 use crate::circuit::Admission;
@@ -72,117 +73,72 @@ async fn process(
     msg: JobMessage,
     deliveries: u32,
 ) -> Disposition {
-    let admitted = match intake(shared, agent, &msg, deliveries).await {
-        Ok(admitted) => admitted,
+    let slot = match intake(shared, agent, &msg, deliveries).await {
+        Ok(slot) => slot,
         Err(disposition) => return disposition,
     };
-    let Admitted {
-        record,
-        spec,
-        steps,
-        slot,
-    } = admitted;
-    let poison = slot.is_none();
-    let mut run = match Run::begin(shared, agent, msg, (record, spec, steps), poison).await {
+    let mut run = match Run::begin(shared, agent, msg, slot.is_none()).await {
         Ok(run) => run,
         Err(disposition) => return disposition,
     };
     let _registered = shared.running.register(run.msg.job_id, run.cancel.clone());
-    let renewal = tokio::spawn(lease::keep(
+    run.renewal = Some(tokio::spawn(lease::keep(
         shared.store.clone(),
         run.msg.job_id,
         run.lease.clone(),
         shared.config.worker.lease,
         run.cancel.clone(),
-    ));
+    )));
     let ending = match slot {
         Some(slot) => run.execute(slot).await,
         None => run.give_up(deliveries).await,
     };
-    renewal.abort();
+    run.stop_renewal();
     run.close(ending).await
 }
 
-/// A delivery that may run: its job, the run's step log so far, and a call slot (`None` for
-/// a message that keeps coming back: it is failed, not run).
-struct Admitted {
-    record: JobRecord,
-    spec: JobSpec,
-    steps: Vec<Step>,
-    slot: Option<OwnedSemaphorePermit>,
-}
-
-/// Everything before the lease: a message that is early goes back round the delay ladder, a
-/// job that ended or vanished is dropped, an open circuit delays the job, and a run waits for
-/// one of the agent's call slots (the job is still `queued` meanwhile).
+/// Everything before the job is read: a message that is early goes back round the delay
+/// ladder, an open circuit delays the job, and a run waits for one of the agent's call slots
+/// (the job is still `queued` meanwhile). Answers the slot (`None` for a message that keeps
+/// coming back: it is failed, not run).
 async fn intake(
     shared: &Shared,
     agent: &AgentRuntime,
     msg: &JobMessage,
     deliveries: u32,
-) -> Settled<Admitted> {
+) -> Settled<Option<OwnedSemaphorePermit>> {
     if let Some(remaining) = remaining_delay(msg.not_before, Utc::now()) {
         // Still early (a long delay is served in hops): back onto the ladder.
         let published = shared.broker.publish_job_delayed(msg, remaining).await;
         return Err(after_delayed_publish(published, "an early job"));
     }
-    let (record, spec, steps) = match shared.store.load_for_run(msg.job_id).await {
-        Ok(Loaded::Ready {
-            record,
-            spec,
-            steps,
-        }) => (record, spec, steps),
-        Ok(Loaded::Concluded(record)) => {
-            tracing::info!(
-                status = record.status.as_str(),
-                "job ended and its event was delivered; message dropped"
-            );
-            return Err(Disposition::Ack);
-        }
-        Ok(Loaded::Gone) => {
-            tracing::warn!("job record is gone (expired or never stored); dropping the message");
-            return Err(Disposition::Ack);
-        }
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot load the job");
-            return Err(Disposition::Requeue);
-        }
-    };
-    if record.status.is_terminal() {
-        // Finished or cancelled already: make sure its webhook was handed off (a crash may
-        // have come between storing the result and the hand-off), then drop the message.
-        tracing::info!(
-            status = record.status.as_str(),
-            "job already ended; message dropped"
-        );
-        return Err(ensure_handoff(shared, &record, &spec).await);
+    if deliveries + 1 >= shared.config.amqp.delivery_limit {
+        return Ok(None);
     }
-    let poison = deliveries + 1 >= shared.config.amqp.delivery_limit;
-    let slot = if poison {
-        None
-    } else {
-        if let Admission::Wait(wait) = agent.circuit.admit() {
-            tracing::info!(?wait, "provider circuit open; job delayed");
-            note_waiting(shared, record, WaitReason::CircuitOpen, wait).await;
-            return Err(delay(shared, msg, wait).await);
-        }
-        tokio::select! {
-            slot = agent.limits.call_slot() => Some(slot),
-            () = shared.draining.cancelled() => return Err(Disposition::GiveBack),
-        }
-    };
-    Ok(Admitted {
-        record,
-        spec,
-        steps,
-        slot,
-    })
+    if let Admission::Wait(wait) = agent.circuit.admit() {
+        tracing::info!(?wait, "provider circuit open; job delayed");
+        note_waiting(shared, msg, WaitReason::CircuitOpen, wait).await;
+        return Err(delay(shared, msg, wait).await);
+    }
+    tokio::select! {
+        slot = agent.limits.call_slot() => Ok(Some(slot)),
+        () = shared.draining.cancelled() => Err(Disposition::GiveBack),
+    }
 }
 
 /// Says on the record why and until when a job that is not running waits (if the record is
-/// still as read: a cancellation meanwhile wins). A rate-limit turn reserved for it stays
-/// reserved. Bookkeeping for the caller: failing to write it delays nothing.
-async fn note_waiting(shared: &Shared, mut record: JobRecord, reason: WaitReason, wait: Duration) {
+/// still as read: a cancellation meanwhile wins). Bookkeeping for the caller: failing to
+/// write it delays nothing.
+async fn note_waiting(shared: &Shared, msg: &JobMessage, reason: WaitReason, wait: Duration) {
+    let mut record = match shared.store.load(msg.job_id).await {
+        Ok(Some(record)) if !record.status.is_terminal() => record,
+        Ok(_) => return,
+        Err(err) => {
+            tracing::debug!(error = %err, "could not note why the job waits");
+            return;
+        }
+    };
+    // A rate-limit turn reserved for it stays reserved.
     let reserved = record.waiting.as_ref().is_some_and(|w| w.reserved);
     record.waiting = Some(Waiting {
         reason,
@@ -215,9 +171,15 @@ struct Run<'a> {
     /// The run's view of the record: what it writes back, under the lease.
     record: JobRecord,
     spec: JobSpec,
-    /// The step log as stored: what the runtime decides from, appended under the lease.
+    /// The step log: what the runtime decides from. The first `stored_steps` are in Redis;
+    /// the rest wait for the run's next write (see `turns::Run::stage`).
     steps: Vec<Step>,
+    stored_steps: usize,
     lease: Lease,
+    /// Set once a write let the lease go (the run's last one).
+    released: bool,
+    /// The task that keeps the lease alive.
+    renewal: Option<tokio::task::JoinHandle<()>>,
     /// Cancelled by a cancellation broadcast or a lost lease.
     cancel: CancellationToken,
     /// The job's deadline: the agent's `timeout_secs`, lowered by the job's, from its start.
@@ -228,57 +190,54 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    /// Takes the job's lease and stores the record as `running` (a message that keeps coming
-    /// back keeps its status: it is about to be failed).
+    /// Reads the job, takes its lease and marks it running, in one round trip (a message
+    /// that keeps coming back keeps its status: it is about to be failed). A job that ended
+    /// is dropped, after making sure its event was handed off.
     async fn begin(
         shared: &'a Shared,
         agent: &'a AgentRuntime,
         msg: JobMessage,
-        (mut record, spec, steps): (JobRecord, JobSpec, Vec<Step>),
         poison: bool,
     ) -> Settled<Run<'a>> {
-        let read_status = record.status;
-        let reserved_turn = record.waiting.take().is_some_and(|w| w.reserved);
-        if !poison && record.attempts == 0 {
-            observe_queue_wait(shared, agent, &msg, &record);
-        }
-        if !poison {
-            record.status = JobStatus::Running;
-            // Attempts count messages, not deliveries: a redelivery after a crash is the same
-            // attempt.
-            record.attempts = record.attempts.max(msg.attempt);
-            record.started_at.get_or_insert_with(Utc::now);
-        }
+        let mark = (!poison).then(|| RunMark {
+            attempt: msg.attempt,
+            started_at: Utc::now(),
+        });
         let begun = shared
             .store
-            .begin_run(
-                &record,
-                read_status,
-                &shared.instance,
-                shared.config.worker.lease,
-            )
+            .begin_run(BeginRun {
+                id: msg.job_id,
+                owner: &shared.instance,
+                ttl: shared.config.worker.lease,
+                mark,
+            })
             .await;
-        let lease = match begun {
-            Ok(Begun::Held(lease)) => lease,
+        let (lease, job) = match begun {
+            Ok(Begun::Held(lease, job)) => (lease, job),
             Ok(Begun::Busy(left)) => {
                 // Another run holds it (or a crashed one whose lease has not expired): wait in
                 // the delay ladder, not here.
                 tracing::info!(?left, "job leased elsewhere; delayed");
                 return Err(delay(shared, &msg, left.max(Duration::from_millis(250))).await);
             }
-            // Ended since it was read (cancelled: the canceller handed its event off) or gone.
-            Ok(Begun::Refused(Written::Terminal | Written::Missing)) => {
-                return Err(Disposition::Ack)
-            }
-            Ok(Begun::Refused(_)) => {
-                tracing::info!("job changed while its run was starting; given back");
-                return Err(Disposition::Requeue);
-            }
+            Ok(Begun::NotRunnable(found)) => return Err(not_runnable(shared, found).await),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot start the run");
                 return Err(Disposition::Requeue);
             }
         };
+        let StoredJob {
+            mut record,
+            spec,
+            steps,
+        } = job;
+        let reserved_turn = record.waiting.as_ref().is_some_and(|w| w.reserved);
+        if let Some(mark) = mark {
+            if record.attempts == 0 {
+                observe_queue_wait(shared, agent, &msg, &record);
+            }
+            mark.apply(&mut record);
+        }
         let deadline = deadline(&record, &spec, agent);
         Ok(Run {
             shared,
@@ -286,12 +245,47 @@ impl<'a> Run<'a> {
             msg,
             record,
             spec,
+            stored_steps: steps.len(),
             steps,
             lease,
+            released: false,
+            renewal: None,
             cancel: CancellationToken::new(),
             deadline,
             reserved_turn: reserved_turn.into(),
         })
+    }
+
+    /// Stops renewing the lease (the run is over, or its last write lets the lease go).
+    fn stop_renewal(&mut self) {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+        }
+    }
+}
+
+/// A delivery of a job that ended or vanished is dropped. One that ended: its webhook is
+/// made sure of first (a crash may have come between storing the result and the hand-off).
+async fn not_runnable(shared: &Shared, found: Loaded) -> Disposition {
+    match found {
+        Loaded::Ready(job) => {
+            tracing::info!(
+                status = job.record.status.as_str(),
+                "job already ended; message dropped"
+            );
+            ensure_handoff(shared, &job.record, &job.spec).await
+        }
+        Loaded::Concluded(record) => {
+            tracing::info!(
+                status = record.status.as_str(),
+                "job ended and its event was delivered; message dropped"
+            );
+            Disposition::Ack
+        }
+        Loaded::Gone => {
+            tracing::warn!("job record is gone (expired or never stored); dropping the message");
+            Disposition::Ack
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use agentfleet_agent::{totals, FinalOutput, Stop};
 use agentfleet_common::events;
-use agentfleet_common::store::Written;
+use agentfleet_common::store::{RunWrite, StoredJob, Written};
 use agentfleet_common::wire::{
     AttemptError, ErrorCategory, JobError, JobMessage, JobRecord, JobSpec, JobStatus, WaitReason,
     Waiting, SCHEMA_VERSION,
@@ -115,13 +115,19 @@ impl Run<'_> {
         self.finish(JobStatus::Failed).await
     }
 
-    /// Releases the lease (noting the hand-off in the same step) and answers the disposition.
+    /// Notes a webhook hand-off, releases the lease if no write let it go, and answers the
+    /// disposition.
     pub(super) async fn close(&self, ending: Ending) -> Disposition {
-        let closed = self
-            .shared
-            .store
-            .close_run(self.msg.job_id, &self.lease, ending.handed_off)
-            .await;
+        let store = &self.shared.store;
+        let closed = match (self.released, ending.handed_off) {
+            (true, true) => store.mark_handed_off(self.msg.job_id).await,
+            (true, false) => Ok(()),
+            (false, handed_off) => {
+                store
+                    .close_run(self.msg.job_id, &self.lease, handed_off)
+                    .await
+            }
+        };
         if let Err(err) = closed {
             // The lease expires by itself; a missing hand-off note only matters to a
             // redelivery, and this delivery is acked.
@@ -201,7 +207,7 @@ impl Run<'_> {
             // Only queued, never started: its deadline runs from when it does.
             self.record.started_at = None;
         }
-        if let Err(disposition) = self.store().await {
+        if let Err(disposition) = self.store(true).await {
             return disposition;
         }
         let later = JobMessage {
@@ -219,7 +225,7 @@ impl Run<'_> {
     async fn schedule_retry(&mut self, failure: &Failure, wait: Duration) -> Disposition {
         let next_attempt = self.record.attempts + 1;
         self.record.status = JobStatus::Retrying;
-        if let Err(disposition) = self.store().await {
+        if let Err(disposition) = self.store(true).await {
             return disposition;
         }
         let retry = JobMessage {
@@ -258,9 +264,10 @@ impl Run<'_> {
     }
 
     /// Writes the run's record under the lease, with the run's totals from its step log (and
-    /// its output and errors masked when the agent's results are); a refusal says how to
-    /// settle the delivery.
-    async fn store(&mut self) -> Settled<()> {
+    /// its output and errors masked when the agent's results are) and the steps not stored
+    /// yet, and with `release`, lets the lease go in the same step (the run's last write);
+    /// a refusal says how to settle the delivery.
+    async fn store(&mut self, release: bool) -> Settled<()> {
         let totals = totals(&self.steps);
         let privacy = self.shared.privacy.get();
         if privacy.masks_output(&self.agent.name) {
@@ -272,13 +279,27 @@ impl Run<'_> {
         record.cost_usd = Some(totals.cost_usd);
         record.turns = Some(totals.turns);
         record.tool_calls = Some(totals.tool_calls);
+        if release {
+            // Renewing a lease this write lets go would only find it lost.
+            self.stop_renewal();
+        }
         let written = self
             .shared
             .store
-            .save_leased(&self.record, &self.lease)
+            .save_run(RunWrite {
+                record: &self.record,
+                lease: &self.lease,
+                steps: self.unstored_steps(),
+                base: self.stored_steps,
+                release,
+            })
             .await;
         match written {
-            Ok(Written::Ok) => Ok(()),
+            Ok(Written::Ok) => {
+                self.steps_stored();
+                self.released = release;
+                Ok(())
+            }
             // Cancelled meanwhile: the canceller handed its event off.
             Ok(Written::Terminal | Written::Missing) => Err(Disposition::Ack),
             Ok(Written::LeaseLost | Written::Conflict) => {
@@ -297,7 +318,7 @@ impl Run<'_> {
     async fn finish(&mut self, status: JobStatus) -> Ending {
         self.record.status = status;
         self.record.finished_at = Some(Utc::now());
-        if let Err(disposition) = self.store().await {
+        if let Err(disposition) = self.store(true).await {
             return disposition.into();
         }
         self.count_end(status);
@@ -307,7 +328,7 @@ impl Run<'_> {
         // This run just ended the job, so nobody handed its event off before: attempt it
         // (inline, or on the queue) without looking for the note, and let `close` write the
         // note if it went to the queue.
-        let job = webhook::Job {
+        let job = StoredJob {
             record: self.record.clone(),
             spec: self.spec.clone(),
             // The run is over: nothing reads its steps after this.

@@ -92,6 +92,10 @@ impl Run<'_> {
                 // Tools and endings hold no provider slot.
                 slot = None;
             }
+            if matches!(action, Action::CallModel(_) | Action::RunTools(_)) {
+                // A staged model call is stored before anything else is paid for or done.
+                self.append(Vec::new()).await?;
+            }
             match action {
                 Action::CallModel(request) => {
                     let permit = match slot.take() {
@@ -99,7 +103,7 @@ impl Run<'_> {
                         None => self.call_slot().await?,
                     };
                     match self.model_turn(permit, &request).await? {
-                        Turned::Step(step) => self.append(vec![step]).await?,
+                        Turned::Step(step) => self.stage(step),
                         Turned::Failed(failure) => return Ok(LoopEnd::Failed(failure)),
                         Turned::Wait(waiting) => return Ok(LoopEnd::Wait(waiting)),
                     }
@@ -123,26 +127,49 @@ impl Run<'_> {
         }
     }
 
-    /// Appends steps to the log under the lease, numbering them; the in-memory log follows
-    /// only once Redis has them.
-    async fn append(&mut self, mut steps: Vec<Step>) -> Result<(), Interrupted> {
-        let base = self.steps.len();
-        for (i, step) in steps.iter_mut().enumerate() {
-            step.seq = u32::try_from(base + i).unwrap_or(u32::MAX);
+    /// Adds a step to the in-memory log without storing it yet: the run's next write stores
+    /// it — the append before the next model call or tools, or the record write that ends
+    /// the run, so a one-call run stores its step and its end in one round trip. Nothing
+    /// between the step's end and that write waits on anything, so a crash repeats the call
+    /// exactly when it would have if the step had been appended at once.
+    pub(super) fn stage(&mut self, mut step: Step) {
+        step.seq = u32::try_from(self.steps.len()).unwrap_or(u32::MAX);
+        self.steps.push(step);
+    }
+
+    /// The steps not stored yet.
+    pub(super) fn unstored_steps(&self) -> &[Step] {
+        self.steps.get(self.stored_steps..).unwrap_or_default()
+    }
+
+    /// The staged steps are stored now: counted in the metrics, and logged if allowed.
+    pub(super) fn steps_stored(&mut self) {
+        let privacy = self.shared.privacy.get();
+        for step in self.unstored_steps() {
+            payloads::step(&privacy, step);
+        }
+        self.count_steps(self.unstored_steps());
+        self.stored_steps = self.steps.len();
+    }
+
+    /// Appends `steps` (after any staged ones) to the log under the lease, numbering them;
+    /// the in-memory log follows only once Redis has them.
+    async fn append(&mut self, steps: Vec<Step>) -> Result<(), Interrupted> {
+        for step in steps {
+            self.stage(step);
+        }
+        let base = self.stored_steps;
+        if base == self.steps.len() {
+            return Ok(());
         }
         let written = self
             .shared
             .store
-            .append_steps(self.msg.job_id, &self.lease, base, &steps)
+            .append_steps(self.msg.job_id, &self.lease, base, self.unstored_steps())
             .await;
         match written {
             Ok(Written::Ok) => {
-                self.count_steps(&steps);
-                let privacy = self.shared.privacy.get();
-                for step in &steps {
-                    payloads::step(&privacy, step);
-                }
-                self.steps.extend(steps);
+                self.steps_stored();
                 Ok(())
             }
             Ok(other) => {

@@ -290,6 +290,21 @@ impl Fleet {
         Ok(self.http.get(url).send().await?.text().await?)
     }
 
+    /// Redis round trips made so far by the workers (all of them) and by the dispatcher, from
+    /// their `agentfleet_redis_round_trips_total`.
+    pub async fn redis_round_trips(&self) -> anyhow::Result<RoundTrips> {
+        let mut workers = 0;
+        for index in 0..self.worker_ports.len() {
+            workers += round_trips_in(&self.worker_metrics(index).await?)?;
+        }
+        let url = format!("{}/metrics", self.dispatcher_url);
+        let dispatcher = round_trips_in(&self.http.get(url).send().await?.text().await?)?;
+        Ok(RoundTrips {
+            workers,
+            dispatcher,
+        })
+    }
+
     pub fn dispatcher_pid(&self) -> u32 {
         self.dispatcher.child.id()
     }
@@ -639,4 +654,32 @@ pub fn succeeded(delivery: &Delivery) -> bool {
         .event
         .as_ref()
         .is_some_and(|e| e["type"] == "job.succeeded")
+}
+
+/// Redis round trips counted by the fleet's processes.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct RoundTrips {
+    pub workers: u64,
+    pub dispatcher: u64,
+}
+
+impl RoundTrips {
+    /// Per job, between `before` and `self`: (workers, dispatcher).
+    pub fn per_job_since(self, before: Self, jobs: usize) -> (f64, f64) {
+        let per_job = |after: u64, before: u64| after.saturating_sub(before) as f64 / jobs as f64;
+        (
+            per_job(self.workers, before.workers),
+            per_job(self.dispatcher, before.dispatcher),
+        )
+    }
+}
+
+/// The value of `agentfleet_redis_round_trips_total` in a Prometheus text.
+fn round_trips_in(metrics: &str) -> anyhow::Result<u64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("agentfleet_redis_round_trips_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+        .ok_or_else(|| anyhow::anyhow!("no agentfleet_redis_round_trips_total in the metrics"))
 }

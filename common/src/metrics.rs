@@ -2,8 +2,8 @@
 //! around, never a hidden global, so tests read their own counters.
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric agentfleet exports. Names are part of the public contract: dashboards and
@@ -36,6 +36,7 @@ pub struct Metrics {
     pub jobs_cancelled: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
+    pub redis_round_trips: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -208,6 +209,16 @@ impl Metrics {
                 "Dispatcher HTTP request duration, by route.",
                 &["route"],
             ),
+            redis_round_trips: {
+                let name = "agentfleet_redis_round_trips_total";
+                let metric = IntCounter::new(
+                    name,
+                    "Round trips to Redis this process made (a command, a pipeline or a script, each with its WAIT when writes are acknowledged).",
+                )
+                .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+                register(&registry, name, Box::new(metric.clone()));
+                metric
+            },
             registry,
         }
     }
@@ -254,6 +265,7 @@ impl Metrics {
             "agentfleet_jobs_cancelled_total",
             "agentfleet_http_requests_total",
             "agentfleet_http_request_duration_seconds",
+            "agentfleet_redis_round_trips_total",
         ]
     }
 }

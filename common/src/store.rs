@@ -59,6 +59,8 @@ pub struct Redis {
     link: Link,
     timeout: Duration,
     durability: Durability,
+    /// Counts every round trip, when the process exports it.
+    round_trips: Option<prometheus::IntCounter>,
 }
 
 impl Redis {
@@ -72,7 +74,14 @@ impl Redis {
                 replicas: config.min_replicas_acked,
                 wait: config.wait_timeout,
             },
+            round_trips: None,
         })
+    }
+
+    /// Counts this handle's (and its clones') round trips in `counter`.
+    pub fn counting_round_trips(mut self, counter: prometheus::IntCounter) -> Self {
+        self.round_trips = Some(counter);
+        self
     }
 
     /// Runs `op` on a connection to the master (the shared one, or one for acknowledged
@@ -84,6 +93,9 @@ impl Redis {
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let master: Arc<Master> = self.link.master().await?;
+        if let Some(round_trips) = &self.round_trips {
+            round_trips.inc();
+        }
         let conn = if acked {
             master.acked()
         } else {

@@ -90,7 +90,8 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Self, DispatcherError> {
         let names = config.names();
-        let redis = Redis::connect(&config.redis)?;
+        let redis =
+            Redis::connect(&config.redis)?.counting_round_trips(metrics.redis_round_trips.clone());
         let store = JobStore::new(
             redis.clone(),
             names.clone(),

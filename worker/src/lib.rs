@@ -128,7 +128,8 @@ impl Worker {
         metrics: Arc<Metrics>,
     ) -> Result<Self, WorkerError> {
         let names = config.names();
-        let redis = Redis::connect(&config.redis)?;
+        let redis =
+            Redis::connect(&config.redis)?.counting_round_trips(metrics.redis_round_trips.clone());
         let store = JobStore::new(
             redis.clone(),
             names.clone(),

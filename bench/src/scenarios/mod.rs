@@ -48,6 +48,8 @@ pub struct WholePath {
     /// Redis commands per job while measured, by command (from `INFO commandstats`; counts
     /// every client of the server, so only meaningful on a quiet machine).
     pub redis_commands_per_job: BTreeMap<String, f64>,
+    /// Redis round trips per job while measured: (workers, dispatcher), from their metrics.
+    pub redis_round_trips_per_job: (f64, f64),
 }
 
 impl WholePath {
@@ -125,6 +127,7 @@ pub async fn whole_path(ctx: &Ctx, workers: usize) -> anyhow::Result<WholePath> 
     let before = fleet.app.receiver.count();
 
     let redis_before = redis_command_calls().await?;
+    let round_trips_before = fleet.redis_round_trips().await?;
     let meter = CpuMeter::start(fleet.cpu_groups());
     let started = Instant::now();
     let sent = fleet.submit_many(n, s.clients).await?;
@@ -135,6 +138,10 @@ pub async fn whole_path(ctx: &Ctx, workers: usize) -> anyhow::Result<WholePath> 
     let cpu = meter.finish();
     let redis_after = redis_command_calls().await?;
     let redis_commands_per_job = commands_per_job(&redis_before, &redis_after, n);
+    let redis_round_trips_per_job = fleet
+        .redis_round_trips()
+        .await?
+        .per_job_since(round_trips_before, n);
 
     let deliveries = fleet.deliveries_by_job();
     let mut latencies = Vec::with_capacity(n);
@@ -161,5 +168,6 @@ pub async fn whole_path(ctx: &Ctx, workers: usize) -> anyhow::Result<WholePath> 
         failed_jobs: failed,
         cpu,
         redis_commands_per_job,
+        redis_round_trips_per_job,
     })
 }

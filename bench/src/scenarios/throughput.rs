@@ -51,6 +51,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             whole.cpu.summary()
         ),
         format!("Redis commands per job: {}.", whole.redis_summary()),
+        format!(
+            "Redis round trips per job: worker {:.2}, dispatcher {:.2}.",
+            whole.redis_round_trips_per_job.0, whole.redis_round_trips_per_job.1
+        ),
         format!("CPU ms per job: {}.", whole.cpu.per_job_ms(whole.jobs)),
     ];
     let peer = peer_rows(ctx, whole.jobs_per_sec, &mut rows, &mut notes).await;

@@ -122,3 +122,55 @@ async fn without_inline_room_events_take_the_queue() -> anyhow::Result<()> {
     assert_eq!(first_attempts(&app, "inline"), 0);
     Ok(())
 }
+
+/// A one-call job whose receiver answers costs its worker three Redis round trips: one
+/// script reads the job, takes the lease and marks it running; one writes the model step
+/// with the job's end and lets the lease go; one notes the delivered webhook. (An agent
+/// without rate limits reads the provider-pause key at most once per 50 ms besides.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_call_job_costs_its_worker_three_redis_round_trips() -> anyhow::Result<()> {
+    const JOBS: u64 = 20;
+    let app = TestApp::spawn(AppOptions {
+        workers: 1,
+        ..AppOptions::default()
+    })
+    .await?;
+    let round_trips = || {
+        app.worker_metrics(0)
+            .map(|m| m.redis_round_trips.get())
+            .unwrap_or_default()
+    };
+    // The first job loads the scripts into Redis' cache.
+    let first = app.submit_job("summarize", "warm-up").await?;
+    app.wait_terminal(&[first], Duration::from_secs(20)).await?;
+    app.wait_webhooks(1, Duration::from_secs(20)).await?;
+    let before = round_trips();
+    let started = tokio::time::Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..JOBS {
+        ids.push(app.submit_job("summarize", &format!("job {i}")).await?);
+    }
+    app.wait_webhooks(1 + JOBS as usize, Duration::from_secs(30))
+        .await?;
+    // The last note of a delivery is written after the receiver answered.
+    let records = wait_until(Duration::from_secs(10), "deliveries noted", || async {
+        let records = app.wait_terminal(&ids, Duration::from_secs(5)).await.ok()?;
+        records
+            .iter()
+            .all(|r| r["webhook"]["outcome"] == "delivered")
+            .then_some(records)
+    })
+    .await?;
+    assert!(records.iter().all(|r| r["status"] == "succeeded"));
+    let spent = round_trips() - before;
+    let pause_reads = started.elapsed().as_millis() as u64 / 50 + 1;
+    eprintln!(
+        "round trips: {spent} for {JOBS} jobs in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        spent >= 3 * JOBS && spent <= 3 * JOBS + pause_reads,
+        "{spent} round trips for {JOBS} jobs (at most {pause_reads} of them pause reads)"
+    );
+    Ok(())
+}

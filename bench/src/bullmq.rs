@@ -52,13 +52,14 @@ pub struct PeerRun {
 /// receiver they use (its prefix is theirs, and is cleaned up with it).
 struct Peer {
     intake: Process,
-    worker: Process,
+    /// `None` when only the intake is measured.
+    worker: Option<Process>,
     url: String,
     app: TestApp,
 }
 
 impl Peer {
-    async fn start(bins: &Binaries, concurrency: u16) -> anyhow::Result<Self> {
+    async fn start(bins: &Binaries, concurrency: u16, with_worker: bool) -> anyhow::Result<Self> {
         let app = TestApp::spawn(AppOptions {
             workers: 0,
             ..AppOptions::default()
@@ -86,7 +87,7 @@ impl Peer {
             Process::spawn(&mut command, &format!("bullmq {role}"), log)
         };
         let intake = spawn("intake")?;
-        let worker = spawn("worker")?;
+        let worker = with_worker.then(|| spawn("worker")).transpose()?;
         let mut peer = Self {
             intake,
             worker,
@@ -101,8 +102,7 @@ impl Peer {
     async fn wait_listening(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            self.intake.check_alive()?;
-            self.worker.check_alive()?;
+            self.check_alive()?;
             if self.app.http.post(&self.url).send().await.is_ok() {
                 return Ok(());
             }
@@ -123,10 +123,20 @@ impl Peer {
         )
     }
 
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.intake.check_alive()?;
+        if let Some(worker) = &mut self.worker {
+            worker.check_alive()?;
+        }
+        Ok(())
+    }
+
     fn cpu_groups(&self) -> Groups {
         let mut groups = Groups::standard();
         groups.add("bullmq intake", self.intake.pid());
-        groups.add("bullmq worker", self.worker.pid());
+        if let Some(worker) = &self.worker {
+            groups.add("bullmq worker", worker.pid());
+        }
         groups
     }
 
@@ -134,8 +144,7 @@ impl Peer {
     async fn wait_webhooks(&mut self, before: usize, n: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
         while self.app.receiver.count() < before + n {
-            self.intake.check_alive()?;
-            self.worker.check_alive()?;
+            self.check_alive()?;
             if Instant::now() > deadline {
                 bail!(
                     "{} of {n} BullMQ webhooks within 120 s",
@@ -157,7 +166,7 @@ pub async fn throughput(
     warmup: usize,
     concurrency: u16,
 ) -> anyhow::Result<PeerRun> {
-    let mut peer = Peer::start(bins, concurrency).await?;
+    let mut peer = Peer::start(bins, concurrency, true).await?;
     let client = peer.client();
     client
         .submit_many(warmup, clients, |i| format!("bench job {i}"))
@@ -192,4 +201,40 @@ pub async fn throughput(
         accepted_posts_per_sec: n as f64 / submitted.as_secs_f64(),
         cpu,
     })
+}
+
+/// The peer's intake alone, as scenario 4 measures ours: accepted POSTs/s from `clients`
+/// concurrent clients for `window` after `warmup`, with no worker draining.
+pub async fn intake(
+    bins: &Binaries,
+    clients: usize,
+    warmup: Duration,
+    window: Duration,
+) -> anyhow::Result<PeerIntake> {
+    let peer = Peer::start(bins, 1, false).await?;
+    let client = peer.client();
+    let post = move |i| {
+        let client = client.clone();
+        async move { matches!(client.post(i).await, Ok((202, _))) }
+    };
+    crate::load::closed_loop(clients, warmup, post.clone()).await;
+    let meter = CpuMeter::start(peer.cpu_groups());
+    let load = crate::load::closed_loop(clients, window, post).await;
+    let cpu = meter.finish();
+    if load.errors > 0 {
+        bail!("the BullMQ intake refused {} POSTs", load.errors);
+    }
+    Ok(PeerIntake {
+        posts_per_sec: load.per_sec,
+        p99_ms: load.latency.map(|l| l.p99_ms),
+        cpu,
+    })
+}
+
+/// What [`intake`] measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerIntake {
+    pub posts_per_sec: f64,
+    pub p99_ms: Option<f64>,
+    pub cpu: CpuUse,
 }

@@ -8,6 +8,7 @@ use serde_json::json;
 use agentfleet_tests::AgentSpec;
 
 use crate::baseline;
+use crate::bullmq;
 use crate::fleet::{Fleet, FleetOptions};
 use crate::load::closed_loop;
 use crate::procfs::CpuMeter;
@@ -60,6 +61,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     if intake.errors > 0 {
         notes.push(format!("{} POSTs were not accepted.", intake.errors));
     }
+    let peer = peer_intake(ctx, intake.per_sec, &mut rows, &mut notes).await;
     Ok(Outcome {
         rows,
         notes,
@@ -69,6 +71,45 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             "dispatcher": intake,
             "raw_publish": raw,
             "cpu": cpu,
+            "bullmq": peer,
         }),
     })
+}
+
+/// The BullMQ intake's row: ours against it. A peer that cannot run here (no Node) or fails is
+/// said loudly; our own rows stand either way.
+async fn peer_intake(
+    ctx: &Ctx,
+    ours: f64,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> Option<bullmq::PeerIntake> {
+    let s = &ctx.settings;
+    if let Some(reason) = bullmq::unavailable() {
+        eprintln!("bench: WARNING: the BullMQ peer is SKIPPED: {reason}");
+        notes.push(format!("BullMQ peer SKIPPED: {reason}."));
+        return None;
+    }
+    match bullmq::intake(&ctx.bins, s.clients, s.intake_warmup, s.intake_window).await {
+        Ok(peer) => {
+            rows.push(
+                Row::new("accepted POSTs/s vs BullMQ", ours, "/s")
+                    .baseline("BullMQ's Node intake", peer.posts_per_sec, "/s")
+                    .goal("≥ 1.0", ours >= peer.posts_per_sec),
+            );
+            notes.push(format!(
+                "BullMQ intake ({} clients, no worker): {:.0} POSTs/s, p99 {:.1} ms; CPU while measured: {}.",
+                s.clients,
+                peer.posts_per_sec,
+                peer.p99_ms.unwrap_or_default(),
+                peer.cpu.summary()
+            ));
+            Some(peer)
+        }
+        Err(err) => {
+            eprintln!("bench: WARNING: the BullMQ intake failed: {err:#}");
+            notes.push(format!("BullMQ intake FAILED: {err:#}."));
+            None
+        }
+    }
 }

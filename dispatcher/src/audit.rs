@@ -8,13 +8,15 @@
 //!   `{prefix}:audit:{tenant}`, trimmed to about `max_entries` (`XADD … MAXLEN ~`).
 //!
 //! A middleware writes the record once the response is known; the handlers only note what
-//! they learned (the caller, the job) in the request's [`AuditNote`]. The stream write runs in
-//! a task of its own, bounded by Redis' timeout, so the trail never slows or fails a request;
-//! a write that fails is logged (the log line is the trail of record).
+//! they learned (the caller, the job) in the request's [`AuditNote`]. Stream entries go to one
+//! task that adds whatever has queued up in one pipeline (one round trip per batch, not per
+//! request), bounded by Redis' timeout, so the trail never slows or fails a request; a batch
+//! that fails, or an entry that finds the queue full, is logged (the log line is the trail of
+//! record).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
@@ -22,6 +24,7 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use chrono::Utc;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use agentfleet_common::config::AuditConfig;
@@ -114,12 +117,20 @@ impl AuditNote {
     }
 }
 
+/// Stream entries waiting for the writer task; past this, an entry stays in the log only.
+const STREAM_QUEUE: usize = 4096;
+/// The most entries the writer adds in one round trip.
+const STREAM_BATCH: usize = 256;
+
 /// Where records go: the log target always, the tenant's stream when configured.
 #[derive(Clone)]
 pub struct AuditTrail {
     redis: Redis,
     names: Names,
     config: AuditConfig,
+    /// The writer task's queue, made with the task at the first entry (inside the runtime).
+    /// The task ends once every clone of the trail is gone and the queue is drained.
+    stream: Arc<OnceLock<mpsc::Sender<redis::Cmd>>>,
 }
 
 /// One record.
@@ -140,7 +151,16 @@ impl AuditTrail {
             redis,
             names,
             config,
+            stream: Arc::default(),
         }
+    }
+
+    fn stream_writer(&self) -> &mpsc::Sender<redis::Cmd> {
+        self.stream.get_or_init(|| {
+            let (sender, entries) = mpsc::channel(STREAM_QUEUE);
+            tokio::spawn(add_entries(self.redis.clone(), entries));
+            sender
+        })
     }
 
     fn write(&self, record: Record) {
@@ -175,12 +195,24 @@ impl AuditTrail {
         for (field, value) in record.fields() {
             cmd.arg(field).arg(value);
         }
-        let redis = self.redis.clone();
-        tokio::spawn(async move {
-            if let Err(err) = redis.cmd::<String>(&cmd).await {
-                tracing::warn!(error = %err, "audit record not added to the Redis stream");
-            }
-        });
+        if self.stream_writer().try_send(cmd).is_err() {
+            tracing::warn!("audit stream writer is behind; record kept in the log only");
+        }
+    }
+}
+
+/// The writer task: adds the queued entries in batches, one pipeline each.
+async fn add_entries(redis: Redis, mut entries: mpsc::Receiver<redis::Cmd>) {
+    let mut batch = Vec::with_capacity(STREAM_BATCH);
+    while entries.recv_many(&mut batch, STREAM_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        let count = batch.len();
+        for cmd in batch.drain(..) {
+            pipe.add_command(cmd).ignore();
+        }
+        if let Err(err) = redis.pipe::<()>(&pipe).await {
+            tracing::warn!(error = %err, count, "audit records not added to the Redis stream");
+        }
     }
 }
 

@@ -98,6 +98,11 @@ pub(crate) struct AgentRuntime {
     circuit: Arc<circuit::Circuit>,
     /// The agent's response cache, when configured.
     cache: Option<cache::ResponseCache>,
+    /// Room for inline first webhook attempts of this agent's runs: the deliveries its window
+    /// holds beyond its call slots (`delivery_window − concurrency`, at least one). A run in
+    /// its attempt holds its delivery, so within this room hanging receivers never leave the
+    /// call slots without deliveries to run.
+    inline_room: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -403,6 +408,12 @@ fn build_agents(
             cache: agent.cache.map(|cache| {
                 cache::ResponseCache::new(name, cache.ttl, names.clone(), redis.clone())
             }),
+            inline_room: Arc::new(tokio::sync::Semaphore::new(usize::from(
+                agent
+                    .delivery_window()
+                    .saturating_sub(agent.concurrency)
+                    .max(1),
+            ))),
         };
         agents.insert(name.clone(), Arc::new(runtime));
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use lapin::message::Delivery;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 use url::Url;
 
@@ -109,20 +109,29 @@ pub(crate) enum FirstAttempt {
 
 /// The first attempt at a job's event, made by the run that just stored the job's end, so
 /// a job whose receiver answers crosses the broker once. Bounded by
-/// `webhooks.inline_timeout_ms` and by the replica's `inline_concurrency` (no room: straight
-/// to the queue, never a wait), so a slow receiver costs its own run at most that timeout
-/// and other tenants' runs nothing. Anything but a concluded delivery is handed to the webhook
+/// `webhooks.inline_timeout_ms`, by the agent's room (`agent_room`: its deliveries beyond its
+/// call slots) and by the replica's `inline_concurrency` (no room: straight to the queue,
+/// never a wait), so a slow receiver costs its own run at most that timeout and other
+/// tenants' runs nothing. Anything but a concluded delivery is handed to the webhook
 /// queue (a failed attempt as attempt 1, on the retry schedule); an error means the event is
 /// on no queue, and the run must not ack.
-pub(crate) async fn first_attempt(shared: &Shared, job: Job) -> Result<FirstAttempt, BrokerError> {
+pub(crate) async fn first_attempt(
+    shared: &Shared,
+    agent_room: &Semaphore,
+    job: Job,
+) -> Result<FirstAttempt, BrokerError> {
     let Some(msg) = events::event_message(&job.record, &job.spec) else {
         return Ok(FirstAttempt::NoEvent);
     };
     let inline = &shared.config.webhooks;
-    let permit = (!inline.inline_timeout.is_zero())
-        .then(|| shared.inline_webhooks.clone().try_acquire_owned().ok())
+    let room = (!inline.inline_timeout.is_zero())
+        .then(|| {
+            let agent = agent_room.try_acquire().ok()?;
+            let replica = shared.inline_webhooks.try_acquire().ok()?;
+            Some((agent, replica))
+        })
         .flatten();
-    let Some(_permit) = permit else {
+    let Some(_room) = room else {
         shared.broker.publish_webhook(&msg).await?;
         count_first(shared, &FirstAttempt::HandedOff);
         return Ok(FirstAttempt::HandedOff);

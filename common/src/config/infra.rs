@@ -469,8 +469,10 @@ pub struct WebhookConfig {
     /// slower first attempt goes to the webhook queue as attempt 1. 0 turns it off.
     #[serde(rename = "inline_timeout_ms", with = "duration::millis")]
     pub inline_timeout: Duration,
-    /// Inline first attempts in flight per worker replica; a run that finds no room hands
-    /// its event to the webhook queue at once instead of waiting.
+    /// Inline first attempts in flight per worker replica, over every agent; each agent also
+    /// has room only for as many as its delivery window holds beyond its call slots (a
+    /// quarter of its `concurrency`). A run that finds no room hands its event to the webhook
+    /// queue at once instead of waiting.
     pub inline_concurrency: u16,
     /// Delay before each retry of a failed delivery; its length is the number of retries.
     #[serde(rename = "retry_schedule_secs", with = "duration::secs_list")]
@@ -494,7 +496,7 @@ impl Default for WebhookConfig {
             timeout: Duration::from_secs(10),
             concurrency: 32,
             inline_timeout: Duration::from_millis(1_000),
-            inline_concurrency: 64,
+            inline_concurrency: 512,
             // The Standard Webhooks recommendation: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
             retry_schedule: [5, 300, 1_800, 7_200, 18_000, 36_000, 36_000]
                 .map(Duration::from_secs)

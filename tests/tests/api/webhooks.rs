@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use agentfleet_tests::{wait_until, AppOptions, TestApp};
+use agentfleet_tests::{wait_until, AgentSpec, AppOptions, TestApp};
 
 /// How long an inline first attempt may take in these tests.
 const INLINE_TIMEOUT_MS: u64 = 4_000;
@@ -34,10 +34,12 @@ fn first_attempts(app: &TestApp, path: &str) -> u64 {
 }
 
 /// A receiver that hangs costs its own tenant's events the inline timeout and another
-/// tenant's runs nothing: while globex's first attempts hang (all of them in flight, none
-/// recorded yet), acme's jobs run, end, and have their webhooks delivered inline — one broker
-/// round per job. When globex's attempts time out, its events go to the webhook queue as
-/// attempt 1. (The test receiver verifies acme's signatures, so acme is the one answered.)
+/// tenant's runs nothing. Inline attempts of an agent hold at most the deliveries its window
+/// has beyond its call slots (4 for the test agent's 16 slots): globex's first 4 events hang
+/// inline, its next 4 find no room and take the webhook queue (where they hang too), and
+/// meanwhile acme's 40 jobs still run on all 16 slots, end, and are delivered through the
+/// queue. When globex's inline attempts time out, those events go to the queue as attempt 1.
+/// (The test receiver verifies acme's signatures, so acme is the one answered.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_receiver_slows_only_its_own_tenants_events() -> anyhow::Result<()> {
     let app = TestApp::spawn(AppOptions {
@@ -60,10 +62,15 @@ async fn a_hanging_receiver_slows_only_its_own_tenants_events() -> anyhow::Resul
     }
     wait_until(
         Duration::from_secs(10),
-        "globex's 8 first attempts hanging",
+        "globex's 8 attempts hanging",
         || async { (accepted.load(Ordering::SeqCst) >= 8).then_some(()) },
     )
     .await?;
+    assert_eq!(
+        first_attempts(&app, "queued"),
+        4,
+        "the agent's inline room is 4: the other 4 events took the queue"
+    );
 
     for i in 0..40 {
         app.submit_job("summarize", &format!("a{i}")).await?;
@@ -79,10 +86,12 @@ async fn a_hanging_receiver_slows_only_its_own_tenants_events() -> anyhow::Resul
         );
     }
     assert_eq!(
-        first_attempts(&app, "inline"),
-        40,
-        "acme's events, inline (queued: {})",
-        first_attempts(&app, "queued")
+        (
+            first_attempts(&app, "inline"),
+            first_attempts(&app, "queued")
+        ),
+        (0, 44),
+        "no inline room while globex's attempts hang: acme's events took the queue"
     );
     assert!(
         app.receiver.deliveries().iter().all(|d| d.verified),
@@ -91,15 +100,24 @@ async fn a_hanging_receiver_slows_only_its_own_tenants_events() -> anyhow::Resul
 
     wait_until(
         Duration::from_secs(INLINE_TIMEOUT_MS / 1000 + 10),
-        "globex's first attempts timed out and queued",
-        || async { (first_attempts(&app, "queued") == 8).then_some(()) },
+        "globex's attempts timed out",
+        || async {
+            for id in &globex_jobs {
+                let record = app.job(id).await.ok()?;
+                if record["webhook"]["attempts"] != 1 {
+                    return None;
+                }
+                assert!(record["webhook"]["outcome"].is_null(), "{record}");
+            }
+            Some(())
+        },
     )
     .await?;
-    for id in &globex_jobs {
-        let record = app.job(id).await?;
-        assert_eq!(record["webhook"]["attempts"], 1, "{record}");
-        assert!(record["webhook"]["outcome"].is_null(), "{record}");
-    }
+    assert_eq!(
+        first_attempts(&app, "queued"),
+        48,
+        "the timed-out inline attempts went to the queue as attempt 1"
+    );
     Ok(())
 }
 
@@ -130,8 +148,12 @@ async fn without_inline_room_events_take_the_queue() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_call_job_costs_its_worker_three_redis_round_trips() -> anyhow::Result<()> {
     const JOBS: u64 = 20;
+    // Inline room for 16 attempts at once (a quarter of 64 slots), so none finds it full.
+    let mut agent = AgentSpec::new("summarize");
+    agent.concurrency = 64;
     let app = TestApp::spawn(AppOptions {
         workers: 1,
+        agents: vec![agent],
         ..AppOptions::default()
     })
     .await?;
@@ -162,6 +184,11 @@ async fn a_one_call_job_costs_its_worker_three_redis_round_trips() -> anyhow::Re
     })
     .await?;
     assert!(records.iter().all(|r| r["status"] == "succeeded"));
+    assert_eq!(
+        first_attempts(&app, "inline"),
+        1 + JOBS,
+        "every event inline"
+    );
     let spent = round_trips() - before;
     let pause_reads = started.elapsed().as_millis() as u64 / 50 + 1;
     eprintln!(

@@ -334,7 +334,7 @@ impl Run<'_> {
             // The run is over: nothing reads its steps after this.
             steps: std::mem::take(&mut self.steps),
         };
-        match webhook::first_attempt(self.shared, job).await {
+        match webhook::first_attempt(self.shared, &self.agent.inline_room, job).await {
             Ok(first) => Ending {
                 disposition: Disposition::Ack,
                 handed_off: matches!(first, FirstAttempt::HandedOff),

@@ -91,7 +91,8 @@ async fn process(
     )));
     let ending = match slot {
         Some(slot) => run.execute(slot).await,
-        None => run.give_up(deliveries).await,
+        // Rare, and as large as a run's end: boxed (see `intake`).
+        None => Box::pin(run.give_up(deliveries)).await,
     };
     run.stop_renewal();
     run.close(ending).await
@@ -108,8 +109,10 @@ async fn intake(
     deliveries: u32,
 ) -> Settled<Option<OwnedSemaphorePermit>> {
     if let Some(remaining) = remaining_delay(msg.not_before, Utc::now()) {
-        // Still early (a long delay is served in hops): back onto the ladder.
-        let published = shared.broker.publish_job_delayed(msg, remaining).await;
+        // Still early (a long delay is served in hops): back onto the ladder. (Boxed, like
+        // every branch a run passes through briefly or rarely: a run's task is as large as
+        // its largest state, and it spends its life in the model call.)
+        let published = Box::pin(shared.broker.publish_job_delayed(msg, remaining)).await;
         return Err(after_delayed_publish(published, "an early job"));
     }
     if deliveries + 1 >= shared.config.amqp.delivery_limit {
@@ -117,8 +120,8 @@ async fn intake(
     }
     if let Admission::Wait(wait) = agent.circuit.admit() {
         tracing::info!(?wait, "provider circuit open; job delayed");
-        note_waiting(shared, msg, WaitReason::CircuitOpen, wait).await;
-        return Err(delay(shared, msg, wait).await);
+        Box::pin(note_waiting(shared, msg, WaitReason::CircuitOpen, wait)).await;
+        return Err(Box::pin(delay(shared, msg, wait)).await);
     }
     tokio::select! {
         slot = agent.limits.call_slot() => Ok(Some(slot)),
@@ -218,9 +221,12 @@ impl<'a> Run<'a> {
                 // Another run holds it (or a crashed one whose lease has not expired): wait in
                 // the delay ladder, not here.
                 tracing::info!(?left, "job leased elsewhere; delayed");
-                return Err(delay(shared, &msg, left.max(Duration::from_millis(250))).await);
+                let wait = left.max(Duration::from_millis(250));
+                return Err(Box::pin(delay(shared, &msg, wait)).await);
             }
-            Ok(Begun::NotRunnable(found)) => return Err(not_runnable(shared, found).await),
+            Ok(Begun::NotRunnable(found)) => {
+                return Err(Box::pin(not_runnable(shared, found)).await)
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot start the run");
                 return Err(Disposition::Requeue);

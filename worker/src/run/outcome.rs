@@ -60,7 +60,7 @@ impl Run<'_> {
                         + chrono::Duration::from_std(QUOTA_RECHECK).unwrap_or_default(),
                     reserved: false,
                 };
-                return self.wait_outside(waiting).await.into();
+                return Box::pin(self.wait_outside(waiting)).await.into();
             }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot check the tenant's running quota; job given back");
@@ -83,13 +83,16 @@ impl Run<'_> {
         in_flight.inc();
         let ended = self.drive(Some(slot)).await;
         in_flight.dec();
+        // The endings are boxed: a task is as large as its largest state, and a run spends
+        // its life in the loop, so the ending's state (a store, a webhook attempt, a
+        // publish) is allocated only while it runs, not with every run for its whole life.
         match ended {
-            Ok(LoopEnd::Finished(output)) => self.succeed(output).await,
-            Ok(LoopEnd::Stopped(stop)) => self.stopped(&stop).await,
-            Ok(LoopEnd::Failed(failure)) => self.fail_or_retry(&failure).await,
-            Ok(LoopEnd::Wait(waiting)) => self.wait_outside(waiting).await.into(),
+            Ok(LoopEnd::Finished(output)) => Box::pin(self.succeed(output)).await,
+            Ok(LoopEnd::Stopped(stop)) => Box::pin(self.stopped(&stop)).await,
+            Ok(LoopEnd::Failed(failure)) => Box::pin(self.fail_or_retry(&failure)).await,
+            Ok(LoopEnd::Wait(waiting)) => Box::pin(self.wait_outside(waiting)).await.into(),
             Err(Interrupted::Shutdown) => Disposition::Abandon.into(),
-            Err(Interrupted::Cancelled) => self.interrupted().await.into(),
+            Err(Interrupted::Cancelled) => Box::pin(self.interrupted()).await.into(),
         }
     }
 

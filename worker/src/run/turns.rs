@@ -94,7 +94,9 @@ impl Run<'_> {
             }
             if matches!(action, Action::CallModel(_) | Action::RunTools(_)) {
                 // A staged model call is stored before anything else is paid for or done.
-                self.append(Vec::new()).await?;
+                // (Boxed, like the other states a run passes through briefly: a run's task is
+                // as large as its largest state, and it spends its life in the model call.)
+                Box::pin(self.append(Vec::new())).await?;
             }
             match action {
                 Action::CallModel(request) => {
@@ -108,10 +110,10 @@ impl Run<'_> {
                         Turned::Wait(waiting) => return Ok(LoopEnd::Wait(waiting)),
                     }
                 }
-                Action::RunTools(calls) => self.run_tools(calls).await?,
+                Action::RunTools(calls) => Box::pin(self.run_tools(calls)).await?,
                 Action::Finish(output) => return Ok(LoopEnd::Finished(output)),
                 Action::Stop(stop) => {
-                    self.record_unresolved(&stop).await?;
+                    Box::pin(self.record_unresolved(&stop)).await?;
                     return Ok(LoopEnd::Stopped(stop));
                 }
             }
@@ -271,16 +273,17 @@ impl Run<'_> {
             .as_ref()
             .map(|c| (c, c.key(&self.msg.tenant, &body)));
         if let Some((cache, key)) = &cache {
-            if let Some(answer) = cache.get(key).await {
+            if let Some(answer) = Box::pin(cache.get(key)).await {
                 self.count_cache("hit");
                 return Ok(Turned::Step(self.cached_step(request, answer)));
             }
             self.count_cache("miss");
         }
-        let reservation = match self.reserve_budget(body.len(), request.max_tokens).await? {
-            Ok(reservation) => reservation,
-            Err(turned) => return Ok(turned),
-        };
+        let reservation =
+            match Box::pin(self.reserve_budget(body.len(), request.max_tokens)).await? {
+                Ok(reservation) => reservation,
+                Err(turned) => return Ok(turned),
+            };
         let turned = self.admitted_call(slot, request, body).await;
         let cost = match &turned {
             Ok(Turned::Step(Step {
@@ -289,14 +292,14 @@ impl Run<'_> {
             })) => *cost_usd,
             _ => 0.0,
         };
-        self.shared.ledgers.settle(reservation, cost).await;
+        Box::pin(self.shared.ledgers.settle(reservation, cost)).await;
         if let (Some((cache, key)), Ok(Turned::Step(step))) = (&cache, &turned) {
             if let StepKind::Model { message, usage, .. } = &step.kind {
                 let answer = CachedAnswer {
                     message: message.clone(),
                     usage: *usage,
                 };
-                cache.put(key, &answer).await;
+                Box::pin(cache.put(key, &answer)).await;
             }
         }
         turned
@@ -338,7 +341,7 @@ impl Run<'_> {
             .reserved_turn
             .swap(false, std::sync::atomic::Ordering::Relaxed);
         if !reserved {
-            if let Err(turned) = self.admit(estimate).await? {
+            if let Err(turned) = Box::pin(self.admit(estimate)).await? {
                 return Ok(turned);
             }
         }
@@ -349,7 +352,7 @@ impl Run<'_> {
         let started_at = Utc::now();
         let started = tokio::time::Instant::now();
         let result = self.call_provider(slot, body, left).await?;
-        self.observe(&result, started.elapsed(), estimate).await;
+        Box::pin(self.observe(&result, started.elapsed(), estimate)).await;
         let answer = match result {
             Ok(answer) => answer,
             Err(failure) => return Ok(Turned::Failed(failure)),

@@ -293,12 +293,13 @@ impl Fleet {
     /// Redis round trips made so far by the workers (all of them) and by the dispatcher, from
     /// their `agentfleet_redis_round_trips_total`.
     pub async fn redis_round_trips(&self) -> anyhow::Result<RoundTrips> {
-        let mut workers = 0;
+        let mut workers = Some(0);
         for index in 0..self.worker_ports.len() {
-            workers += round_trips_in(&self.worker_metrics(index).await?)?;
+            let counted = round_trips_in(&self.worker_metrics(index).await?);
+            workers = workers.zip(counted).map(|(sum, n)| sum + n);
         }
         let url = format!("{}/metrics", self.dispatcher_url);
-        let dispatcher = round_trips_in(&self.http.get(url).send().await?.text().await?)?;
+        let dispatcher = round_trips_in(&self.http.get(url).send().await?.text().await?);
         Ok(RoundTrips {
             workers,
             dispatcher,
@@ -656,17 +657,20 @@ pub fn succeeded(delivery: &Delivery) -> bool {
         .is_some_and(|e| e["type"] == "job.succeeded")
 }
 
-/// Redis round trips counted by the fleet's processes.
+/// Redis round trips counted by the fleet's processes (`None` where a binary does not export
+/// the counter: one built before it existed, measured for a before/after).
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct RoundTrips {
-    pub workers: u64,
-    pub dispatcher: u64,
+    pub workers: Option<u64>,
+    pub dispatcher: Option<u64>,
 }
 
 impl RoundTrips {
     /// Per job, between `before` and `self`: (workers, dispatcher).
-    pub fn per_job_since(self, before: Self, jobs: usize) -> (f64, f64) {
-        let per_job = |after: u64, before: u64| after.saturating_sub(before) as f64 / jobs as f64;
+    pub fn per_job_since(self, before: Self, jobs: usize) -> (Option<f64>, Option<f64>) {
+        let per_job = |after: Option<u64>, before: Option<u64>| {
+            Some(after?.saturating_sub(before?) as f64 / jobs as f64)
+        };
         (
             per_job(self.workers, before.workers),
             per_job(self.dispatcher, before.dispatcher),
@@ -674,12 +678,11 @@ impl RoundTrips {
     }
 }
 
-/// The value of `agentfleet_redis_round_trips_total` in a Prometheus text.
-fn round_trips_in(metrics: &str) -> anyhow::Result<u64> {
+/// The value of `agentfleet_redis_round_trips_total` in a Prometheus text, if it is there.
+fn round_trips_in(metrics: &str) -> Option<u64> {
     metrics
         .lines()
         .find_map(|line| line.strip_prefix("agentfleet_redis_round_trips_total "))
         .and_then(|value| value.trim().parse::<f64>().ok())
         .map(|value| value as u64)
-        .ok_or_else(|| anyhow::anyhow!("no agentfleet_redis_round_trips_total in the metrics"))
 }

@@ -49,7 +49,7 @@ pub struct WholePath {
     /// every client of the server, so only meaningful on a quiet machine).
     pub redis_commands_per_job: BTreeMap<String, f64>,
     /// Redis round trips per job while measured: (workers, dispatcher), from their metrics.
-    pub redis_round_trips_per_job: (f64, f64),
+    pub redis_round_trips_per_job: (Option<f64>, Option<f64>),
 }
 
 impl WholePath {

@@ -52,8 +52,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         ),
         format!("Redis commands per job: {}.", whole.redis_summary()),
         format!(
-            "Redis round trips per job: worker {:.2}, dispatcher {:.2}.",
-            whole.redis_round_trips_per_job.0, whole.redis_round_trips_per_job.1
+            "Redis round trips per job: worker {}, dispatcher {}.",
+            per_job(whole.redis_round_trips_per_job.0),
+            per_job(whole.redis_round_trips_per_job.1)
         ),
         format!("CPU ms per job: {}.", whole.cpu.per_job_ms(whole.jobs)),
     ];
@@ -118,4 +119,9 @@ async fn peer_rows(
             None
         }
     }
+}
+
+/// A per-job figure, or why there is none.
+fn per_job(figure: Option<f64>) -> String {
+    figure.map_or_else(|| "not exported".to_owned(), |f| format!("{f:.2}"))
 }

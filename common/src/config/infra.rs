@@ -496,7 +496,7 @@ impl Default for WebhookConfig {
             timeout: Duration::from_secs(10),
             concurrency: 32,
             inline_timeout: Duration::from_millis(1_000),
-            inline_concurrency: 512,
+            inline_concurrency: 64,
             // The Standard Webhooks recommendation: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
             retry_schedule: [5, 300, 1_800, 7_200, 18_000, 36_000, 36_000]
                 .map(Duration::from_secs)

@@ -132,7 +132,7 @@ fn durations_default_to_the_documented_values() {
     assert_eq!(config.worker.lease, Duration::from_secs(15));
     assert_eq!(config.webhooks.timeout, Duration::from_secs(10));
     assert_eq!(config.webhooks.inline_timeout, Duration::from_millis(1_000));
-    assert_eq!(config.webhooks.inline_concurrency, 512);
+    assert_eq!(config.webhooks.inline_concurrency, 64);
     assert_eq!(
         config.webhooks.retry_schedule,
         [5, 300, 1_800, 7_200, 18_000, 36_000, 36_000].map(Duration::from_secs)

@@ -1,0 +1,280 @@
+//! A Redis Cluster on loopback, for tests of the third topology: `masters` masters (and
+//! `replicas` replicas of each), every node a `redis-server --cluster-enabled yes` child process
+//! on free ports, joined by `redis-cli --cluster create`, with their files in one temporary
+//! directory. Dropping it kills every node and removes the directory; the shared Redis on 6379
+//! is never touched.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+use crate::services::{free_port, output_within, wait_port};
+
+/// How long a node may be unreachable before the others call it failed.
+const NODE_TIMEOUT_MS: u64 = 5_000;
+
+struct Node {
+    port: u16,
+    child: Child,
+}
+
+pub struct ClusterRedis {
+    dir: PathBuf,
+    nodes: Vec<Node>,
+}
+
+impl ClusterRedis {
+    /// Starts the nodes, joins them and returns once every node reports the cluster `ok` with
+    /// all 16,384 slots served and (with replicas) every master's replicas online.
+    pub async fn start(masters: usize, replicas: usize) -> anyhow::Result<Self> {
+        if masters < 3 {
+            bail!("redis-cli --cluster create needs at least 3 masters");
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "agentfleet-redis-cluster-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let mut cluster = Self {
+            dir,
+            nodes: Vec::new(),
+        };
+        for _ in 0..masters * (1 + replicas) {
+            let node = cluster.start_node().await?;
+            cluster.nodes.push(node);
+        }
+        cluster.create(replicas).await?;
+        cluster.wait_ready(masters, replicas).await?;
+        Ok(cluster)
+    }
+
+    async fn start_node(&self) -> anyhow::Result<Node> {
+        // The bus port is chosen too: the default (port + 10,000) may be past 65,535.
+        let (port, bus) = (free_port()?, free_port()?);
+        let dir = self.dir.join(format!("node-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes", "--daemonize", "no"])
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--cluster-port")
+            .arg(bus.to_string())
+            .arg("--cluster-node-timeout")
+            .arg(NODE_TIMEOUT_MS.to_string())
+            .arg("--cluster-config-file")
+            .arg(dir.join(format!("nodes-{port}.conf")))
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"));
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (scripts/services.sh installs it)")?;
+        wait_port(
+            port,
+            true,
+            Duration::from_secs(20),
+            "a cluster node to listen",
+        )
+        .await?;
+        Ok(Node { port, child })
+    }
+
+    /// Assigns the slots evenly over the first nodes and makes the others their replicas.
+    async fn create(&self, replicas: usize) -> anyhow::Result<()> {
+        let mut command = Command::new("redis-cli");
+        command.arg("--cluster").arg("create");
+        for node in &self.nodes {
+            command.arg(format!("127.0.0.1:{}", node.port));
+        }
+        command
+            .arg("--cluster-replicas")
+            .arg(replicas.to_string())
+            .arg("--cluster-yes");
+        let output =
+            tokio::task::spawn_blocking(move || output_within(command, Duration::from_secs(60)))
+                .await??;
+        if !output.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    async fn wait_ready(&self, masters: usize, replicas: usize) -> anyhow::Result<()> {
+        let total = self.nodes.len();
+        for node in &self.nodes {
+            let url = url(node.port);
+            crate::wait_until(Duration::from_secs(30), "the cluster to be ok", || {
+                let url = url.clone();
+                async move {
+                    let info: String = query(&url, redis::cmd("CLUSTER").arg("INFO")).await.ok()?;
+                    let ready = info.contains("cluster_state:ok")
+                        && info.contains("cluster_slots_ok:16384")
+                        && info.contains(&format!("cluster_known_nodes:{total}"));
+                    ready.then_some(())
+                }
+            })
+            .await?;
+        }
+        crate::wait_until(Duration::from_secs(30), "every replica online", || async {
+            let masters_now = self.masters().await.ok()?;
+            let mut online = 0;
+            for master in &masters_now {
+                let info: String = query(master, redis::cmd("INFO").arg("replication"))
+                    .await
+                    .ok()?;
+                online += info.matches("state=online").count();
+            }
+            (masters_now.len() == masters && online == masters * replicas).then_some(())
+        })
+        .await
+    }
+
+    /// Every node's URL, for `redis.cluster.nodes`.
+    pub fn node_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| url(n.port)).collect()
+    }
+
+    /// The `redis:` connection fields for the app's configuration (YAML flow-map fields). Two
+    /// nodes suffice: the client learns the others from the slot map.
+    pub fn config_fields(&self) -> String {
+        let nodes: Vec<String> = self
+            .node_urls()
+            .iter()
+            .take(2)
+            .map(|u| format!("\"{u}\""))
+            .collect();
+        format!("cluster: {{ nodes: [{}] }}", nodes.join(", "))
+    }
+
+    /// The masters' URLs, as the first node that answers knows them (`CLUSTER NODES`).
+    pub async fn masters(&self) -> anyhow::Result<Vec<String>> {
+        let mut last = None;
+        for node in &self.nodes {
+            match query::<String>(&url(node.port), redis::cmd("CLUSTER").arg("NODES")).await {
+                Ok(nodes) => return Ok(masters_in(&nodes)),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no nodes")))
+    }
+
+    /// What every node answered with an error: counts by kind (`INFO errorstats`:
+    /// `errorstat_MOVED:count=3`) and the commands that failed (`INFO commandstats` entries
+    /// with failed or rejected calls), each prefixed with the node's port.
+    pub async fn error_stats(&self) -> anyhow::Result<Vec<String>> {
+        let mut stats = Vec::new();
+        for node in &self.nodes {
+            let info: String = query(&url(node.port), redis::cmd("INFO").arg("errorstats")).await?;
+            let commands: String =
+                query(&url(node.port), redis::cmd("INFO").arg("commandstats")).await?;
+            let failed = commands
+                .lines()
+                .filter(|l| l.starts_with("cmdstat_"))
+                .filter(|l| !l.contains("rejected_calls=0,failed_calls=0"));
+            stats.extend(
+                info.lines()
+                    .filter(|l| l.starts_with("errorstat_"))
+                    .chain(failed)
+                    .map(|l| format!("{}: {l}", node.port)),
+            );
+        }
+        Ok(stats)
+    }
+}
+
+impl ClusterRedis {
+    /// Connections each node has accepted since it started (`total_connections_received`).
+    pub async fn connections_received(&self) -> anyhow::Result<Vec<u64>> {
+        let mut counts = Vec::new();
+        for node in &self.nodes {
+            let info: String = query(&url(node.port), redis::cmd("INFO").arg("stats")).await?;
+            let count = info
+                .lines()
+                .find_map(|l| l.strip_prefix("total_connections_received:"))
+                .and_then(|v| v.trim().parse().ok())
+                .context("INFO stats without total_connections_received")?;
+            counts.push(count);
+        }
+        Ok(counts)
+    }
+}
+
+impl Drop for ClusterRedis {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+        // A failed test keeps the nodes' logs for its post-mortem.
+        if std::thread::panicking() {
+            eprintln!("redis cluster kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn url(port: u16) -> String {
+    format!("redis://127.0.0.1:{port}")
+}
+
+/// The masters of a `CLUSTER NODES` answer (`<id> <ip:port@bus> <flags> ...` a line), as
+/// URLs; a master that failed (`fail`) is left out.
+fn masters_in(nodes: &str) -> Vec<String> {
+    let mut masters: Vec<String> = nodes
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = fields.nth(1)?;
+            let flags = fields.next()?;
+            let master =
+                flags.split(',').any(|f| f == "master") && !flags.split(',').any(|f| f == "fail");
+            let (host_port, _bus) = address.split_once('@')?;
+            master.then(|| format!("redis://{host_port}"))
+        })
+        .collect();
+    masters.sort();
+    masters
+}
+
+async fn query<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cmd) -> anyhow::Result<T> {
+    let client = redis::Client::open(url)?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_millis(500)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    Ok(cmd.query_async(&mut conn).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masters_are_read_from_cluster_nodes() {
+        let nodes = "\
+a1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:30002@40002 master - 0 0 2 connected 5461-10922
+c3 127.0.0.1:30003@40003 master,fail - 0 0 3 connected
+d4 127.0.0.1:30004@40004 slave a1 0 0 1 connected
+";
+        assert_eq!(
+            masters_in(nodes),
+            ["redis://127.0.0.1:30001", "redis://127.0.0.1:30002"]
+        );
+    }
+}

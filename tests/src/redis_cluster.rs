@@ -195,6 +195,24 @@ impl ClusterRedis {
 }
 
 impl ClusterRedis {
+    /// How often each master has run `command` (`INFO commandstats`, e.g. `wait`), in the
+    /// order of [`Self::masters`].
+    pub async fn calls_per_master(&self, command: &str) -> anyhow::Result<Vec<u64>> {
+        let prefix = format!("cmdstat_{command}:calls=");
+        let mut calls = Vec::new();
+        for master in self.masters().await? {
+            let info: String = query(&master, redis::cmd("INFO").arg("commandstats")).await?;
+            let count = info
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            calls.push(count);
+        }
+        Ok(calls)
+    }
+
     /// Connections each node has accepted since it started (`total_connections_received`).
     pub async fn connections_received(&self) -> anyhow::Result<Vec<u64>> {
         let mut counts = Vec::new();

@@ -141,15 +141,25 @@ async fn jobs_run_end_to_end_on_a_cluster_with_their_keys_spread() -> anyhow::Re
             .collect();
         assert_eq!(holding, [n / 2], "{tenant}'s keys on one master: {idem:?}");
     }
-    assert_no_crossslot(&cluster).await?;
-    println!(
-        "connections received per node: {:?}",
-        cluster.connections_received().await?
+    // `WAIT` went with each acknowledged write to the master that took it: a job's create
+    // (`MULTI`/`EXEC` + `WAIT`) ran on the job's master, and no master saw fewer `WAIT`s than
+    // creates (the record transitions and step appends add more).
+    let execs = cluster.calls_per_master("exec").await?;
+    let waits = cluster.calls_per_master("wait").await?;
+    assert_eq!(
+        execs,
+        spread.iter().map(|&k| k as u64).collect::<Vec<_>>(),
+        "one create per job, on its master"
     );
+    assert!(
+        waits.iter().zip(&execs).all(|(w, e)| w >= e),
+        "WAIT {waits:?} vs EXEC {execs:?} per master"
+    );
+    assert_no_crossslot(&cluster).await?;
     accept_times.sort();
     println!(
         "redis cluster (3 masters + 3 replicas, WAIT 1): cluster up in {cluster_up:?}; {n} jobs, \
-         job hashes per master {spread:?}; accept p50 {:?} p max {:?}; total {:?}",
+         job hashes per master {spread:?}, EXEC {execs:?}, WAIT {waits:?}; accept p50 {:?} p max {:?}; total {:?}",
         accept_times[n / 2],
         accept_times[n - 1],
         started.elapsed()

@@ -388,7 +388,7 @@ pub struct DispatcherConfig {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
-    /// Also add each record to the tenant's Redis stream `{prefix}:audit:{tenant}`.
+    /// Also add each record to the tenant's Redis stream `{prefix}:audit:{t:<tenant>}`.
     pub redis_stream: bool,
     /// Records a tenant's stream keeps, about (trimmed with `MAXLEN ~`).
     pub max_entries: u32,

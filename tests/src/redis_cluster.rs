@@ -12,16 +12,21 @@ use anyhow::{bail, Context as _};
 
 use crate::services::{free_port, output_within, wait_port};
 
-/// How long a node may be unreachable before the others call it failed.
-const NODE_TIMEOUT_MS: u64 = 5_000;
+/// How long a node may be unreachable before the others call it failed, unless a test that
+/// kills one asks for less ([`ClusterRedis::start_with`]). Not shorter by default: a node of a
+/// busy 2-core machine may miss a second, and a failover nobody asked for fails other tests.
+const NODE_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Node {
     port: u16,
+    /// The cluster bus port, kept so that a restarted node comes back on the same one.
+    bus: u16,
     child: Child,
 }
 
 pub struct ClusterRedis {
     dir: PathBuf,
+    node_timeout: Duration,
     nodes: Vec<Node>,
 }
 
@@ -29,6 +34,16 @@ impl ClusterRedis {
     /// Starts the nodes, joins them and returns once every node reports the cluster `ok` with
     /// all 16,384 slots served and (with replicas) every master's replicas online.
     pub async fn start(masters: usize, replicas: usize) -> anyhow::Result<Self> {
+        Self::start_with(masters, replicas, NODE_TIMEOUT).await
+    }
+
+    /// [`Self::start`] with `cluster-node-timeout` set to `node_timeout`: about how long a
+    /// killed master goes unnoticed before its replica is promoted.
+    pub async fn start_with(
+        masters: usize,
+        replicas: usize,
+        node_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         if masters < 3 {
             bail!("redis-cli --cluster create needs at least 3 masters");
         }
@@ -39,20 +54,22 @@ impl ClusterRedis {
         std::fs::create_dir_all(&dir)?;
         let mut cluster = Self {
             dir,
+            node_timeout,
             nodes: Vec::new(),
         };
         for _ in 0..masters * (1 + replicas) {
-            let node = cluster.start_node().await?;
-            cluster.nodes.push(node);
+            // The bus port is chosen too: the default (port + 10,000) may be past 65,535.
+            let (port, bus) = (free_port()?, free_port()?);
+            let child = cluster.start_node(port, bus).await?;
+            cluster.nodes.push(Node { port, bus, child });
         }
         cluster.create(replicas).await?;
         cluster.wait_ready(masters, replicas).await?;
         Ok(cluster)
     }
 
-    async fn start_node(&self) -> anyhow::Result<Node> {
-        // The bus port is chosen too: the default (port + 10,000) may be past 65,535.
-        let (port, bus) = (free_port()?, free_port()?);
+    /// Starts (or restarts: its `nodes.conf` is kept) the node on `port`.
+    async fn start_node(&self, port: u16, bus: u16) -> anyhow::Result<Child> {
         let dir = self.dir.join(format!("node-{port}"));
         std::fs::create_dir_all(&dir)?;
         let mut command = Command::new("redis-server");
@@ -64,7 +81,7 @@ impl ClusterRedis {
             .arg("--cluster-port")
             .arg(bus.to_string())
             .arg("--cluster-node-timeout")
-            .arg(NODE_TIMEOUT_MS.to_string())
+            .arg(self.node_timeout.as_millis().to_string())
             .arg("--cluster-config-file")
             .arg(dir.join(format!("nodes-{port}.conf")))
             .arg("--dir")
@@ -84,7 +101,7 @@ impl ClusterRedis {
             "a cluster node to listen",
         )
         .await?;
-        Ok(Node { port, child })
+        Ok(child)
     }
 
     /// Assigns the slots evenly over the first nodes and makes the others their replicas.
@@ -195,6 +212,86 @@ impl ClusterRedis {
 }
 
 impl ClusterRedis {
+    /// The port of the master that owns `key`'s slot: the one master that does not answer a
+    /// `GET` of it with `MOVED`.
+    pub async fn owner_of(&self, key: &str) -> anyhow::Result<u16> {
+        for master in self.masters().await? {
+            if query::<Option<String>>(&master, redis::cmd("GET").arg(key))
+                .await
+                .is_ok()
+            {
+                let port = master.rsplit(':').next().unwrap_or_default();
+                return Ok(port.parse()?);
+            }
+        }
+        bail!("no master owns {key}")
+    }
+
+    /// SIGKILLs the node on `port`.
+    pub fn kill(&mut self, port: u16) -> anyhow::Result<()> {
+        let node = self.node(port)?;
+        node.child.kill()?;
+        node.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the node on `port` again, with its cluster state: a master that was failed over
+    /// comes back as a replica of the one that replaced it.
+    pub async fn restart(&mut self, port: u16) -> anyhow::Result<()> {
+        let bus = self.node(port)?.bus;
+        let child = self.start_node(port, bus).await?;
+        self.node(port)?.child = child;
+        Ok(())
+    }
+
+    fn node(&mut self, port: u16) -> anyhow::Result<&mut Node> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .with_context(|| format!("no node on {port}"))
+    }
+
+    /// Polls until the cluster has `masters` masters again, none of them `old`, and says it is
+    /// ok; answers how long that took.
+    pub async fn wait_failover(
+        &self,
+        old: u16,
+        masters: usize,
+        within: Duration,
+    ) -> anyhow::Result<Duration> {
+        let started = std::time::Instant::now();
+        let old = url(old);
+        crate::wait_until(
+            within,
+            "a replica promoted in place of the killed master",
+            || async {
+                let now = self.masters().await.ok()?;
+                let info: String = query(now.first()?, redis::cmd("CLUSTER").arg("INFO"))
+                    .await
+                    .ok()?;
+                let done = now.len() == masters
+                    && !now.contains(&old)
+                    && info.contains("cluster_state:ok");
+                done.then_some(())
+            },
+        )
+        .await?;
+        Ok(started.elapsed())
+    }
+
+    /// Polls until the node on `port` is a replica whose link to its master is up.
+    pub async fn wait_replica(&self, port: u16, within: Duration) -> anyhow::Result<()> {
+        let node = url(port);
+        crate::wait_until(within, "the restarted node to replicate", || async {
+            let info: String = query(&node, redis::cmd("INFO").arg("replication"))
+                .await
+                .ok()?;
+            let synced = info.contains("role:slave") && info.contains("master_link_status:up");
+            synced.then_some(())
+        })
+        .await
+    }
+
     /// How often each master has run `command` (`INFO commandstats`, e.g. `wait`), in the
     /// order of [`Self::masters`].
     pub async fn calls_per_master(&self, command: &str) -> anyhow::Result<Vec<u64>> {

@@ -492,3 +492,70 @@ async fn a_master_killed_mid_run_loses_no_accepted_job_on_a_cluster() -> anyhow:
     assert!(!stats.iter().any(|s| s.contains("CROSSSLOT")), "{stats:?}");
     Ok(())
 }
+
+/// The store's client on a cluster: a plain pipeline may span slots (its commands go one by
+/// one, each to its node, replies in order); a transaction or a script that spans slots is
+/// refused, by the client or by the node (`CROSSSLOT`, which the node counts: the check the
+/// other tests rely on can fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_client_spans_slots_only_where_it_may() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = ClusterRedis::start(3, 0).await?;
+    let app = spawn_on(
+        &cluster,
+        "",
+        AppOptions {
+            workers: 0,
+            ..AppOptions::default()
+        },
+    )
+    .await?;
+    let redis = agentfleet_common::store::Redis::connect(&app.config.redis)?;
+    let keys: Vec<String> = (0..12)
+        .map(|i| format!("{}:k{{{i}}}", app.prefix))
+        .collect();
+    let owners = futures_util::future::try_join_all(keys.iter().map(|k| cluster.owner_of(k)));
+    let owners: std::collections::HashSet<u16> = owners.await?.into_iter().collect();
+    assert!(
+        owners.len() >= 2,
+        "the keys are on several masters: {owners:?}"
+    );
+    for (i, key) in keys.iter().enumerate() {
+        let mut set = redis::cmd("SET");
+        set.arg(key).arg(i);
+        redis.cmd::<()>(&set).await?;
+    }
+    let mut reads = redis::pipe();
+    for key in &keys {
+        reads.cmd("GET").arg(key);
+    }
+    let values: Vec<Option<u32>> = redis.pipe(&reads).await?;
+    let expected: Vec<Option<u32>> = (0..12).map(Some).collect();
+    assert_eq!(values, expected, "replies in the order of the commands");
+
+    let mut transaction = redis::pipe();
+    transaction.atomic();
+    for key in &keys {
+        transaction.cmd("GET").arg(key);
+    }
+    let refused = redis.pipe::<Vec<Option<u32>>>(&transaction).await;
+    assert!(refused.is_err(), "a transaction across slots: {refused:?}");
+
+    let script = redis::Script::new("return redis.call('GET', KEYS[2])");
+    let mut invocation = script.key(&keys[0]);
+    for key in &keys[1..] {
+        invocation.key(key);
+    }
+    let refused = redis.script::<Option<u32>>(&invocation).await;
+    let err = format!("{:?}", refused.expect_err("a script across slots"));
+    assert!(
+        err.contains("CROSSSLOT") || err.contains("CrossSlot"),
+        "{err}"
+    );
+    let stats = cluster.error_stats().await?;
+    assert!(
+        stats.iter().any(|s| s.contains("errorstat_CROSSSLOT")),
+        "{stats:?}"
+    );
+    Ok(())
+}

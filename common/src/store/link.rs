@@ -231,22 +231,24 @@ impl Link {
         }
         match &self.inner.source {
             Source::Sentinel(resolver) => self.resolve(resolver).await,
-            Source::Cluster(client) => {
-                Ok(self.keep(Master::open_cluster(client, self.inner.timeout)))
-            }
+            Source::Cluster(client) => Ok(self.open_cluster(client)),
             // Unreachable in practice: a single server's master is set at connect.
             Source::Single => Err(StoreError::NoMaster),
         }
     }
 
-    /// Makes `master` the current one, unless another command made one meanwhile.
-    fn keep(&self, master: Master) -> Arc<Master> {
+    /// The cluster's connections, made under the lock so that the first commands, arriving
+    /// together, share one set (making it dials nothing: the connections connect in the
+    /// background).
+    fn open_cluster(&self, client: &ClusterClient) -> Arc<Master> {
         let mut current = self
             .inner
             .current
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        current.get_or_insert_with(|| Arc::new(master)).clone()
+        current
+            .get_or_insert_with(|| Arc::new(Master::open_cluster(client, self.inner.timeout)))
+            .clone()
     }
 
     fn known(&self) -> Option<Arc<Master>> {

@@ -128,20 +128,19 @@ impl Master {
         ))
     }
 
-    /// A cluster's connections, which dial its nodes in the background: each keeps one
-    /// connection per node, so a `WAIT` on one of the acknowledged ones blocks only that one.
-    fn open_cluster(client: &ClusterClient, timeout: Duration) -> Self {
+    /// A cluster's connections, which dial every master at once, in the background: each
+    /// keeps one connection per master, so a `WAIT` on one of the acknowledged ones blocks only
+    /// that one. Those are made only when writes are acknowledged (unlike a lazy manager, a
+    /// cluster connection dials whether used or not: a fleet would hold five per master).
+    fn open_cluster(client: &ClusterClient, timeout: Duration, acked: bool) -> Self {
         let connection = || {
             let config = ClientClusterConfig::new()
                 .set_connection_timeout(timeout)
                 .set_response_timeout(timeout);
             Conn::Cluster(client.get_pending_async_connection_with_config(config))
         };
-        Self::with(
-            0,
-            connection(),
-            (0..ACKED_CONNECTIONS).map(|_| connection()).collect(),
-        )
+        let acked = if acked { ACKED_CONNECTIONS } else { 0 };
+        Self::with(0, connection(), (0..acked).map(|_| connection()).collect())
     }
 
     fn with(generation: u64, shared: Conn, acked: Vec<Conn>) -> Self {
@@ -157,10 +156,14 @@ impl Master {
         self.shared.clone()
     }
 
-    /// One of the connections for acknowledged writes, in turn.
+    /// One of the connections for acknowledged writes, in turn (the shared one if there are
+    /// none: writes are not acknowledged then).
     pub(super) fn acked(&self) -> Conn {
-        let i = self.next_acked.fetch_add(1, Ordering::Relaxed) % self.acked.len();
-        self.acked[i].clone()
+        let i = self.next_acked.fetch_add(1, Ordering::Relaxed);
+        match self.acked.get(i % self.acked.len().max(1)) {
+            Some(conn) => conn.clone(),
+            None => self.shared(),
+        }
     }
 }
 
@@ -183,8 +186,12 @@ enum Source {
     Single,
     Sentinel(tokio::sync::Mutex<Resolver>),
     /// A cluster: its connections are made at the first command (they need the runtime) and
-    /// kept; the client follows the cluster's changes itself.
-    Cluster(ClusterClient),
+    /// kept; the client follows the cluster's changes itself. With `acked`, writes are
+    /// acknowledged (`redis.min_replicas_acked`) and get connections of their own.
+    Cluster {
+        client: ClusterClient,
+        acked: bool,
+    },
 }
 
 struct Resolver {
@@ -212,7 +219,13 @@ impl Link {
                 None,
                 Source::Sentinel(tokio::sync::Mutex::new(resolver(sentinel)?)),
             ),
-            RedisTopology::Cluster(cluster) => (None, Source::Cluster(cluster_client(cluster)?)),
+            RedisTopology::Cluster(cluster) => (
+                None,
+                Source::Cluster {
+                    client: cluster_client(cluster)?,
+                    acked: config.min_replicas_acked > 0,
+                },
+            ),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -231,7 +244,7 @@ impl Link {
         }
         match &self.inner.source {
             Source::Sentinel(resolver) => self.resolve(resolver).await,
-            Source::Cluster(client) => Ok(self.open_cluster(client)),
+            Source::Cluster { client, acked } => Ok(self.open_cluster(client, *acked)),
             // Unreachable in practice: a single server's master is set at connect.
             Source::Single => Err(StoreError::NoMaster),
         }
@@ -240,14 +253,16 @@ impl Link {
     /// The cluster's connections, made under the lock so that the first commands, arriving
     /// together, share one set (making it dials nothing: the connections connect in the
     /// background).
-    fn open_cluster(&self, client: &ClusterClient) -> Arc<Master> {
+    fn open_cluster(&self, client: &ClusterClient, acked: bool) -> Arc<Master> {
         let mut current = self
             .inner
             .current
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         current
-            .get_or_insert_with(|| Arc::new(Master::open_cluster(client, self.inner.timeout)))
+            .get_or_insert_with(|| {
+                Arc::new(Master::open_cluster(client, self.inner.timeout, acked))
+            })
             .clone()
     }
 

@@ -153,7 +153,8 @@ impl Redis {
 
     /// [`Redis::pipe`] for a write that backs a promise and whose replies are not needed: a
     /// transaction (`atomic`) stays one, with `WAIT` after its `EXEC` (inside, `WAIT` would
-    /// not block), all in one round trip.
+    /// not block), all in one round trip. On a cluster its keys must share a slot: the
+    /// pipeline goes whole to their master, `WAIT` with it.
     pub async fn pipe_acked(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
         let durability = self.durability;
         if durability.replicas == 0 {

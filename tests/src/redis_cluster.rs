@@ -158,6 +158,11 @@ impl ClusterRedis {
         .await
     }
 
+    /// Every node's port.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
     /// Every node's URL, for `redis.cluster.nodes`.
     pub fn node_urls(&self) -> Vec<String> {
         self.nodes.iter().map(|n| url(n.port)).collect()

@@ -559,3 +559,59 @@ async fn the_store_client_spans_slots_only_where_it_may() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// Writes to keys on every master through the store's client, until they all succeed.
+async fn wait_writable(redis: &agentfleet_common::store::Redis, what: &str) -> anyhow::Result<()> {
+    wait_until(Duration::from_secs(30), what, || async {
+        for i in 0..12 {
+            let mut set = redis::cmd("SET");
+            set.arg(format!("aftest-outage:k{{{i}}}"))
+                .arg(i)
+                .arg("EX")
+                .arg(60);
+            redis.cmd::<()>(&set).await.ok()?;
+        }
+        Some(())
+    })
+    .await
+}
+
+/// A process whose cluster is down when it starts, or goes down whole later, fails its
+/// commands meanwhile and works again once the nodes are back: the client redials from the
+/// configured nodes by itself (nothing of ours to reset, unlike Sentinel's master).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_comes_back_after_the_whole_cluster_was_down() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = ClusterRedis::start(3, 0).await?;
+    let config: agentfleet_common::config::RedisConfig = serde_json::from_value(json!({
+        "cluster": { "nodes": cluster.node_urls() },
+        "prefix": "aftest-outage",
+    }))?;
+    for port in cluster.ports() {
+        cluster.kill(port)?;
+    }
+    let redis = agentfleet_common::store::Redis::connect(&config)?;
+    assert!(redis.ping().await.is_err(), "nothing answers yet");
+    for port in cluster.ports() {
+        cluster.restart(port).await?;
+    }
+    let restarted = Instant::now();
+    wait_writable(&redis, "writes after starting while the cluster was down").await?;
+    let first = restarted.elapsed();
+
+    for port in cluster.ports() {
+        cluster.kill(port)?;
+    }
+    assert!(redis.ping().await.is_err(), "the cluster is down");
+    for port in cluster.ports() {
+        cluster.restart(port).await?;
+    }
+    let restarted = Instant::now();
+    wait_writable(&redis, "writes after the whole cluster restarted").await?;
+    println!(
+        "redis cluster down whole: writable {first:?} after the restart (started while down), {:?} \
+         (down while running)",
+        restarted.elapsed()
+    );
+    Ok(())
+}

@@ -532,6 +532,16 @@ async fn the_store_client_spans_slots_only_where_it_may() -> anyhow::Result<()> 
     let values: Vec<Option<u32>> = redis.pipe(&reads).await?;
     let expected: Vec<Option<u32>> = (0..12).map(Some).collect();
     assert_eq!(values, expected, "replies in the order of the commands");
+    // With ignored replies (a batch of writes, as the audit trail sends): only the rest come
+    // back, in order.
+    let mut mixed = redis::pipe();
+    for (i, key) in keys.iter().enumerate() {
+        mixed.cmd("SET").arg(key).arg(i + 100).ignore();
+        mixed.cmd("GET").arg(key);
+    }
+    let values: Vec<Option<u32>> = redis.pipe(&mixed).await?;
+    let expected: Vec<Option<u32>> = (100..112).map(Some).collect();
+    assert_eq!(values, expected, "the ignored replies are dropped");
 
     let mut transaction = redis::pipe();
     transaction.atomic();

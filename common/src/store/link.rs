@@ -20,8 +20,8 @@ use redis::cluster::{ClusterClient, ClusterConfig as ClientClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
-    Cmd, ErrorKind, FromRedisValue, Pipeline, RedisConnectionInfo, RedisError, RedisFuture,
-    RedisResult, ServerErrorKind, Value,
+    Cmd, ErrorKind, FromRedisValue, Pipeline, RedisConnectionInfo, RedisFuture, RedisResult,
+    ServerErrorKind, Value,
 };
 use secrecy::ExposeSecret;
 
@@ -77,25 +77,49 @@ impl Conn {
     /// Runs `pipe` and answers its replies. On a cluster a pipeline goes whole to the node of
     /// its first key, and the client refuses one whose keys span slots. A transaction must
     /// not (its keys share a tag), but a plain pipeline of independent commands may (the
-    /// dispatcher's poll of pause keys and running sets, `spent()` over ledgers): on a cluster
-    /// its commands are sent one by one, all at once, each to its own node, and their replies
-    /// are put back in order. Such a pipeline must not `ignore()` replies, nor rely on the
-    /// order of its commands against each other: they were never atomic.
+    /// dispatcher's poll of pause keys and running sets, `spent()` over ledgers, a batch of
+    /// audit entries of several tenants): on a cluster its commands are sent one by one, all
+    /// at once, each to its own node ([`Spread`]), and the pipeline puts their replies in
+    /// order and drops the ignored ones as usual. Such a pipeline must not rely on the order
+    /// of its commands against each other: they were never atomic.
     pub(super) async fn query_pipe<T: FromRedisValue>(
         &mut self,
         pipe: &Pipeline,
     ) -> RedisResult<T> {
         match self {
             Self::Cluster(conn) if !pipe.is_transaction() => {
-                let replies = pipe.cmd_iter().map(|cmd| {
-                    let mut conn = conn.clone();
-                    async move { cmd.query_async::<Value>(&mut conn).await }
-                });
-                let replies = futures_util::future::try_join_all(replies).await?;
-                T::from_redis_value(Value::Array(replies)).map_err(RedisError::from)
+                pipe.query_async(&mut Spread(conn.clone())).await
             }
             conn => pipe.query_async(conn).await,
         }
+    }
+}
+
+/// A cluster connection that sends each command of a pipeline on its own, to the node of its
+/// key, all at once, and answers their replies in the pipeline's order. The first command
+/// that fails fails the pipeline.
+struct Spread(ClusterConnection);
+
+impl redis::aio::ConnectionLike for Spread {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let replies = pipeline.cmd_iter().skip(offset).take(count).map(|cmd| {
+            let mut conn = self.0.clone();
+            async move { conn.req_packed_command(cmd).await }
+        });
+        Box::pin(futures_util::future::try_join_all(replies))
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
     }
 }
 

@@ -19,12 +19,20 @@ pub enum LimitScope<'a> {
 }
 
 impl LimitScope<'_> {
-    fn key_part(self) -> String {
+    /// The scope's Redis Cluster hash tag: a limiter's buckets and its pause key carry it, so
+    /// the GCRA script, which reads a bucket and the pause key together, stays in one slot.
+    fn tag(self) -> String {
         match self {
-            Self::Agent(agent) => agent.to_owned(),
-            Self::Pool(pool) => format!("pool:{pool}"),
+            Self::Agent(agent) => format!("{{l:agent:{agent}}}"),
+            Self::Pool(pool) => format!("{{l:pool:{pool}}}"),
         }
     }
+}
+
+/// A tenant's hash tag: every key a tenant owns lands in one slot (so its reads go to one
+/// node), while its jobs, tagged by id, spread over all of them.
+fn tenant_tag(tenant: &str) -> String {
+    format!("{{t:{tenant}}}")
 }
 
 /// One work queue of an agent: its shared queue, or one tenant's.
@@ -148,30 +156,31 @@ impl Names {
         format!("{}:job:{{{id}}}", self.redis)
     }
 
-    /// GCRA state of an agent's or a pool's fleet-wide rate limit.
+    /// GCRA state of an agent's or a pool's fleet-wide rate limit. Tagged by the scope, like
+    /// its pause key ([`Self::pause_key`]).
     pub fn rate_key(&self, scope: LimitScope<'_>, kind: RateKind) -> String {
         let kind = match kind {
-            RateKind::Requests => "req",
-            RateKind::Tokens => "tok",
+            RateKind::Requests => "requests",
+            RateKind::Tokens => "tokens",
         };
-        format!("{}:rl:{}:{kind}", self.redis, scope.key_part())
+        format!("{}:rl:{}:{kind}", self.redis, scope.tag())
     }
 
     /// Set (with an expiry) while the provider asked the whole fleet to hold its calls
     /// (a 429 with `Retry-After`): every replica's admissions wait it out.
     pub fn pause_key(&self, scope: LimitScope<'_>) -> String {
-        format!("{}:pause:{}", self.redis, scope.key_part())
+        format!("{}:pause:{}", self.redis, scope.tag())
     }
 
     /// GCRA state of a tenant's submissions/min, shared by every dispatcher.
     pub fn submissions_key(&self, tenant: &str) -> String {
-        format!("{}:tenant:{tenant}:submissions", self.redis)
+        format!("{}:tenant:{}:submissions", self.redis, tenant_tag(tenant))
     }
 
     /// A tenant's runs holding a lease, fleet-wide: a sorted set of job ids scored by when
     /// their hold expires, so a crashed worker's runs stop counting on their own.
     pub fn running_key(&self, tenant: &str) -> String {
-        format!("{}:tenant:{tenant}:running", self.redis)
+        format!("{}:tenant:{}:running", self.redis, tenant_tag(tenant))
     }
 
     /// A cached model answer of `agent` for `tenant`, by the digest of the request it
@@ -181,11 +190,19 @@ impl Names {
     }
 
     /// What a ledger has spent in one period (micro-USD): a tenant's day (`2026-11-22`) or an
-    /// agent's month (`2026-11`).
+    /// agent's month (`2026-11`). An agent's ledgers are tagged by the agent (`{a:<name>}`).
     pub fn spend_key(&self, owner: SpendOwner<'_>, period: &str) -> String {
         match owner {
-            SpendOwner::Tenant(tenant) => format!("{}:tenant:{tenant}:spend:{period}", self.redis),
-            SpendOwner::Agent(agent) => format!("{}:agent:{agent}:spend:{period}", self.redis),
+            SpendOwner::Tenant(tenant) => {
+                format!(
+                    "{}:tenant:{}:spend:{period}",
+                    self.redis,
+                    tenant_tag(tenant)
+                )
+            }
+            SpendOwner::Agent(agent) => {
+                format!("{}:agent:{{a:{agent}}}:spend:{period}", self.redis)
+            }
         }
     }
 
@@ -200,21 +217,26 @@ impl Names {
         format!("{}:lease:{{{id}}}", self.redis)
     }
 
-    /// A tenant's Idempotency-Key.
+    /// A tenant's Idempotency-Key. The tenant's tag comes first, so braces in the client's
+    /// key cannot make a tag of their own.
     pub fn idempotency_key(&self, tenant: &str, key: &str) -> String {
-        format!("{}:idem:{tenant}:{key}", self.redis)
+        format!("{}:idem:{}:{key}", self.redis, tenant_tag(tenant))
     }
 
     /// A tenant's audit trail: a Redis stream, trimmed to a configured length.
     pub fn audit_stream(&self, tenant: &str) -> String {
-        format!("{}:audit:{tenant}", self.redis)
+        format!("{}:audit:{}", self.redis, tenant_tag(tenant))
     }
 
-    /// Pattern matching every key of this deployment (used by tests to clean up).
+    /// Pattern matching every key of this deployment (used by tests to clean up; on a cluster,
+    /// `SCAN` it on every master).
     pub fn redis_pattern(&self) -> String {
         format!("{}:*", self.redis)
     }
 }
+
+#[cfg(test)]
+mod slots;
 
 #[cfg(test)]
 mod tests {
@@ -231,15 +253,24 @@ mod tests {
         assert_eq!(names.lease_key(id), format!("af2:lease:{{{id}}}"));
         assert_eq!(
             names.rate_key(LimitScope::Agent("sum"), RateKind::Tokens),
-            "af2:rl:sum:tok"
+            "af2:rl:{l:agent:sum}:tokens"
         );
         assert_eq!(
             names.rate_key(LimitScope::Pool("openai"), RateKind::Requests),
-            "af2:rl:pool:openai:req"
+            "af2:rl:{l:pool:openai}:requests"
         );
         assert_eq!(
             names.pause_key(LimitScope::Pool("openai")),
-            "af2:pause:pool:openai"
+            "af2:pause:{l:pool:openai}"
+        );
+        assert_eq!(names.running_key("acme"), "af2:tenant:{t:acme}:running");
+        assert_eq!(
+            names.idempotency_key("acme", "k{x}"),
+            "af2:idem:{t:acme}:k{x}"
+        );
+        assert_eq!(
+            names.spend_key(SpendOwner::Agent("sum"), "2026-11"),
+            "af2:agent:{a:sum}:spend:2026-11"
         );
     }
 

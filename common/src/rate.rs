@@ -95,6 +95,9 @@ pub struct Answer {
 pub struct Gcra {
     pub key: String,
     pub kind: RateKind,
+    /// The pause key its script checks (`KEYS[2]`), if any: its own scope's, which shares
+    /// the bucket's hash tag, so the script stays in one Redis Cluster slot.
+    pub pause_key: Option<String>,
     interval_us: f64,
     capacity: f64,
 }
@@ -112,6 +115,7 @@ impl Gcra {
         Self {
             key,
             kind,
+            pause_key: None,
             interval_us: 60_000_000.0 / per_minute,
             capacity: burst.max(1.0),
         }
@@ -135,7 +139,7 @@ impl Gcra {
         }
     }
 
-    /// The buckets of one provider limit under `scope`.
+    /// The buckets of one provider limit under `scope`, each checking the scope's pause key.
     pub fn of(
         names: &Names,
         scope: LimitScope<'_>,
@@ -152,6 +156,9 @@ impl Gcra {
                 RateKind::Tokens,
                 tpm,
             ));
+        }
+        for bucket in &mut buckets {
+            bucket.pause_key = Some(names.pause_key(scope));
         }
         buckets
     }

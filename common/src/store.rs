@@ -1,7 +1,7 @@
-//! Redis access: connections to one server or to the master Sentinel names (`link`, the only
-//! code that knows which), every command bounded by a timeout so an outage fails fast instead
-//! of hanging, writes that back a promise acknowledged by replicas when asked, and the job
-//! store built on it.
+//! Redis access: connections to one server, to the master Sentinel names or to a cluster
+//! (`link`, the only code that knows which), every command bounded by a timeout so an outage
+//! fails fast instead of hanging, writes that back a promise acknowledged by replicas when
+//! asked, and the job store built on it.
 
 mod link;
 
@@ -10,7 +10,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, Value};
 use uuid::Uuid;
 
@@ -20,7 +19,7 @@ use chrono::{DateTime, Utc};
 
 use crate::wire::{JobRecord, JobSpec, JobStatus, Step};
 
-use link::{Link, Master};
+use link::{Conn, Link, Master};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -89,7 +88,7 @@ impl Redis {
     /// the link.
     async fn on_master<T, F, Fut>(&self, acked: bool, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let master: Arc<Master> = self.link.master().await?;
@@ -117,10 +116,12 @@ impl Redis {
         .await
     }
 
+    /// Runs a pipeline; one that is not a transaction may span hash slots (`Conn::query_pipe`).
     pub async fn pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
-        self.on_master(false, |mut conn| async move {
-            Ok(pipe.query_async(&mut conn).await?)
-        })
+        self.on_master(
+            false,
+            |mut conn| async move { Ok(conn.query_pipe(pipe).await?) },
+        )
         .await
     }
 
@@ -168,7 +169,8 @@ impl Redis {
 
     /// [`Redis::pipe`] for a write that backs a promise and whose replies are not needed: a
     /// transaction (`atomic`) stays one, with `WAIT` after its `EXEC` (inside, `WAIT` would
-    /// not block), all in one round trip.
+    /// not block), all in one round trip. On a cluster its keys must share a slot: the
+    /// pipeline goes whole to their master, `WAIT` with it.
     pub async fn pipe_acked(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
         let durability = self.durability;
         if durability.replicas == 0 {

@@ -5,7 +5,7 @@
 //! - as a log line of its own target, `agentfleet::audit` (so it can be routed apart from the
 //!   operational logs);
 //! - and, unless `dispatcher.audit.redis_stream` is off, in the tenant's Redis stream
-//!   `{prefix}:audit:{tenant}`, trimmed to about `max_entries` (`XADD … MAXLEN ~`).
+//!   `{prefix}:audit:{t:<tenant>}`, trimmed to about `max_entries` (`XADD … MAXLEN ~`).
 //!
 //! A middleware writes the record once the response is known; the handlers only note what
 //! they learned (the caller, the job) in the request's [`AuditNote`]. Stream entries go to one

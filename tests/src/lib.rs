@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub mod logs;
 pub mod proxy;
 pub mod rabbit_cluster;
+pub mod redis_cluster;
 pub mod redis_sentinel;
 pub mod services;
 
@@ -127,6 +128,9 @@ pub struct AppOptions {
     /// Where the harness itself inspects and cleans up: the real services behind any proxy.
     pub admin_amqp_url: String,
     pub admin_redis_url: String,
+    /// A Redis Cluster's masters: the harness looks for and deletes the app's keys on each
+    /// (a key lives on one master only) instead of on `admin_redis_url`.
+    pub admin_redis_masters: Vec<String>,
     /// The app's `redis:` connection fields as YAML flow-map fields (a `sentinel: {...}`,
     /// `min_replicas_acked`...), in place of `url: redis_url`.
     pub redis_connection: Option<String>,
@@ -174,6 +178,7 @@ impl Default for AppOptions {
             redis_url: REDIS_URL.to_owned(),
             admin_amqp_url: AMQP_URL.to_owned(),
             admin_redis_url: REDIS_URL.to_owned(),
+            admin_redis_masters: Vec::new(),
             redis_connection: None,
             lease_secs: 3,
             pools: Vec::new(),
@@ -213,6 +218,8 @@ pub struct TestApp {
     /// What the harness itself uses to inspect and clean up (never a proxy).
     pub amqp_url: String,
     pub redis_url: String,
+    /// Where the app's keys are: `redis_url`, or each master of a cluster.
+    pub redis_masters: Vec<String>,
     pub config: Config,
     pub config_yaml: String,
     pub dispatcher_addr: SocketAddr,
@@ -277,6 +284,11 @@ impl TestApp {
             prefix,
             amqp_url: options.admin_amqp_url.clone(),
             redis_url: options.admin_redis_url.clone(),
+            redis_masters: if options.admin_redis_masters.is_empty() {
+                vec![options.admin_redis_url.clone()]
+            } else {
+                options.admin_redis_masters.clone()
+            },
             config,
             config_yaml,
             dispatcher_addr,
@@ -676,12 +688,11 @@ impl TestApp {
 
     /// Job-record keys under this app's prefix.
     pub async fn job_keys(&self) -> anyhow::Result<Vec<String>> {
-        let client = redis::Client::open(self.redis_url.as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:job:*", self.prefix))
-            .query_async(&mut conn)
-            .await?;
+        let pattern = format!("{}:job:*", self.prefix);
+        let mut keys = Vec::new();
+        for (_, found) in keys_per_master(&self.redis_masters, &pattern).await? {
+            keys.extend(found);
+        }
         Ok(keys)
     }
 
@@ -711,7 +722,7 @@ impl Drop for TestApp {
             let _ = std::fs::remove_file(file);
         }
         let prefix = self.prefix.clone();
-        let (amqp_url, redis_url) = (self.amqp_url.clone(), self.redis_url.clone());
+        let (amqp_url, redis_masters) = (self.amqp_url.clone(), self.redis_masters.clone());
         let job_queues: Vec<String> = self
             .config
             .agents
@@ -726,7 +737,8 @@ impl Drop for TestApp {
                 .build();
             if let Ok(runtime) = runtime {
                 runtime.block_on(async {
-                    if let Err(err) = cleanup(&prefix, job_queues, &amqp_url, &redis_url).await {
+                    let cleaned = cleanup(&prefix, job_queues, &amqp_url, &redis_masters).await;
+                    if let Err(err) = cleaned {
                         eprintln!("cleanup of {prefix} failed: {err:#}");
                     }
                 });
@@ -741,7 +753,7 @@ async fn cleanup(
     prefix: &str,
     mut queues: Vec<String>,
     amqp_url: &str,
-    redis_url: &str,
+    redis_masters: &[String],
 ) -> anyhow::Result<()> {
     let names = agentfleet_common::naming::Names::new(prefix, prefix);
     let conn = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
@@ -768,19 +780,39 @@ async fn cleanup(
     }
     let _ = conn.close(200, "cleanup".into()).await;
 
-    let client = redis::Client::open(redis_url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    delete_keys(&mut conn, &names.redis_pattern()).await
+    // A key lives on one master of a cluster: each is scanned.
+    for (master, keys) in keys_per_master(redis_masters, &names.redis_pattern()).await? {
+        let client = redis::Client::open(master.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        for batch in keys.chunks(1_000) {
+            unlink(&mut conn, batch).await?;
+        }
+    }
+    Ok(())
 }
 
-/// Deletes the keys matching `pattern` a batch at a time (`SCAN` + `UNLINK`): a soak leaves
-/// hundreds of thousands, which one `KEYS` and one `DEL` would hold Redis up for, past the
-/// client's timeout.
-async fn delete_keys(
+/// Deletes `keys` of one server. One `UNLINK` per key, pipelined: a cluster's master refuses a
+/// multi-key `UNLINK` whose keys are in different slots (`CROSSSLOT`).
+async fn unlink(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &[String],
+) -> anyhow::Result<()> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("UNLINK").arg(key).ignore();
+    }
+    pipe.query_async::<()>(conn).await?;
+    Ok(())
+}
+
+/// The keys of one server matching `pattern`, a batch at a time (`SCAN`): a soak leaves
+/// hundreds of thousands, which one `KEYS` would hold Redis up for, past the client's timeout.
+async fn scan_keys(
     conn: &mut redis::aio::MultiplexedConnection,
     pattern: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     const BATCH: usize = 1_000;
+    let mut found = Vec::new();
     let mut cursor: u64 = 0;
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -791,17 +823,26 @@ async fn delete_keys(
             .arg(BATCH)
             .query_async(conn)
             .await?;
-        if !keys.is_empty() {
-            redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async::<()>(conn)
-                .await?;
-        }
+        found.extend(keys);
         if next == 0 {
-            return Ok(());
+            return Ok(found);
         }
         cursor = next;
     }
+}
+
+/// The keys matching `pattern` on each of `servers` (one server, or a cluster's masters).
+pub async fn keys_per_master(
+    servers: &[String],
+    pattern: &str,
+) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let mut found = Vec::new();
+    for server in servers {
+        let client = redis::Client::open(server.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        found.push((server.clone(), scan_keys(&mut conn, pattern).await?));
+    }
+    Ok(found)
 }
 
 async fn bind() -> anyhow::Result<tokio::net::TcpListener> {

@@ -34,7 +34,10 @@ pub(crate) async fn wait_port(
 const CTL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs `command` to its end and answers its output, or kills it after `within`.
-fn output_within(mut command: Command, within: Duration) -> anyhow::Result<std::process::Output> {
+pub(crate) fn output_within(
+    mut command: Command,
+    within: Duration,
+) -> anyhow::Result<std::process::Output> {
     let child = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -403,10 +403,12 @@ impl AgentLimits {
         }
     }
 
+    /// A bucket checks its own scope's pause key (the two share a Redis Cluster slot): an
+    /// agent in a pool finds the pool's pause when it reaches the pool's bucket, and gives
+    /// its own turn back if it will not wait that long.
     async fn call(&self, gcra: &Gcra, cost: f64, mode: Mode) -> Result<Answer, StoreError> {
-        let buckets = self.buckets.get();
         self.rate
-            .call(gcra, Some(&buckets.pause_key), cost, mode)
+            .call(gcra, gcra.pause_key.as_deref(), cost, mode)
             .await
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use url::Url;
 
 use super::duration;
 use super::validation::{check_prefix, check_url_scheme, invalid, positive};
@@ -133,13 +134,16 @@ fn default_publish_timeout() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// One Redis server. Exactly one of `url` and `sentinel` is given ([`RedisConfig::topology`]).
-    /// May hold credentials, so it is a secret: never logged.
+    /// One Redis server. Exactly one of `url`, `sentinel` and `cluster` is given
+    /// ([`RedisConfig::topology`]). May hold credentials, so it is a secret: never logged.
     #[serde(default)]
     pub url: Option<SecretString>,
     /// A master and its replicas watched by Redis Sentinel: the master is asked of the sentinels.
     #[serde(default)]
     pub sentinel: Option<SentinelConfig>,
+    /// A Redis Cluster: keys are spread over its masters by hash slot (`docs/REDIS-CLUSTER.md`).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     #[serde(default = "default_prefix")]
     pub prefix: String,
     /// How long job records and specs are kept; a Redis `EX` value, so whole seconds.
@@ -176,23 +180,33 @@ pub struct RedisConfig {
 pub enum RedisTopology<'a> {
     Single(&'a SecretString),
     Sentinel(&'a SentinelConfig),
+    Cluster(&'a ClusterConfig),
 }
 
 impl RedisConfig {
-    /// One server or a sentinel-watched master; an error naming the key unless exactly one
-    /// of `url` and `sentinel` is given.
+    /// One server, a sentinel-watched master or a cluster; an error naming the key unless
+    /// exactly one of `url`, `sentinel` and `cluster` is given.
     pub fn topology(&self, at: &str) -> Result<RedisTopology<'_>, ConfigError> {
-        match (&self.url, &self.sentinel) {
-            (Some(url), None) => Ok(RedisTopology::Single(url)),
-            (None, Some(sentinel)) => Ok(RedisTopology::Sentinel(sentinel)),
-            (Some(_), Some(_)) => Err(invalid(
-                format!("{at}.sentinel"),
-                format!("give either {at}.url or {at}.sentinel, not both"),
-            )),
-            (None, None) => Err(invalid(
+        match (&self.url, &self.sentinel, &self.cluster) {
+            (Some(url), None, None) => Ok(RedisTopology::Single(url)),
+            (None, Some(sentinel), None) => Ok(RedisTopology::Sentinel(sentinel)),
+            (None, None, Some(cluster)) => Ok(RedisTopology::Cluster(cluster)),
+            (None, None, None) => Err(invalid(
                 format!("{at}.url"),
-                format!("missing: give {at}.url (one server) or {at}.sentinel"),
+                format!("missing: give {at}.url (one server), {at}.sentinel or {at}.cluster"),
             )),
+            (_, _, cluster) => {
+                // Named after the later of the two given (`url` comes first).
+                let second = if cluster.is_some() {
+                    "cluster"
+                } else {
+                    "sentinel"
+                };
+                Err(invalid(
+                    format!("{at}.{second}"),
+                    format!("give only one of {at}.url, {at}.sentinel and {at}.cluster"),
+                ))
+            }
         }
     }
 
@@ -203,6 +217,7 @@ impl RedisConfig {
                 check_url_scheme(&key("url"), url.expose_secret(), &["redis", "rediss"])?
             }
             RedisTopology::Sentinel(sentinel) => sentinel.validate(&key("sentinel"))?,
+            RedisTopology::Cluster(cluster) => cluster.validate(&key("cluster"))?,
         }
         check_prefix(&key("prefix"), &self.prefix)?;
         positive(&key("result_ttl_secs"), self.result_ttl)?;
@@ -292,6 +307,51 @@ impl SentinelConfig {
     }
 }
 
+// === impl ClusterConfig ===
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Some of the cluster's nodes, `redis://[[user]:password@]host:port`: the client asks the
+    /// first that answers for the slot map and finds the others from it, so a few suffice.
+    /// Secrets (they may carry the password), never logged.
+    pub nodes: Vec<SecretString>,
+}
+
+impl ClusterConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let Some(first) = self.nodes.first() else {
+            return Err(invalid(
+                format!("{at}.nodes"),
+                "must name at least one node",
+            ));
+        };
+        let login = |url: &Url| (url.username().to_owned(), url.password().map(str::to_owned));
+        let first_login = Url::parse(first.expose_secret()).ok().map(|u| login(&u));
+        for (i, node) in self.nodes.iter().enumerate() {
+            let key = format!("{at}.nodes[{i}]");
+            // This build talks to Redis without TLS (the client's TLS features are off).
+            check_url_scheme(&key, node.expose_secret(), &["redis"])?;
+            let url = Url::parse(node.expose_secret())
+                .map_err(|e| invalid(&key, format!("not a URL ({e})")))?;
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err(invalid(key, "must name a host"));
+            }
+            if !matches!(url.path(), "" | "/" | "/0") {
+                return Err(invalid(key, "a cluster has only database 0"));
+            }
+            // The client logs in to every node it discovers with one set of credentials.
+            if first_login.as_ref() != Some(&login(&url)) {
+                return Err(invalid(
+                    key,
+                    "every node must carry the same credentials as the first",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 // === impl DispatcherConfig ===
 
 #[derive(Debug, Clone, Deserialize)]
@@ -328,7 +388,7 @@ pub struct DispatcherConfig {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
-    /// Also add each record to the tenant's Redis stream `{prefix}:audit:{tenant}`.
+    /// Also add each record to the tenant's Redis stream `{prefix}:audit:{t:<tenant>}`.
     pub redis_stream: bool,
     /// Records a tenant's stream keeps, about (trimmed with `MAXLEN ~`).
     pub max_entries: u32,

@@ -38,8 +38,8 @@ pub use agents::{
     ProviderKind, RateLimitConfig, RetryConfig,
 };
 pub use infra::{
-    AmqpConfig, AuditConfig, BurstConfig, DispatcherConfig, LogFormat, QueueType, RedisConfig,
-    RedisTopology, SentinelConfig, TelemetryConfig, WebhookConfig, WorkerConfig,
+    AmqpConfig, AuditConfig, BurstConfig, ClusterConfig, DispatcherConfig, LogFormat, QueueType,
+    RedisConfig, RedisTopology, SentinelConfig, TelemetryConfig, WebhookConfig, WorkerConfig,
 };
 pub use privacy::{PatternConfig, PrivacyConfig};
 pub use reload::check_reloadable;
@@ -267,4 +267,5 @@ fn environment_overrides() -> config::Environment {
         .with_list_parse_key("worker.agents")
         .with_list_parse_key("privacy.mask")
         .with_list_parse_key("redis.sentinel.urls")
+        .with_list_parse_key("redis.cluster.nodes")
 }

@@ -772,11 +772,11 @@ fn redis_needs_exactly_one_of_url_and_sentinel() {
     let cases = [
         (
             r#"redis: { prefix: "t1" }"#,
-            "`redis.url`: missing: give redis.url (one server) or redis.sentinel",
+            "`redis.url`: missing: give redis.url (one server), redis.sentinel or redis.cluster",
         ),
         (
             r#"redis: { url: "redis://127.0.0.1:6379/0", prefix: "t1", sentinel: { urls: ["redis://127.0.0.1:26379"], master_name: "main" } }"#,
-            "`redis.sentinel`: give either redis.url or redis.sentinel, not both",
+            "`redis.sentinel`: give only one of redis.url, redis.sentinel and redis.cluster",
         ),
         (
             r#"redis: { prefix: "t1", sentinel: { urls: [], master_name: "main" } }"#,
@@ -842,4 +842,71 @@ fn sentinel_urls_come_from_the_environment_as_a_list() {
     .expect("valid");
     let sentinel = config.redis.sentinel.expect("sentinel");
     assert_eq!(sentinel.urls.len(), 2);
+}
+
+#[test]
+fn redis_cluster_loads_and_the_topology_says_which() {
+    let config = Config::from_yaml(&with_redis(
+        r#"redis: { prefix: "t1", cluster: { nodes: ["redis://:pw@10.0.0.1:7000", "redis://:pw@10.0.0.2:7000/0"] }, min_replicas_acked: 1, wait_timeout_ms: 300 }"#,
+    ))
+    .expect("valid");
+    let Ok(RedisTopology::Cluster(cluster)) = config.redis.topology("redis") else {
+        panic!("a cluster topology");
+    };
+    assert_eq!(cluster.nodes.len(), 2);
+    let shown = format!("{:?}", config.redis);
+    assert!(!shown.contains("pw@"), "{shown}");
+}
+
+#[test]
+fn a_redis_cluster_is_refused_with_the_key_named() {
+    let cases = [
+        (
+            r#"redis: { prefix: "t1", cluster: { nodes: [] } }"#,
+            "`redis.cluster.nodes`: must name at least one node",
+        ),
+        (
+            r#"redis: { prefix: "t1", cluster: { nodes: ["redis://a:7000", "rediss://b:7000"] } }"#,
+            "`redis.cluster.nodes[1]`: scheme must be one of redis",
+        ),
+        (
+            r#"redis: { prefix: "t1", cluster: { nodes: ["redis://a:7000/2"] } }"#,
+            "`redis.cluster.nodes[0]`: a cluster has only database 0",
+        ),
+        (
+            r#"redis: { prefix: "t1", cluster: { nodes: ["redis://:pw@a:7000", "redis://b:7000"] } }"#,
+            "`redis.cluster.nodes[1]`: every node must carry the same credentials as the first",
+        ),
+        (
+            r#"redis: { prefix: "t1", cluster: { nodes: ["not a url"] } }"#,
+            "`redis.cluster.nodes[0]`: not a URL",
+        ),
+        (
+            r#"redis: { url: "redis://127.0.0.1:6379/0", prefix: "t1", cluster: { nodes: ["redis://a:7000"] } }"#,
+            "`redis.cluster`: give only one of redis.url, redis.sentinel and redis.cluster",
+        ),
+        (
+            r#"redis: { prefix: "t1", cluster: { nodes: ["redis://a:7000"], node: "x" } }"#,
+            "node",
+        ),
+    ];
+    for (redis, expected) in cases {
+        let err = Config::from_yaml(&with_redis(redis)).expect_err(expected);
+        assert!(err.to_string().contains(expected), "{expected}: {err}");
+    }
+}
+
+#[test]
+fn cluster_nodes_come_from_the_environment_as_a_list() {
+    // The nodes alone make the topology (Helm sets only the variable, from a Secret).
+    let doc = with_redis(r#"redis: { prefix: "t1" }"#);
+    let config = load_with_env(
+        &doc,
+        &[(
+            "AGENTFLEET__REDIS__CLUSTER__NODES",
+            "redis://n1:7000,redis://n2:7000,redis://n3:7000",
+        )],
+    )
+    .expect("valid");
+    assert_eq!(config.redis.cluster.expect("cluster").nodes.len(), 3);
 }

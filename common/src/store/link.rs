@@ -1,23 +1,32 @@
-//! Where Redis commands go: one server, or the master the sentinels name now.
+//! Where Redis commands go: one server, the master the sentinels name now, or the master of a
+//! cluster that owns the key's hash slot.
 //!
 //! Only this module knows the topology. With one server, a [`ConnectionManager`] reconnects to
 //! its address by itself. Behind Sentinel that is not enough: after a failover the old address
 //! is dead (a manager would keep dialling it), and when the old master comes back it is a
 //! replica that answers `READONLY`. So the connections to a master are one [`Master`] value,
 //! and an error that says "this is not (or no longer) the master" drops it; the next command
-//! asks the sentinels again.
+//! asks the sentinels again. A cluster's [`ClusterConnection`] does all of that itself: it
+//! sends each command (and each pipeline, whole) to the master of its first key's slot, follows
+//! `MOVED`/`ASK`, and reloads the slot map when the cluster changes; so its [`Master`] is made
+//! once and never dropped.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig as ClientClusterConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{ErrorKind, RedisConnectionInfo, ServerErrorKind};
+use redis::{
+    Cmd, ErrorKind, FromRedisValue, Pipeline, RedisConnectionInfo, RedisFuture, RedisResult,
+    ServerErrorKind, Value,
+};
 use secrecy::ExposeSecret;
 
 use super::StoreError;
-use crate::config::{RedisConfig, RedisTopology, SentinelConfig};
+use crate::config::{ClusterConfig, RedisConfig, RedisTopology, SentinelConfig};
 
 /// Connections for writes followed by `WAIT`. A `WAIT` blocks its connection on the server
 /// until the replicas answer, so those writes never share the connection every other command
@@ -28,12 +37,99 @@ const ACKED_CONNECTIONS: usize = 4;
 /// of each asking every sentinel again (during a failover that is every command).
 const RESOLVE_PAUSE: Duration = Duration::from_millis(100);
 
-/// The connections to one master: the shared one and those for acknowledged writes.
+/// A connection commands are sent on: to one server (a manager that reconnects to it), or to
+/// a cluster (one connection per node, each command routed by its key's slot).
+#[derive(Clone)]
+pub(super) enum Conn {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Server(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Server(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Runs `pipe` and answers its replies. On a cluster a pipeline goes whole to the node of
+    /// its first key, and the client refuses one whose keys span slots. A transaction must
+    /// not (its keys share a tag), but a plain pipeline of independent commands may (the
+    /// dispatcher's poll of pause keys and running sets, `spent()` over ledgers, a batch of
+    /// audit entries of several tenants): on a cluster its commands are sent one by one, all
+    /// at once, each to its own node ([`Spread`]), and the pipeline puts their replies in
+    /// order and drops the ignored ones as usual. Such a pipeline must not rely on the order
+    /// of its commands against each other: they were never atomic.
+    pub(super) async fn query_pipe<T: FromRedisValue>(
+        &mut self,
+        pipe: &Pipeline,
+    ) -> RedisResult<T> {
+        match self {
+            Self::Cluster(conn) if !pipe.is_transaction() => {
+                pipe.query_async(&mut Spread(conn.clone())).await
+            }
+            conn => pipe.query_async(conn).await,
+        }
+    }
+}
+
+/// A cluster connection that sends each command of a pipeline on its own, to the node of its
+/// key, all at once, and answers their replies in the pipeline's order. The first command
+/// that fails fails the pipeline.
+struct Spread(ClusterConnection);
+
+impl redis::aio::ConnectionLike for Spread {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let replies = pipeline.cmd_iter().skip(offset).take(count).map(|cmd| {
+            let mut conn = self.0.clone();
+            async move { conn.req_packed_command(cmd).await }
+        });
+        Box::pin(futures_util::future::try_join_all(replies))
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+/// The connections to one master (to a cluster's masters): the shared one and those for
+/// acknowledged writes.
 pub(super) struct Master {
     /// Which resolution made it; a failure only drops the master it happened on.
     generation: u64,
-    shared: ConnectionManager,
-    acked: Vec<ConnectionManager>,
+    shared: Conn,
+    acked: Vec<Conn>,
     next_acked: AtomicUsize,
 }
 
@@ -43,25 +139,55 @@ impl Master {
         config: &ConnectionManagerConfig,
         generation: u64,
     ) -> Result<Self, StoreError> {
-        let manager = || ConnectionManager::new_lazy_with_config(client.clone(), config.clone());
-        Ok(Self {
+        let manager = || {
+            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                .map(Conn::Server)
+        };
+        Ok(Self::with(
             generation,
-            shared: manager()?,
-            acked: (0..ACKED_CONNECTIONS)
+            manager()?,
+            (0..ACKED_CONNECTIONS)
                 .map(|_| manager())
                 .collect::<Result<_, _>>()?,
-            next_acked: AtomicUsize::new(0),
-        })
+        ))
     }
 
-    pub(super) fn shared(&self) -> ConnectionManager {
+    /// A cluster's connections, which dial every master at once, in the background: each
+    /// keeps one connection per master, so a `WAIT` on one of the acknowledged ones blocks only
+    /// that one. Those are made only when writes are acknowledged (unlike a lazy manager, a
+    /// cluster connection dials whether used or not: a fleet would hold five per master).
+    fn open_cluster(client: &ClusterClient, timeout: Duration, acked: bool) -> Self {
+        let connection = || {
+            let config = ClientClusterConfig::new()
+                .set_connection_timeout(timeout)
+                .set_response_timeout(timeout);
+            Conn::Cluster(client.get_pending_async_connection_with_config(config))
+        };
+        let acked = if acked { ACKED_CONNECTIONS } else { 0 };
+        Self::with(0, connection(), (0..acked).map(|_| connection()).collect())
+    }
+
+    fn with(generation: u64, shared: Conn, acked: Vec<Conn>) -> Self {
+        Self {
+            generation,
+            shared,
+            acked,
+            next_acked: AtomicUsize::new(0),
+        }
+    }
+
+    pub(super) fn shared(&self) -> Conn {
         self.shared.clone()
     }
 
-    /// One of the connections for acknowledged writes, in turn.
-    pub(super) fn acked(&self) -> ConnectionManager {
-        let i = self.next_acked.fetch_add(1, Ordering::Relaxed) % self.acked.len();
-        self.acked[i].clone()
+    /// One of the connections for acknowledged writes, in turn (the shared one if there are
+    /// none: writes are not acknowledged then).
+    pub(super) fn acked(&self) -> Conn {
+        let i = self.next_acked.fetch_add(1, Ordering::Relaxed);
+        match self.acked.get(i % self.acked.len().max(1)) {
+            Some(conn) => conn.clone(),
+            None => self.shared(),
+        }
     }
 }
 
@@ -73,10 +199,23 @@ pub(super) struct Link {
 
 struct Inner {
     current: RwLock<Option<Arc<Master>>>,
-    /// `None` for one server: its master never changes.
-    sentinel: Option<tokio::sync::Mutex<Resolver>>,
+    source: Source,
     manager_config: ConnectionManagerConfig,
     timeout: Duration,
+}
+
+/// Where a master comes from when none is known.
+enum Source {
+    /// One server: its master is made at connect and never changes.
+    Single,
+    Sentinel(tokio::sync::Mutex<Resolver>),
+    /// A cluster: its connections are made at the first command (they need the runtime) and
+    /// kept; the client follows the cluster's changes itself. With `acked`, writes are
+    /// acknowledged (`redis.min_replicas_acked`) and get connections of their own.
+    Cluster {
+        client: ClusterClient,
+        acked: bool,
+    },
 }
 
 struct Resolver {
@@ -94,18 +233,28 @@ impl Link {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
-        let (current, sentinel) = match config.topology("redis")? {
+        let (current, source) = match config.topology("redis")? {
             RedisTopology::Single(url) => {
                 let client = redis::Client::open(url.expose_secret())?;
                 let master = Master::open(client, &manager_config, 0)?;
-                (Some(Arc::new(master)), None)
+                (Some(Arc::new(master)), Source::Single)
             }
-            RedisTopology::Sentinel(sentinel) => (None, Some(resolver(sentinel)?)),
+            RedisTopology::Sentinel(sentinel) => (
+                None,
+                Source::Sentinel(tokio::sync::Mutex::new(resolver(sentinel)?)),
+            ),
+            RedisTopology::Cluster(cluster) => (
+                None,
+                Source::Cluster {
+                    client: cluster_client(cluster)?,
+                    acked: config.min_replicas_acked > 0,
+                },
+            ),
         };
         Ok(Self {
             inner: Arc::new(Inner {
                 current: RwLock::new(current),
-                sentinel: sentinel.map(tokio::sync::Mutex::new),
+                source,
                 manager_config,
                 timeout,
             }),
@@ -114,10 +263,31 @@ impl Link {
 
     /// The master to send a command to, asking the sentinels first if none is known.
     pub(super) async fn master(&self) -> Result<Arc<Master>, StoreError> {
-        match self.known() {
-            Some(master) => Ok(master),
-            None => self.resolve().await,
+        if let Some(master) = self.known() {
+            return Ok(master);
         }
+        match &self.inner.source {
+            Source::Sentinel(resolver) => self.resolve(resolver).await,
+            Source::Cluster { client, acked } => Ok(self.open_cluster(client, *acked)),
+            // Unreachable in practice: a single server's master is set at connect.
+            Source::Single => Err(StoreError::NoMaster),
+        }
+    }
+
+    /// The cluster's connections, made under the lock so that the first commands, arriving
+    /// together, share one set (making it dials nothing: the connections connect in the
+    /// background).
+    fn open_cluster(&self, client: &ClusterClient, acked: bool) -> Arc<Master> {
+        let mut current = self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        current
+            .get_or_insert_with(|| {
+                Arc::new(Master::open_cluster(client, self.inner.timeout, acked))
+            })
+            .clone()
     }
 
     fn known(&self) -> Option<Arc<Master>> {
@@ -132,7 +302,7 @@ impl Link {
     /// any more, the next command asks the sentinels. (With one server, nothing to do: the
     /// connection manager reconnects to the same address.)
     pub(super) fn failed(&self, master: &Master, err: &StoreError) {
-        if self.inner.sentinel.is_none() || !means_new_master(err) {
+        if !matches!(self.inner.source, Source::Sentinel(_)) || !means_new_master(err) {
             return;
         }
         let mut current = self
@@ -149,11 +319,10 @@ impl Link {
         }
     }
 
-    async fn resolve(&self) -> Result<Arc<Master>, StoreError> {
-        let Some(sentinel) = &self.inner.sentinel else {
-            // Unreachable in practice: a single server's master is set at connect.
-            return Err(StoreError::NoMaster);
-        };
+    async fn resolve(
+        &self,
+        sentinel: &tokio::sync::Mutex<Resolver>,
+    ) -> Result<Arc<Master>, StoreError> {
         let mut resolver = sentinel.lock().await;
         // Another command may have resolved while this one waited for the lock.
         if let Some(master) = self.known() {
@@ -198,6 +367,12 @@ impl Link {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(master.clone());
         Ok(master)
     }
+}
+
+/// The cluster's client: checks the node URLs, dials nothing.
+fn cluster_client(config: &ClusterConfig) -> Result<ClusterClient, StoreError> {
+    let nodes: Vec<&str> = config.nodes.iter().map(|u| u.expose_secret()).collect();
+    Ok(ClusterClient::new(nodes)?)
 }
 
 fn resolver(config: &SentinelConfig) -> Result<Resolver, StoreError> {

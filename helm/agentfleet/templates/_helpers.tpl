@@ -135,6 +135,12 @@ Call with (dict "root" $ "group" $group).
       name: {{ $.Values.secrets.connection.name }}
       key: {{ . }}
 {{- end }}
+{{- else if .Values.secrets.connection.redisClusterNodesKey }}
+- name: AGENTFLEET__REDIS__CLUSTER__NODES
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.connection.name }}
+      key: {{ .Values.secrets.connection.redisClusterNodesKey }}
 {{- else }}
 - name: AGENTFLEET__REDIS__URL
   valueFrom:

@@ -278,6 +278,7 @@ struct Scripts {
     close: redis::Script,
     append_steps: redis::Script,
     mark_handed_off: redis::Script,
+    take_over_key: redis::Script,
 }
 
 impl Scripts {
@@ -291,6 +292,7 @@ impl Scripts {
             close: script(CLOSE),
             append_steps: script(APPEND_STEPS),
             mark_handed_off: script(MARK_HANDED_OFF),
+            take_over_key: redis::Script::new(TAKE_OVER_KEY),
         }
     }
 }
@@ -418,6 +420,14 @@ for i = 4, #ARGV do redis.call('HSET', KEYS[2], STEP .. (len + i - 4), ARGV[i]) 
 redis.call('HSET', KEYS[2], STEPS, len + #ARGV - 3)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 'ok'
+";
+
+/// Gives an Idempotency-Key (`KEYS[1]`) a new claim (`ARGV[2]`, for `ARGV[3]` seconds) if it
+/// still holds the abandoned one (`ARGV[1]`); answers 1 if it did.
+const TAKE_OVER_KEY: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
 ";
 
 /// A record or spec as stored: JSON without its top-level nulls and empty lists, which read
@@ -981,6 +991,28 @@ impl JobStore {
             }
         }
         Ok(Claim::New)
+    }
+
+    /// Claims a tenant's Idempotency-Key for `job_id` in place of `abandoned`, the job an
+    /// earlier claim named that was never stored (its accept died, or a failover forgot the
+    /// record and kept the claim); false if the key no longer names `abandoned` (someone
+    /// else took it over, or it expired).
+    pub async fn take_over_idempotency_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        (abandoned, job_id): (Uuid, Uuid),
+        fingerprint: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.scripts.take_over_key.prepare_invoke();
+        invocation
+            .key(self.names.idempotency_key(tenant, key))
+            .arg(format!("{abandoned} {fingerprint}"))
+            .arg(format!("{job_id} {fingerprint}"))
+            .arg(ttl.as_secs());
+        let taken: i64 = self.redis.script(&invocation).await?;
+        Ok(taken == 1)
     }
 
     /// Gives an Idempotency-Key back (its job was never accepted).

@@ -184,8 +184,25 @@ async fn accept(state: AppState, submission: Submission) -> Result<Response, Api
             fingerprint: theirs,
         } = claim
         {
-            submission.note.job(job_id);
-            return replay(&state, &tenant, job_id, &theirs == fingerprint).await;
+            if &theirs != fingerprint {
+                submission.note.job(job_id);
+                return Err(ApiError::IdempotencyMismatch);
+            }
+            match replay(&state, &tenant, job_id).await? {
+                Replayed::Answered(response) => {
+                    submission.note.job(job_id);
+                    return Ok(response);
+                }
+                Replayed::NoRecord if abandoned(job_id, &inner.config) => {
+                    take_over(&state, &submission, key, job_id).await?;
+                }
+                Replayed::NoRecord => {
+                    submission.note.job(job_id);
+                    return Err(ApiError::Conflict(
+                        "a request with this Idempotency-Key is in progress; retry shortly".into(),
+                    ));
+                }
+            }
         }
     }
     let key = submission.idempotency.as_ref().map(|(key, _)| key.clone());
@@ -200,6 +217,62 @@ async fn accept(state: AppState, submission: Submission) -> Result<Response, Api
         }
     }
     accepted
+}
+
+/// Whether a claim naming `job_id`, a job that has no record, is older than any accept can
+/// take: every step of an accept is bounded (each Redis call by `redis.timeout_ms`, the
+/// publish by the broker's connect and confirm timeouts), so its claim was abandoned — the
+/// dispatcher died mid-accept, or a Redis failover kept the claim and forgot the record.
+/// (A job id is a UUID v7: it says when its accept began. Twice the bound, for clock skew
+/// between replicas and a starved task.)
+fn abandoned(job_id: Uuid, config: &agentfleet_common::config::Config) -> bool {
+    const REDIS_CALLS_PER_ACCEPT: u32 = 8;
+    let bound = config.redis.timeout * REDIS_CALLS_PER_ACCEPT
+        + config.amqp.connect_timeout
+        + config.amqp.publish_timeout;
+    let Some((secs, nanos)) = job_id.get_timestamp().map(|t| t.to_unix()) else {
+        return false;
+    };
+    let began = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
+    std::time::SystemTime::now()
+        .duration_since(began)
+        .is_ok_and(|age| age > bound * 2)
+}
+
+/// Claims an abandoned Idempotency-Key for the submission's new job; a conflict if another
+/// request took it over first.
+async fn take_over(
+    state: &AppState,
+    submission: &Submission,
+    key: &str,
+    abandoned: Uuid,
+) -> Result<(), ApiError> {
+    let fingerprint = submission
+        .idempotency
+        .as_ref()
+        .map_or("", |(_, fingerprint)| fingerprint.as_str());
+    let taken = state
+        .inner
+        .store
+        .take_over_idempotency_key(
+            &submission.tenant.id,
+            key,
+            (abandoned, submission.id),
+            fingerprint,
+            IDEMPOTENCY_TTL,
+        )
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("claiming the idempotency key: {e}")))?;
+    if !taken {
+        return Err(ApiError::Conflict(
+            "a request with this Idempotency-Key is in progress; retry shortly".into(),
+        ));
+    }
+    tracing::warn!(
+        %abandoned,
+        "an Idempotency-Key named a job that was never stored; claimed for a new one"
+    );
+    Ok(())
 }
 
 /// What the request's fields mean for this tenant and agent; takes the input out of the
@@ -295,16 +368,16 @@ async fn enqueue(state: &AppState, submission: Submission) -> Result<Response, A
     Ok(accepted_response(StatusCode::ACCEPTED, &record))
 }
 
-/// The answer to a repeated Idempotency-Key: the original job, or 422 for another body.
-async fn replay(
-    state: &AppState,
-    tenant: &str,
-    job_id: Uuid,
-    same_body: bool,
-) -> Result<Response, ApiError> {
-    if !same_body {
-        return Err(ApiError::IdempotencyMismatch);
-    }
+/// What a repeated Idempotency-Key (with the same body) finds.
+enum Replayed {
+    /// The original job.
+    Answered(Response),
+    /// No record of the job the key names: its accept is in progress, or was abandoned.
+    NoRecord,
+}
+
+/// The answer to a repeated Idempotency-Key with the same body: the original job, if stored.
+async fn replay(state: &AppState, tenant: &str, job_id: Uuid) -> Result<Replayed, ApiError> {
     let record = state
         .inner
         .store
@@ -312,11 +385,16 @@ async fn replay(
         .await
         .map_err(|e| ApiError::Unavailable(format!("loading the job: {e}")))?;
     match record {
-        Some(record) if record.tenant == tenant => Ok(accepted_response(StatusCode::OK, &record)),
-        // The first request with this key is still being accepted.
-        _ => Err(ApiError::Conflict(
+        Some(record) if record.tenant == tenant => Ok(Replayed::Answered(accepted_response(
+            StatusCode::OK,
+            &record,
+        ))),
+        // Keys are per tenant: another tenant's job under this one's key is not this
+        // request's to answer or to take over.
+        Some(_) => Err(ApiError::Conflict(
             "a request with this Idempotency-Key is in progress; retry shortly".into(),
         )),
+        None => Ok(Replayed::NoRecord),
     }
 }
 

@@ -438,13 +438,33 @@ impl TryFrom<String> for Content {
 impl Content {
     /// A text input: like a message's content, and not blank.
     fn text(text: String) -> Result<String, ApiError> {
-        if text.trim().is_empty() {
+        if is_blank(&text) {
             return Err(ApiError::field("input", "must not be empty"));
         }
         Content::try_from(text)
             .map(|c| c.0)
             .map_err(|rule| ApiError::field("input", rule))
     }
+}
+
+/// Whether `text` has nothing but whitespace as the document's `"pattern": "\\S"` means it:
+/// JSON Schema patterns are ECMA-262 regular expressions, whose `\s` is a fixed set that,
+/// unlike Unicode's White_Space (`str::trim`), leaves out U+0085 (NEL) — a client validating
+/// against the document must not see its valid input refused.
+fn is_blank(text: &str) -> bool {
+    text.chars().all(|c| {
+        matches!(
+            c,
+            '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
+                ..='\u{200a}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{202f}'
+                    | '\u{205f}'
+                    | '\u{3000}'
+                    | '\u{feff}'
+        )
+    })
 }
 
 // === errors ===

@@ -279,3 +279,14 @@ fn rejects_non_objects_and_bad_json() {
         );
     }
 }
+
+#[test]
+fn blank_means_what_the_documents_pattern_means() {
+    for blank in ["", " ", "\t\n", "\u{a0}\u{3000}", "\u{feff}"] {
+        assert!(is_blank(blank), "{blank:?}");
+    }
+    // ECMA-262's `\S` matches NEL, so the document calls it not blank; so do we.
+    for not_blank in ["a", " x ", "\u{85}", "\u{200b}"] {
+        assert!(!is_blank(not_blank), "{not_blank:?}");
+    }
+}

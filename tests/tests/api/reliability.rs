@@ -516,6 +516,66 @@ async fn a_recorded_model_call_is_not_paid_for_twice() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An Idempotency-Key whose claim names a job that was never stored — the dispatcher died
+/// mid-accept, or a Redis failover kept the claim and forgot the record — answers 409 (in
+/// progress) while the claim is young, and is taken over by a retry once the claim is older
+/// than any accept can take: the retry is accepted as a new job, and replays of it find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_idempotency_key_is_taken_over_by_a_retry() -> anyhow::Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let body = json!({"agent": "summarize", "input": "once"});
+    let first = app.submit_with_key(&app.acme, "order-9", &body).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await?;
+    let first_id = uuid::Uuid::parse_str(first["id"].as_str().unwrap_or_default())?;
+    // The record forgotten, the claim kept.
+    let mut redis = app.redis().await?;
+    let _: () = redis::cmd("DEL")
+        .arg(app.names().job_key(first_id))
+        .query_async(&mut redis)
+        .await?;
+    let young = app.submit_with_key(&app.acme, "order-9", &body).await;
+    assert_eq!(young.status(), 409, "a young claim may still be accepting");
+
+    // The same claim, made ten minutes ago.
+    let claim_key = app.names().idempotency_key("acme", "order-9");
+    let claim: String = redis::cmd("GET")
+        .arg(&claim_key)
+        .query_async(&mut redis)
+        .await?;
+    let (_, fingerprint) = claim.split_once(' ').expect("id and fingerprint");
+    let ten_minutes_ago = chrono::Utc::now().timestamp() as u64 - 600;
+    let old_id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        ten_minutes_ago,
+        0,
+    ));
+    let _: () = redis::cmd("SET")
+        .arg(&claim_key)
+        .arg(format!("{old_id} {fingerprint}"))
+        .arg("KEEPTTL")
+        .query_async(&mut redis)
+        .await?;
+    let retry = app.submit_with_key(&app.acme, "order-9", &body).await;
+    assert_eq!(retry.status(), 202, "the abandoned claim is taken over");
+    let retry: Value = retry.json().await?;
+    let new_id = retry["id"].as_str().unwrap_or_default().to_owned();
+    assert!(new_id != old_id.to_string() && new_id != first_id.to_string());
+    let replay = app.submit_with_key(&app.acme, "order-9", &body).await;
+    assert_eq!(replay.status(), 200);
+    let replay: Value = replay.json().await?;
+    assert_eq!(
+        replay["id"],
+        new_id.as_str(),
+        "the key now names the new job"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_return_the_original_job() -> anyhow::Result<()> {
     let app = TestApp::spawn(AppOptions {

@@ -611,6 +611,34 @@ impl TestApp {
         bail!("GET job answered {status}")
     }
 
+    /// Polls until the stub has exactly `n` calls of `model` in flight.
+    pub async fn wait_calls_in_flight(
+        &self,
+        model: &str,
+        n: u64,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let what = format!("{n} calls of {model} in flight");
+        wait_until(within, &what, || async {
+            (self.llm.in_flight(model) == n).then_some(())
+        })
+        .await
+    }
+
+    /// Polls until every job is terminal and requires each to have succeeded; returns their
+    /// records.
+    pub async fn wait_succeeded(
+        &self,
+        ids: &[String],
+        within: Duration,
+    ) -> anyhow::Result<Vec<Value>> {
+        let records = self.wait_terminal(ids, within).await?;
+        if let Some(other) = records.iter().find(|r| r["status"] != "succeeded") {
+            bail!("a job did not succeed: {other}");
+        }
+        Ok(records)
+    }
+
     /// Polls until every job is terminal; returns their records.
     pub async fn wait_terminal(
         &self,

@@ -111,11 +111,7 @@ async fn jobs_run_end_to_end_on_a_cluster_with_their_keys_spread() -> anyhow::Re
         );
         ids.push(id);
     }
-    let records = app.wait_terminal(&ids, Duration::from_secs(60)).await?;
-    assert!(
-        records.iter().all(|r| r["status"] == "succeeded"),
-        "{records:?}"
-    );
+    app.wait_succeeded(&ids, Duration::from_secs(60)).await?;
     app.wait_webhooks(n / 2, Duration::from_secs(30)).await?;
     assert_eq!(app.llm.call_count(), n, "each job ran once");
 
@@ -192,8 +188,7 @@ async fn a_rate_limited_agent_keeps_its_rate_on_a_cluster() -> anyhow::Result<()
     for i in 0..n {
         ids.push(app.submit_job("limited", &format!("job {i}")).await?);
     }
-    let records = app.wait_terminal(&ids, Duration::from_secs(60)).await?;
-    assert!(records.iter().all(|r| r["status"] == "succeeded"));
+    app.wait_succeeded(&ids, Duration::from_secs(60)).await?;
     let mut times: Vec<Instant> = app.llm.calls().iter().map(|c| c.at).collect();
     assert_eq!(times.len(), n);
     assert_paced(&mut times, Duration::from_millis(500), 2);
@@ -241,15 +236,11 @@ async fn a_running_job_is_cancelled_on_a_cluster() -> anyhow::Result<()> {
     .await?;
     let id = app.submit_job("summarize", "slow").await?;
     let model = app.config.agents["summarize"].model.clone();
-    wait_until(Duration::from_secs(10), "run in flight", || async {
-        (app.llm.in_flight(&model) == 1).then_some(())
-    })
-    .await?;
+    app.wait_calls_in_flight(&model, 1, Duration::from_secs(10))
+        .await?;
     assert_eq!(app.cancel(&id).await.status(), 200);
-    wait_until(Duration::from_secs(5), "provider call dropped", || async {
-        (app.llm.in_flight(&model) == 0).then_some(())
-    })
-    .await?;
+    app.wait_calls_in_flight(&model, 0, Duration::from_secs(5))
+        .await?;
     app.wait_webhooks(1, Duration::from_secs(15)).await?;
     let event = app.receiver.deliveries()[0].event.clone().expect("event");
     assert_eq!(event["type"], "job.cancelled");
@@ -282,17 +273,11 @@ async fn a_worker_killed_mid_run_loses_no_job_on_a_cluster() -> anyhow::Result<(
         ids.push(app.submit_job("summarize", &format!("job {i}")).await?);
     }
     let model = app.config.agents["summarize"].model.clone();
-    wait_until(Duration::from_secs(20), "6 runs in flight", || async {
-        (app.llm.in_flight(&model) == 6).then_some(())
-    })
-    .await?;
+    app.wait_calls_in_flight(&model, 6, Duration::from_secs(20))
+        .await?;
     app.kill_worker_process(pid)?;
     app.start_worker().await?;
-    let records = app.wait_terminal(&ids, Duration::from_secs(30)).await?;
-    assert!(
-        records.iter().all(|r| r["status"] == "succeeded"),
-        "{records:?}"
-    );
+    app.wait_succeeded(&ids, Duration::from_secs(30)).await?;
     app.wait_webhooks(6, Duration::from_secs(20)).await?;
     let calls: HashMap<String, u32> = app.llm.calls_per_job();
     assert!(

@@ -23,18 +23,12 @@ async fn graceful_shutdown_finishes_runs_in_flight() -> anyhow::Result<()> {
         ids.push(app.submit_job("summarize", &format!("job {i}")).await?);
     }
     let model = app.config.agents["summarize"].model.clone();
-    agentfleet_tests::wait_until(Duration::from_secs(10), "5 runs in flight", || async {
-        (app.llm.in_flight(&model) == 5).then_some(())
-    })
-    .await?;
+    app.wait_calls_in_flight(&model, 5, Duration::from_secs(10))
+        .await?;
     let took = app.stop_worker(0).await?;
     assert!(took < Duration::from_secs(10), "stopped in {took:?}");
     // Finished by the stopping worker itself: no other worker is running.
-    let records = app.wait_terminal(&ids, Duration::from_secs(5)).await?;
-    assert!(
-        records.iter().all(|r| r["status"] == "succeeded"),
-        "{records:?}"
-    );
+    app.wait_succeeded(&ids, Duration::from_secs(5)).await?;
     Ok(())
 }
 
@@ -57,10 +51,8 @@ async fn deliveries_waiting_for_a_slot_go_back_at_shutdown() -> anyhow::Result<(
     })
     .await?;
     let running = app.submit_job("single", "first").await?;
-    agentfleet_tests::wait_until(Duration::from_secs(10), "first run in flight", || async {
-        (app.llm.in_flight(&model) == 1).then_some(())
-    })
-    .await?;
+    app.wait_calls_in_flight(&model, 1, Duration::from_secs(10))
+        .await?;
     let waiting = app.submit_job("single", "second").await?;
     // The worker's prefetch (two, for one slot) has taken it: nothing is ready in the queue.
     agentfleet_tests::wait_until(Duration::from_secs(10), "second delivered", || async {
@@ -94,10 +86,8 @@ async fn runs_past_the_grace_period_are_requeued() -> anyhow::Result<()> {
     .await?;
     let id = app.submit_job("summarize", "slow").await?;
     let model = app.config.agents["summarize"].model.clone();
-    agentfleet_tests::wait_until(Duration::from_secs(10), "run in flight", || async {
-        (app.llm.in_flight(&model) == 1).then_some(())
-    })
-    .await?;
+    app.wait_calls_in_flight(&model, 1, Duration::from_secs(10))
+        .await?;
     let took = app.stop_worker(0).await?;
     assert!(
         took < Duration::from_secs(4),
@@ -132,17 +122,11 @@ async fn a_worker_killed_mid_run_loses_no_job() -> anyhow::Result<()> {
         ids.push(app.submit_job("summarize", &format!("job {i}")).await?);
     }
     let model = app.config.agents["summarize"].model.clone();
-    agentfleet_tests::wait_until(Duration::from_secs(20), "8 runs in flight", || async {
-        (app.llm.in_flight(&model) == 8).then_some(())
-    })
-    .await?;
+    app.wait_calls_in_flight(&model, 8, Duration::from_secs(20))
+        .await?;
     app.kill_worker_process(pid)?;
     app.start_worker().await?;
-    let records = app.wait_terminal(&ids, Duration::from_secs(30)).await?;
-    assert!(
-        records.iter().all(|r| r["status"] == "succeeded"),
-        "{records:?}"
-    );
+    app.wait_succeeded(&ids, Duration::from_secs(30)).await?;
     app.wait_webhooks(8, Duration::from_secs(20)).await?;
     let calls = app.llm.calls_per_job();
     assert!(

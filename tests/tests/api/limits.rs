@@ -29,8 +29,7 @@ async fn concurrency_is_never_exceeded(
     for i in 0..24 {
         ids.push(app.submit_job("narrow", &format!("job {i}")).await?);
     }
-    let records = app.wait_terminal(&ids, Duration::from_secs(60)).await?;
-    assert!(records.iter().all(|r| r["status"] == "succeeded"));
+    app.wait_succeeded(&ids, Duration::from_secs(60)).await?;
     assert_eq!(app.llm.peak_in_flight(&model), 4);
     let calls = app.llm.calls();
     assert_eq!(calls.len(), 24);
@@ -87,8 +86,7 @@ async fn an_agents_rate_limit_holds_across_the_fleet() -> anyhow::Result<()> {
     for i in 0..n {
         ids.push(app.submit_job("limited", &format!("job {i}")).await?);
     }
-    let records = app.wait_terminal(&ids, Duration::from_secs(60)).await?;
-    assert!(records.iter().all(|r| r["status"] == "succeeded"));
+    app.wait_succeeded(&ids, Duration::from_secs(60)).await?;
     let mut times: Vec<_> = app.llm.calls().iter().map(|c| c.at).collect();
     assert_eq!(times.len(), n);
     assert_paced(&mut times, Duration::from_millis(500), 2);
@@ -115,8 +113,7 @@ async fn agents_in_a_pool_share_its_limit() -> anyhow::Result<()> {
         ids.push(app.submit_job("first", &format!("job {i}")).await?);
         ids.push(app.submit_job("second", &format!("job {i}")).await?);
     }
-    let records = app.wait_terminal(&ids, Duration::from_secs(60)).await?;
-    assert!(records.iter().all(|r| r["status"] == "succeeded"));
+    app.wait_succeeded(&ids, Duration::from_secs(60)).await?;
     let calls = app.llm.calls();
     for agent in ["first", "second"] {
         let model = format!("model-{agent}");
@@ -149,11 +146,7 @@ async fn one_answer_pauses_the_whole_fleet(fault: agentfleet_tests::Fault) -> an
     for i in 0..60 {
         ids.push(app.submit_job("busy", &format!("job {i}")).await?);
     }
-    let records = app.wait_terminal(&ids, Duration::from_secs(60)).await?;
-    assert!(
-        records.iter().all(|r| r["status"] == "succeeded"),
-        "{records:?}"
-    );
+    app.wait_succeeded(&ids, Duration::from_secs(60)).await?;
     assert_fleet_paused(&app, Duration::from_secs(2));
     Ok(())
 }

@@ -283,16 +283,12 @@ async fn cancelling_a_running_job_aborts_the_provider_call() -> anyhow::Result<(
     .await?;
     let id = app.submit_job("summarize", "slow").await?;
     let model = app.config.agents["summarize"].model.clone();
-    wait_until(Duration::from_secs(10), "run in flight", || async {
-        (app.llm.in_flight(&model) == 1).then_some(())
-    })
-    .await?;
+    app.wait_calls_in_flight(&model, 1, Duration::from_secs(10))
+        .await?;
     assert_eq!(app.cancel(&id).await.status(), 200);
     let started = std::time::Instant::now();
-    wait_until(Duration::from_secs(3), "provider call dropped", || async {
-        (app.llm.in_flight(&model) == 0).then_some(())
-    })
-    .await?;
+    app.wait_calls_in_flight(&model, 0, Duration::from_secs(3))
+        .await?;
     let aborted_in = started.elapsed();
     assert!(
         aborted_in < Duration::from_secs(2),

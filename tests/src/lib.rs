@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod rabbit_cluster;
 pub mod redis_cluster;
 pub mod redis_sentinel;
+pub mod resubmit;
 pub mod services;
 
 use agentfleet_common::broker::DELAY_STEPS_MS;

@@ -12,9 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use agentfleet_stub::llm::{Behavior, Fault};
+use agentfleet_tests::resubmit::{Resubmit, Submitted};
 use agentfleet_tests::services::{PrivateRabbit, PrivateRedis};
 use agentfleet_tests::{AgentSpec, AppOptions, TestApp};
 
@@ -265,32 +266,18 @@ async fn no_job_is_lost_or_run_twice_at_once_under_chaos() -> anyhow::Result<()>
 /// The fewest worker kills a run makes, whatever the window.
 const MIN_KILLS: u32 = 5;
 
-/// Submits job `i`, retrying 503s and 429s with the same Idempotency-Key (as a client of a
-/// flaky network should), until accepted or the test's patience ends.
+/// Submits job `i` until accepted, retrying with its Idempotency-Key as a client should.
 async fn submit_until_accepted(app: &TestApp, i: usize) -> Option<String> {
-    let body = json!({"agent": "chaos", "input": format!("chaos job {i}"), "webhook_url": app.webhook_url()});
-    let key = format!("chaos-{i}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        let response = app
-            .http
-            .post(app.url("/v1/jobs"))
-            .bearer_auth(&app.acme.api_key)
-            .header("idempotency-key", &key)
-            .json(&body)
-            .send()
-            .await;
-        if let Ok(response) = response {
-            match response.status().as_u16() {
-                200 | 202 => {
-                    let body: Value = response.json().await.ok()?;
-                    return body["id"].as_str().map(str::to_owned);
-                }
-                409 | 429 | 503 => {}
-                other => panic!("job {i}: unexpected {other}"),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let submission = Resubmit {
+        url: app.url("/v1/jobs"),
+        tenant: &app.acme,
+        body: json!({"agent": "chaos", "input": format!("chaos job {i}"), "webhook_url": app.webhook_url()}),
+        key: format!("chaos-{i}"),
+        within: Duration::from_secs(120),
+        stuck_after: None,
+    };
+    match app.resubmit(submission, |_| {}).await {
+        Ok(Submitted::Accepted(id)) => Some(id),
+        other => panic!("job {i}: {other:?}"),
     }
-    panic!("job {i} was never accepted");
 }

@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use agentfleet_common::metrics::Metrics;
 use agentfleet_dispatcher::Dispatcher;
 use agentfleet_stub::llm::Behavior;
 use agentfleet_tests::rabbit_cluster::RabbitCluster;
+use agentfleet_tests::resubmit::{Answered, Resubmit, Submitted};
 use agentfleet_tests::{AgentSpec, AppOptions, TestApp};
 
 const NODES: usize = 3;
@@ -257,50 +258,28 @@ async fn submit_until_accepted(
     i: usize,
     answers: &Mutex<Vec<Answer>>,
 ) -> anyhow::Result<String> {
-    let body = json!({"agent": "cluster", "input": format!("cluster job {i}"), "webhook_url": app.webhook_url()});
-    let key = format!("cluster-{i}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut last = String::from("no answer");
-    while Instant::now() < deadline {
-        let sent = Instant::now();
-        let response = app
-            .http
-            .post(format!("http://{addr}/v1/jobs"))
-            .bearer_auth(&app.acme.api_key)
-            .header("idempotency-key", &key)
-            .json(&body)
-            .send()
-            .await;
-        if let Ok(response) = response {
-            let status = response.status().as_u16();
-            if let Ok(mut answers) = answers.lock() {
-                answers.push(Answer {
-                    dispatcher,
-                    sent,
-                    answered: Instant::now(),
-                    status,
-                });
-            }
-            match status {
-                200 | 202 => {
-                    let body: Value = response.json().await?;
-                    return body["id"]
-                        .as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| anyhow::anyhow!("job {i}: no id in {body}"));
-                }
-                409 | 503 => {
-                    last = format!("{status}: {}", response.text().await.unwrap_or_default());
-                }
-                other => {
-                    let body = response.text().await.unwrap_or_default();
-                    anyhow::bail!("job {i}: dispatcher {dispatcher} answered {other}: {body}");
-                }
-            }
+    let submission = Resubmit {
+        url: format!("http://{addr}/v1/jobs"),
+        tenant: &app.acme,
+        body: json!({"agent": "cluster", "input": format!("cluster job {i}"), "webhook_url": app.webhook_url()}),
+        key: format!("cluster-{i}"),
+        within: Duration::from_secs(120),
+        stuck_after: None,
+    };
+    let noted = |answered: Answered| {
+        if let (Ok(mut answers), true) = (answers.lock(), answered.status != 0) {
+            answers.push(Answer {
+                dispatcher,
+                sent: answered.sent,
+                answered: answered.answered,
+                status: answered.status,
+            });
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    match app.resubmit(submission, noted).await? {
+        Submitted::Accepted(id) => Ok(id),
+        Submitted::StuckKey => anyhow::bail!("job {i}: its key is stuck"),
     }
-    anyhow::bail!("job {i} was never accepted by dispatcher {dispatcher}; its last answer: {last}")
 }
 
 /// Waits until the receiver has a webhook for every job; answers how many jobs that is.

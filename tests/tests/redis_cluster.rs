@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use agentfleet_stub::llm::Behavior;
 use agentfleet_tests::redis_cluster::ClusterRedis;
+use agentfleet_tests::resubmit::{Resubmit, Submitted};
 use agentfleet_tests::{keys_per_master, wait_until, AgentSpec, AppOptions, TestApp};
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_agentfleet-test-worker");
@@ -309,15 +310,6 @@ fn assert_paced(times: &mut [Instant], interval: Duration, burst: usize) {
     }
 }
 
-/// What became of one submission in the failover test.
-enum Submitted {
-    Accepted(String),
-    /// Its Idempotency-Key stayed claimed without a job: claimed on the master that died, whose
-    /// accept then failed and could not release it (see `docs/REDIS-CLUSTER.md`). Not an
-    /// accepted job; counted apart, as in `tests/sentinel.rs`.
-    StuckKey,
-}
-
 /// When submissions were answered 503, for the failover window.
 type Rejections = std::sync::Mutex<Vec<Instant>>;
 
@@ -328,41 +320,23 @@ async fn submit_until_accepted(
     i: usize,
     rejected: &Rejections,
 ) -> anyhow::Result<Submitted> {
-    let body = json!({"agent": "summarize", "input": format!("job {i}"), "webhook_url": app.webhook_url()});
-    let key = format!("failover-{i}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut conflict_since: Option<Instant> = None;
-    while Instant::now() < deadline {
-        let response = app.submit_with_key(&app.acme, &key, &body).await;
-        let status = response.status().as_u16();
-        match status {
-            200 | 202 => {
-                let body: Value = response.json().await?;
-                let id = body["id"].as_str().unwrap_or_default().to_owned();
-                return Ok(Submitted::Accepted(id));
-            }
-            409 => {
-                let since = *conflict_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(15) {
-                    return Ok(Submitted::StuckKey);
-                }
-            }
-            503 => {
-                rejected
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(Instant::now());
-            }
-            429 => {}
-            other => anyhow::bail!("job {i}: unexpected {other}"),
+    let submission = Resubmit {
+        url: app.url("/v1/jobs"),
+        tenant: &app.acme,
+        body: json!({"agent": "summarize", "input": format!("job {i}"), "webhook_url": app.webhook_url()}),
+        key: format!("failover-{i}"),
+        within: Duration::from_secs(60),
+        stuck_after: Some(Duration::from_secs(15)),
+    };
+    app.resubmit(submission, |answered| {
+        if answered.status == 503 {
+            rejected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(answered.answered);
         }
-        if status != 409 {
-            conflict_since = None;
-        }
-        // Pacing between retries, not synchronisation.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("job {i} not accepted within 60 s")
+    })
+    .await
 }
 
 /// The master holding acme's keys (its Idempotency-Keys, among others) is SIGKILLed while 100

@@ -25,6 +25,7 @@ use agentfleet_common::store::{JobStore, Redis};
 use agentfleet_common::wire::{JobInput, JobRecord, JobSpec, JobStatus};
 use agentfleet_stub::llm::Behavior;
 use agentfleet_tests::redis_sentinel::SentinelRedis;
+use agentfleet_tests::resubmit::{Answered, Resubmit, Submitted};
 use agentfleet_tests::{AgentSpec, AppOptions, TestApp};
 
 /// The tests here each start a topology and time things: one at a time, so they do not
@@ -277,15 +278,6 @@ async fn probe_redis(config: RedisConfig, failures: Failures, stop: Cancellation
     errors
 }
 
-/// What became of one submission.
-enum Submitted {
-    Accepted(String),
-    /// Its Idempotency-Key kept answering 409 ("in progress"): the key was claimed, then the
-    /// accept failed with the master and could not release it, so the key names a job that
-    /// was never stored (until the key's TTL). Not an accepted job; counted apart.
-    StuckKey,
-}
-
 /// How long 409s may go on before a submission counts as [`Submitted::StuckKey`]: far past
 /// any accept in progress (store and publish timeouts).
 const STUCK_AFTER: Duration = Duration::from_secs(15);
@@ -293,43 +285,23 @@ const STUCK_AFTER: Duration = Duration::from_secs(15);
 /// Submits job `i`, retrying 503s (noted as failures), 409s and 429s with the same
 /// Idempotency-Key, until accepted, its key is stuck, or the test's patience ends.
 async fn submit_until_accepted(app: &TestApp, i: usize, failures: &Failures) -> Submitted {
-    let body =
-        json!({"agent": "sentinel", "input": format!("job {i}"), "webhook_url": app.webhook_url()});
-    let key = format!("sentinel-{i}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut conflict_since = None;
-    while Instant::now() < deadline {
-        let response = app
-            .http
-            .post(app.url("/v1/jobs"))
-            .bearer_auth(&app.acme.api_key)
-            .header("idempotency-key", &key)
-            .json(&body)
-            .send()
-            .await;
-        let status = response.as_ref().map_or(0, |r| r.status().as_u16());
-        match (status, response) {
-            (200 | 202, Ok(response)) => {
-                let body: serde_json::Value = response.json().await.expect("an accepted body");
-                let id = body["id"].as_str().expect("an accepted job's id");
-                return Submitted::Accepted(id.to_owned());
-            }
-            (409, _) => {
-                let since = *conflict_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > STUCK_AFTER {
-                    return Submitted::StuckKey;
-                }
-            }
-            (503, _) => failures.note(),
-            (0 | 429, _) => {}
-            (other, _) => panic!("job {i}: unexpected {other}"),
+    let submission = Resubmit {
+        url: app.url("/v1/jobs"),
+        tenant: &app.acme,
+        body: json!({"agent": "sentinel", "input": format!("job {i}"), "webhook_url": app.webhook_url()}),
+        key: format!("sentinel-{i}"),
+        within: Duration::from_secs(60),
+        stuck_after: Some(STUCK_AFTER),
+    };
+    let noted = |answered: Answered| {
+        if answered.status == 503 {
+            failures.note();
         }
-        if status != 409 {
-            conflict_since = None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    match app.resubmit(submission, noted).await {
+        Ok(submitted) => submitted,
+        Err(err) => panic!("job {i}: {err:#}"),
     }
-    panic!("job {i} was never accepted");
 }
 
 /// Polls until every accepted job is terminal or gone (404: its record was lost), or the

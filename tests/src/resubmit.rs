@@ -54,6 +54,9 @@ impl TestApp {
     ) -> anyhow::Result<Submitted> {
         let deadline = Instant::now() + submission.within;
         let mut conflicts_since: Option<Instant> = None;
+        // Every status, run-length encoded, for the error that says it was never accepted.
+        let mut statuses: Vec<(u16, usize)> = Vec::new();
+        let mut last_refusal = String::new();
         while Instant::now() < deadline {
             let sent = Instant::now();
             let response = self
@@ -65,6 +68,10 @@ impl TestApp {
                 .send()
                 .await;
             let status = response.as_ref().map_or(0, |r| r.status().as_u16());
+            match statuses.last_mut() {
+                Some((last, count)) if *last == status => *count += 1,
+                _ => statuses.push((status, 1)),
+            }
             noted(Answered {
                 sent,
                 answered: Instant::now(),
@@ -87,6 +94,9 @@ impl TestApp {
                         return Ok(Submitted::StuckKey);
                     }
                 }
+                (429 | 503, Ok(response)) => {
+                    last_refusal = response.text().await.unwrap_or_default();
+                }
                 (0 | 429 | 503, _) => {}
                 (other, response) => {
                     let body = match response {
@@ -101,10 +111,15 @@ impl TestApp {
             }
             tokio::time::sleep(PACE).await;
         }
+        let answers: Vec<String> = statuses
+            .iter()
+            .map(|(status, count)| format!("{status} ×{count}"))
+            .collect();
         bail!(
-            "{} was not accepted within {:?}",
+            "{} was not accepted within {:?}; answers: {}; the last refusal: {last_refusal}",
             submission.key,
-            submission.within
+            submission.within,
+            answers.join(", ")
         )
     }
 }

@@ -8,8 +8,8 @@
 //! and an error that says "this is not (or no longer) the master" drops it; the next command
 //! asks the sentinels again. A cluster's [`ClusterConnection`] does all of that itself: it
 //! sends each command (and each pipeline, whole) to the master of its first key's slot, follows
-//! `MOVED`/`ASK`, and reloads the slot map when the cluster changes; so its [`Master`] is made
-//! once and never dropped.
+//! `MOVED`/`ASK`, and reloads the slot map when the cluster changes; its [`Master`] is dropped
+//! only when a command times out or loses its connection (see [`Link::failed`]).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -218,8 +218,9 @@ enum Source {
     Single,
     Sentinel(tokio::sync::Mutex<Resolver>),
     /// A cluster: its connections are made at the first command (they need the runtime) and
-    /// kept; the client follows the cluster's changes itself. With `acked`, writes are
-    /// acknowledged (`redis.min_replicas_acked`) and get connections of their own.
+    /// kept while they answer; the client follows the cluster's changes itself. With
+    /// `acked`, writes are acknowledged (`redis.min_replicas_acked`) and get connections of
+    /// their own.
     Cluster {
         client: ClusterClient,
         acked: bool,
@@ -319,9 +320,10 @@ impl Link {
             .clone()
     }
 
-    /// Notes that a command on `master` failed: if the error says it may not be the master
-    /// any more, the next command asks the sentinels. (With one server, nothing to do: the
-    /// connection manager reconnects to the same address.)
+    /// Notes that a command on `master` failed: behind Sentinel, if the error says it may not
+    /// be the master any more, the next command asks the sentinels; on a cluster, if the node
+    /// did not answer, the next command makes the connections again. (With one server,
+    /// nothing to do: the connection manager reconnects to the same address.)
     pub(super) fn failed(&self, master: &Master, err: &StoreError) {
         let drop_it = match self.inner.source {
             Source::Sentinel(_) => means_new_master(err),

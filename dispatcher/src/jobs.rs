@@ -194,7 +194,7 @@ async fn accept(state: AppState, submission: Submission) -> Result<Response, Api
                     return Ok(response);
                 }
                 Replayed::NoRecord if abandoned(job_id, &inner.config) => {
-                    take_over(&state, &submission, key, job_id).await?;
+                    take_over(&state, &submission, (key, fingerprint), job_id).await?;
                 }
                 Replayed::NoRecord => {
                     submission.note.job(job_id);
@@ -244,13 +244,9 @@ fn abandoned(job_id: Uuid, config: &agentfleet_common::config::Config) -> bool {
 async fn take_over(
     state: &AppState,
     submission: &Submission,
-    key: &str,
+    (key, fingerprint): (&str, &str),
     abandoned: Uuid,
 ) -> Result<(), ApiError> {
-    let fingerprint = submission
-        .idempotency
-        .as_ref()
-        .map_or("", |(_, fingerprint)| fingerprint.as_str());
     let taken = state
         .inner
         .store

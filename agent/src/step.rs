@@ -18,7 +18,10 @@ use crate::message::{AssistantMessage, Message, Usage};
 /// One entry of the log. Timing is filled in by the worker: the runtime never reads a clock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Step {
-    /// Position in the log. Informational: the runtime goes by the order of the list.
+    /// Position in the log. Informational: the runtime goes by the order of the list. Stored
+    /// without it: the store fills it in from the step's place in the log.
+    #[serde(default)]
+    #[schema(required = true)]
     pub seq: u32,
     /// The job attempt that made this step.
     pub attempt: u32,

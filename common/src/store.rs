@@ -257,18 +257,28 @@ mod field {
         format!("{STEP}{index}")
     }
 
-    /// The fields a job no longer needs once `record` is stored, space-separated. A terminal
-    /// job is never begun again, so its fence counter goes; once its event's delivery has
-    /// concluded (delivered, gone, blocked or given up), so do what it asked for (input and
-    /// webhook URL) and the hand-off note: only readers of the record and the steps remain.
-    pub fn dropped_after(record: &crate::wire::JobRecord) -> String {
+    /// Not a field: what [`super::JobStore`]'s reads answer for a sealed job, whose key holds
+    /// one string instead of a hash (the `seal` of [`Afterwards`]).
+    pub const SEALED: &str = "sealed";
+
+    /// What a write of `record` leaves of the job. A terminal job is never begun again, so
+    /// its fence counter goes. Once its event's delivery has concluded (delivered, gone,
+    /// blocked or given up), only readers of the record and the steps remain: the job is
+    /// sealed into one string, the record and then each step on a line of its own (compact
+    /// JSON has no raw newline). A string of ~750 B costs Redis a third less than the hash
+    /// holding the same: a hash with a value over `hash-max-listpack-value` (64 B by default)
+    /// is a table, with a header, buckets and an entry per field.
+    pub fn afterwards(record: &crate::wire::JobRecord) -> &'static str {
         let concluded = record.webhook.as_ref().is_some_and(|w| w.outcome.is_some());
         match (record.status.is_terminal(), concluded) {
-            (false, _) => String::new(),
-            (true, false) => FENCE.to_owned(),
-            (true, true) => format!("{FENCE} {SPEC} {HANDOFF}"),
+            (false, _) => "",
+            (true, false) => FENCE,
+            (true, true) => SEAL,
         }
     }
+
+    /// [`afterwards`]' word for sealing the job.
+    pub const SEAL: &str = "seal";
 }
 
 struct Scripts {
@@ -278,6 +288,7 @@ struct Scripts {
     close: redis::Script,
     append_steps: redis::Script,
     mark_handed_off: redis::Script,
+    read: redis::Script,
     take_over_key: redis::Script,
 }
 
@@ -292,6 +303,7 @@ impl Scripts {
             close: script(CLOSE),
             append_steps: script(APPEND_STEPS),
             mark_handed_off: script(MARK_HANDED_OFF),
+            read: script(READ),
             take_over_key: redis::Script::new(TAKE_OVER_KEY),
         }
     }
@@ -299,8 +311,10 @@ impl Scripts {
 
 /// Every job script starts with this, generated at startup: the terminal statuses of
 /// [`JobStatus`] as a Lua set (`TERMINAL[status]` is `true` or `nil`), the names of the job
-/// hash's fields from [`field`], so no script spells either, and `status_of`, the job's
-/// status with a begun run's mark ([`RunMark`]) taken into account.
+/// hash's fields from [`field`], so no script spells either; `kind_of`, whether the job's key
+/// holds a live job's hash, a sealed job's string or nothing; `record_of`, the record's JSON
+/// in either form; and `status_of`, a live job's status with a begun run's mark
+/// ([`RunMark`]) taken into account.
 fn lua_prelude() -> String {
     let terminal: Vec<String> = JobStatus::ALL
         .iter()
@@ -310,6 +324,16 @@ fn lua_prelude() -> String {
     format!(
         "local TERMINAL = {{{}}}\n\
          local RECORD, SPEC, FENCE, HANDOFF, STEPS, STEP, RUN = '{}', '{}', '{}', '{}', '{}', '{}', '{}'\n\
+         local SEALED, SEAL = '{}', '{}'\n\
+         local function kind_of(key) return redis.call('TYPE', key)['ok'] end\n\
+         local function record_of(key, kind)\n\
+           if kind == 'string' then\n\
+             local sealed = redis.call('GET', key)\n\
+             local stop = string.find(sealed, '\\n', 1, true)\n\
+             return stop and string.sub(sealed, 1, stop - 1) or sealed\n\
+           end\n\
+           return redis.call('HGET', key, RECORD)\n\
+         end\n\
          local function status_of(key, record)\n\
            if redis.call('HEXISTS', key, RUN) == 1 then return '{}' end\n\
            return cjson.decode(record)['status']\n\
@@ -322,6 +346,8 @@ fn lua_prelude() -> String {
         field::STEPS,
         field::STEP,
         field::RUN,
+        field::SEALED,
+        field::SEAL,
         JobStatus::Running.as_str(),
     )
 }
@@ -329,15 +355,18 @@ fn lua_prelude() -> String {
 /// Every write of a job record goes through this script (or `BEGIN`, which makes the same
 /// checks), so the checks and the write are one atomic step: the writer's lease (fencing
 /// token, `KEYS[2]`) must still be the current one, and a terminal record is final (only
-/// bookkeeping — webhook delivery state — may touch it). `ARGV[4]` is a [`WriteMode`]; it
-/// answers a [`Written`] by name. `ARGV[6]` names the fields the job no longer needs after
-/// this write ([`field::dropped_after`]). A run's write may carry the steps it has not stored
-/// yet (`ARGV[9..]`, where the log holds `ARGV[8]` steps: `conflict` otherwise) and let its
-/// lease go (`ARGV[7]`), so a one-call run ends in one round trip. The record replaces a
-/// begun run's mark. Everything of the job (`KEYS[1]`) expires together.
+/// bookkeeping — webhook delivery state — may touch it, until the job is sealed). `ARGV[4]`
+/// is a [`WriteMode`]; it answers a [`Written`] by name. `ARGV[6]` is what the job keeps
+/// after this write ([`field::afterwards`]): everything (''), all but a field, or only the
+/// record and the steps, sealed into one string. A run's write may carry the steps it has
+/// not stored yet (`ARGV[9..]`, where the log holds `ARGV[8]` steps: `conflict` otherwise)
+/// and let its lease go (`ARGV[7]`), so a one-call run ends in one round trip. The record
+/// replaces a begun run's mark. Everything of the job (`KEYS[1]`) expires together.
 const TRANSITION: &str = r"
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return 'lease_lost' end
-local current = redis.call('HGET', KEYS[1], RECORD)
+local kind = kind_of(KEYS[1])
+if kind == 'string' then return 'terminal' end
+local current = record_of(KEYS[1], kind)
 if not current then return 'missing' end
 local status = status_of(KEYS[1], current)
 if ARGV[4] == 'bookkeeping' then
@@ -353,10 +382,17 @@ if ARGV[8] ~= '' then
   for i = 9, #ARGV do redis.call('HSET', KEYS[1], STEP .. (len + i - 9), ARGV[i]) end
   redis.call('HSET', KEYS[1], STEPS, len + #ARGV - 8)
 end
-redis.call('HSET', KEYS[1], RECORD, ARGV[1])
-redis.call('HDEL', KEYS[1], RUN)
-for name in string.gmatch(ARGV[6], '%S+') do redis.call('HDEL', KEYS[1], name) end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+if ARGV[6] == SEAL then
+  local lines = {ARGV[1]}
+  local len = tonumber(redis.call('HGET', KEYS[1], STEPS) or '0')
+  for i = 0, len - 1 do lines[i + 2] = redis.call('HGET', KEYS[1], STEP .. i) end
+  redis.call('SET', KEYS[1], table.concat(lines, '\n'), 'EX', ARGV[2])
+else
+  redis.call('HSET', KEYS[1], RECORD, ARGV[1])
+  redis.call('HDEL', KEYS[1], RUN)
+  if ARGV[6] ~= '' then redis.call('HDEL', KEYS[1], ARGV[6]) end
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
 if ARGV[7] == '1' and ARGV[3] ~= '' then redis.call('DEL', KEYS[2]) end
 return 'ok'
 ";
@@ -367,10 +403,13 @@ return 'ok'
 /// stands for the record the run would write: rewriting the record's JSON here is not safe
 /// (cjson turns an empty list inside the caller's metadata into an object). Answers
 /// `{verdict, n, fields}`: `{'ok', token, the hash as it was}`, `{'busy', ms left on someone
-/// else's lease, {}}`, `{'terminal', 0, the hash}` or `{'missing', 0, {}}`.
+/// else's lease, {}}`, `{'terminal', 0, the hash (or SEALED and the sealed string)}` or
+/// `{'missing', 0, {}}`.
 const BEGIN: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'busy', redis.call('PTTL', KEYS[1]), {}} end
-local current = redis.call('HGET', KEYS[2], RECORD)
+local kind = kind_of(KEYS[2])
+if kind == 'string' then return {'terminal', 0, {SEALED, redis.call('GET', KEYS[2])}} end
+local current = record_of(KEYS[2], kind)
 if not current then return {'missing', 0, {}} end
 local fields = redis.call('HGETALL', KEYS[2])
 if TERMINAL[status_of(KEYS[2], current)] then return {'terminal', 0, fields} end
@@ -386,25 +425,25 @@ return {'ok', token, fields}
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lease_lost' end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local current = redis.call('HGET', KEYS[2], RECORD)
+local kind = kind_of(KEYS[2])
+local current = record_of(KEYS[2], kind)
 if not current then return 'missing' end
+if kind == 'string' then return cjson.decode(current)['status'] end
 return status_of(KEYS[2], current)
 ";
 
 /// Ends a run: notes the webhook hand-off on the job when there was one (`ARGV[2]` = '1'),
 /// then releases the lease if it is still ours. A job that expired meanwhile is not made
-/// again by the note.
+/// again by the note, nor is a sealed one touched.
 const CLOSE: &str = r"
-if ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('HSET', KEYS[2], HANDOFF, 1)
-end
+if ARGV[2] == '1' and kind_of(KEYS[2]) == 'hash' then redis.call('HSET', KEYS[2], HANDOFF, 1) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 ";
 
 /// Notes a hand-off made outside a run (a cancellation, a redelivery's re-hand-off).
 const MARK_HANDED_OFF: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], HANDOFF, 1) end
+if kind_of(KEYS[1]) == 'hash' then redis.call('HSET', KEYS[1], HANDOFF, 1) end
 return 0
 ";
 
@@ -413,13 +452,32 @@ return 0
 /// appended twice, nor after someone else's. Answers a [`Written`] by name.
 const APPEND_STEPS: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lease_lost' end
-if redis.call('EXISTS', KEYS[2]) == 0 then return 'missing' end
+local kind = kind_of(KEYS[2])
+if kind == 'string' then return 'terminal' end
+if kind ~= 'hash' then return 'missing' end
 local len = tonumber(redis.call('HGET', KEYS[2], STEPS) or '0')
 if len ~= tonumber(ARGV[2]) then return 'conflict' end
 for i = 4, #ARGV do redis.call('HSET', KEYS[2], STEP .. (len + i - 4), ARGV[i]) end
 redis.call('HSET', KEYS[2], STEPS, len + #ARGV - 3)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 'ok'
+";
+
+/// Reads a job (`KEYS[1]`) in either form: the fields named in `ARGV` (all of them when none
+/// is) of a live job's hash, as a flat name/value list without the missing ones, or
+/// `{SEALED, the string}` for a sealed job ([`unseal`] makes it the same list).
+const READ: &str = r"
+local kind = kind_of(KEYS[1])
+if kind == 'string' then return {SEALED, redis.call('GET', KEYS[1])} end
+if #ARGV == 0 then return redis.call('HGETALL', KEYS[1]) end
+local values, fields = redis.call('HMGET', KEYS[1], unpack(ARGV)), {}
+for i, name in ipairs(ARGV) do
+  if values[i] then
+    fields[#fields + 1] = name
+    fields[#fields + 1] = values[i]
+  end
+end
+return fields
 ";
 
 /// Gives an Idempotency-Key (`KEYS[1]`) a new claim (`ARGV[2]`, for `ARGV[3]` seconds) if it
@@ -430,23 +488,65 @@ redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 return 1
 ";
 
-/// A record or spec as stored: JSON without its top-level nulls and empty lists, which read
-/// back as the same value (those fields default to `None` and empty). The API still shows
-/// them, from the value read back; in Redis they were about a tenth of a finished job.
-fn stored_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    let mut value = serde_json::to_value(value)?;
-    if let serde_json::Value::Object(fields) = &mut value {
-        fields.retain(|_, field| match field {
-            serde_json::Value::Null => false,
-            serde_json::Value::Array(items) => !items.is_empty(),
-            _ => true,
-        });
+/// How a record, a spec or a step is stored: JSON without its top-level nulls and empty
+/// lists, which read back as the same value (those fields default to `None` and empty), and
+/// without what the reader knows anyway. The API still shows all of it, from the value read
+/// back; in Redis it was about a fifth of a finished single-call job.
+struct StoredForm {
+    /// Fields the reader fills in again: a record's `id` is in its key, a step's `seq` is
+    /// its place in the log.
+    derived: &'static [&'static str],
+    /// Flags left out when `false`, their default.
+    unless_true: &'static [&'static str],
+}
+
+const RECORD_FORM: StoredForm = StoredForm {
+    derived: &["id"],
+    unless_true: &[],
+};
+const SPEC_FORM: StoredForm = StoredForm {
+    derived: &[],
+    unless_true: &[],
+};
+const STEP_FORM: StoredForm = StoredForm {
+    derived: &["seq"],
+    unless_true: &["cached"],
+};
+
+impl StoredForm {
+    fn json<T: serde::Serialize>(&self, value: &T) -> Result<String, StoreError> {
+        let mut value = serde_json::to_value(value)?;
+        if let serde_json::Value::Object(fields) = &mut value {
+            fields.retain(|name, field| match field {
+                serde_json::Value::Null => false,
+                serde_json::Value::Array(items) => !items.is_empty(),
+                serde_json::Value::Bool(false) => !self.unless_true.contains(&name.as_str()),
+                _ => !self.derived.contains(&name.as_str()),
+            });
+        }
+        Ok(serde_json::to_string(&value)?)
     }
-    Ok(serde_json::to_string(&value)?)
 }
 
 /// A job's hash, as `HGETALL` answers it.
 type JobFields = HashMap<String, String>;
+
+/// A sealed job's fields as its hash held them: the record, and the steps with their count.
+fn unseal(mut fields: JobFields) -> JobFields {
+    let Some(sealed) = fields.remove(field::SEALED) else {
+        return fields;
+    };
+    let mut lines = sealed.split('\n');
+    let record = lines.next().unwrap_or_default().to_owned();
+    let mut len = 0;
+    for (index, step) in lines.enumerate() {
+        fields.insert(field::step(index), step.to_owned());
+        len = index + 1;
+    }
+    fields.insert(field::STEPS.to_owned(), len.to_string());
+    fields.insert(field::RECORD.to_owned(), record);
+    fields
+}
 
 /// The step log held in a job's hash, oldest first.
 fn steps_of(fields: &JobFields) -> Result<Vec<Step>, StoreError> {
@@ -461,7 +561,9 @@ fn steps_of(fields: &JobFields) -> Result<Vec<Step>, StoreError> {
             let raw = fields
                 .get(&field::step(index))
                 .ok_or_else(|| StoreError::BrokenStepLog(format!("step {index} is missing")))?;
-            serde_json::from_str(raw).map_err(StoreError::from)
+            let mut step: Step = serde_json::from_str(raw)?;
+            step.seq = u32::try_from(index).unwrap_or(u32::MAX);
+            Ok(step)
         })
         .collect()
 }
@@ -475,12 +577,12 @@ pub struct StoredJob {
     pub steps: Vec<Step>,
 }
 
-/// What a job's hash says, with a begun run's mark applied to the record.
-fn loaded_from(fields: &JobFields) -> Result<Loaded, StoreError> {
+/// What job `id`'s fields say, with a begun run's mark applied to the record.
+fn loaded_from(id: Uuid, fields: &JobFields) -> Result<Loaded, StoreError> {
     let Some(raw) = fields.get(field::RECORD) else {
         return Ok(Loaded::Gone);
     };
-    let record = record_view(raw, fields.get(field::RUN).map(String::as_str))?;
+    let record = record_view(id, raw, fields.get(field::RUN).map(String::as_str))?;
     let Some(spec) = fields.get(field::SPEC) else {
         return Ok(Loaded::Concluded(record));
     };
@@ -491,10 +593,11 @@ fn loaded_from(fields: &JobFields) -> Result<Loaded, StoreError> {
     }))
 }
 
-/// The record as readers must see it: the stored JSON, and over it the mark of a run that
-/// began since the record was last written.
-fn record_view(raw: &str, mark: Option<&str>) -> Result<JobRecord, StoreError> {
+/// Job `id`'s record as readers must see it: the stored JSON, and over it the mark of a run
+/// that began since the record was last written.
+fn record_view(id: Uuid, raw: &str, mark: Option<&str>) -> Result<JobRecord, StoreError> {
     let mut record: JobRecord = serde_json::from_str(raw)?;
+    record.id = id;
     if let Some(mark) = mark {
         RunMark::parse(mark)?.apply(&mut record);
     }
@@ -689,8 +792,8 @@ impl JobStore {
             .hset_multiple(
                 &key,
                 &[
-                    (field::RECORD, stored_json(record)?),
-                    (field::SPEC, stored_json(spec)?),
+                    (field::RECORD, RECORD_FORM.json(record)?),
+                    (field::SPEC, SPEC_FORM.json(spec)?),
                 ],
             )
             .ignore()
@@ -707,13 +810,10 @@ impl JobStore {
     }
 
     pub async fn load(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.names.job_key(id))
-            .arg(field::RECORD)
-            .arg(field::RUN);
-        let (record, mark): (Option<String>, Option<String>) = self.redis.cmd(&cmd).await?;
-        record
-            .map(|raw| record_view(&raw, mark.as_deref()))
+        let fields = self.read(id, &[field::RECORD, field::RUN]).await?;
+        fields
+            .get(field::RECORD)
+            .map(|raw| record_view(id, raw, fields.get(field::RUN).map(String::as_str)))
             .transpose()
     }
 
@@ -722,17 +822,13 @@ impl JobStore {
         &self,
         id: Uuid,
     ) -> Result<Option<(JobRecord, JobSpec)>, StoreError> {
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.names.job_key(id))
-            .arg(field::RECORD)
-            .arg(field::SPEC)
-            .arg(field::RUN);
-        let (record, spec, mark): (Option<String>, Option<String>, Option<String>) =
-            self.redis.cmd(&cmd).await?;
-        match (record, spec) {
+        let fields = self
+            .read(id, &[field::RECORD, field::SPEC, field::RUN])
+            .await?;
+        match (fields.get(field::RECORD), fields.get(field::SPEC)) {
             (Some(record), Some(spec)) => Ok(Some((
-                record_view(&record, mark.as_deref())?,
-                serde_json::from_str(&spec)?,
+                record_view(id, record, fields.get(field::RUN).map(String::as_str))?,
+                serde_json::from_str(spec)?,
             ))),
             _ => Ok(None),
         }
@@ -741,13 +837,22 @@ impl JobStore {
     /// What a webhook delivery needs, in one round trip: the record, the spec, and the run's
     /// step log.
     pub async fn load_for_run(&self, id: Uuid) -> Result<Loaded, StoreError> {
-        loaded_from(&self.load_fields(id).await?)
+        loaded_from(id, &self.read(id, &[]).await?)
     }
 
-    async fn load_fields(&self, id: Uuid) -> Result<JobFields, StoreError> {
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(self.names.job_key(id));
-        self.redis.cmd(&cmd).await
+    /// The fields `names` (all, when empty) of a job in either form ([`field::afterwards`]),
+    /// a sealed one unsealed.
+    async fn read(&self, id: Uuid, names: &[&str]) -> Result<JobFields, StoreError> {
+        Ok(unseal(self.read_as_stored(id, names).await?))
+    }
+
+    async fn read_as_stored(&self, id: Uuid, names: &[&str]) -> Result<JobFields, StoreError> {
+        let mut invocation = self.scripts.read.prepare_invoke();
+        invocation.key(self.names.job_key(id));
+        for name in names {
+            invocation.arg(*name);
+        }
+        self.redis.script(&invocation).await
     }
 
     async fn transition(
@@ -766,18 +871,18 @@ impl JobStore {
         invocation
             .key(self.names.job_key(record.id))
             .key(self.names.lease_key(record.id))
-            .arg(stored_json(record)?)
+            .arg(RECORD_FORM.json(record)?)
             .arg(self.ttl_secs)
             .arg(lease)
             .arg(mode.script_name())
             .arg(expected)
-            .arg(field::dropped_after(record))
+            .arg(field::afterwards(record))
             .arg(if release { "1" } else { "" });
         match steps {
             Some((base, steps)) => {
                 invocation.arg(base);
                 for step in steps {
-                    invocation.arg(serde_json::to_string(step)?);
+                    invocation.arg(STEP_FORM.json(step)?);
                 }
             }
             None => {
@@ -845,7 +950,7 @@ impl JobStore {
         let value = u64::try_from(value).unwrap_or(0);
         Ok(match verdict.as_str() {
             "busy" => Begun::Busy(Duration::from_millis(value)),
-            "ok" => match loaded_from(&fields)? {
+            "ok" => match loaded_from(begin.id, &fields)? {
                 Loaded::Ready(job) => Begun::Held(
                     Lease {
                         token: value,
@@ -856,7 +961,7 @@ impl JobStore {
                 // A job without a spec has ended, so the script could not have begun it.
                 _ => return Err(StoreError::UnexpectedAnswer("ok without a spec".into())),
             },
-            "terminal" | "missing" => Begun::NotRunnable(loaded_from(&fields)?),
+            "terminal" | "missing" => Begun::NotRunnable(loaded_from(begin.id, &unseal(fields))?),
             other => return Err(StoreError::UnexpectedAnswer(other.to_owned())),
         })
     }
@@ -916,7 +1021,7 @@ impl JobStore {
             .arg(expected_len)
             .arg(self.ttl_secs);
         for step in steps {
-            invocation.arg(serde_json::to_string(step)?);
+            invocation.arg(STEP_FORM.json(step)?);
         }
         let answer: String = self.redis.script_acked(&invocation).await?;
         Written::from_answer(&answer)
@@ -924,7 +1029,7 @@ impl JobStore {
 
     /// The job's step log, oldest first (empty for a job that is gone).
     pub async fn load_steps(&self, id: Uuid) -> Result<Vec<Step>, StoreError> {
-        steps_of(&self.load_fields(id).await?)
+        steps_of(&self.read(id, &[]).await?)
     }
 
     /// Notes that the job's terminal event is on the webhook queue.
@@ -935,10 +1040,11 @@ impl JobStore {
         Ok(())
     }
 
+    /// Whether the job's terminal event was handed off: noted so, or the job is sealed (its
+    /// delivery concluded).
     pub async fn handed_off(&self, id: Uuid) -> Result<bool, StoreError> {
-        let mut cmd = redis::cmd("HEXISTS");
-        cmd.arg(self.names.job_key(id)).arg(field::HANDOFF);
-        self.redis.cmd(&cmd).await
+        let fields = self.read_as_stored(id, &[field::HANDOFF]).await?;
+        Ok(fields.contains_key(field::HANDOFF) || fields.contains_key(field::SEALED))
     }
 
     /// What a job takes in Redis, by `MEMORY USAGE` (bytes, with Redis' own overhead), for
@@ -1040,19 +1146,19 @@ mod tests {
     }
 
     #[test]
-    fn stored_json_reads_back_as_the_same_record_and_spec() {
+    fn the_stored_forms_read_back_as_the_same_record_spec_and_steps() {
         let id = Uuid::now_v7();
         let mut record = JobRecord::new_queued(id, "acme", "summarize", None, chrono::Utc::now());
-        let stored = stored_json(&record).unwrap();
+        let stored = RECORD_FORM.json(&record).unwrap();
         assert!(
-            !stored.contains("null") && !stored.contains("[]"),
+            !stored.contains("null") && !stored.contains("[]") && !stored.contains(&id.to_string()),
             "{stored}"
         );
-        assert_eq!(serde_json::from_str::<JobRecord>(&stored).unwrap(), record);
-        record.metadata = Some(serde_json::json!({"kept": null, "list": []}));
+        assert_eq!(record_view(id, &stored, None).unwrap(), record);
+        record.metadata = Some(serde_json::json!({"kept": null, "list": [], "flag": false}));
         record.output = Some(serde_json::json!("done"));
-        let stored = stored_json(&record).unwrap();
-        assert_eq!(serde_json::from_str::<JobRecord>(&stored).unwrap(), record);
+        let stored = RECORD_FORM.json(&record).unwrap();
+        assert_eq!(record_view(id, &stored, None).unwrap(), record);
 
         let spec = JobSpec {
             input: crate::wire::JobInput::Text("hi".into()),
@@ -1060,9 +1166,69 @@ mod tests {
             timeout_secs: None,
             limits: None,
         };
-        let stored = stored_json(&spec).unwrap();
+        let stored = SPEC_FORM.json(&spec).unwrap();
         assert_eq!(stored, r#"{"input":"hi"}"#);
         assert_eq!(serde_json::from_str::<JobSpec>(&stored).unwrap(), spec);
+
+        let steps: Vec<Step> = (0..2)
+            .map(|seq| Step {
+                seq,
+                attempt: 1,
+                started_at: chrono::Utc::now(),
+                finished_at: chrono::Utc::now(),
+                duration_ms: 3,
+                kind: agentfleet_agent::StepKind::Model {
+                    turn: seq,
+                    feedback: None,
+                    message: Default::default(),
+                    usage: Default::default(),
+                    cost_usd: 0.5,
+                    cached: seq == 1,
+                },
+            })
+            .collect();
+        let stored: Vec<String> = steps.iter().map(|s| STEP_FORM.json(s).unwrap()).collect();
+        assert!(
+            !stored[0].contains("seq") && !stored[0].contains("cached"),
+            "{}",
+            stored[0]
+        );
+        assert!(stored[1].contains(r#""cached":true"#), "{}", stored[1]);
+        let fields: JobFields = [
+            (field::STEPS.to_owned(), "2".to_owned()),
+            (field::step(0), stored[0].clone()),
+            (field::step(1), stored[1].clone()),
+        ]
+        .into();
+        assert_eq!(steps_of(&fields).unwrap(), steps);
+    }
+
+    #[test]
+    fn a_sealed_job_reads_as_the_fields_it_was_sealed_from() {
+        let sealed = |value: &str| -> JobFields {
+            unseal([(field::SEALED.to_owned(), value.to_owned())].into())
+        };
+        let fields = sealed("{\"status\":\"succeeded\"}\n{\"a\":1}\n{\"b\":2}");
+        let expected: JobFields = [
+            (
+                field::RECORD.to_owned(),
+                r#"{"status":"succeeded"}"#.to_owned(),
+            ),
+            (field::STEPS.to_owned(), "2".to_owned()),
+            (field::step(0), r#"{"a":1}"#.to_owned()),
+            (field::step(1), r#"{"b":2}"#.to_owned()),
+        ]
+        .into();
+        assert_eq!(fields, expected);
+        let fields = sealed("{}");
+        assert_eq!(fields.get(field::STEPS).map(String::as_str), Some("0"));
+        assert_eq!(fields.get(field::RECORD).map(String::as_str), Some("{}"));
+        let live: JobFields = [(field::RECORD.to_owned(), "{}".to_owned())].into();
+        assert_eq!(
+            unseal(live.clone()),
+            live,
+            "a live job's fields stay as they are"
+        );
     }
 
     #[test]
@@ -1081,17 +1247,17 @@ mod tests {
             until: started_at,
             reserved: true,
         });
-        let raw = stored_json(&record).unwrap();
-        let seen = record_view(&raw, Some(&mark.encode())).unwrap();
+        let raw = RECORD_FORM.json(&record).unwrap();
+        let seen = record_view(record.id, &raw, Some(&mark.encode())).unwrap();
         assert_eq!(seen.status, JobStatus::Running);
         assert_eq!(seen.attempts, 3, "never lowered");
         assert_eq!(seen.started_at, Some(started_at));
         assert_eq!(seen.waiting, None);
-        assert_eq!(record_view(&raw, None).unwrap(), record);
+        assert_eq!(record_view(record.id, &raw, None).unwrap(), record);
         for broken in ["", "2", "x 2026-11-23T00:00:00Z", "2 yesterday"] {
             assert!(
                 matches!(
-                    record_view(&raw, Some(broken)),
+                    record_view(record.id, &raw, Some(broken)),
                     Err(StoreError::BrokenRunMark(_))
                 ),
                 "{broken:?}"

@@ -285,6 +285,9 @@ pub struct AttemptError {
 /// input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobRecord {
+    /// Stored without it (the job's key names it): the store fills it in on reading.
+    #[serde(default)]
+    #[schema(required = true)]
     pub id: Uuid,
     pub tenant: String,
     pub agent: String,

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use serde_json::Value;
 use std::time::Duration;
 
 use agentfleet_stub::llm::Behavior;
@@ -189,9 +189,10 @@ async fn environment_overrides_are_applied_and_validated() -> anyhow::Result<()>
     Ok(())
 }
 
-/// A finished job whose webhook was delivered keeps one key — its hash: the record and the
-/// step log — and nothing it no longer needs: no lease, fencing-token counter, input, webhook
-/// URL or hand-off note. It all expires together.
+/// A finished job whose webhook was delivered keeps one key, sealed into one string: the
+/// record and then the step log, a line each — and nothing it no longer needs: no lease,
+/// fencing-token counter, input, webhook URL or hand-off note. It reads back as it was, and
+/// expires as a whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_job_keeps_one_key_and_only_what_it_still_needs() -> anyhow::Result<()> {
     let app = TestApp::spawn(AppOptions::default()).await?;
@@ -201,11 +202,12 @@ async fn a_finished_job_keeps_one_key_and_only_what_it_still_needs() -> anyhow::
         "the job's webhook delivered and noted",
         || async {
             let record = app.job(&id).await.ok()?;
-            (!record["webhook"]["delivered_at"].is_null()).then_some(record)
+            (record["webhook"]["outcome"] == "delivered").then_some(record)
         },
     )
     .await?;
     assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["id"], id.as_str(), "the id comes back from the key");
 
     let uuid: uuid::Uuid = id.parse()?;
     let job_key = app.names().job_key(uuid);
@@ -215,13 +217,35 @@ async fn a_finished_job_keeps_one_key_and_only_what_it_still_needs() -> anyhow::
         .query_async(&mut redis)
         .await?;
     assert_eq!(keys, vec![job_key.clone()], "the job's keys");
-    let fields: HashMap<String, String> = redis::cmd("HGETALL")
+    let sealed: String = redis::cmd("GET")
         .arg(&job_key)
         .query_async(&mut redis)
         .await?;
-    let mut names: Vec<&str> = fields.keys().map(String::as_str).collect();
-    names.sort_unstable();
-    assert_eq!(names, ["record", "step:0", "steps"]);
+    let lines: Vec<Value> = sealed
+        .split('\n')
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 2, "the record and one step: {sealed}");
+    assert_eq!(lines[0]["status"], "succeeded");
+    assert_eq!(lines[0]["webhook"]["outcome"], "delivered");
+    assert_eq!(lines[1]["kind"], "model");
+    for derived in ["id", "seq"] {
+        assert!(
+            lines.iter().all(|line| line.get(derived).is_none()),
+            "`{derived}` is not stored: {sealed}"
+        );
+    }
+
+    let again = app.job_with_steps(&id).await?;
+    let steps = again["steps"].as_array().cloned().unwrap_or_default();
+    assert_eq!(steps.len(), 1, "{again}");
+    assert_eq!(steps[0]["seq"], 0);
+    assert_eq!(steps[0]["cached"], false);
+    let mut without_steps = again.clone();
+    without_steps
+        .as_object_mut()
+        .map(|fields| fields.remove("steps"));
+    assert_eq!(without_steps, record, "the sealed job reads back as it was");
     let ttl: i64 = redis::cmd("TTL")
         .arg(&job_key)
         .query_async(&mut redis)

@@ -301,9 +301,13 @@ async fn cancelling_a_running_job_aborts_the_provider_call() -> anyhow::Result<(
     Ok(())
 }
 
+/// A finished job is final in both its forms: terminal with its webhook pending, and sealed
+/// once the webhook was delivered (`field::afterwards`). A cancellation answers 409, and a
+/// redelivered message for the sealed job is dropped: no second model call, no second
+/// webhook, and the job reads as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_finished_job_is_a_conflict() -> anyhow::Result<()> {
-    let app = TestApp::spawn(one_worker()).await?;
+    let mut app = TestApp::spawn(one_worker()).await?;
     let id = app.submit_job("summarize", "x").await?;
     app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(20))
         .await?;
@@ -317,6 +321,46 @@ async fn cancelling_a_finished_job_is_a_conflict() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(other.status(), 404, "another tenant cannot cancel it");
+
+    let sealed = wait_until(Duration::from_secs(15), "the job sealed", || async {
+        let record = app.job(&id).await.ok()?;
+        (record["webhook"]["outcome"] == "delivered").then_some(record)
+    })
+    .await?;
+    let uuid: uuid::Uuid = id.parse()?;
+    let mut redis = app.redis().await?;
+    let kind: String = redis::cmd("TYPE")
+        .arg(app.names().job_key(uuid))
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(kind, "string", "sealed");
+    assert_eq!(app.cancel(&id).await.status(), 409, "sealed, still final");
+
+    // The same job's message again, as after a crash between the webhook and the ack.
+    app.stop_worker(0).await?;
+    let queue = app.names().agent_queue("summarize");
+    let message = agentfleet_common::wire::JobMessage {
+        v: agentfleet_common::wire::SCHEMA_VERSION,
+        job_id: uuid,
+        tenant: "acme".into(),
+        agent: "summarize".into(),
+        attempt: 1,
+        not_before: None,
+        request_id: None,
+    };
+    app.publish_raw(&queue, &serde_json::to_vec(&message)?)
+        .await?;
+    let worker = app.start_worker().await?;
+    wait_until(Duration::from_secs(10), "the message taken", || async {
+        (app.queue_depth(&queue).await.ok()? == 0).then_some(())
+    })
+    .await?;
+    // A graceful stop settles the message: acked, or back on the queue.
+    app.stop_worker(worker).await?;
+    assert_eq!(app.queue_depth(&queue).await?, 0, "acked and dropped");
+    assert_eq!(app.llm.calls_per_job().get(&id), Some(&1));
+    assert_eq!(app.receiver.count(), 1, "one webhook");
+    assert_eq!(app.job(&id).await?, sealed);
     Ok(())
 }
 

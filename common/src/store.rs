@@ -261,15 +261,16 @@ mod field {
     /// one string instead of a hash (the `seal` of [`Afterwards`]).
     pub const SEALED: &str = "sealed";
 
-    /// What a write of `record` leaves of the job. A terminal job is never begun again, so
-    /// its fence counter goes. Once its event's delivery has concluded (delivered, gone,
-    /// blocked or given up), only readers of the record and the steps remain: the job is
+    /// What a write of `record` leaves of the job (`webhook`: its end goes to a webhook). A
+    /// terminal job is never begun again, so its fence counter goes. Once its event's delivery
+    /// has concluded (delivered, gone, blocked or given up), or at once for a job without a
+    /// webhook, only readers of the record and the steps remain: the job is
     /// sealed into one string, the record and then each step on a line of its own (compact
     /// JSON has no raw newline). A string of ~750 B costs Redis a third less than the hash
     /// holding the same: a hash with a value over `hash-max-listpack-value` (64 B by default)
     /// is a table, with a header, buckets and an entry per field.
-    pub fn afterwards(record: &crate::wire::JobRecord) -> &'static str {
-        let concluded = record.webhook.as_ref().is_some_and(|w| w.outcome.is_some());
+    pub fn afterwards(record: &crate::wire::JobRecord, webhook: bool) -> &'static str {
+        let concluded = !webhook || record.webhook.as_ref().is_some_and(|w| w.outcome.is_some());
         match (record.status.is_terminal(), concluded) {
             (false, _) => "",
             (true, false) => FENCE,
@@ -709,6 +710,9 @@ pub struct RunWrite<'a> {
     pub base: usize,
     /// Lets the lease go in the same step: the run writes nothing after this.
     pub release: bool,
+    /// The job's end goes to a webhook (its spec has a URL). Without one, a terminal write
+    /// seals the job at once ([`field::afterwards`]).
+    pub webhook: bool,
 }
 
 /// What a guarded write found.
@@ -860,7 +864,7 @@ impl JobStore {
         record: &JobRecord,
         mode: WriteMode<'_>,
         steps: Option<(usize, &[Step])>,
-        release: bool,
+        (release, webhook): (bool, bool),
     ) -> Result<Written, StoreError> {
         let (lease, expected) = match mode {
             WriteMode::Leased(lease) => (lease.value.as_str(), ""),
@@ -876,7 +880,7 @@ impl JobStore {
             .arg(lease)
             .arg(mode.script_name())
             .arg(expected)
-            .arg(field::afterwards(record))
+            .arg(field::afterwards(record, webhook))
             .arg(if release { "1" } else { "" });
         match steps {
             Some((base, steps)) => {
@@ -899,7 +903,7 @@ impl JobStore {
         record: &JobRecord,
         lease: &Lease,
     ) -> Result<Written, StoreError> {
-        self.transition(record, WriteMode::Leased(lease), None, false)
+        self.transition(record, WriteMode::Leased(lease), None, (false, true))
             .await
     }
 
@@ -912,7 +916,7 @@ impl JobStore {
             write.record,
             WriteMode::Leased(write.lease),
             steps,
-            write.release,
+            (write.release, write.webhook),
         )
         .await
     }
@@ -923,13 +927,13 @@ impl JobStore {
         record: &JobRecord,
         expected: JobStatus,
     ) -> Result<Written, StoreError> {
-        self.transition(record, WriteMode::IfStatus(expected), None, false)
+        self.transition(record, WriteMode::IfStatus(expected), None, (false, true))
             .await
     }
 
     /// Updates delivery bookkeeping on a record that already ended.
     pub async fn save_bookkeeping(&self, record: &JobRecord) -> Result<Written, StoreError> {
-        self.transition(record, WriteMode::Bookkeeping, None, false)
+        self.transition(record, WriteMode::Bookkeeping, None, (false, true))
             .await
     }
 

@@ -242,10 +242,24 @@ async fn a_finished_job_keeps_one_key_and_only_what_it_still_needs() -> anyhow::
     assert_eq!(steps[0]["seq"], 0);
     assert_eq!(steps[0]["cached"], false);
     let mut without_steps = again.clone();
-    without_steps
-        .as_object_mut()
-        .map(|fields| fields.remove("steps"));
+    if let Some(fields) = without_steps.as_object_mut() {
+        fields.remove("steps");
+    }
     assert_eq!(without_steps, record, "the sealed job reads back as it was");
+
+    // Without a webhook nothing waits on the job once it ended: its end seals it.
+    let quiet = app.submit_for(&app.acme, "summarize", "no webhook").await?;
+    let ended = app
+        .wait_terminal(std::slice::from_ref(&quiet), Duration::from_secs(15))
+        .await?
+        .remove(0);
+    assert_eq!(ended["status"], "succeeded");
+    let kind: String = redis::cmd("TYPE")
+        .arg(app.names().job_key(quiet.parse()?))
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(kind, "string", "sealed by its terminal write");
+    assert_eq!(app.job(&quiet).await?, ended);
     let ttl: i64 = redis::cmd("TTL")
         .arg(&job_key)
         .query_async(&mut redis)

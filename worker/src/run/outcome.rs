@@ -295,6 +295,7 @@ impl Run<'_> {
                 steps: self.unstored_steps(),
                 base: self.stored_steps,
                 release,
+                webhook: self.spec.webhook_url.is_some(),
             })
             .await;
         match written {

@@ -1063,6 +1063,13 @@ impl JobStore {
         Ok(bytes.unwrap_or(0))
     }
 
+    /// The length of a sealed job's string ([`field::afterwards`]), for the benchmark's
+    /// storage figures; `None` for a job that is not sealed (or gone).
+    pub async fn sealed_len(&self, id: Uuid) -> Result<Option<u64>, StoreError> {
+        let fields = self.read_as_stored(id, &[field::RECORD]).await?;
+        Ok(fields.get(field::SEALED).map(|sealed| sealed.len() as u64))
+    }
+
     /// Claims a tenant's Idempotency-Key for a new job, or finds who had it.
     pub async fn claim_idempotency_key(
         &self,

@@ -303,11 +303,11 @@ async fn cancelling_a_running_job_aborts_the_provider_call() -> anyhow::Result<(
 
 /// A finished job is final in both its forms: terminal with its webhook pending, and sealed
 /// once the webhook was delivered (`field::afterwards`). A cancellation answers 409, and a
-/// redelivered message for the sealed job is dropped: no second model call, no second
-/// webhook, and the job reads as before.
+/// redelivered message for the sealed job begins nothing: no lease, no second model call, no
+/// second webhook, and the job reads as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_finished_job_is_a_conflict() -> anyhow::Result<()> {
-    let mut app = TestApp::spawn(one_worker()).await?;
+    let app = TestApp::spawn(one_worker()).await?;
     let id = app.submit_job("summarize", "x").await?;
     app.wait_terminal(std::slice::from_ref(&id), Duration::from_secs(20))
         .await?;
@@ -336,28 +336,32 @@ async fn cancelling_a_finished_job_is_a_conflict() -> anyhow::Result<()> {
     assert_eq!(kind, "string", "sealed");
     assert_eq!(app.cancel(&id).await.status(), 409, "sealed, still final");
 
-    // The same job's message again, as after a crash between the webhook and the ack.
-    app.stop_worker(0).await?;
-    let queue = app.names().agent_queue("summarize");
-    let message = agentfleet_common::wire::JobMessage {
-        v: agentfleet_common::wire::SCHEMA_VERSION,
-        job_id: uuid,
-        tenant: "acme".into(),
-        agent: "summarize".into(),
-        attempt: 1,
-        not_before: None,
-        request_id: None,
-    };
-    app.publish_raw(&queue, &serde_json::to_vec(&message)?)
+    // The same job's message again, as after a crash between the webhook and the ack: the run
+    // it would begin finds the job concluded, takes no lease and writes nothing (the worker
+    // acks such a message). A late delivery note is refused; the event counts as handed off.
+    let store = JobStore::new(Redis::connect(&app.config.redis)?, app.names(), 3600);
+    let begun = store
+        .begin_run(BeginRun {
+            id: uuid,
+            owner: "redelivered",
+            ttl: Duration::from_secs(5),
+            mark: Some(RunMark {
+                attempt: 2,
+                started_at: chrono::Utc::now(),
+            }),
+        })
         .await?;
-    let worker = app.start_worker().await?;
-    wait_until(Duration::from_secs(10), "the message taken", || async {
-        (app.queue_depth(&queue).await.ok()? == 0).then_some(())
-    })
-    .await?;
-    // A graceful stop settles the message: acked, or back on the queue.
-    app.stop_worker(worker).await?;
-    assert_eq!(app.queue_depth(&queue).await?, 0, "acked and dropped");
+    let Begun::NotRunnable(Loaded::Concluded(record)) = begun else {
+        anyhow::bail!("a sealed job began as {begun:?}");
+    };
+    assert_eq!(record.status, JobStatus::Succeeded);
+    let leases: u32 = redis::cmd("EXISTS")
+        .arg(app.names().lease_key(uuid))
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(leases, 0, "no lease taken");
+    assert!(store.handed_off(uuid).await?);
+    assert_eq!(store.save_bookkeeping(&record).await?, Written::Terminal);
     assert_eq!(app.llm.calls_per_job().get(&id), Some(&1));
     assert_eq!(app.receiver.count(), 1, "one webhook");
     assert_eq!(app.job(&id).await?, sealed);

@@ -931,6 +931,23 @@ impl JobStore {
             .await
     }
 
+    /// Writes a job's end (a cancellation) if its stored status is still `expected`; `webhook`
+    /// says whether the end goes to a webhook: without one the job is sealed at once.
+    pub async fn save_end_if_status(
+        &self,
+        record: &JobRecord,
+        expected: JobStatus,
+        webhook: bool,
+    ) -> Result<Written, StoreError> {
+        self.transition(
+            record,
+            WriteMode::IfStatus(expected),
+            None,
+            (false, webhook),
+        )
+        .await
+    }
+
     /// Updates delivery bookkeeping on a record that already ended.
     pub async fn save_bookkeeping(&self, record: &JobRecord) -> Result<Written, StoreError> {
         self.transition(record, WriteMode::Bookkeeping, None, (false, true))

@@ -486,6 +486,26 @@ impl<S: Send + Sync> FromRequestParts<S> for JobPath {
 }
 
 /// Loads a job the tenant may see; another tenant's job is answered like an unknown one.
+/// [`load_own`] with what the job asked for, while the job still holds it (`None` once it
+/// concluded: its spec is gone).
+async fn load_own_with_spec(
+    state: &AppState,
+    tenant: &str,
+    id: Uuid,
+) -> Result<(JobRecord, Option<JobSpec>), ApiError> {
+    let loaded = state
+        .inner
+        .store
+        .load_with_spec(id)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("loading the job: {e}")))?;
+    match loaded {
+        Some((record, spec)) if record.tenant == tenant => Ok((record, Some(spec))),
+        Some(_) => Err(ApiError::NotFound),
+        None => Ok((load_own(state, tenant, id).await?, None)),
+    }
+}
+
 async fn load_own(state: &AppState, tenant: &str, id: Uuid) -> Result<JobRecord, ApiError> {
     let record = state
         .inner
@@ -617,7 +637,7 @@ pub async fn cancel(
     let inner = &state.inner;
     // The status may change under us (a worker starts or finishes the run): compare-and-set.
     for _ in 0..8 {
-        let current = load_own(&state, &caller.tenant.id, id).await?;
+        let (current, spec) = load_own_with_spec(&state, &caller.tenant.id, id).await?;
         if current.status.is_terminal() {
             return Err(ApiError::Conflict(format!(
                 "job already {}",
@@ -631,14 +651,15 @@ pub async fn cancel(
             category: ErrorCategory::Cancelled,
             message: "cancelled by the caller".into(),
         });
+        let webhook = spec.as_ref().is_none_or(|spec| spec.webhook_url.is_some());
         let written = inner
             .store
-            .save_if_status(&cancelled, current.status)
+            .save_end_if_status(&cancelled, current.status, webhook)
             .await
             .map_err(|e| ApiError::Unavailable(format!("cancelling the job: {e}")))?;
         match written {
             Written::Ok => {
-                after_cancel(&state, &cancelled, current.status).await;
+                after_cancel(&state, &cancelled, current.status, spec.as_ref()).await;
                 return Ok(Json(cancelled));
             }
             Written::Conflict => continue,
@@ -653,7 +674,12 @@ pub async fn cancel(
     ))
 }
 
-async fn after_cancel(state: &AppState, record: &JobRecord, was: JobStatus) {
+async fn after_cancel(
+    state: &AppState,
+    record: &JobRecord,
+    was: JobStatus,
+    spec: Option<&JobSpec>,
+) {
     let inner = &state.inner;
     inner
         .metrics
@@ -678,15 +704,9 @@ async fn after_cancel(state: &AppState, record: &JobRecord, was: JobStatus) {
     }
     // The event: if this fails, the job's work token (queued, retrying or running) finds the
     // job cancelled when a worker sees it, and hands the event off then.
-    match inner.store.load_with_spec(record.id).await {
-        Ok(Some((_, spec))) => {
-            if let Err(err) = events::hand_off(&inner.store, &inner.broker, record, &spec).await {
-                tracing::warn!(error = %err, "cancellation event not handed off; a worker will");
-            }
-        }
-        Ok(None) => {}
-        Err(err) => {
-            tracing::warn!(error = %err, "cancellation event not handed off; a worker will")
+    if let Some(spec) = spec {
+        if let Err(err) = events::hand_off(&inner.store, &inner.broker, record, spec).await {
+            tracing::warn!(error = %err, "cancellation event not handed off; a worker will");
         }
     }
 }

@@ -256,6 +256,18 @@ async fn cancelling_a_queued_job_skips_it_and_sends_job_cancelled() -> anyhow::R
     let body: Value = response.json().await?;
     assert_eq!(body["status"], "cancelled");
     assert_eq!(body["error"]["category"], "cancelled");
+    // Without a webhook nothing waits on a cancelled job: the cancellation seals it.
+    let quiet = app
+        .submit_for(&app.acme, "summarize", "never run either")
+        .await?;
+    assert_eq!(app.cancel(&quiet).await.status(), 200);
+    let mut redis = app.redis().await?;
+    let kind: String = redis::cmd("TYPE")
+        .arg(app.names().job_key(quiet.parse()?))
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(kind, "string", "sealed by the cancellation");
+    assert_eq!(app.job(&quiet).await?["status"], "cancelled");
     app.start_worker().await?;
     app.wait_webhooks(1, Duration::from_secs(15)).await?;
     let event = app.receiver.deliveries()[0].event.clone().expect("event");
@@ -268,6 +280,11 @@ async fn cancelling_a_queued_job_skips_it_and_sends_job_cancelled() -> anyhow::R
     assert_eq!(app.llm.call_count(), 0);
     assert_eq!(app.receiver.count(), 1, "one event");
     assert_eq!(app.cancel(&id).await.status(), 409, "already cancelled");
+    assert_eq!(
+        app.cancel(&quiet).await.status(),
+        409,
+        "sealed, still final"
+    );
     Ok(())
 }
 

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use agentfleet_common::config::{ProviderKind, RateLimitConfig, RetryConfig, TenantConfig};
 use agentfleet_common::events;
-use agentfleet_common::store::{Claim, Written};
+use agentfleet_common::store::{Claim, StoreError, Written};
 use agentfleet_common::wire::{
     ControlMessage, ErrorCategory, JobError, JobInput, JobMessage, JobRecord, JobSpec, JobStatus,
     Step, SCHEMA_VERSION,
@@ -384,7 +384,7 @@ async fn replay(state: &AppState, tenant: &str, job_id: Uuid) -> Result<Replayed
         .store
         .load(job_id)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("loading the job: {e}")))?;
+        .map_err(loading_failed)?;
     match record {
         Some(record) if record.tenant == tenant => Ok(Replayed::Answered(accepted_response(
             StatusCode::OK,
@@ -498,12 +498,17 @@ async fn load_own_with_spec(
         .store
         .load_with_spec(id)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("loading the job: {e}")))?;
+        .map_err(loading_failed)?;
     match loaded {
         Some((record, spec)) if record.tenant == tenant => Ok((record, Some(spec))),
         Some(_) => Err(ApiError::NotFound),
         None => Ok((load_own(state, tenant, id).await?, None)),
     }
+}
+
+/// A job that could not be read: Redis is unavailable (or answered nonsense).
+fn loading_failed(err: StoreError) -> ApiError {
+    ApiError::Unavailable(format!("loading the job: {err}"))
 }
 
 async fn load_own(state: &AppState, tenant: &str, id: Uuid) -> Result<JobRecord, ApiError> {
@@ -512,7 +517,7 @@ async fn load_own(state: &AppState, tenant: &str, id: Uuid) -> Result<JobRecord,
         .store
         .load(id)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("loading the job: {e}")))?
+        .map_err(loading_failed)?
         .ok_or(ApiError::NotFound)?;
     if record.tenant != tenant {
         return Err(ApiError::NotFound);

@@ -474,7 +474,7 @@ async fn start_own_llms(
             continue;
         };
         let llm = StubLlm::new(behavior.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = agentfleet_stub::bind_loopback()?;
         let addr = agentfleet_stub::spawn_router(listener, llm.router());
         point_at(app, &other.spec, addr)?;
         own_llms.insert(other.spec.name.clone(), llm);
@@ -488,7 +488,7 @@ async fn start_tenant_hooks(app: &TestApp) -> anyhow::Result<HashMap<String, Ten
     let mut hooks = HashMap::new();
     for tenant in app.tenants.iter().filter(|t| t.id != app.acme.id) {
         let receiver = Receiver::new(Some(WebhookSecret::parse(&tenant.webhook_secret)?));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = agentfleet_stub::bind_loopback()?;
         let addr = agentfleet_stub::spawn_router(listener, receiver.router());
         let url = format!("http://{addr}/hooks/{}", tenant.id);
         hooks.insert(tenant.id.clone(), TenantHook { receiver, url });

@@ -49,6 +49,12 @@ struct Args {
     /// Also write the markdown (machine line, table, notes) to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Scenario 3's size: jobs queued [default: 5,000] …
+    #[arg(long)]
+    slow_jobs: Option<usize>,
+    /// … and the agent's concurrency [default: 2,000] (the issue's own size: 2,000 at 1,000).
+    #[arg(long)]
+    slow_concurrency: Option<u16>,
     /// The dispatcher binary [default: agentfleet-dispatcher beside this binary].
     #[arg(long)]
     dispatcher_bin: Option<PathBuf>,
@@ -86,10 +92,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     bins.check()?;
     let soak = (args.soak || args.only.contains(&7))
         .then(|| Duration::from_secs_f64(args.soak_minutes * 60.0));
-    let ctx = Ctx {
-        settings: Settings::new(args.short, soak),
-        bins,
-    };
+    let mut settings = Settings::new(args.short, soak);
+    settings.slow_jobs = args.slow_jobs.unwrap_or(settings.slow_jobs);
+    settings.slow_concurrency = args.slow_concurrency.unwrap_or(settings.slow_concurrency);
+    let ctx = Ctx { settings, bins };
     let mode = if args.short { "short" } else { "full" };
     let machine = report::machine(mode).await;
     if machine.compiler_running_at_start {

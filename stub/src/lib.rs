@@ -23,6 +23,29 @@ use tokio::net::TcpListener;
 /// providers set their own, often lower, limit).
 pub const MAX_HTTP2_STREAMS: u32 = 10_000;
 
+/// Connections a stand-in's listener queues before it accepts them: as many as the kernel
+/// allows (it caps this at `net.core.somaxconn`), not tokio's default of 1,024. A worker
+/// opening 2,000 HTTP/1.1 connections at once would otherwise see the rest of its SYNs
+/// dropped and retried a second later — a stall of the stand-in, not of the worker.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// A listener on a free loopback port, with [`LISTEN_BACKLOG`].
+pub fn bind_loopback() -> std::io::Result<TcpListener> {
+    bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
 /// Serves `router` on `listener` in a background task until the process (or test) ends.
 pub fn spawn_router(listener: TcpListener, router: Router) -> SocketAddr {
     let addr = listener

@@ -147,9 +147,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(listen: SocketAddr, router: axum::Router) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listener = agentfleet_stub::bind(listen).with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, "stub listening");
     tokio::select! {
         () = agentfleet_stub::serve(listener, router) => {}

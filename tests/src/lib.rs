@@ -875,7 +875,7 @@ pub async fn keys_per_master(
 }
 
 async fn bind() -> anyhow::Result<tokio::net::TcpListener> {
-    Ok(tokio::net::TcpListener::bind("127.0.0.1:0").await?)
+    Ok(agentfleet_stub::bind_loopback()?)
 }
 
 fn env_var(tenant: &str) -> String {

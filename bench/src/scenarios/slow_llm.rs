@@ -13,7 +13,7 @@ use agentfleet_common::config::HttpVersion;
 use agentfleet_tests::AgentSpec;
 
 use crate::fleet::{finished_at, succeeded, Fleet, FleetOptions};
-use crate::procfs;
+use crate::procfs::{self, CpuMeter, CpuUse};
 use crate::report::{Outcome, Row};
 use crate::suite::Ctx;
 
@@ -29,10 +29,16 @@ struct Measured {
     peak_in_flight: u64,
     first_call: Option<Duration>,
     ramp: Option<f64>,
-    wave_starts: Vec<f64>,
+    /// When each wave of C calls began and when its last call began.
+    waves: Vec<(f64, f64)>,
     last_call: Option<f64>,
     last_webhook: Option<Duration>,
     failed: usize,
+    /// First webhook attempts made inline by the run, and handed to the webhook queue.
+    webhooks_inline: u64,
+    webhooks_queued: u64,
+    /// CPU of every process from the worker's spawn to the last webhook.
+    cpu: CpuUse,
 }
 
 /// The scenario runs once per way of speaking HTTP to the provider: HTTP/2 (what a worker
@@ -71,9 +77,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
                 ))
                 .goal("≤ 100 MB", peak_hwm_mb <= 100.0),
         );
-        let waves_text: Vec<String> = m.wave_starts.iter().map(|t| format!("{t:.2}")).collect();
+        let waves_text: Vec<String> = m
+            .waves
+            .iter()
+            .map(|(first, last)| format!("{first:.2}–{last:.2}"))
+            .collect();
         notes.push(format!(
-            "{label}: enqueued in {:.1} s before the worker started. From the worker's spawn: first provider call at {:.0} ms, call #{c} at {:.2} s, waves of {c} calls began at {} s, last call at {:.2} s, last job finished at {:.2} s, last webhook at {:.2} s.",
+            "{label}: enqueued in {:.1} s before the worker started. From the worker's spawn: first provider call at {:.0} ms, call #{c} at {:.2} s, waves of {c} calls began (first–last call) at {} s, last call at {:.2} s, last job finished at {:.2} s, last webhook at {:.2} s.",
             m.enqueue.as_secs_f64(),
             m.first_call.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
             m.ramp.unwrap_or(f64::NAN),
@@ -81,6 +91,15 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             m.last_call.unwrap_or(f64::NAN),
             m.makespan,
             m.last_webhook.map_or(f64::NAN, |d| d.as_secs_f64()),
+        ));
+        notes.push(format!(
+            "{label}: first webhook attempts: {} inline, {} handed to the webhook queue.",
+            m.webhooks_inline, m.webhooks_queued
+        ));
+        notes.push(format!(
+            "{label}: CPU ms per job from the worker's spawn to the last webhook: {} (while it ran: {}).",
+            m.cpu.per_job_ms(n),
+            m.cpu.summary()
         ));
         if m.peak_in_flight < u64::from(c) {
             notes.push(format!(
@@ -103,13 +122,16 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
                 "ratio": ratio,
                 "first_call_ms": m.first_call.map(|d| d.as_secs_f64() * 1e3),
                 "call_c_started_secs": m.ramp,
-                "wave_starts_secs": m.wave_starts,
+                "waves_secs": m.waves,
                 "last_call_secs": m.last_call,
                 "last_webhook_secs": m.last_webhook.map(|d| d.as_secs_f64()),
                 "peak_in_flight": m.peak_in_flight,
                 "worker_vmhwm_bytes": m.hwm,
                 "worker_rss_at_peak_bytes": m.rss_at_peak,
                 "failed_jobs": m.failed,
+                "cpu": m.cpu,
+                "webhooks_inline": m.webhooks_inline,
+                "webhooks_queued": m.webhooks_queued,
             }),
         );
     }
@@ -143,6 +165,7 @@ async fn measure(ctx: &Ctx, http_version: HttpVersion) -> anyhow::Result<Measure
     let spawned = Instant::now();
     let spawned_wall = Utc::now();
     let pid = fleet.spawn_worker()?;
+    let meter = CpuMeter::start(fleet.cpu_groups());
 
     // Sample the worker's memory and the runs in flight (as the stub sees them).
     let stop = Arc::new(AtomicBool::new(false));
@@ -168,9 +191,19 @@ async fn measure(ctx: &Ctx, http_version: HttpVersion) -> anyhow::Result<Measure
     });
     let waited = fleet.wait_webhooks_for(0, n, Duration::from_secs(60)).await;
     let hwm = procfs::memory(pid).map(|m| m.hwm).unwrap_or_default();
+    let cpu = meter.finish();
     stop.store(true, Ordering::Relaxed);
     let (peak_in_flight, rss_at_peak, _max_rss) = sampler.await?;
     waited?;
+    let metrics = fleet.worker_metrics(0).await?;
+    let first_attempts = |path: &str| {
+        let series = format!("agentfleet_webhook_first_attempts_total{{path=\"{path}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .map_or(0, |value| value as u64)
+    };
 
     let deliveries = fleet.deliveries_by_job();
     let last_finished = deliveries
@@ -188,11 +221,10 @@ async fn measure(ctx: &Ctx, http_version: HttpVersion) -> anyhow::Result<Measure
     call_starts.sort();
     let since_spawn = |at: &Instant| at.duration_since(spawned).as_secs_f64();
     let first_call = call_starts.first().map(|at| at.duration_since(spawned));
-    // When each wave of C calls began: wave k starts with call k·C.
-    let wave_starts: Vec<f64> = call_starts
-        .iter()
-        .step_by(usize::from(c))
-        .map(since_spawn)
+    // Wave k is calls k·C to k·C + C − 1.
+    let waves: Vec<(f64, f64)> = call_starts
+        .chunks(usize::from(c))
+        .filter_map(|wave| Some((since_spawn(wave.first()?), since_spawn(wave.last()?))))
         .collect();
     let ramp = call_starts.get(usize::from(c) - 1).map(since_spawn);
     let last_call = call_starts.last().map(since_spawn);
@@ -200,8 +232,7 @@ async fn measure(ctx: &Ctx, http_version: HttpVersion) -> anyhow::Result<Measure
         .to_std()
         .unwrap_or_default()
         .as_secs_f64();
-    let waves = n.div_ceil(usize::from(c));
-    let ideal = waves as f64 * s.slow_latency.as_secs_f64();
+    let ideal = n.div_ceil(usize::from(c)) as f64 * s.slow_latency.as_secs_f64();
     drop(fleet);
     Ok(Measured {
         enqueue,
@@ -212,9 +243,12 @@ async fn measure(ctx: &Ctx, http_version: HttpVersion) -> anyhow::Result<Measure
         peak_in_flight,
         first_call,
         ramp,
-        wave_starts,
+        waves,
         last_call,
         last_webhook,
         failed,
+        webhooks_inline: first_attempts("inline"),
+        webhooks_queued: first_attempts("queued"),
+        cpu,
     })
 }

@@ -16,7 +16,9 @@ pub async fn keep(store: JobStore, id: Uuid, lease: Lease, ttl: Duration, run: C
     let mut last_ok = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(every).await;
-        match store.renew_lease(id, &lease, ttl).await {
+        // Boxed: the task sleeps most of its life, and would otherwise be as large as the
+        // renewal's Redis call (a task per run in flight).
+        match Box::pin(store.renew_lease(id, &lease, ttl)).await {
             Ok(Renewed::Held(status)) => {
                 last_ok = tokio::time::Instant::now();
                 if status == Some(JobStatus::Cancelled) {

@@ -77,7 +77,9 @@ async fn process(
         Ok(slot) => slot,
         Err(disposition) => return disposition,
     };
-    let mut run = match Run::begin(shared, agent, msg, slot.is_none()).await {
+    // Boxed: beginning (a Redis script and its reply) takes more room than the rest of the
+    // run, and lasts a round trip.
+    let mut run = match Box::pin(Run::begin(shared, agent, msg, slot.is_none())).await {
         Ok(run) => run,
         Err(disposition) => return disposition,
     };
@@ -95,7 +97,7 @@ async fn process(
         None => Box::pin(run.give_up(deliveries)).await,
     };
     run.stop_renewal();
-    run.close(ending).await
+    Box::pin(run.close(ending)).await
 }
 
 /// Everything before the job is read: a message that is early goes back round the delay

@@ -50,7 +50,8 @@ impl Run<'_> {
     /// outside instead.
     pub(super) async fn execute(&mut self, slot: OwnedSemaphorePermit) -> Ending {
         let quota = &self.shared.running_quota;
-        let place = match quota.claim(&self.msg.tenant, self.msg.job_id).await {
+        // The claim and the release are boxed, like the endings (see `run_loop`).
+        let place = match Box::pin(quota.claim(&self.msg.tenant, self.msg.job_id)).await {
             Ok(Claim::Held(place)) => place,
             Ok(Claim::Full) => {
                 drop(slot);
@@ -69,7 +70,7 @@ impl Run<'_> {
         };
         let ending = self.run_loop(slot).await;
         if let Some(place) = place {
-            place.release().await;
+            Box::pin(place.release()).await;
         }
         ending
     }

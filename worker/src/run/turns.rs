@@ -346,7 +346,9 @@ impl Run<'_> {
             }
         }
         let Some(left) = self.remaining(Utc::now()) else {
-            self.agent.limits.refund(estimate).await;
+            // Boxed: a refund's state is larger than the model call's, which a run spends
+            // its life in (see `run_loop`).
+            Box::pin(self.agent.limits.refund(estimate)).await;
             return Ok(Turned::Failed(deadline_exceeded()));
         };
         let started_at = Utc::now();
@@ -425,7 +427,7 @@ impl Run<'_> {
         let until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::TimeDelta::MAX);
         if !self.not_started() && until >= self.deadline {
             if reserved {
-                self.agent.limits.refund(estimate).await;
+                Box::pin(self.agent.limits.refund(estimate)).await;
             }
             return Turned::Failed(Failure::new(
                 ErrorCategory::Timeout,

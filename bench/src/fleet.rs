@@ -290,6 +290,23 @@ impl Fleet {
         Ok(self.http.get(url).send().await?.text().await?)
     }
 
+    /// The sum over the workers of the series starting with `series` (a name, or a name and
+    /// its labels) in their metrics; `None` where a worker does not export it.
+    pub async fn worker_counter(&self, series: &str) -> anyhow::Result<Option<u64>> {
+        let mut total = Some(0);
+        for index in 0..self.worker_ports.len() {
+            let text = self.worker_metrics(index).await?;
+            let counted = text
+                .lines()
+                .filter_map(|line| line.strip_prefix(series))
+                .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+                .map(|value| value as u64)
+                .reduce(|a, b| a + b);
+            total = total.zip(counted).map(|(sum, n)| sum + n);
+        }
+        Ok(total)
+    }
+
     /// Redis round trips made so far by the workers (all of them) and by the dispatcher, from
     /// their `agentfleet_redis_round_trips_total`.
     pub async fn redis_round_trips(&self) -> anyhow::Result<RoundTrips> {

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
     pub webhook_first_attempts: IntCounterVec,
+    pub ack_frames: IntCounterVec,
     pub circuit_state: IntGaugeVec,
     pub jobs_cancelled: IntCounterVec,
     pub http_requests: IntCounterVec,
@@ -189,6 +190,11 @@ impl Metrics {
                 "Where jobs' events went from the run that ended them: concluded inline, or queued (no inline room, or a failed or slow first attempt).",
                 &["path"],
             ),
+            ack_frames: counter(
+                "agentfleet_ack_frames_total",
+                "Acks sent to the broker, by kind: multiple (one frame for every delivery of its channel up to its tag) or single. Deliveries acked per frame = jobs / frames.",
+                &["kind"],
+            ),
             circuit_state: gauge(
                 "agentfleet_circuit_state",
                 "Provider circuit breaker per endpoint: 0 closed, 1 open, 2 half-open.",
@@ -261,6 +267,7 @@ impl Metrics {
             "agentfleet_dead_letters_total",
             "agentfleet_webhook_deliveries_total",
             "agentfleet_webhook_first_attempts_total",
+            "agentfleet_ack_frames_total",
             "agentfleet_circuit_state",
             "agentfleet_jobs_cancelled_total",
             "agentfleet_http_requests_total",

@@ -19,12 +19,14 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::Channel;
+use prometheus::IntCounterVec;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use agentfleet_common::broker::{Broker, BrokerError};
 
+use crate::acks::Acks;
 use crate::fair::Lanes;
 
 /// One queue of a consumption and its share of the slots.
@@ -42,17 +44,25 @@ pub struct Consumption {
     pub prefetch: u16,
     pub slots: Arc<Semaphore>,
     pub consumer_tag: String,
+    /// Where the channel's ack sender counts its frames.
+    pub ack_frames: IntCounterVec,
 }
 
 impl Consumption {
     /// `sources` served by `slots` slots, each queue prefetching as many, so one source
     /// alone can fill every slot.
-    pub fn new(sources: Vec<Source>, slots: u16, consumer_tag: String) -> Self {
+    pub fn new(
+        sources: Vec<Source>,
+        slots: u16,
+        consumer_tag: String,
+        ack_frames: IntCounterVec,
+    ) -> Self {
         Self {
             sources,
             prefetch: slots,
             slots: Arc::new(Semaphore::new(usize::from(slots))),
             consumer_tag,
+            ack_frames,
         }
     }
 
@@ -80,7 +90,7 @@ pub async fn consume<H, F>(
     handle: H,
 ) -> Option<Channel>
 where
-    H: Fn(Delivery, OwnedSemaphorePermit) -> F + Send + Sync + 'static,
+    H: Fn(Delivery, Acks, OwnedSemaphorePermit) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     let mut backoff = Duration::from_millis(100);
@@ -124,7 +134,7 @@ async fn consume_once<H, F>(
     handle: &H,
 ) -> Result<Option<Channel>, BrokerError>
 where
-    H: Fn(Delivery, OwnedSemaphorePermit) -> F,
+    H: Fn(Delivery, Acks, OwnedSemaphorePermit) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     // A stop waits for this (it takes a few round trips): a channel dropped half set up would
@@ -138,40 +148,61 @@ where
     let mut arrivals = subscribe(&channel, consumption).await?;
     tracing::info!(queue = %consumption.label(), queues = consumption.sources.len(), prefetch = consumption.prefetch, "consuming");
     let mut lanes = Lanes::new(consumption.sources.iter().map(|s| s.weight));
-    let result = serve(
-        &mut arrivals,
-        &mut lanes,
-        consumption,
-        tracker,
-        stop,
-        handle,
-    )
-    .await;
-    give_back(&channel, consumption, &mut lanes).await;
+    let acks = Acks::start(tracker, consumption.ack_frames.clone());
+    let mut handing = Handing {
+        arrivals: &mut arrivals,
+        lanes: &mut lanes,
+        acks: &acks,
+    };
+    let result = serve(&mut handing, consumption, tracker, stop, handle).await;
+    give_back(&channel, consumption, &mut lanes, &acks).await;
     result?;
     Ok(stop.is_cancelled().then_some(channel))
 }
 
+/// What the serve loop hands out from: the merged arrivals, the lanes they wait on, and the
+/// channel's ack sender, told of every delivery taken off a consumer.
+struct Handing<'a> {
+    arrivals: &'a mut Arrivals,
+    lanes: &'a mut Lanes<Delivery>,
+    acks: &'a Acks,
+}
+
+impl Handing<'_> {
+    /// Queues an arrival on its lane: `false` when a consumer ended (the consumption restarts
+    /// quietly), an error when one failed.
+    fn take(&mut self, arrival: Arrival) -> Result<bool, BrokerError> {
+        match arrival {
+            (source, Some(Ok(delivery))) => {
+                self.acks.taken(delivery.delivery_tag);
+                self.lanes.push(source, delivery);
+                Ok(true)
+            }
+            (_, Some(Err(err))) => Err(err.into()),
+            (_, None) => Ok(false),
+        }
+    }
+}
+
 /// Hands deliveries to handlers, one per slot, until a stop or a consumer's end.
 async fn serve<H, F>(
-    arrivals: &mut Arrivals,
-    lanes: &mut Lanes<Delivery>,
+    handing: &mut Handing<'_>,
     consumption: &Consumption,
     tracker: &TaskTracker,
     stop: &CancellationToken,
     handle: &H,
 ) -> Result<(), BrokerError>
 where
-    H: Fn(Delivery, OwnedSemaphorePermit) -> F,
+    H: Fn(Delivery, Acks, OwnedSemaphorePermit) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     loop {
         // Arrivals queue on their lanes while every slot is busy.
         let permit = loop {
-            match wait(arrivals, Some(&consumption.slots), stop).await {
+            match wait(handing.arrivals, Some(&consumption.slots), stop).await {
                 Wake::Slot(permit) => break permit,
                 Wake::Arrived(arrival) => {
-                    if !take(lanes, *arrival)? {
+                    if !handing.take(*arrival)? {
                         return Ok(());
                     }
                 }
@@ -179,25 +210,25 @@ where
             }
         };
         // Whatever already arrived joins the pick, so every waiting queue gets its turn.
-        while let Some(Some(arrival)) = arrivals.next().now_or_never() {
-            if !take(lanes, arrival)? {
+        while let Some(Some(arrival)) = handing.arrivals.next().now_or_never() {
+            if !handing.take(arrival)? {
                 return Ok(());
             }
         }
         let delivery = loop {
-            if let Some(delivery) = lanes.pick() {
+            if let Some(delivery) = handing.lanes.pick() {
                 break delivery;
             }
-            match wait(arrivals, None, stop).await {
+            match wait(handing.arrivals, None, stop).await {
                 Wake::Arrived(arrival) => {
-                    if !take(lanes, *arrival)? {
+                    if !handing.take(*arrival)? {
                         return Ok(());
                     }
                 }
                 Wake::Stop | Wake::Slot(_) => return Ok(()),
             }
         };
-        tracker.spawn(handle(delivery, permit));
+        tracker.spawn(handle(delivery, handing.acks.clone(), permit));
     }
 }
 
@@ -239,24 +270,16 @@ async fn wait(
     }
 }
 
-/// Queues an arrival on its lane: `false` when a consumer ended (the consumption restarts
-/// quietly), an error when one failed.
-fn take(lanes: &mut Lanes<Delivery>, arrival: Arrival) -> Result<bool, BrokerError> {
-    match arrival {
-        (source, Some(Ok(delivery))) => {
-            lanes.push(source, delivery);
-            Ok(true)
-        }
-        (_, Some(Err(err))) => Err(err.into()),
-        (_, None) => Ok(false),
-    }
-}
-
 /// Ends this consumption: the consumers are cancelled, so nothing more is prefetched onto a
 /// channel no one reads (runs in flight still ack on it, so it stays open); deliveries not
 /// yet handed out go back to their queues at once, for another replica or the next
 /// consumption.
-async fn give_back(channel: &Channel, consumption: &Consumption, lanes: &mut Lanes<Delivery>) {
+async fn give_back(
+    channel: &Channel,
+    consumption: &Consumption,
+    lanes: &mut Lanes<Delivery>,
+    acks: &Acks,
+) {
     for i in 0..consumption.sources.len() {
         let _ = channel
             .basic_cancel(
@@ -266,6 +289,13 @@ async fn give_back(channel: &Channel, consumption: &Consumption, lanes: &mut Lan
             .await;
     }
     for delivery in lanes.drain() {
-        let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
+        let tag = delivery.delivery_tag;
+        if delivery
+            .reject(BasicRejectOptions { requeue: true })
+            .await
+            .is_ok()
+        {
+            acks.gone(tag);
+        }
     }
 }

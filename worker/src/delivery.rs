@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicNackOptions;
 use lapin::types::AMQPValue;
 
 use agentfleet_common::broker::BrokerError;
 use agentfleet_common::wire::WireError;
 
+use crate::acks::Settlement;
 use crate::Shared;
 
 /// What to do with the delivery once the handler is done with it.
@@ -36,37 +37,35 @@ const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 /// Messages due within this much are worked now rather than sent round the delay ladder again.
 const DUE_SLACK: Duration = Duration::from_millis(25);
 
-/// Acks, requeues or dead-letters a delivery.
-pub async fn settle(shared: &Shared, delivery: Delivery, disposition: Disposition) {
-    let result = match disposition {
-        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
-        Disposition::Requeue | Disposition::GiveBack => {
-            if disposition == Disposition::Requeue {
-                tokio::select! {
-                    () = tokio::time::sleep(REQUEUE_PAUSE) => {}
-                    () = shared.hard_stop.cancelled() => {}
-                }
-            }
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
-        Disposition::DeadLetter => {
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: false,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
+/// Acks, requeues or dead-letters a delivery. An ack goes to the channel's ack sender, which
+/// may combine it with others (see [`crate::acks`]); a nack is written before this returns.
+pub async fn settle(shared: &Shared, settlement: Settlement, disposition: Disposition) {
+    let Settlement { tag, acker, acks } = settlement;
+    let requeue = match disposition {
+        Disposition::Ack => return acks.ack(tag, acker),
         Disposition::Abandon => return,
+        Disposition::Requeue => {
+            tokio::select! {
+                () = tokio::time::sleep(REQUEUE_PAUSE) => {}
+                () = shared.hard_stop.cancelled() => {}
+            }
+            true
+        }
+        Disposition::GiveBack => true,
+        Disposition::DeadLetter => false,
     };
-    if let Err(err) = result {
+    let nacked = acker
+        .nack(BasicNackOptions {
+            requeue,
+            ..BasicNackOptions::default()
+        })
+        .await;
+    match nacked {
+        Ok(_) => acks.gone(tag),
         // The channel is gone: the broker will redeliver the message, which is safe.
-        tracing::warn!(error = %err, "could not settle a delivery; it will be redelivered");
+        Err(err) => {
+            tracing::warn!(error = %err, "could not settle a delivery; it will be redelivered")
+        }
     }
 }
 

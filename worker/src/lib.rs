@@ -2,6 +2,7 @@
 //! provider call, retries), stores the run in Redis and hands the terminal event to the
 //! webhook queue, which it also consumes. Replicas share nothing but RabbitMQ and Redis.
 
+mod acks;
 mod cache;
 mod circuit;
 mod consumer;
@@ -307,6 +308,7 @@ impl Worker {
                 sources.collect(),
                 agent.config.delivery_window(),
                 format!("{}.{name}", shared.instance),
+                shared.metrics.ack_frames.clone(),
             );
             let (shared, agent) = (shared.clone(), agent.clone());
             loops.spawn(consumer::consume(
@@ -314,8 +316,8 @@ impl Worker {
                 consumption,
                 tracker.clone(),
                 shutdown.clone(),
-                move |delivery, slot| {
-                    run::handle_job(shared.clone(), agent.clone(), delivery, slot)
+                move |delivery, acks, slot| {
+                    run::handle_job(shared.clone(), agent.clone(), delivery, acks, slot)
                 },
             ));
         }
@@ -326,6 +328,7 @@ impl Worker {
             }],
             shared.config.webhooks.concurrency,
             format!("{}.webhooks", shared.instance),
+            shared.metrics.ack_frames.clone(),
         );
         let for_webhooks = shared.clone();
         loops.spawn(consumer::consume(
@@ -333,7 +336,9 @@ impl Worker {
             webhooks,
             tracker.clone(),
             shutdown.clone(),
-            move |delivery, slot| webhook::handle_webhook(for_webhooks.clone(), delivery, slot),
+            move |delivery, acks, slot| {
+                webhook::handle_webhook(for_webhooks.clone(), delivery, acks, slot)
+            },
         ));
         loops.spawn(control::listen(
             shared.broker.clone(),

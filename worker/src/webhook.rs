@@ -23,6 +23,7 @@ use agentfleet_common::wire::{
     JobRecord, Versioned, WebhookEvent, WebhookMessage, WebhookOutcome, WebhookStatus,
 };
 
+use crate::acks::Acks;
 use crate::delivery::{after_delayed_publish, remaining_delay, settle, undecodable, Disposition};
 use crate::Shared;
 
@@ -35,21 +36,33 @@ enum Outcome {
     Blocked,
 }
 
-pub async fn handle_webhook(shared: Arc<Shared>, delivery: Delivery, _slot: OwnedSemaphorePermit) {
-    let disposition = match WebhookMessage::decode(&delivery.data) {
-        Ok(msg) => {
-            let span = tracing::info_span!(
-                "webhook",
-                job_id = %msg.job_id,
-                tenant = %msg.tenant,
-                event = msg.event.as_str(),
-                attempt = msg.attempt.saturating_add(1)
-            );
-            deliver(&shared, msg).instrument(span).await
-        }
-        Err(err) => undecodable(&shared, "webhooks", &err),
-    };
-    settle(&shared, delivery, disposition).await;
+/// The handler of one webhook delivery (its content is read before the task starts, as for
+/// a job: see [`crate::run::handle_job`]).
+pub fn handle_webhook(
+    shared: Arc<Shared>,
+    delivery: Delivery,
+    acks: Acks,
+    slot: OwnedSemaphorePermit,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let decoded = WebhookMessage::decode(&delivery.data);
+    let settlement = acks.settlement(delivery);
+    async move {
+        let _slot = slot;
+        let disposition = match decoded {
+            Ok(msg) => {
+                let span = tracing::info_span!(
+                    "webhook",
+                    job_id = %msg.job_id,
+                    tenant = %msg.tenant,
+                    event = msg.event.as_str(),
+                    attempt = msg.attempt.saturating_add(1)
+                );
+                deliver(&shared, msg).instrument(span).await
+            }
+            Err(err) => undecodable(&shared, "webhooks", &err),
+        };
+        settle(&shared, settlement, disposition).await;
+    }
 }
 
 async fn deliver(shared: &Shared, msg: WebhookMessage) -> Disposition {

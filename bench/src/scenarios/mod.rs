@@ -50,6 +50,9 @@ pub struct WholePath {
     pub redis_commands_per_job: BTreeMap<String, f64>,
     /// Redis round trips per job while measured: (workers, dispatcher), from their metrics.
     pub redis_round_trips_per_job: (Option<f64>, Option<f64>),
+    /// Ack frames the workers sent per job (jobs' and webhooks' deliveries), from their
+    /// metrics: below 1 where acks were combined.
+    pub ack_frames_per_job: Option<f64>,
 }
 
 impl WholePath {
@@ -128,6 +131,7 @@ pub async fn whole_path(ctx: &Ctx, workers: usize) -> anyhow::Result<WholePath> 
 
     let redis_before = redis_command_calls().await?;
     let round_trips_before = fleet.redis_round_trips().await?;
+    let frames_before = fleet.worker_counter(ACK_FRAMES).await?;
     let meter = CpuMeter::start(fleet.cpu_groups());
     let started = Instant::now();
     let sent = fleet.submit_many(n, s.clients).await?;
@@ -142,6 +146,10 @@ pub async fn whole_path(ctx: &Ctx, workers: usize) -> anyhow::Result<WholePath> 
         .redis_round_trips()
         .await?
         .per_job_since(round_trips_before, n);
+    let frames_after = fleet.worker_counter(ACK_FRAMES).await?;
+    let ack_frames_per_job = frames_before
+        .zip(frames_after)
+        .map(|(before, after)| after.saturating_sub(before) as f64 / n as f64);
 
     let deliveries = fleet.deliveries_by_job();
     let mut latencies = Vec::with_capacity(n);
@@ -169,5 +177,9 @@ pub async fn whole_path(ctx: &Ctx, workers: usize) -> anyhow::Result<WholePath> 
         cpu,
         redis_commands_per_job,
         redis_round_trips_per_job,
+        ack_frames_per_job,
     })
 }
+
+/// The workers' ack frames counter (every kind).
+const ACK_FRAMES: &str = "agentfleet_ack_frames_total";

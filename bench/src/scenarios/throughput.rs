@@ -57,6 +57,14 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             per_job(whole.redis_round_trips_per_job.1)
         ),
         format!("CPU ms per job: {}.", whole.cpu.per_job_ms(whole.jobs)),
+        format!(
+            "Ack frames per job (workers, jobs' and webhooks' deliveries): {}.",
+            whole
+                .ack_frames_per_job
+                .map_or("not counted by this worker".to_owned(), |f| format!(
+                    "{f:.2}"
+                ))
+        ),
     ];
     let peer = peer_rows(ctx, whole.jobs_per_sec, &mut rows, &mut notes).await;
     if whole.failed_jobs > 0 {

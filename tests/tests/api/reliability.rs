@@ -802,3 +802,62 @@ async fn a_410_from_the_receiver_stops_webhook_retries() -> anyhow::Result<()> {
     assert_eq!(app.receiver.requests(), 1);
     Ok(())
 }
+
+/// Runs that end together are acked together, with one `multiple` ack, and no further: fewer
+/// ack frames than jobs, every job called once (an ack that reached a delivery still running
+/// would have lost it; one that named an acked tag would have closed the channel and brought
+/// the others back), and after a graceful stop nothing is on the queue (an ack never sent
+/// would have been requeued by the stop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_that_end_together_are_acked_in_fewer_frames_and_none_is_lost() -> anyhow::Result<()> {
+    const JOBS: usize = 40;
+    // Inline room (a quarter of the slots) for every event at once: no webhook queue, so
+    // every ack counted is a job's.
+    let mut agent = AgentSpec::new("summarize");
+    agent.concurrency = 160;
+    let mut app = TestApp::spawn(AppOptions {
+        workers: 0,
+        agents: vec![agent],
+        behavior: Behavior {
+            latency: Duration::from_millis(300),
+            ..Behavior::default()
+        },
+        ..AppOptions::default()
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..JOBS {
+        ids.push(app.submit_job("summarize", &format!("job {i}")).await?);
+    }
+    let worker = app.start_worker().await?;
+    let metrics = app.worker_metrics(worker).expect("a running worker");
+    let records = app.wait_terminal(&ids, Duration::from_secs(30)).await?;
+    assert!(records.iter().all(|r| r["status"] == "succeeded"));
+    app.wait_webhooks(JOBS, Duration::from_secs(30)).await?;
+    app.stop_worker(worker).await?;
+
+    let frames = |kind: &str| metrics.ack_frames.with_label_values(&[kind]).get();
+    let (multiple, single) = (frames("multiple"), frames("single"));
+    eprintln!("{JOBS} jobs acked in {multiple} multiple and {single} single frames");
+    assert!(
+        multiple >= 1 && multiple + single < JOBS as u64,
+        "{multiple} multiple + {single} single frames for {JOBS} jobs"
+    );
+    assert_eq!(
+        metrics
+            .webhook_first_attempts
+            .with_label_values(&["queued"])
+            .get(),
+        0,
+        "no event took the webhook queue"
+    );
+    for id in &ids {
+        assert_eq!(app.llm.calls_for_job(id), 1, "job {id} called once");
+    }
+    assert_eq!(
+        app.agent_queue_depth("summarize").await?,
+        0,
+        "every delivery was acked before the stop"
+    );
+    Ok(())
+}

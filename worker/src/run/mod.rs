@@ -30,6 +30,7 @@ use agentfleet_common::wire::{
     JobMessage, JobRecord, JobSpec, Step, Versioned, WaitReason, Waiting,
 };
 
+use crate::acks::Acks;
 use crate::circuit::Admission;
 use crate::delivery::{
     after_delayed_publish, delivery_count, remaining_delay, settle, undecodable, Disposition,
@@ -41,30 +42,38 @@ pub use outcome::ensure_handoff;
 /// Early ends of a delivery: `Err(disposition)` means "settle the delivery this way now".
 type Settled<T> = Result<T, Disposition>;
 
-pub async fn handle_job(
+/// The handler of one job delivery. The delivery's content is read here, before the task
+/// starts, so the task keeps only what settles it (a run's task lives as long as the run).
+pub fn handle_job(
     shared: Arc<Shared>,
     agent: Arc<AgentRuntime>,
     delivery: Delivery,
-    _slot: OwnedSemaphorePermit,
-) {
-    let disposition = match JobMessage::decode(&delivery.data) {
-        Ok(msg) => {
-            let span = tracing::info_span!(
-                "run",
-                job_id = %msg.job_id,
-                agent = %msg.agent,
-                tenant = %msg.tenant,
-                attempt = msg.attempt,
-                request_id = msg.request_id.as_deref()
-            );
-            let deliveries = delivery_count(&delivery);
-            process(&shared, &agent, msg, deliveries)
-                .instrument(span)
-                .await
-        }
-        Err(err) => undecodable(&shared, &agent.name, &err),
-    };
-    settle(&shared, delivery, disposition).await;
+    acks: Acks,
+    slot: OwnedSemaphorePermit,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let decoded = JobMessage::decode(&delivery.data);
+    let deliveries = delivery_count(&delivery);
+    let settlement = acks.settlement(delivery);
+    async move {
+        let _slot = slot;
+        let disposition = match decoded {
+            Ok(msg) => {
+                let span = tracing::info_span!(
+                    "run",
+                    job_id = %msg.job_id,
+                    agent = %msg.agent,
+                    tenant = %msg.tenant,
+                    attempt = msg.attempt,
+                    request_id = msg.request_id.as_deref()
+                );
+                process(&shared, &agent, msg, deliveries)
+                    .instrument(span)
+                    .await
+            }
+            Err(err) => undecodable(&shared, &agent.name, &err),
+        };
+        settle(&shared, settlement, disposition).await;
+    }
 }
 
 async fn process(

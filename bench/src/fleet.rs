@@ -296,12 +296,17 @@ impl Fleet {
         let mut total = Some(0);
         for index in 0..self.worker_ports.len() {
             let text = self.worker_metrics(index).await?;
-            let counted = text
-                .lines()
-                .filter_map(|line| line.strip_prefix(series))
-                .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
-                .map(|value| value as u64)
-                .reduce(|a, b| a + b);
+            // A family the worker exports but has not counted in yet is 0; one it does not
+            // export at all (an older binary) is unknown.
+            let family = series.split('{').next().unwrap_or(series);
+            let exported = text.contains(&format!("# HELP {family} "));
+            let counted = exported.then(|| {
+                text.lines()
+                    .filter_map(|line| line.strip_prefix(series))
+                    .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+                    .map(|value| value as u64)
+                    .sum::<u64>()
+            });
             total = total.zip(counted).map(|(sum, n)| sum + n);
         }
         Ok(total)

@@ -53,6 +53,9 @@ pub struct WholePath {
     /// Ack frames the workers sent per job (jobs' and webhooks' deliveries), from their
     /// metrics: below 1 where acks were combined.
     pub ack_frames_per_job: Option<f64>,
+    /// Jobs' events that took the webhook queue (a second broker round) rather than being
+    /// delivered inline by their run, per job.
+    pub queued_webhooks_per_job: Option<f64>,
 }
 
 impl WholePath {
@@ -132,6 +135,7 @@ pub async fn whole_path(ctx: &Ctx, workers: usize) -> anyhow::Result<WholePath> 
     let redis_before = redis_command_calls().await?;
     let round_trips_before = fleet.redis_round_trips().await?;
     let frames_before = fleet.worker_counter(ACK_FRAMES).await?;
+    let queued_before = fleet.worker_counter(QUEUED_WEBHOOKS).await?;
     let meter = CpuMeter::start(fleet.cpu_groups());
     let started = Instant::now();
     let sent = fleet.submit_many(n, s.clients).await?;
@@ -146,10 +150,14 @@ pub async fn whole_path(ctx: &Ctx, workers: usize) -> anyhow::Result<WholePath> 
         .redis_round_trips()
         .await?
         .per_job_since(round_trips_before, n);
-    let frames_after = fleet.worker_counter(ACK_FRAMES).await?;
-    let ack_frames_per_job = frames_before
-        .zip(frames_after)
-        .map(|(before, after)| after.saturating_sub(before) as f64 / n as f64);
+    let per_job_since = |before: Option<u64>, after: Option<u64>| {
+        before
+            .zip(after)
+            .map(|(before, after)| after.saturating_sub(before) as f64 / n as f64)
+    };
+    let ack_frames_per_job = per_job_since(frames_before, fleet.worker_counter(ACK_FRAMES).await?);
+    let queued_webhooks_per_job =
+        per_job_since(queued_before, fleet.worker_counter(QUEUED_WEBHOOKS).await?);
 
     let deliveries = fleet.deliveries_by_job();
     let mut latencies = Vec::with_capacity(n);
@@ -178,8 +186,12 @@ pub async fn whole_path(ctx: &Ctx, workers: usize) -> anyhow::Result<WholePath> 
         redis_commands_per_job,
         redis_round_trips_per_job,
         ack_frames_per_job,
+        queued_webhooks_per_job,
     })
 }
 
 /// The workers' ack frames counter (every kind).
 const ACK_FRAMES: &str = "agentfleet_ack_frames_total";
+
+/// The workers' count of events handed to the webhook queue by the run that ended the job.
+const QUEUED_WEBHOOKS: &str = "agentfleet_webhook_first_attempts_total{path=\"queued\"}";

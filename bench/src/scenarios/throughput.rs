@@ -65,6 +65,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
                     "{f:.2}"
                 ))
         ),
+        format!(
+            "Events handed to the webhook queue rather than delivered inline, per job: {}.",
+            whole
+                .queued_webhooks_per_job
+                .map_or("not counted".to_owned(), |f| format!("{f:.2}"))
+        ),
     ];
     let peer = peer_rows(ctx, whole.jobs_per_sec, &mut rows, &mut notes).await;
     if whole.failed_jobs > 0 {

@@ -531,7 +531,7 @@ pub struct WebhookConfig {
     pub inline_timeout: Duration,
     /// Inline first attempts in flight per worker replica, over every agent; each agent also
     /// has room only for as many as its delivery window holds beyond its call slots (a
-    /// quarter of its `concurrency`). A run that finds no room hands its event to the webhook
+    /// half its `concurrency`). A run that finds no room hands its event to the webhook
     /// queue at once instead of waiting.
     pub inline_concurrency: u16,
     /// Delay before each retry of a failed delivery; its length is the number of retries.
@@ -556,7 +556,7 @@ impl Default for WebhookConfig {
             timeout: Duration::from_secs(10),
             concurrency: 32,
             inline_timeout: Duration::from_millis(1_000),
-            inline_concurrency: 64,
+            inline_concurrency: 256,
             // The Standard Webhooks recommendation: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
             retry_schedule: [5, 300, 1_800, 7_200, 18_000, 36_000, 36_000]
                 .map(Duration::from_secs)

@@ -36,7 +36,7 @@ fn loads_defaults() {
     assert_eq!(config.dispatcher.max_body_bytes, 1_048_576);
     assert_eq!(config.served_agents(), vec!["summarize".to_string()]);
     assert_eq!(agent.http_version, HttpVersion::Auto);
-    assert_eq!(agent.delivery_window(), 20);
+    assert_eq!(agent.delivery_window(), 24);
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn durations_default_to_the_documented_values() {
     assert_eq!(config.worker.lease, Duration::from_secs(15));
     assert_eq!(config.webhooks.timeout, Duration::from_secs(10));
     assert_eq!(config.webhooks.inline_timeout, Duration::from_millis(1_000));
-    assert_eq!(config.webhooks.inline_concurrency, 64);
+    assert_eq!(config.webhooks.inline_concurrency, 256);
     assert_eq!(
         config.webhooks.retry_schedule,
         [5, 300, 1_800, 7_200, 18_000, 36_000, 36_000].map(Duration::from_secs)

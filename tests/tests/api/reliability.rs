@@ -811,10 +811,10 @@ async fn a_410_from_the_receiver_stops_webhook_retries() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_that_end_together_are_acked_in_fewer_frames_and_none_is_lost() -> anyhow::Result<()> {
     const JOBS: usize = 40;
-    // Inline room (a quarter of the slots) for every event at once: no webhook queue, so
-    // every ack counted is a job's.
+    // Inline room (half the slots) for every event at once: no webhook queue, so every ack
+    // counted is a job's.
     let mut agent = AgentSpec::new("summarize");
-    agent.concurrency = 160;
+    agent.concurrency = 80;
     let mut app = TestApp::spawn(AppOptions {
         workers: 0,
         agents: vec![agent],

@@ -35,13 +35,15 @@ fn first_attempts(app: &TestApp, path: &str) -> u64 {
 
 /// A receiver that hangs costs its own tenant's events the inline timeout and another
 /// tenant's runs nothing. Inline attempts of an agent hold at most the deliveries its window
-/// has beyond its call slots (4 for the test agent's 16 slots): globex's first 4 events hang
-/// inline, its next 4 find no room and take the webhook queue (where they hang too), and
-/// meanwhile acme's 40 jobs still run on all 16 slots, end, and are delivered through the
-/// queue. When globex's inline attempts time out, those events go to the queue as attempt 1.
+/// has beyond its call slots (8 for the test agent's 16 slots): globex's first 8 events hang
+/// inline, its next 8 find no room and take the webhook queue (where they hang too, in 8 of
+/// its 16 slots), and meanwhile acme's 40 jobs still run on all 16 call slots, end, and are
+/// delivered through the queue. When globex's inline attempts time out, those events go to the queue as attempt 1.
 /// (The test receiver verifies acme's signatures, so acme is the one answered.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_receiver_slows_only_its_own_tenants_events() -> anyhow::Result<()> {
+    // The test agent's 16 call slots and its window of 24 deliveries.
+    const ROOM: usize = 8;
     let app = TestApp::spawn(AppOptions {
         workers: 1,
         webhook_inline: Some((INLINE_TIMEOUT_MS, 64)),
@@ -52,7 +54,7 @@ async fn a_hanging_receiver_slows_only_its_own_tenants_events() -> anyhow::Resul
     let (hanging_url, accepted) = hanging_receiver().await?;
     let globex = app.tenant("globex").clone();
     let mut globex_jobs = Vec::new();
-    for i in 0..8 {
+    for i in 0..2 * ROOM {
         let body =
             json!({"agent": "summarize", "input": format!("g{i}"), "webhook_url": hanging_url});
         let response = app.submit_as(&globex, &body).await;
@@ -62,14 +64,14 @@ async fn a_hanging_receiver_slows_only_its_own_tenants_events() -> anyhow::Resul
     }
     wait_until(
         Duration::from_secs(10),
-        "globex's 8 attempts hanging",
-        || async { (accepted.load(Ordering::SeqCst) >= 8).then_some(()) },
+        "globex's 16 attempts hanging",
+        || async { (accepted.load(Ordering::SeqCst) >= 2 * ROOM).then_some(()) },
     )
     .await?;
     assert_eq!(
         first_attempts(&app, "queued"),
-        4,
-        "the agent's inline room is 4: the other 4 events took the queue"
+        ROOM as u64,
+        "the agent's inline room is 8: the other 8 events took the queue"
     );
 
     for i in 0..40 {
@@ -90,7 +92,7 @@ async fn a_hanging_receiver_slows_only_its_own_tenants_events() -> anyhow::Resul
             first_attempts(&app, "inline"),
             first_attempts(&app, "queued")
         ),
-        (0, 44),
+        (0, ROOM as u64 + 40),
         "no inline room while globex's attempts hang: acme's events took the queue"
     );
     assert!(
@@ -115,7 +117,7 @@ async fn a_hanging_receiver_slows_only_its_own_tenants_events() -> anyhow::Resul
     .await?;
     assert_eq!(
         first_attempts(&app, "queued"),
-        48,
+        2 * ROOM as u64 + 40,
         "the timed-out inline attempts went to the queue as attempt 1"
     );
     Ok(())
@@ -148,7 +150,7 @@ async fn without_inline_room_events_take_the_queue() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_call_job_costs_its_worker_three_redis_round_trips() -> anyhow::Result<()> {
     const JOBS: u64 = 20;
-    // Inline room for 16 attempts at once (a quarter of 64 slots), so none finds it full.
+    // Inline room for 32 attempts at once (half of 64 slots), so none finds it full.
     let mut agent = AgentSpec::new("summarize");
     agent.concurrency = 64;
     let app = TestApp::spawn(AppOptions {

@@ -99,10 +99,31 @@ struct Recorded {
     last_request: HashMap<String, Value>,
 }
 
+/// Holds calls back while closed: a call that arrives then answers only once it opens, so a
+/// test can make many calls end at the same moment. Open unless a test closes it.
+#[derive(Clone)]
+struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(true)))
+    }
+}
+
+impl Gate {
+    /// Waits for the gate to open if it is closed now.
+    async fn pass(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives as long as the stub, so this only ends when the gate opens.
+        let _ = open.wait_for(|open| *open).await;
+    }
+}
+
 /// The stub's shared state; clone it to keep a handle after `router()`.
 #[derive(Clone, Default)]
 pub struct StubLlm {
     behavior: Arc<Mutex<Behavior>>,
+    gate: Gate,
     /// Scenarios by model name; other models answer unscripted.
     scenarios: Arc<Mutex<HashMap<String, Scenario>>>,
     recorded: Arc<Mutex<Recorded>>,
@@ -112,9 +133,20 @@ impl StubLlm {
     pub fn new(behavior: Behavior) -> Self {
         Self {
             behavior: Arc::new(Mutex::new(behavior)),
+            gate: Gate::default(),
             scenarios: Arc::default(),
             recorded: Arc::default(),
         }
+    }
+
+    /// Calls that arrive from now on wait, after their latency, until [`StubLlm::open_gate`].
+    pub fn close_gate(&self) {
+        self.gate.0.send_replace(false);
+    }
+
+    /// Lets every call held at the gate answer, all at once.
+    pub fn open_gate(&self) {
+        self.gate.0.send_replace(true);
     }
 
     pub fn router(&self) -> Router {
@@ -269,8 +301,12 @@ async fn chat_completions(
         model: meta.model.clone(),
         job: meta.job_id.clone().map(|id| (id, meta.lease.clone())),
     };
+    let held = !*stub.gate.0.borrow();
     if !behavior.latency.is_zero() {
         tokio::time::sleep(behavior.latency).await;
+    }
+    if held {
+        stub.gate.pass().await;
     }
     match fault {
         Some(Fault::WithHeaders(extra)) => {

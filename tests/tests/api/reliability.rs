@@ -861,3 +861,87 @@ async fn runs_that_end_together_are_acked_in_fewer_frames_and_none_is_lost() -> 
     );
     Ok(())
 }
+
+/// An ack cannot be combined past a delivery still running: runs that end together while an
+/// older one is in its model call are acked one by one (after a short hold), not held back
+/// until it ends; and a later `multiple` that reaches over those already-acked tags and the
+/// old one is accepted by the broker (an ack naming a tag it no longer holds would close the channel and
+/// bring every unacked job back, which the one-call-per-job check would see).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_run_is_not_acked_past_and_does_not_hold_back_later_acks() -> anyhow::Result<()> {
+    const BURST: usize = 20;
+    let mut agent = AgentSpec::new("summarize");
+    agent.concurrency = 80;
+    let model = agent.model();
+    let slow = Behavior {
+        latency: Duration::from_secs(4),
+        ..Behavior::default()
+    };
+    let mut app = TestApp::spawn(AppOptions {
+        workers: 0,
+        agents: vec![agent],
+        behavior: slow,
+        ..AppOptions::default()
+    })
+    .await?;
+    // The channel's first delivery: tag 1, in its model call for 4 s.
+    let long = app.submit_job("summarize", "long").await?;
+    let worker = app.start_worker().await?;
+    let metrics = app.worker_metrics(worker).expect("a running worker");
+    let frames = |kind: &str| metrics.ack_frames.with_label_values(&[kind]).get();
+    app.wait_calls_in_flight(&model, 1, Duration::from_secs(10))
+        .await?;
+    app.llm.set_behavior(Behavior {
+        latency: Duration::from_millis(100),
+        ..Behavior::default()
+    });
+
+    // The early burst's calls are held until all are in flight, so they end together.
+    app.llm.close_gate();
+    let mut ids = Vec::new();
+    for i in 0..BURST {
+        ids.push(app.submit_job("summarize", &format!("early {i}")).await?);
+    }
+    app.wait_calls_in_flight(&model, 1 + BURST as u64, Duration::from_secs(10))
+        .await?;
+    app.llm.open_gate();
+    app.wait_terminal(&ids, Duration::from_secs(10)).await?;
+    wait_until(Duration::from_secs(5), "the early burst acked", || async {
+        (frames("multiple") > 0 || frames("single") >= BURST as u64).then_some(())
+    })
+    .await?;
+    assert_eq!(
+        app.llm.in_flight(&model),
+        1,
+        "the long run is still in its call"
+    );
+    assert_eq!(
+        (frames("multiple"), frames("single")),
+        (0, BURST as u64),
+        "nothing combined past the long run's delivery"
+    );
+
+    app.wait_terminal(std::slice::from_ref(&long), Duration::from_secs(10))
+        .await?;
+    app.llm.close_gate();
+    let mut late = Vec::new();
+    for i in 0..BURST {
+        late.push(app.submit_job("summarize", &format!("late {i}")).await?);
+    }
+    app.wait_calls_in_flight(&model, BURST as u64, Duration::from_secs(10))
+        .await?;
+    app.llm.open_gate();
+    app.wait_terminal(&late, Duration::from_secs(10)).await?;
+    app.wait_webhooks(1 + 2 * BURST, Duration::from_secs(20))
+        .await?;
+    app.stop_worker(worker).await?;
+    assert!(
+        frames("multiple") >= 1,
+        "the late burst, with nothing running below it, was combined"
+    );
+    for id in ids.iter().chain(&late).chain([&long]) {
+        assert_eq!(app.llm.calls_for_job(id), 1, "job {id} called once");
+    }
+    assert_eq!(app.agent_queue_depth("summarize").await?, 0);
+    Ok(())
+}

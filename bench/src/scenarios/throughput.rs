@@ -107,7 +107,14 @@ async fn peer_rows(
         return None;
     }
     let concurrency = 64;
-    let run = bullmq::throughput(&ctx.bins, s.throughput_jobs, s.clients, 100, concurrency).await;
+    let run = bullmq::throughput(
+        &ctx.bins,
+        s.throughput_jobs,
+        s.clients,
+        super::WARMUP_JOBS,
+        concurrency,
+    )
+    .await;
     match run {
         Ok(peer) => {
             let ratio = ours / peer.jobs_per_sec;

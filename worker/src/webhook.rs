@@ -145,7 +145,7 @@ pub(crate) async fn first_attempt(
         })
         .flatten();
     let Some(_room) = room else {
-        shared.broker.publish_webhook(&msg).await?;
+        Box::pin(shared.broker.publish_webhook(&msg)).await?;
         count_first(shared, &FirstAttempt::HandedOff);
         return Ok(FirstAttempt::HandedOff);
     };
@@ -154,11 +154,11 @@ pub(crate) async fn first_attempt(
         Next::Done => FirstAttempt::Concluded,
         Next::Undeliverable => {
             // The queue's consumer dead-letters it, keeping a copy to look at.
-            shared.broker.publish_webhook(&msg).await?;
+            Box::pin(shared.broker.publish_webhook(&msg)).await?;
             FirstAttempt::HandedOff
         }
         Next::Later { msg, delay, .. } => {
-            shared.broker.publish_webhook_delayed(&msg, delay).await?;
+            Box::pin(shared.broker.publish_webhook_delayed(&msg, delay)).await?;
             FirstAttempt::HandedOff
         }
     };
@@ -237,7 +237,10 @@ async fn attempt(shared: &Shared, msg: WebhookMessage, job: Job, timeout: Durati
         .inc();
     tracing::info!(outcome = label, "webhook attempt done");
 
-    if let Err(err) = record_attempt(shared, job.record, &msg, (outcome, ended)).await {
+    // Boxed, like the publishes of `first_attempt`: a run's ending waits mostly on the POST,
+    // and would otherwise hold room for this Redis write (and its reply) all along.
+    let recorded = Box::pin(record_attempt(shared, job.record, &msg, (outcome, ended))).await;
+    if let Err(err) = recorded {
         // Bookkeeping only: the delivery itself stands; do not send it again for this.
         tracing::warn!(error = %err, "cannot record the webhook attempt");
     }

@@ -328,7 +328,9 @@ impl Run<'_> {
         }
         self.count_end(status);
         if status == JobStatus::Failed {
-            self.keep_failed_copy().await;
+            // Boxed: a publish with its confirm is the largest state of an ending, and most
+            // jobs succeed.
+            Box::pin(self.keep_failed_copy()).await;
         }
         // This run just ended the job, so nobody handed its event off before: attempt it
         // (inline, or on the queue) without looking for the note, and let `close` write the

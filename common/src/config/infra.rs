@@ -530,9 +530,9 @@ pub struct WebhookConfig {
     #[serde(rename = "inline_timeout_ms", with = "duration::millis")]
     pub inline_timeout: Duration,
     /// Inline first attempts in flight per worker replica, over every agent; each agent also
-    /// has room only for as many as its delivery window holds beyond its call slots (a
-    /// half its `concurrency`). A run that finds no room hands its event to the webhook
-    /// queue at once instead of waiting.
+    /// has room only for as many as its delivery window holds beyond its call slots (half
+    /// its `concurrency`). A run that finds no room within 20 ms hands its event to the
+    /// webhook queue.
     pub inline_concurrency: u16,
     /// Delay before each retry of a failed delivery; its length is the number of retries.
     #[serde(rename = "retry_schedule_secs", with = "duration::secs_list")]

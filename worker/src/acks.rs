@@ -7,9 +7,9 @@
 //! every delivery below it is known to be settled. [`Ledger`] keeps that boundary, without
 //! I/O: the tags the consume loop has handed out (tags on a channel count up from 1), the ones
 //! still being worked or given back, and the acks due. An ack above the boundary (a delivery
-//! below it is still running, or not yet taken off its consumer) goes on its own, at once, so
-//! a long run never holds back the acks — and the prefetch room — of the runs that end after
-//! it.
+//! below it is still running, or not yet taken off its consumer) waits at most [`HOLD`] for
+//! the boundary to pass it and then goes on its own, so a long run never holds back the acks
+//! — and the prefetch room — of the runs that end after it.
 //!
 //! Order on the wire matters as much: an ack for a tag that an earlier `multiple` already
 //! acked closes the channel ("unknown delivery tag"), and lapin sends each ack from its own
@@ -33,8 +33,8 @@ use tokio_util::task::TaskTracker;
 /// no prefetch room worth having; long next to the spread of runs that end together.
 const HOLD: Duration = Duration::from_millis(5);
 
-/// Acks sent at most in one batch (a `multiple` counts once): bounds the time a batch holds
-/// the next one back.
+/// Notes read at most per batch: bounds how many acks one batch sends, and so how long it
+/// holds the next one back.
 const BATCH: usize = 1_024;
 
 /// What the consume loop and the handlers tell a channel's ack sender.

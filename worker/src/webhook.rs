@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use lapin::message::Delivery;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, TryAcquireError};
 use tracing::Instrument as _;
 use url::Url;
 
@@ -125,9 +125,10 @@ pub(crate) enum FirstAttempt {
 /// `webhooks.inline_timeout_ms`, by the agent's room (`agent_room`: its deliveries beyond its
 /// call slots) and by the replica's `inline_concurrency` (no room within [`ROOM_WAIT`]: to
 /// the queue), so a slow receiver costs its own run at most that timeout and other tenants'
-/// runs at most the wait, after their results are stored and their call slots given back. Anything but a concluded delivery is handed to the webhook
-/// queue (a failed attempt as attempt 1, on the retry schedule); an error means the event is
-/// on no queue, and the run must not ack.
+/// runs at most the wait, after their results are stored and their call slots given back.
+/// Anything but a concluded delivery is handed to the webhook queue (a failed attempt as
+/// attempt 1, on the retry schedule); an error means the event is on no queue, and the run
+/// must not ack.
 pub(crate) async fn first_attempt(
     shared: &Shared,
     agent_room: &Semaphore,
@@ -137,7 +138,8 @@ pub(crate) async fn first_attempt(
         return Ok(FirstAttempt::NoEvent);
     };
     let inline = &shared.config.webhooks;
-    let room = if inline.inline_timeout.is_zero() {
+    // Either at 0 turns inline attempts off: no room to wait for.
+    let room = if inline.inline_timeout.is_zero() || inline.inline_concurrency == 0 {
         None
     } else {
         inline_room(agent_room, &shared.inline_webhooks).await
@@ -173,18 +175,29 @@ pub(crate) async fn first_attempt(
 const ROOM_WAIT: Duration = Duration::from_millis(20);
 
 /// A place in the agent's inline room and in the replica's, waiting at most [`ROOM_WAIT`]
-/// for both (the agent's first, everywhere, so two runs never hold one each and wait for
-/// the other's).
+/// in all (the agent's first, everywhere, so two runs never hold one each and wait for the
+/// other's).
 async fn inline_room<'a>(
     agent_room: &'a Semaphore,
     replica_room: &'a Semaphore,
 ) -> Option<(SemaphorePermit<'a>, SemaphorePermit<'a>)> {
-    let both = async {
-        let agent = agent_room.acquire().await.ok()?;
-        let replica = replica_room.acquire().await.ok()?;
-        Some((agent, replica))
-    };
-    tokio::time::timeout(ROOM_WAIT, both).await.ok().flatten()
+    let deadline = tokio::time::Instant::now() + ROOM_WAIT;
+    let agent = place(agent_room, deadline).await?;
+    let replica = place(replica_room, deadline).await?;
+    Some((agent, replica))
+}
+
+/// A place in `room`: at once when one is free (no timer on the usual path), else the first
+/// that frees before `deadline`.
+async fn place(room: &Semaphore, deadline: tokio::time::Instant) -> Option<SemaphorePermit<'_>> {
+    match room.try_acquire() {
+        Ok(permit) => Some(permit),
+        Err(TryAcquireError::Closed) => None,
+        Err(TryAcquireError::NoPermits) => tokio::time::timeout_at(deadline, room.acquire())
+            .await
+            .ok()?
+            .ok(),
+    }
 }
 
 fn count_first(shared: &Shared, first: &FirstAttempt) {

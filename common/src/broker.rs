@@ -790,16 +790,16 @@ async fn bounded<T>(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn connections_ask_for_lean_frames_unless_the_url_sets_them() {
-        let uri = super::lean_frames("amqp://guest:guest@127.0.0.1:5672/%2f").expect("valid");
-        assert_eq!(uri.query.frame_max, Some(super::FRAME_MAX));
-        let uri = super::lean_frames("amqp://127.0.0.1:5672/%2f?frame_max=131072").expect("valid");
+        let uri = lean_frames("amqp://guest:guest@127.0.0.1:5672/%2f").expect("valid");
+        assert_eq!(uri.query.frame_max, Some(FRAME_MAX));
+        let uri = lean_frames("amqp://127.0.0.1:5672/%2f?frame_max=131072").expect("valid");
         assert_eq!(uri.query.frame_max, Some(131_072));
-        assert!(super::lean_frames("http://nowhere").is_err());
+        assert!(lean_frames("http://nowhere").is_err());
     }
-
-    use super::*;
 
     #[test]
     fn delay_steps_never_overshoot_by_more_than_the_smallest_step() {

@@ -485,7 +485,6 @@ impl<S: Send + Sync> FromRequestParts<S> for JobPath {
     }
 }
 
-/// Loads a job the tenant may see; another tenant's job is answered like an unknown one.
 /// [`load_own`] with what the job asked for, while the job still holds it (`None` once it
 /// concluded: its spec is gone).
 async fn load_own_with_spec(
@@ -511,6 +510,7 @@ fn loading_failed(err: StoreError) -> ApiError {
     ApiError::Unavailable(format!("loading the job: {err}"))
 }
 
+/// Loads a job the tenant may see; another tenant's job is answered like an unknown one.
 async fn load_own(state: &AppState, tenant: &str, id: Uuid) -> Result<JobRecord, ApiError> {
     let record = state
         .inner

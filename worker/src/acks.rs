@@ -215,7 +215,7 @@ impl<A> Ledger<A> {
     /// `multiple`, for the highest due tag below every open or untaken one, then the due
     /// tags above that which have waited `hold` for it, one by one.
     pub fn take(&mut self, now: Instant) -> Vec<(A, bool)> {
-        let mut acks = self.take_combined();
+        let mut acks: Vec<(A, bool)> = self.take_combined().into_iter().collect();
         let hold = self.hold;
         let ripe: Vec<DeliveryTag> = self
             .due
@@ -233,7 +233,7 @@ impl<A> Ledger<A> {
 
     /// Every due ack, now: the combined one and the rest one by one.
     pub fn take_all(&mut self) -> Vec<(A, bool)> {
-        let mut acks = self.take_combined();
+        let mut acks: Vec<(A, bool)> = self.take_combined().into_iter().collect();
         let rest = std::mem::take(&mut self.due);
         acks.extend(rest.into_values().map(|(acker, _)| (acker, false)));
         acks
@@ -246,7 +246,7 @@ impl<A> Ledger<A> {
 
     /// The due tags below every open or untaken one, as one ack (`multiple` when it covers
     /// more than one).
-    fn take_combined(&mut self) -> Vec<(A, bool)> {
+    fn take_combined(&mut self) -> Option<(A, bool)> {
         let first_open = self.open.first().copied().unwrap_or(DeliveryTag::MAX);
         let boundary = self.taken_through.min(first_open.saturating_sub(1));
         let above = self.due.split_off(&boundary.saturating_add(1));
@@ -256,8 +256,6 @@ impl<A> Ledger<A> {
             .into_iter()
             .next_back()
             .map(|(_, (acker, _))| (acker, combined))
-            .into_iter()
-            .collect()
     }
 }
 

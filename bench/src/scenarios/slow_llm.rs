@@ -195,15 +195,16 @@ async fn measure(ctx: &Ctx, http_version: HttpVersion) -> anyhow::Result<Measure
     stop.store(true, Ordering::Relaxed);
     let (peak_in_flight, rss_at_peak, _max_rss) = sampler.await?;
     waited?;
-    let metrics = fleet.worker_metrics(0).await?;
-    let first_attempts = |path: &str| {
-        let series = format!("agentfleet_webhook_first_attempts_total{{path=\"{path}\"}} ");
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(&series))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-            .map_or(0, |value| value as u64)
-    };
+    let first_attempts =
+        |path: &str| format!("agentfleet_webhook_first_attempts_total{{path=\"{path}\"}}");
+    let webhooks_inline = fleet
+        .worker_counter(&first_attempts("inline"))
+        .await?
+        .unwrap_or(0);
+    let webhooks_queued = fleet
+        .worker_counter(&first_attempts("queued"))
+        .await?
+        .unwrap_or(0);
 
     let deliveries = fleet.deliveries_by_job();
     let last_finished = deliveries
@@ -247,8 +248,8 @@ async fn measure(ctx: &Ctx, http_version: HttpVersion) -> anyhow::Result<Measure
         last_call,
         last_webhook,
         failed,
-        webhooks_inline: first_attempts("inline"),
-        webhooks_queued: first_attempts("queued"),
+        webhooks_inline,
+        webhooks_queued,
         cpu,
     })
 }

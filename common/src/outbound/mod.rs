@@ -16,6 +16,11 @@ use url::{Host, Url};
 
 use crate::config::HttpVersion;
 
+mod plain_http1;
+
+pub use plain_http1::read_received;
+use plain_http1::PlainHttp1;
+
 /// Whose URL a request goes to, which decides whether the SSRF guard applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
@@ -97,17 +102,23 @@ pub struct OutboundResponse {
     pub body: bytes::Bytes,
 }
 
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const USER_AGENT: &str = concat!("agentfleet/", env!("CARGO_PKG_VERSION"));
+
 /// Rate-limit headers kept from one response: providers send about a dozen.
 pub const MAX_RATE_HEADERS: usize = 24;
+
+/// Whether a header (its name in lowercase) describes a provider's rate limits.
+fn is_rate_header(name: &str) -> bool {
+    name.starts_with("x-ratelimit-") || name.starts_with("anthropic-ratelimit-")
+}
 
 /// The headers of `headers` that describe a provider's rate limits.
 fn rate_headers(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .filter(|(name, _)| {
-            let name = name.as_str();
-            name.starts_with("x-ratelimit-") || name.starts_with("anthropic-ratelimit-")
-        })
+        .filter(|(name, _)| is_rate_header(name.as_str()))
         .filter_map(|(name, value)| {
             Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
         })
@@ -117,7 +128,10 @@ fn rate_headers(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
 
 #[derive(Clone)]
 pub struct Outbound {
-    /// One client (one connection pool) per way of speaking to providers.
+    /// One client (one connection pool) per way of speaking to providers. Plain-http
+    /// providers spoken to over HTTP/1.1 go through the lean client, which holds no buffer
+    /// while a call waits (see [`plain_http1`]).
+    plain_http1: Arc<PlainHttp1>,
     providers: reqwest::Client,
     providers_http1: reqwest::Client,
     providers_http2: reqwest::Client,
@@ -139,10 +153,10 @@ impl Outbound {
     ) -> Self {
         let base = || {
             reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .pool_idle_timeout(Duration::from_secs(90))
+                .connect_timeout(CONNECT_TIMEOUT)
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                 .tcp_nodelay(true)
-                .user_agent(concat!("agentfleet/", env!("CARGO_PKG_VERSION")))
+                .user_agent(USER_AGENT)
         };
         // Building a client only fails when the TLS backend cannot initialise, which is a
         // broken build rather than bad input.
@@ -168,6 +182,11 @@ impl Outbound {
         }
         let webhooks = build(webhooks);
         Self {
+            plain_http1: Arc::new(PlainHttp1::new(
+                CONNECT_TIMEOUT,
+                POOL_IDLE_TIMEOUT,
+                USER_AGENT,
+            )),
             providers,
             providers_http1,
             providers_http2,
@@ -212,12 +231,28 @@ impl Outbound {
         self.send(destination, request).await
     }
 
+    /// A provider over plain http that is not asked for HTTP/2 (`auto` speaks HTTP/1.1 to a
+    /// plain-http server too).
+    fn is_plain_http1(destination: Destination, url: &Url) -> bool {
+        matches!(
+            destination,
+            Destination::Provider(HttpVersion::Auto | HttpVersion::Http1)
+        ) && url.scheme() == "http"
+    }
+
     /// Sends a request and reads the whole response (bounded in time and size).
     pub async fn send(
         &self,
         destination: Destination,
         request: Request<'_>,
     ) -> Result<OutboundResponse, OutboundError> {
+        if Self::is_plain_http1(destination, request.url) {
+            let timeout = request.timeout;
+            let work = self.plain_http1.send(request, self.max_response_bytes);
+            return tokio::time::timeout(timeout, work)
+                .await
+                .map_err(|_| OutboundError::Timeout)?;
+        }
         let client = match destination {
             Destination::Provider(HttpVersion::Auto) => &self.providers,
             Destination::Provider(HttpVersion::Http1) => &self.providers_http1,

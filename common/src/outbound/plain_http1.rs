@@ -435,7 +435,9 @@ impl ResponseReader {
         };
         let body = match framing {
             Framing::Empty => Some(bytes::Bytes::new()),
-            Framing::Length(len) if len > self.limit => return Err(OutboundError::TooLarge(self.limit)),
+            Framing::Length(len) if len > self.limit => {
+                return Err(OutboundError::TooLarge(self.limit))
+            }
             Framing::Length(len) if buf.len() < len => {
                 buf.reserve(len - buf.len());
                 None

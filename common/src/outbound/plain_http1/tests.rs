@@ -186,6 +186,14 @@ fn post<'a>(url: &'a Url, headers: &'a [(&'a str, &'a str)], body: &str) -> Requ
 
 const LIMIT: usize = 1024;
 
+/// POSTs `{}` to the server and reads the answer.
+async fn send_empty(
+    client: &PlainHttp1,
+    server: &Server,
+) -> Result<OutboundResponse, OutboundError> {
+    client.send(post(&server.url, &[], "{}"), LIMIT).await
+}
+
 #[tokio::test]
 async fn a_response_with_a_length_is_read_and_its_connection_reused() {
     let server = Server::start(|_| {
@@ -246,7 +254,7 @@ async fn a_connection_the_server_asks_to_close_is_not_reused() {
     .await;
     let client = client();
     for _ in 0..2 {
-        let response = client.send(post(&server.url, &[], "{}"), LIMIT).await;
+        let response = send_empty(&client, &server).await;
         assert_eq!(&response.expect("response").body[..], b"ok");
     }
     assert_eq!(server.connections(), 2);
@@ -262,7 +270,7 @@ async fn an_http_1_0_answer_closes_its_connection() {
     })
     .await;
     let client = client();
-    let response = client.send(post(&server.url, &[], "{}"), LIMIT).await;
+    let response = send_empty(&client, &server).await;
     assert_eq!(&response.expect("response").body[..], b"ok");
     assert_eq!(client.idle_count(), 0);
 }
@@ -278,7 +286,7 @@ async fn a_chunked_body_with_extensions_and_trailers_is_decoded_and_the_connecti
     .await;
     let client = client();
     for _ in 0..2 {
-        let response = client.send(post(&server.url, &[], "{}"), LIMIT).await;
+        let response = send_empty(&client, &server).await;
         assert_eq!(&response.expect("response").body[..], b"hello, world");
     }
     assert_eq!(server.connections(), 1);
@@ -288,7 +296,7 @@ async fn a_chunked_body_with_extensions_and_trailers_is_decoded_and_the_connecti
 async fn a_body_without_framing_runs_to_the_close_and_the_connection_is_dropped() {
     let server = Server::start(|_| Some(reply_and_close("HTTP/1.1 200 OK\r\n\r\nall of it"))).await;
     let client = client();
-    let response = client.send(post(&server.url, &[], "{}"), LIMIT).await;
+    let response = send_empty(&client, &server).await;
     assert_eq!(&response.expect("response").body[..], b"all of it");
     assert_eq!(client.idle_count(), 0);
 }
@@ -302,7 +310,7 @@ async fn no_body_is_read_for_204_and_the_connection_is_kept() {
     })
     .await;
     let client = client();
-    let response = client.send(post(&server.url, &[], "{}"), LIMIT).await;
+    let response = send_empty(&client, &server).await;
     let response = response.expect("response");
     assert_eq!(response.status, 204);
     assert!(response.body.is_empty());
@@ -317,7 +325,7 @@ async fn informational_answers_before_the_real_one_are_skipped() {
         ))
     })
     .await;
-    let response = client().send(post(&server.url, &[], "{}"), LIMIT).await;
+    let response = send_empty(&client(), &server).await;
     let response = response.expect("response");
     assert_eq!((response.status, &response.body[..]), (200, &b"ok"[..]));
 }
@@ -333,7 +341,7 @@ async fn bodies_over_the_limit_are_refused_however_they_are_framed() {
     ];
     for answer in answers {
         let server = Server::start(move |_| Some(reply_and_close(&answer))).await;
-        let result = client().send(post(&server.url, &[], "{}"), LIMIT).await;
+        let result = send_empty(&client(), &server).await;
         assert!(
             matches!(result, Err(OutboundError::TooLarge(LIMIT))),
             "{result:?}"
@@ -372,7 +380,7 @@ async fn malformed_responses_get_a_precise_error() {
     ];
     for (answer, expected) in cases {
         let server = Server::start(move |_| Some(reply_and_close(answer))).await;
-        let result = client().send(post(&server.url, &[], "{}"), LIMIT).await;
+        let result = send_empty(&client(), &server).await;
         match result {
             Err(OutboundError::Other(message)) => {
                 assert!(message.contains(expected), "{answer:?}: {message}");
@@ -392,7 +400,7 @@ async fn a_connection_the_server_closed_while_idle_is_not_reused() {
     })
     .await;
     let client = client();
-    let first = client.send(post(&server.url, &[], "{}"), LIMIT).await;
+    let first = send_empty(&client, &server).await;
     assert_eq!(&first.expect("first").body[..], b"ok");
     assert_eq!(client.idle_count(), 1);
     // The runtime learns of the close asynchronously: poll, with a deadline, until it has.
@@ -401,7 +409,7 @@ async fn a_connection_the_server_closed_while_idle_is_not_reused() {
         assert!(Instant::now() < deadline, "the close was never noticed");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let second = client.send(post(&server.url, &[], "{}"), LIMIT).await;
+    let second = send_empty(&client, &server).await;
     assert_eq!(&second.expect("second").body[..], b"ok");
     assert_eq!(server.connections(), 2);
 }
@@ -434,14 +442,14 @@ async fn other_redirects_are_answers_and_loops_end() {
         ))
     })
     .await;
-    let response = client().send(post(&found.url, &[], "{}"), LIMIT).await;
+    let response = send_empty(&client(), &found).await;
     assert_eq!(response.expect("response").status, 302);
 
     let to_https = Server::start(|_| {
         Some(reply("HTTP/1.1 308 Permanent Redirect\r\nlocation: https://example.com/\r\ncontent-length: 0\r\n\r\n"))
     })
     .await;
-    let response = client().send(post(&to_https.url, &[], "{}"), LIMIT).await;
+    let response = send_empty(&client(), &to_https).await;
     assert_eq!(response.expect("response").status, 308);
 
     let looping = Server::start(|_| {
@@ -450,7 +458,7 @@ async fn other_redirects_are_answers_and_loops_end() {
         ))
     })
     .await;
-    let result = client().send(post(&looping.url, &[], "{}"), LIMIT).await;
+    let result = send_empty(&client(), &looping).await;
     assert!(
         matches!(&result, Err(OutboundError::Other(m)) if m.contains("more than 3 redirects")),
         "{result:?}"

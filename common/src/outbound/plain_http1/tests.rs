@@ -244,77 +244,76 @@ async fn a_response_with_a_length_is_read_and_its_connection_reused() {
     assert_eq!(request.body, br#"{"a":1}"#);
 }
 
+/// An answer's framing and version decide its body and whether its connection is used again.
+struct FramingCase {
+    answer: &'static str,
+    /// The server closes the connection after answering.
+    server_closes: bool,
+    body: &'static [u8],
+    /// Two requests in a row: how many connections the server saw, how many the client keeps.
+    connections: usize,
+    idle_after: usize,
+}
+
 #[tokio::test]
-async fn a_connection_the_server_asks_to_close_is_not_reused() {
-    let server = Server::start(|_| {
-        Some(reply_and_close(
-            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
-        ))
-    })
-    .await;
-    let client = client();
-    for _ in 0..2 {
-        let response = send_empty(&client, &server).await;
-        assert_eq!(&response.expect("response").body[..], b"ok");
+async fn the_framing_decides_the_body_and_whether_the_connection_is_kept() {
+    let cases = [
+        FramingCase {
+            answer: "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+            server_closes: true,
+            body: b"ok",
+            connections: 2,
+            idle_after: 0,
+        },
+        FramingCase {
+            answer: "HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            server_closes: true,
+            body: b"ok",
+            connections: 2,
+            idle_after: 0,
+        },
+        FramingCase {
+            answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     5;name=value\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n",
+            server_closes: false,
+            body: b"hello, world",
+            connections: 1,
+            idle_after: 1,
+        },
+        FramingCase {
+            answer: "HTTP/1.1 200 OK\r\n\r\nall of it",
+            server_closes: true,
+            body: b"all of it",
+            connections: 2,
+            idle_after: 0,
+        },
+        FramingCase {
+            // No body for a 204, whatever its length says.
+            answer: "HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n",
+            server_closes: false,
+            body: b"",
+            connections: 1,
+            idle_after: 1,
+        },
+    ];
+    for case in cases {
+        let (answer, closes) = (case.answer, case.server_closes);
+        let server = Server::start(move |_| {
+            Some(if closes {
+                reply_and_close(answer)
+            } else {
+                reply(answer)
+            })
+        })
+        .await;
+        let client = client();
+        for _ in 0..2 {
+            let response = send_empty(&client, &server).await;
+            assert_eq!(&response.expect(answer).body[..], case.body, "{answer:?}");
+        }
+        assert_eq!(server.connections(), case.connections, "{answer:?}");
+        assert_eq!(client.idle_count(), case.idle_after, "{answer:?}");
     }
-    assert_eq!(server.connections(), 2);
-    assert_eq!(client.idle_count(), 0);
-}
-
-#[tokio::test]
-async fn an_http_1_0_answer_closes_its_connection() {
-    let server = Server::start(|_| {
-        Some(reply_and_close(
-            "HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
-        ))
-    })
-    .await;
-    let client = client();
-    let response = send_empty(&client, &server).await;
-    assert_eq!(&response.expect("response").body[..], b"ok");
-    assert_eq!(client.idle_count(), 0);
-}
-
-#[tokio::test]
-async fn a_chunked_body_with_extensions_and_trailers_is_decoded_and_the_connection_kept() {
-    let server = Server::start(|_| {
-        Some(reply(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
-             5;name=value\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n",
-        ))
-    })
-    .await;
-    let client = client();
-    for _ in 0..2 {
-        let response = send_empty(&client, &server).await;
-        assert_eq!(&response.expect("response").body[..], b"hello, world");
-    }
-    assert_eq!(server.connections(), 1);
-}
-
-#[tokio::test]
-async fn a_body_without_framing_runs_to_the_close_and_the_connection_is_dropped() {
-    let server = Server::start(|_| Some(reply_and_close("HTTP/1.1 200 OK\r\n\r\nall of it"))).await;
-    let client = client();
-    let response = send_empty(&client, &server).await;
-    assert_eq!(&response.expect("response").body[..], b"all of it");
-    assert_eq!(client.idle_count(), 0);
-}
-
-#[tokio::test]
-async fn no_body_is_read_for_204_and_the_connection_is_kept() {
-    let server = Server::start(|_| {
-        Some(reply(
-            "HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n",
-        ))
-    })
-    .await;
-    let client = client();
-    let response = send_empty(&client, &server).await;
-    let response = response.expect("response");
-    assert_eq!(response.status, 204);
-    assert!(response.body.is_empty());
-    assert_eq!(client.idle_count(), 1);
 }
 
 #[tokio::test]

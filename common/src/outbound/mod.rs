@@ -102,6 +102,15 @@ pub struct OutboundResponse {
     pub body: bytes::Bytes,
 }
 
+/// Whether the environment names a proxy that reqwest would send plain-http requests through
+/// (`http_proxy`, `all_proxy`, either case; `no_proxy` exceptions are not worked out: any
+/// proxy keeps every plain-http provider call on reqwest, as it was before the lean client).
+fn proxy_for_plain_http(var: impl Fn(&str) -> Option<String>) -> bool {
+    ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+        .into_iter()
+        .any(|name| var(name).is_some_and(|value| !value.trim().is_empty()))
+}
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const USER_AGENT: &str = concat!("agentfleet/", env!("CARGO_PKG_VERSION"));
@@ -130,8 +139,9 @@ fn rate_headers(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
 pub struct Outbound {
     /// One client (one connection pool) per way of speaking to providers. Plain-http
     /// providers spoken to over HTTP/1.1 go through the lean client, which holds no buffer
-    /// while a call waits (see [`plain_http1`]).
-    plain_http1: Arc<PlainHttp1>,
+    /// while a call waits (see [`plain_http1`]) — unless the environment names a proxy for
+    /// plain http, which only reqwest speaks to.
+    plain_http1: Option<Arc<PlainHttp1>>,
     providers: reqwest::Client,
     providers_http1: reqwest::Client,
     providers_http2: reqwest::Client,
@@ -182,11 +192,13 @@ impl Outbound {
         }
         let webhooks = build(webhooks);
         Self {
-            plain_http1: Arc::new(PlainHttp1::new(
-                CONNECT_TIMEOUT,
-                POOL_IDLE_TIMEOUT,
-                USER_AGENT,
-            )),
+            plain_http1: (!proxy_for_plain_http(|name| std::env::var(name).ok())).then(|| {
+                Arc::new(PlainHttp1::new(
+                    CONNECT_TIMEOUT,
+                    POOL_IDLE_TIMEOUT,
+                    USER_AGENT,
+                ))
+            }),
             providers,
             providers_http1,
             providers_http2,
@@ -246,9 +258,13 @@ impl Outbound {
         destination: Destination,
         request: Request<'_>,
     ) -> Result<OutboundResponse, OutboundError> {
-        if Self::is_plain_http1(destination, request.url) {
+        if let Some(lean) = self
+            .plain_http1
+            .as_ref()
+            .filter(|_| Self::is_plain_http1(destination, request.url))
+        {
             let timeout = request.timeout;
-            let work = self.plain_http1.send(request, self.max_response_bytes);
+            let work = lean.send(request, self.max_response_bytes);
             return tokio::time::timeout(timeout, work)
                 .await
                 .map_err(|_| OutboundError::Timeout)?;
@@ -450,6 +466,34 @@ fn embedded_v4(ip: Ipv6Addr) -> Embedded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_proxy_for_plain_http_in_the_environment_is_seen_in_either_case() {
+        let env = |set: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                set.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert!(!proxy_for_plain_http(env(&[])));
+        assert!(!proxy_for_plain_http(env(&[
+            ("HTTPS_PROXY", "http://p:3128"),
+            ("http_proxy", " ")
+        ])));
+        assert!(proxy_for_plain_http(env(&[(
+            "http_proxy",
+            "http://p:3128"
+        )])));
+        assert!(proxy_for_plain_http(env(&[(
+            "HTTP_PROXY",
+            "http://p:3128"
+        )])));
+        assert!(proxy_for_plain_http(env(&[(
+            "ALL_PROXY",
+            "socks5://p:1080"
+        )])));
+    }
 
     fn url(s: &str) -> Url {
         Url::parse(s).expect("url")

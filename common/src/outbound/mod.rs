@@ -19,7 +19,7 @@ use crate::config::HttpVersion;
 mod plain_http1;
 
 pub use plain_http1::read_received;
-use plain_http1::PlainHttp1;
+use plain_http1::{PlainHttp1, Settings};
 
 /// Whose URL a request goes to, which decides whether the SSRF guard applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,11 +137,13 @@ fn rate_headers(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
 
 #[derive(Clone)]
 pub struct Outbound {
-    /// One client (one connection pool) per way of speaking to providers. Plain-http
-    /// providers spoken to over HTTP/1.1 go through the lean client, which holds no buffer
-    /// while a call waits (see [`plain_http1`]) — unless the environment names a proxy for
-    /// plain http, which only reqwest speaks to.
-    plain_http1: Option<Arc<PlainHttp1>>,
+    /// Plain-http providers spoken to over HTTP/1.1, and plain-http webhook receivers, go
+    /// through the lean client, which holds no buffer while a call waits (see
+    /// [`plain_http1`]) — unless the environment names a proxy for plain http, which only
+    /// reqwest speaks to.
+    plain_providers: Option<Arc<PlainHttp1>>,
+    plain_webhooks: Option<Arc<PlainHttp1>>,
+    /// One client (one connection pool) per way of speaking to providers.
     providers: reqwest::Client,
     providers_http1: reqwest::Client,
     providers_http2: reqwest::Client,
@@ -191,21 +193,30 @@ impl Outbound {
             }
         }
         let webhooks = build(webhooks);
+        let hosts = Arc::new(hosts.clone());
+        let proxied = proxy_for_plain_http(|name| std::env::var(name).ok());
+        let lean = |max_redirects, public_only| {
+            (!proxied).then(|| {
+                Arc::new(PlainHttp1::new(Settings {
+                    connect_timeout: CONNECT_TIMEOUT,
+                    idle_timeout: POOL_IDLE_TIMEOUT,
+                    user_agent: USER_AGENT,
+                    max_redirects,
+                    hosts: hosts.clone(),
+                    public_only,
+                }))
+            })
+        };
         Self {
-            plain_http1: (!proxy_for_plain_http(|name| std::env::var(name).ok())).then(|| {
-                Arc::new(PlainHttp1::new(
-                    CONNECT_TIMEOUT,
-                    POOL_IDLE_TIMEOUT,
-                    USER_AGENT,
-                ))
-            }),
+            plain_providers: lean(plain_http1::MAX_REDIRECTS, false),
+            plain_webhooks: lean(0, !allow_private_webhooks),
             providers,
             providers_http1,
             providers_http2,
             tools,
             webhooks,
             allow_private_webhooks,
-            hosts: Arc::new(hosts.clone()),
+            hosts: hosts.clone(),
             max_response_bytes,
         }
     }
@@ -243,13 +254,26 @@ impl Outbound {
         self.send(destination, request).await
     }
 
-    /// A provider over plain http that is not asked for HTTP/2 (`auto` speaks HTTP/1.1 to a
-    /// plain-http server too).
-    fn is_plain_http1(destination: Destination, url: &Url) -> bool {
-        matches!(
-            destination,
-            Destination::Provider(HttpVersion::Auto | HttpVersion::Http1)
-        ) && url.scheme() == "http"
+    /// The lean client for a provider over plain http that is not asked for HTTP/2 (`auto`
+    /// speaks HTTP/1.1 to a plain-http server too) and for a plain-http webhook receiver,
+    /// whose URL is checked first.
+    fn lean_client(
+        &self,
+        destination: Destination,
+        url: &Url,
+    ) -> Result<Option<&PlainHttp1>, OutboundError> {
+        if url.scheme() != "http" {
+            return Ok(None);
+        }
+        let lean = match destination {
+            Destination::Provider(HttpVersion::Auto | HttpVersion::Http1) => &self.plain_providers,
+            Destination::Webhook => {
+                self.check_webhook_url(url)?;
+                &self.plain_webhooks
+            }
+            Destination::Provider(HttpVersion::Http2) | Destination::Tool => &None,
+        };
+        Ok(lean.as_deref())
     }
 
     /// Sends a request and reads the whole response (bounded in time and size).
@@ -258,11 +282,7 @@ impl Outbound {
         destination: Destination,
         request: Request<'_>,
     ) -> Result<OutboundResponse, OutboundError> {
-        if let Some(lean) = self
-            .plain_http1
-            .as_ref()
-            .filter(|_| Self::is_plain_http1(destination, request.url))
-        {
+        if let Some(lean) = self.lean_client(destination, request.url)? {
             let timeout = request.timeout;
             let work = lean.send(request, self.max_response_bytes);
             return tokio::time::timeout(timeout, work)

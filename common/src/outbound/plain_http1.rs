@@ -1,4 +1,4 @@
-//! A lean HTTP/1.1 client for provider endpoints over plain http.
+//! A lean HTTP/1.1 client for provider endpoints and webhook receivers over plain http.
 //!
 //! Why not hyper's client (through reqwest) here: each of its HTTP/1.1 connections keeps about
 //! 25 KB for as long as it lives — a dispatch-channel block (9 KB), a header buffer (8 KB) and a
@@ -11,20 +11,22 @@
 //! What it does: one request per connection at a time; keep-alive with a last-in-first-out
 //! idle pool per host and port (entries older than the idle timeout are dropped, and a
 //! connection the server has closed is noticed before reuse); `Content-Length`, chunked and
-//! close-delimited bodies; the response size cap; 307 and 308 redirects to plain http with the
-//! method and body kept, at most [`MAX_REDIRECTS`] (a provider call is a POST, and the other
-//! redirects would turn it into a GET). What it leaves to its caller: the overall timeout, and
-//! https (reqwest, where rustls' own buffers dominate a connection's cost anyway).
+//! close-delimited bodies; the response size cap; for providers, 307 and 308 redirects to
+//! plain http with the method and body kept, at most [`MAX_REDIRECTS`] (a provider call is a
+//! POST, and the other redirects would turn it into a GET); for webhooks, no redirects and the
+//! SSRF guard's resolver rule: only public addresses, static `hosts` entries first. What it
+//! leaves to its caller: the overall timeout, the URL's literal checks, and https (reqwest,
+//! where rustls' own buffers dominate a connection's cost anyway).
 //!
 //! A request is retried on a fresh connection only when writing it to a reused one failed: then
 //! the server cannot have had all of it. Once it is written, a failure is the caller's to
 //! decide on — the server may have acted on it.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
-use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -33,9 +35,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use url::{Host, Position, Url};
 
-use super::{is_rate_header, OutboundError, OutboundResponse, Request, MAX_RATE_HEADERS};
+use super::{
+    is_public_ip, is_rate_header, OutboundError, OutboundResponse, Request, MAX_RATE_HEADERS,
+};
 
-/// Redirects followed for one request.
+/// Redirects a provider call follows.
 pub const MAX_REDIRECTS: usize = 3;
 /// A response head larger than this is refused.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -71,12 +75,23 @@ struct IdleConnection {
     since: Instant,
 }
 
+/// How a client connects and what it follows.
+pub struct Settings {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub user_agent: &'static str,
+    /// 307/308 redirects followed; 0 makes every redirect the answer.
+    pub max_redirects: usize,
+    /// Static addresses for host names, consulted before DNS.
+    pub hosts: Arc<BTreeMap<String, IpAddr>>,
+    /// Connect only to public addresses (the SSRF guard's rule for webhooks).
+    pub public_only: bool,
+}
+
 /// The client: a pool of idle connections per origin.
 pub struct PlainHttp1 {
     idle: Mutex<HashMap<Origin, VecDeque<IdleConnection>>>,
-    idle_timeout: Duration,
-    connect_timeout: Duration,
-    user_agent: &'static str,
+    settings: Settings,
 }
 
 /// A response as read off the wire, before it becomes an [`OutboundResponse`].
@@ -86,16 +101,10 @@ struct Response {
 }
 
 impl PlainHttp1 {
-    pub fn new(
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-        user_agent: &'static str,
-    ) -> Self {
+    pub fn new(settings: Settings) -> Self {
         Self {
             idle: Mutex::new(HashMap::new()),
-            idle_timeout,
-            connect_timeout,
-            user_agent,
+            settings,
         }
     }
 
@@ -107,16 +116,21 @@ impl PlainHttp1 {
         limit: usize,
     ) -> Result<OutboundResponse, OutboundError> {
         let mut url = Cow::Borrowed(request.url);
-        for _ in 0..=MAX_REDIRECTS {
+        let mut followed = 0;
+        loop {
             let response = self.exchange(&request, &url, limit).await?;
-            match redirect_target(&response.head, &url) {
-                Some(next) => url = Cow::Owned(next),
+            let max = self.settings.max_redirects;
+            match redirect_target(&response.head, &url).filter(|_| max > 0) {
+                Some(_) if followed == max => {
+                    return Err(OutboundError::Other(format!("more than {max} redirects")))
+                }
+                Some(next) => {
+                    followed += 1;
+                    url = Cow::Owned(next);
+                }
                 None => return Ok(response.into_outbound()),
             }
         }
-        Err(OutboundError::Other(format!(
-            "more than {MAX_REDIRECTS} redirects"
-        )))
     }
 
     /// One request and its response on one connection.
@@ -127,7 +141,7 @@ impl PlainHttp1 {
         limit: usize,
     ) -> Result<Response, OutboundError> {
         let origin = Origin::of(url)?;
-        let bytes = request_bytes(request, url, &origin, self.user_agent)?;
+        let bytes = request_bytes(request, url, &origin, self.settings.user_agent)?;
         let stream = match self.checkout(&origin) {
             Some(mut reused) => match reused.write_all(&bytes).await {
                 Ok(()) => reused,
@@ -162,15 +176,7 @@ impl PlainHttp1 {
 
     async fn connect(&self, url: &Url, port: u16) -> Result<TcpStream, OutboundError> {
         let connect = async {
-            let addrs: Vec<SocketAddr> = match url.host() {
-                Some(Host::Ipv4(ip)) => vec![SocketAddr::new(ip.into(), port)],
-                Some(Host::Ipv6(ip)) => vec![SocketAddr::new(ip.into(), port)],
-                Some(Host::Domain(name)) => tokio::net::lookup_host((name, port))
-                    .await
-                    .map_err(|e| OutboundError::Connect(format!("resolving {name}: {e}")))?
-                    .collect(),
-                None => return Err(OutboundError::Other("URL has no host".into())),
-            };
+            let addrs = self.addresses(url, port).await?;
             let mut last = None;
             for addr in addrs {
                 match TcpStream::connect(addr).await {
@@ -187,9 +193,36 @@ impl PlainHttp1 {
                 |e| e.to_string(),
             )))
         };
-        tokio::time::timeout(self.connect_timeout, connect)
+        tokio::time::timeout(self.settings.connect_timeout, connect)
             .await
             .map_err(|_| OutboundError::Timeout)?
+    }
+
+    /// Where `url` may be reached: a static entry or DNS for a name, then, for a guarded
+    /// client, only the public addresses — resolved at every connect, so DNS rebinding cannot
+    /// slip past a check made earlier.
+    async fn addresses(&self, url: &Url, port: u16) -> Result<Vec<SocketAddr>, OutboundError> {
+        let mut addrs: Vec<SocketAddr> = match url.host() {
+            Some(Host::Ipv4(ip)) => vec![SocketAddr::new(ip.into(), port)],
+            Some(Host::Ipv6(ip)) => vec![SocketAddr::new(ip.into(), port)],
+            Some(Host::Domain(name)) => match self.settings.hosts.get(name) {
+                Some(ip) => vec![SocketAddr::new(*ip, port)],
+                None => tokio::net::lookup_host((name, port))
+                    .await
+                    .map_err(|e| OutboundError::Connect(format!("resolving {name}: {e}")))?
+                    .collect(),
+            },
+            None => return Err(OutboundError::Other("URL has no host".into())),
+        };
+        if self.settings.public_only {
+            addrs.retain(|addr| is_public_ip(addr.ip()));
+            if addrs.is_empty() {
+                return Err(OutboundError::Blocked(
+                    "resolves to a non-public address".into(),
+                ));
+            }
+        }
+        Ok(addrs)
     }
 
     /// The most recently used idle connection to `origin` that is still open.
@@ -197,7 +230,7 @@ impl PlainHttp1 {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let queue = idle.get_mut(origin)?;
         while let Some(connection) = queue.pop_back() {
-            if connection.since.elapsed() >= self.idle_timeout {
+            if connection.since.elapsed() >= self.settings.idle_timeout {
                 // The rest are older still.
                 queue.clear();
                 return None;
@@ -215,7 +248,7 @@ impl PlainHttp1 {
         // A wave's connections that are no longer needed age out from the front.
         while queue
             .front()
-            .is_some_and(|c| c.since.elapsed() >= self.idle_timeout)
+            .is_some_and(|c| c.since.elapsed() >= self.settings.idle_timeout)
         {
             queue.pop_front();
         }

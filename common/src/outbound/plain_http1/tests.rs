@@ -166,12 +166,19 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
     }
 }
 
+fn settings() -> Settings {
+    Settings {
+        connect_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(90),
+        user_agent: "agentfleet-test",
+        max_redirects: MAX_REDIRECTS,
+        hosts: Arc::default(),
+        public_only: false,
+    }
+}
+
 fn client() -> PlainHttp1 {
-    PlainHttp1::new(
-        Duration::from_secs(5),
-        Duration::from_secs(90),
-        "agentfleet-test",
-    )
+    PlainHttp1::new(settings())
 }
 
 fn post<'a>(url: &'a Url, headers: &'a [(&'a str, &'a str)], body: &str) -> Request<'a> {
@@ -515,6 +522,61 @@ async fn outbound_sends_plain_http_provider_calls_through_it_within_the_timeout(
         .await;
     assert!(matches!(result, Err(OutboundError::Timeout)), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_plain_http_webhook_reaches_only_public_addresses_and_follows_no_redirect() {
+    let server = Server::start(|_| {
+        Some(reply(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: /elsewhere\r\ncontent-length: 0\r\n\r\n",
+        ))
+    })
+    .await;
+    let port = server.url.port().expect("port");
+    let hosts = [(
+        "receiver.example.test".to_owned(),
+        IpAddr::from([127, 0, 0, 1]),
+    )]
+    .into();
+    let url = Url::parse(&format!("http://receiver.example.test:{port}/hook")).expect("url");
+    let send = |outbound: Outbound| {
+        let url = url.clone();
+        async move {
+            let timeout = Duration::from_secs(5);
+            outbound
+                .post_json(Destination::Webhook, &url, &[], b"{}".to_vec(), timeout)
+                .await
+        }
+    };
+
+    // Guarded: the static entry points inward, so nothing is sent.
+    let guarded = send(Outbound::new(false, LIMIT, &hosts)).await;
+    assert!(
+        matches!(guarded, Err(OutboundError::Blocked(_))),
+        "{guarded:?}"
+    );
+    assert_eq!(server.connections(), 0);
+
+    // Private networks allowed: delivered, and the redirect is the answer.
+    let allowed = send(Outbound::new(true, LIMIT, &hosts)).await;
+    assert_eq!(allowed.expect("answer").status, 307);
+    assert_eq!(server.received().len(), 1, "the redirect is not followed");
+}
+
+#[tokio::test]
+async fn a_guarded_client_connects_to_no_private_address() {
+    let server =
+        Server::start(|_| Some(reply("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"))).await;
+    let guarded = PlainHttp1::new(Settings {
+        public_only: true,
+        ..settings()
+    });
+    let result = send_empty(&guarded, &server).await;
+    assert!(
+        matches!(result, Err(OutboundError::Blocked(_))),
+        "{result:?}"
+    );
+    assert_eq!(server.connections(), 0);
 }
 
 const USER_AGENT_FOR_TESTS: &str = concat!("agentfleet/", env!("CARGO_PKG_VERSION"));

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes what agentfleet reads from outside (submitted requests, broker messages, provider
-# responses and rate-limit headers, model tool calls and final answers, the stored step log)
-# with cargo-fuzz (libFuzzer, nightly toolchain): each target for a bounded time, one a core,
+# responses (HTTP/1.1 framing, bodies, rate-limit headers), model tool calls and final answers,
+# the stored step log) with cargo-fuzz (libFuzzer, nightly toolchain): each target for a bounded time, one a core,
 # starting from the hand-written seeds in fuzz/seeds/<target>/. Fails on any crash: a panic
 # (overflow checks and debug assertions are on), a stack overflow, an input taking longer than
 # -timeout or memory past -rss_limit_mb.

@@ -5,6 +5,7 @@
 //! and a webhook receiver ([`receiver`]) that verifies Standard Webhooks signatures and records
 //! deliveries.
 
+pub mod gate;
 pub mod llm;
 pub mod receiver;
 pub mod script;

@@ -18,6 +18,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::gate::Gate;
 use crate::script::{self, Reply, Scenario};
 
 /// A fault the stub injects instead of a normal answer.
@@ -99,26 +100,6 @@ struct Recorded {
     last_request: HashMap<String, Value>,
 }
 
-/// Holds calls back while closed: a call that arrives then answers only once it opens, so a
-/// test can make many calls end at the same moment. Open unless a test closes it.
-#[derive(Clone)]
-struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
-
-impl Default for Gate {
-    fn default() -> Self {
-        Self(Arc::new(tokio::sync::watch::Sender::new(true)))
-    }
-}
-
-impl Gate {
-    /// Waits for the gate to open if it is closed now.
-    async fn pass(&self) {
-        let mut open = self.0.subscribe();
-        // The sender lives as long as the stub, so this only ends when the gate opens.
-        let _ = open.wait_for(|open| *open).await;
-    }
-}
-
 /// The stub's shared state; clone it to keep a handle after `router()`.
 #[derive(Clone, Default)]
 pub struct StubLlm {
@@ -141,12 +122,12 @@ impl StubLlm {
 
     /// Calls that arrive from now on wait, after their latency, until [`StubLlm::open_gate`].
     pub fn close_gate(&self) {
-        self.gate.0.send_replace(false);
+        self.gate.close();
     }
 
     /// Lets every call held at the gate answer, all at once.
     pub fn open_gate(&self) {
-        self.gate.0.send_replace(true);
+        self.gate.open();
     }
 
     pub fn router(&self) -> Router {
@@ -301,7 +282,7 @@ async fn chat_completions(
         model: meta.model.clone(),
         job: meta.job_id.clone().map(|id| (id, meta.lease.clone())),
     };
-    let held = !*stub.gate.0.borrow();
+    let held = stub.gate.is_closed();
     if !behavior.latency.is_zero() {
         tokio::time::sleep(behavior.latency).await;
     }

@@ -13,6 +13,8 @@ use serde_json::Value;
 
 use agentfleet_common::signing::{self, WebhookSecret};
 
+use crate::gate::Gate;
+
 /// One delivery as received.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -33,6 +35,7 @@ pub struct Receiver {
     gone: Arc<std::sync::atomic::AtomicBool>,
     requests: Arc<AtomicU32>,
     notify: Arc<tokio::sync::Notify>,
+    gate: Gate,
 }
 
 impl Receiver {
@@ -45,6 +48,7 @@ impl Receiver {
             gone: Arc::default(),
             requests: Arc::default(),
             notify: Arc::default(),
+            gate: Gate::default(),
         }
     }
 
@@ -63,6 +67,16 @@ impl Receiver {
     /// Answer 410 Gone to every delivery from now on (the endpoint was removed).
     pub fn set_gone(&self) {
         self.gone.store(true, Ordering::SeqCst);
+    }
+
+    /// Requests that arrive from now on wait, unanswered, until [`Receiver::open_gate`].
+    pub fn close_gate(&self) {
+        self.gate.close();
+    }
+
+    /// Answers every request held at the gate, all at once.
+    pub fn open_gate(&self) {
+        self.gate.open();
     }
 
     /// Every request received, failed ones included.
@@ -101,6 +115,7 @@ async fn receive(
             .to_owned()
     };
     receiver.requests.fetch_add(1, Ordering::SeqCst);
+    receiver.gate.pass().await;
     if receiver.gone.load(Ordering::SeqCst) {
         return StatusCode::GONE;
     }

@@ -923,14 +923,26 @@ async fn a_long_run_is_not_acked_past_and_does_not_hold_back_later_acks() -> any
 
     app.wait_terminal(std::slice::from_ref(&long), Duration::from_secs(10))
         .await?;
+    // The late burst is held twice, so its runs reach their acks together however slowly
+    // the machine stores their results: at the model's gate, then at the receiver's, where
+    // each run waits on its inline webhook attempt, the last step before its ack.
     app.llm.close_gate();
+    app.receiver.close_gate();
     let mut late = Vec::new();
     for i in 0..BURST {
         late.push(app.submit_job("summarize", &format!("late {i}")).await?);
     }
     app.wait_calls_in_flight(&model, BURST as u64, Duration::from_secs(10))
         .await?;
+    let delivered_before = app.receiver.requests();
     app.llm.open_gate();
+    wait_until(
+        Duration::from_secs(10),
+        "the late webhooks held",
+        || async { (app.receiver.requests() >= delivered_before + BURST as u32).then_some(()) },
+    )
+    .await?;
+    app.receiver.open_gate();
     app.wait_terminal(&late, Duration::from_secs(10)).await?;
     app.wait_webhooks(1 + 2 * BURST, Duration::from_secs(20))
         .await?;

@@ -172,7 +172,11 @@ impl Outbound {
         };
         // Building a client only fails when the TLS backend cannot initialise, which is a
         // broken build rather than bad input.
-        let provider = || base().redirect(reqwest::redirect::Policy::limited(3));
+        let provider = || {
+            base().redirect(reqwest::redirect::Policy::limited(
+                plain_http1::MAX_REDIRECTS,
+            ))
+        };
         let build = |builder: reqwest::ClientBuilder| {
             builder
                 .build()
@@ -182,18 +186,18 @@ impl Outbound {
         let providers_http1 = build(provider().http1_only());
         let providers_http2 = build(provider().http2_prior_knowledge());
         let tools = build(base().redirect(reqwest::redirect::Policy::none()));
+        let hosts = Arc::new(hosts.clone());
         let mut webhooks = base().redirect(reqwest::redirect::Policy::none());
         if !allow_private_webhooks {
             webhooks = webhooks.dns_resolver(Arc::new(PublicOnlyResolver {
                 hosts: hosts.clone(),
             }));
         } else {
-            for (name, ip) in hosts {
+            for (name, ip) in hosts.iter() {
                 webhooks = webhooks.resolve(name, SocketAddr::new(*ip, 0));
             }
         }
         let webhooks = build(webhooks);
-        let hosts = Arc::new(hosts.clone());
         let proxied = proxy_for_plain_http(|name| std::env::var(name).ok());
         let lean = |max_redirects, public_only| {
             (!proxied).then(|| {
@@ -366,27 +370,40 @@ mod bytes_limit {
 
 const BLOCKED_MARKER: &str = "agentfleet-ssrf-guard";
 
+/// Where a host name may be reached: its static `hosts` entry, else DNS.
+async fn lookup(
+    name: &str,
+    port: u16,
+    hosts: &BTreeMap<String, IpAddr>,
+) -> std::io::Result<Vec<SocketAddr>> {
+    match hosts.get(name) {
+        Some(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
+        None => Ok(tokio::net::lookup_host((name, port)).await?.collect()),
+    }
+}
+
+/// The public addresses of `addrs`; none is `None`.
+fn only_public(mut addrs: Vec<SocketAddr>) -> Option<Vec<SocketAddr>> {
+    addrs.retain(|addr| is_public_ip(addr.ip()));
+    (!addrs.is_empty()).then_some(addrs)
+}
+
 /// Resolves names (static `hosts` entries first, then DNS) and keeps only public
 /// addresses; none left is an error.
 struct PublicOnlyResolver {
-    hosts: BTreeMap<String, IpAddr>,
+    hosts: Arc<BTreeMap<String, IpAddr>>,
 }
 
 impl Resolve for PublicOnlyResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let fixed = self.hosts.get(name.as_str()).copied();
+        let hosts = self.hosts.clone();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = match fixed {
-                Some(ip) => vec![SocketAddr::new(ip, 0)],
-                None => tokio::net::lookup_host((name.as_str(), 0)).await?.collect(),
-            };
-            let public: Vec<SocketAddr> =
-                addrs.into_iter().filter(|a| is_public_ip(a.ip())).collect();
-            if public.is_empty() {
+            let addrs = lookup(name.as_str(), 0, &hosts).await?;
+            let Some(public) = only_public(addrs) else {
                 let err: Box<dyn std::error::Error + Send + Sync> =
                     format!("{BLOCKED_MARKER}: {} has no public address", name.as_str()).into();
                 return Err(err);
-            }
+            };
             let addrs: Addrs = Box::new(public.into_iter());
             Ok(addrs)
         })
@@ -586,7 +603,7 @@ mod tests {
         use std::str::FromStr as _;
         let name = Name::from_str("localhost").expect("name");
         let err = PublicOnlyResolver {
-            hosts: BTreeMap::new(),
+            hosts: Arc::default(),
         }
         .resolve(name)
         .await

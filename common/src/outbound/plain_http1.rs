@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use url::{Host, Position, Url};
 
 use super::{
-    is_public_ip, is_rate_header, OutboundError, OutboundResponse, Request, MAX_RATE_HEADERS,
+    is_rate_header, lookup, only_public, OutboundError, OutboundResponse, Request, MAX_RATE_HEADERS,
 };
 
 /// Redirects a provider call follows.
@@ -205,22 +205,14 @@ impl PlainHttp1 {
         let mut addrs: Vec<SocketAddr> = match url.host() {
             Some(Host::Ipv4(ip)) => vec![SocketAddr::new(ip.into(), port)],
             Some(Host::Ipv6(ip)) => vec![SocketAddr::new(ip.into(), port)],
-            Some(Host::Domain(name)) => match self.settings.hosts.get(name) {
-                Some(ip) => vec![SocketAddr::new(*ip, port)],
-                None => tokio::net::lookup_host((name, port))
-                    .await
-                    .map_err(|e| OutboundError::Connect(format!("resolving {name}: {e}")))?
-                    .collect(),
-            },
+            Some(Host::Domain(name)) => lookup(name, port, &self.settings.hosts)
+                .await
+                .map_err(|e| OutboundError::Connect(format!("resolving {name}: {e}")))?,
             None => return Err(OutboundError::Other("URL has no host".into())),
         };
         if self.settings.public_only {
-            addrs.retain(|addr| is_public_ip(addr.ip()));
-            if addrs.is_empty() {
-                return Err(OutboundError::Blocked(
-                    "resolves to a non-public address".into(),
-                ));
-            }
+            addrs = only_public(addrs)
+                .ok_or_else(|| OutboundError::Blocked("resolves to a non-public address".into()))?;
         }
         Ok(addrs)
     }

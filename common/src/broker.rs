@@ -394,83 +394,69 @@ impl Broker {
                 .exchange_declare(exchange.into(), kind, durable, FieldTable::default())
                 .await?;
         }
-
         let dead_queue = names.dead_queue();
         self.declare_queue(channel, &dead_queue, self.queue_args(false))
             .await?;
-        channel
-            .queue_bind(
-                dead_queue.into(),
-                names.dead_exchange().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        bind(
+            channel,
+            dead_queue,
+            names.dead_exchange(),
+            "",
+            FieldTable::default(),
+        )
+        .await?;
 
-        let mut work_queues: Vec<(String, String)> = self
-            .inner
-            .job_queues
-            .iter()
-            .map(|q| (q.queue.clone(), q.routing_key.clone()))
-            .collect();
-        work_queues.push((
-            names.webhook_queue(),
-            names.webhook_routing_key().to_owned(),
-        ));
-        for (queue, routing_key) in work_queues {
+        let job_queues = self.inner.job_queues.iter();
+        let webhooks = (names.webhook_queue(), names.webhook_routing_key());
+        for (queue, routing_key) in job_queues
+            .map(|q| (q.queue.clone(), q.routing_key.as_str()))
+            .chain([webhooks])
+        {
             self.declare_queue(channel, &queue, self.queue_args(true))
                 .await?;
-            channel
-                .queue_bind(
-                    queue.into(),
-                    names.work_exchange().into(),
-                    routing_key.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            let exchange = names.work_exchange();
+            bind(channel, queue, exchange, routing_key, FieldTable::default()).await?;
         }
 
         for &step in DELAY_STEPS_MS {
             let queue = names.delay_queue(step);
-            let mut args = FieldTable::default();
-            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(step as i64));
-            args.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString(LongString::from(names.work_exchange())),
-            );
-            if self.inner.config.queue_type == QueueType::Quorum {
-                // Expired messages move back to the work queues at least once: the broker
-                // re-publishes with confirms and retries until the target has them. (Classic
-                // queues dead-letter at most once: a message expiring while its target is not
-                // ready — right after a broker restart — would be dropped. The chaos test
-                // caught exactly that.)
-                self.quorum_args(&mut args);
-                args.insert(
-                    "x-dead-letter-strategy".into(),
-                    AMQPValue::LongString("at-least-once".into()),
-                );
-                args.insert(
-                    "x-overflow".into(),
-                    AMQPValue::LongString("reject-publish".into()),
-                );
-            }
-            self.declare_queue(channel, &queue, args).await?;
+            self.declare_queue(channel, &queue, self.delay_queue_args(step))
+                .await?;
             let mut binding = FieldTable::default();
             binding.insert("x-match".into(), AMQPValue::LongString("all".into()));
             binding.insert(DELAY_HEADER.into(), AMQPValue::LongLongInt(step as i64));
-            channel
-                .queue_bind(
-                    queue.into(),
-                    names.delay_exchange().into(),
-                    "".into(),
-                    QueueBindOptions::default(),
-                    binding,
-                )
-                .await?;
+            bind(channel, queue, names.delay_exchange(), "", binding).await?;
         }
         Ok(())
+    }
+
+    /// Arguments of the delay queue whose messages wait `step` ms, then go back to the work
+    /// exchange.
+    fn delay_queue_args(&self, step: u64) -> FieldTable {
+        let names = &self.inner.names;
+        let mut args = FieldTable::default();
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(step as i64));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(LongString::from(names.work_exchange())),
+        );
+        if self.inner.config.queue_type == QueueType::Quorum {
+            // Expired messages move back to the work queues at least once: the broker
+            // re-publishes with confirms and retries until the target has them. (Classic
+            // queues dead-letter at most once: a message expiring while its target is not
+            // ready — right after a broker restart — would be dropped. The chaos test
+            // caught exactly that.)
+            self.quorum_args(&mut args);
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString("at-least-once".into()),
+            );
+            args.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("reject-publish".into()),
+            );
+        }
+        args
     }
 
     /// Arguments of a work queue (`dead_letters`) or of the dead-letter queue itself.
@@ -786,6 +772,27 @@ async fn bounded<T>(
     tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| BrokerError::Timeout(timeout))?
+}
+
+/// Binds `queue` to `exchange` under `routing_key`, with `arguments` (a headers exchange's
+/// match).
+async fn bind(
+    channel: &Channel,
+    queue: String,
+    exchange: String,
+    routing_key: &str,
+    arguments: FieldTable,
+) -> Result<(), BrokerError> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            arguments,
+        )
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -226,30 +226,13 @@ async fn attempt(shared: &Shared, msg: WebhookMessage, job: Job, timeout: Durati
     };
     if let Some(wait) = over_host_rate(shared, &url) {
         // Same attempt, later: a throttled delivery is not a failed one.
-        shared
-            .metrics
-            .webhook_deliveries
-            .with_label_values(&["throttled"])
-            .inc();
-        let later = WebhookMessage {
-            not_before: chrono::Duration::from_std(wait)
-                .ok()
-                .map(|d| Utc::now() + d),
-            ..msg
-        };
-        return Next::Later {
-            msg: later,
-            delay: wait,
-            what: "a throttled webhook",
-        };
+        count_delivery(shared, "throttled");
+        let attempt = msg.attempt;
+        return later(msg, attempt, wait, "a throttled webhook");
     }
     let Some(secret) = shared.secrets.webhook.get(&msg.tenant) else {
         tracing::error!("tenant has no webhook secret configured; cannot sign, dropping");
-        shared
-            .metrics
-            .webhook_deliveries
-            .with_label_values(&["blocked"])
-            .inc();
+        count_delivery(shared, "blocked");
         return Next::Done;
     };
     let Some(signed) = sign_event(shared, &msg, secret, &job) else {
@@ -264,11 +247,7 @@ async fn attempt(shared: &Shared, msg: WebhookMessage, job: Job, timeout: Durati
         _ => None,
     };
     let (label, ended) = conclude(outcome, retry_delay.is_some());
-    shared
-        .metrics
-        .webhook_deliveries
-        .with_label_values(&[label])
-        .inc();
+    count_delivery(shared, label);
     tracing::info!(outcome = label, "webhook attempt done");
 
     // Boxed, like the publishes of `first_attempt`: a run's ending waits mostly on the POST,
@@ -279,19 +258,36 @@ async fn attempt(shared: &Shared, msg: WebhookMessage, job: Job, timeout: Durati
         tracing::warn!(error = %err, "cannot record the webhook attempt");
     }
     match retry_delay {
-        Some(delay) => Next::Later {
-            msg: WebhookMessage {
-                attempt: msg.attempt.saturating_add(1),
-                not_before: chrono::Duration::from_std(delay)
-                    .ok()
-                    .map(|d| Utc::now() + d),
-                ..msg
-            },
-            delay,
-            what: "the webhook retry",
-        },
+        Some(delay) => {
+            let next = msg.attempt.saturating_add(1);
+            later(msg, next, delay, "the webhook retry")
+        }
         None => Next::Done,
     }
+}
+
+/// `msg` as attempt number `attempt`, due after `delay`.
+fn later(msg: WebhookMessage, attempt: u32, delay: Duration, what: &'static str) -> Next {
+    let not_before = chrono::Duration::from_std(delay)
+        .ok()
+        .map(|d| Utc::now() + d);
+    Next::Later {
+        msg: WebhookMessage {
+            attempt,
+            not_before,
+            ..msg
+        },
+        delay,
+        what,
+    }
+}
+
+fn count_delivery(shared: &Shared, label: &str) {
+    shared
+        .metrics
+        .webhook_deliveries
+        .with_label_values(&[label])
+        .inc();
 }
 
 /// A signed event: its body and its Standard Webhooks headers.

@@ -203,6 +203,39 @@ struct Run<'a> {
     reserved_turn: std::sync::atomic::AtomicBool,
 }
 
+/// The job's lease and the job as stored, marked running by `mark` in the same round trip;
+/// a job leased elsewhere goes round the delay ladder, one that cannot run is settled.
+async fn take_lease(
+    shared: &Shared,
+    msg: &JobMessage,
+    mark: Option<RunMark>,
+) -> Settled<(Lease, StoredJob)> {
+    let begun = shared
+        .store
+        .begin_run(BeginRun {
+            id: msg.job_id,
+            owner: &shared.instance,
+            ttl: shared.config.worker.lease,
+            mark,
+        })
+        .await;
+    match begun {
+        Ok(Begun::Held(lease, job)) => Ok((lease, job)),
+        Ok(Begun::Busy(left)) => {
+            // Another run holds it (or a crashed one whose lease has not expired): wait in
+            // the delay ladder, not here.
+            tracing::info!(?left, "job leased elsewhere; delayed");
+            let wait = left.max(Duration::from_millis(250));
+            Err(Box::pin(delay(shared, msg, wait)).await)
+        }
+        Ok(Begun::NotRunnable(found)) => Err(Box::pin(not_runnable(shared, found)).await),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot start the run");
+            Err(Disposition::Requeue)
+        }
+    }
+}
+
 impl<'a> Run<'a> {
     /// Reads the job, takes its lease and marks it running, in one round trip (a message
     /// that keeps coming back keeps its status: it is about to be failed). A job that ended
@@ -217,32 +250,7 @@ impl<'a> Run<'a> {
             attempt: msg.attempt,
             started_at: Utc::now(),
         });
-        let begun = shared
-            .store
-            .begin_run(BeginRun {
-                id: msg.job_id,
-                owner: &shared.instance,
-                ttl: shared.config.worker.lease,
-                mark,
-            })
-            .await;
-        let (lease, job) = match begun {
-            Ok(Begun::Held(lease, job)) => (lease, job),
-            Ok(Begun::Busy(left)) => {
-                // Another run holds it (or a crashed one whose lease has not expired): wait in
-                // the delay ladder, not here.
-                tracing::info!(?left, "job leased elsewhere; delayed");
-                let wait = left.max(Duration::from_millis(250));
-                return Err(Box::pin(delay(shared, &msg, wait)).await);
-            }
-            Ok(Begun::NotRunnable(found)) => {
-                return Err(Box::pin(not_runnable(shared, found)).await)
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot start the run");
-                return Err(Disposition::Requeue);
-            }
-        };
+        let (lease, job) = take_lease(shared, &msg, mark).await?;
         let StoredJob {
             mut record,
             spec,

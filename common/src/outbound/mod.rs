@@ -103,12 +103,33 @@ pub struct OutboundResponse {
 }
 
 /// Whether the environment names a proxy that reqwest would send plain-http requests through
-/// (`http_proxy`, `all_proxy`, either case; `no_proxy` exceptions are not worked out: any
-/// proxy keeps every plain-http provider call on reqwest, as it was before the lean client).
+/// (`http_proxy`, `all_proxy`, either case), before `no_proxy` is looked at.
 fn proxy_for_plain_http(var: impl Fn(&str) -> Option<String>) -> bool {
     ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
         .into_iter()
         .any(|name| var(name).is_some_and(|value| !value.trim().is_empty()))
+}
+
+/// The proxy rules reqwest applies to every client it builds (its "system" proxies: on Linux,
+/// `http_proxy`, `all_proxy` and `no_proxy` as curl reads them), read by the same code, so the
+/// lean client takes exactly the plain-http URLs that reqwest would reach directly.
+pub(crate) struct ProxyRules(hyper_util::client::proxy::matcher::Matcher);
+
+impl ProxyRules {
+    /// The rules in the environment, when it names a proxy for plain http at all.
+    fn from_environment() -> Option<Self> {
+        proxy_for_plain_http(|name| std::env::var(name).ok())
+            .then(|| Self(hyper_util::client::proxy::matcher::Matcher::from_system()))
+    }
+
+    /// Whether reqwest would connect to `url` itself rather than through a proxy.
+    pub(crate) fn reaches_directly(&self, url: &Url) -> bool {
+        match url.as_str().parse::<http::Uri>() {
+            Ok(uri) => self.0.intercept(&uri).is_none(),
+            // Not a URL http can carry: leave it to reqwest, which will say why.
+            Err(_) => false,
+        }
+    }
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -139,10 +160,12 @@ fn rate_headers(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
 pub struct Outbound {
     /// Plain-http providers spoken to over HTTP/1.1, and plain-http webhook receivers, go
     /// through the lean client, which holds no buffer while a call waits (see
-    /// [`plain_http1`]) — unless the environment names a proxy for plain http, which only
-    /// reqwest speaks to.
-    plain_providers: Option<Arc<PlainHttp1>>,
-    plain_webhooks: Option<Arc<PlainHttp1>>,
+    /// [`plain_http1`]) — unless the environment's proxy rules send the URL through a proxy,
+    /// which only reqwest speaks to.
+    plain_providers: Arc<PlainHttp1>,
+    plain_webhooks: Arc<PlainHttp1>,
+    /// The environment's proxy rules, when it names a proxy for plain http.
+    plain_proxy: Option<Arc<ProxyRules>>,
     /// One client (one connection pool) per way of speaking to providers.
     providers: reqwest::Client,
     providers_http1: reqwest::Client,
@@ -198,22 +221,21 @@ impl Outbound {
             }
         }
         let webhooks = build(webhooks);
-        let proxied = proxy_for_plain_http(|name| std::env::var(name).ok());
+        let plain_proxy = ProxyRules::from_environment().map(Arc::new);
         let lean = |max_redirects, public_only| {
-            (!proxied).then(|| {
-                Arc::new(PlainHttp1::new(Settings {
-                    connect_timeout: CONNECT_TIMEOUT,
-                    idle_timeout: POOL_IDLE_TIMEOUT,
-                    user_agent: USER_AGENT,
-                    max_redirects,
-                    hosts: hosts.clone(),
-                    public_only,
-                }))
-            })
+            Arc::new(PlainHttp1::new(Settings {
+                connect_timeout: CONNECT_TIMEOUT,
+                idle_timeout: POOL_IDLE_TIMEOUT,
+                user_agent: USER_AGENT,
+                max_redirects,
+                hosts: hosts.clone(),
+                public_only,
+            }))
         };
         Self {
             plain_providers: lean(plain_http1::MAX_REDIRECTS, false),
             plain_webhooks: lean(0, !allow_private_webhooks),
+            plain_proxy,
             providers,
             providers_http1,
             providers_http2,
@@ -260,7 +282,8 @@ impl Outbound {
 
     /// The lean client for a provider over plain http that is not asked for HTTP/2 (`auto`
     /// speaks HTTP/1.1 to a plain-http server too) and for a plain-http webhook receiver,
-    /// whose URL is checked first.
+    /// whose URL is checked first; none for a URL the environment's proxy rules send through
+    /// a proxy.
     fn lean_client(
         &self,
         destination: Destination,
@@ -275,23 +298,35 @@ impl Outbound {
                 self.check_webhook_url(url)?;
                 &self.plain_webhooks
             }
-            Destination::Provider(HttpVersion::Http2) | Destination::Tool => &None,
+            Destination::Provider(HttpVersion::Http2) | Destination::Tool => return Ok(None),
         };
-        Ok(lean.as_deref())
+        let direct = self
+            .plain_proxy
+            .as_ref()
+            .is_none_or(|rules| rules.reaches_directly(url));
+        Ok(direct.then_some(lean.as_ref()))
     }
 
     /// Sends a request and reads the whole response (bounded in time and size).
     pub async fn send(
         &self,
         destination: Destination,
-        request: Request<'_>,
+        mut request: Request<'_>,
     ) -> Result<OutboundResponse, OutboundError> {
         if let Some(lean) = self.lean_client(destination, request.url)? {
-            let timeout = request.timeout;
-            let work = lean.send(request, self.max_response_bytes);
-            return tokio::time::timeout(timeout, work)
+            let started = tokio::time::Instant::now();
+            let proxy = self.plain_proxy.as_deref();
+            let work = lean.send(&request, self.max_response_bytes, proxy);
+            let sent = tokio::time::timeout(request.timeout, work)
                 .await
-                .map_err(|_| OutboundError::Timeout)?;
+                .map_err(|_| OutboundError::Timeout)??;
+            match sent {
+                Some(response) => return Ok(response),
+                // A redirect to a URL the proxy serves: reqwest sends the request again from
+                // the start (the first server only redirected it) and follows it through the
+                // proxy, within what is left of the timeout.
+                None => request.timeout = request.timeout.saturating_sub(started.elapsed()),
+            }
         }
         let client = match destination {
             Destination::Provider(HttpVersion::Auto) => &self.providers,
@@ -534,6 +569,49 @@ mod tests {
 
     fn url(s: &str) -> Url {
         Url::parse(s).expect("url")
+    }
+
+    #[test]
+    fn the_lean_client_takes_only_the_urls_the_proxy_rules_leave_direct() {
+        let matcher = hyper_util::client::proxy::matcher::Matcher::builder()
+            .http("http://proxy.invalid:3128")
+            .no("vllm.svc, 10.0.0.0/8")
+            .build();
+        let rules = ProxyRules(matcher);
+        for direct in [
+            "http://vllm.svc:8000/v1/chat/completions",
+            "http://a.vllm.svc/",
+            "http://10.1.2.3/",
+        ] {
+            assert!(rules.reaches_directly(&url(direct)), "{direct}");
+        }
+        for proxied in [
+            "http://api.example.com/",
+            "http://notvllm.svc/",
+            "http://11.0.0.1/",
+        ] {
+            assert!(!rules.reaches_directly(&url(proxied)), "{proxied}");
+        }
+
+        let mut outbound = Outbound::new(true, 1024, &BTreeMap::new());
+        outbound.plain_proxy = Some(Arc::new(rules));
+        let lean = |outbound: &Outbound, destination, to: &str| {
+            let chosen = outbound.lean_client(destination, &url(to));
+            chosen.expect("not blocked").is_some()
+        };
+        let provider = Destination::Provider(HttpVersion::Auto);
+        assert!(lean(&outbound, provider, "http://vllm.svc:8000/"));
+        assert!(lean(
+            &outbound,
+            Destination::Webhook,
+            "http://10.1.2.3/hook"
+        ));
+        assert!(!lean(&outbound, provider, "http://api.example.com/"));
+        let webhook = Destination::Webhook;
+        assert!(!lean(&outbound, webhook, "http://api.example.com/hook"));
+        // No proxy rules: every plain-http provider and webhook URL.
+        outbound.plain_proxy = None;
+        assert!(lean(&outbound, provider, "http://api.example.com/"));
     }
 
     #[test]

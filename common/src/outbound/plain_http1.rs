@@ -108,27 +108,32 @@ impl PlainHttp1 {
         }
     }
 
-    /// Sends `request` (its URL must be `http`) and reads the whole response, at most `limit`
-    /// bytes of body. The caller bounds the time.
+    /// Sends `request` (its URL must be `http`, reached directly) and reads the whole
+    /// response, at most `limit` bytes of body. The caller bounds the time. `None`: a redirect
+    /// leads to a URL that the environment's `proxy` rules send through a proxy, which only
+    /// reqwest speaks to.
     pub async fn send(
         &self,
-        request: Request<'_>,
+        request: &Request<'_>,
         limit: usize,
-    ) -> Result<OutboundResponse, OutboundError> {
+        proxy: Option<&super::ProxyRules>,
+    ) -> Result<Option<OutboundResponse>, OutboundError> {
+        let reaches_directly = |url: &Url| proxy.is_none_or(|rules| rules.reaches_directly(url));
         let mut url = Cow::Borrowed(request.url);
         let mut followed = 0;
         loop {
-            let response = self.exchange(&request, &url, limit).await?;
+            let response = self.exchange(request, &url, limit).await?;
             let max = self.settings.max_redirects;
             match redirect_target(&response.head, &url).filter(|_| max > 0) {
                 Some(_) if followed == max => {
                     return Err(OutboundError::Other(format!("more than {max} redirects")))
                 }
+                Some(next) if !reaches_directly(&next) => return Ok(None),
                 Some(next) => {
                     followed += 1;
                     url = Cow::Owned(next);
                 }
-                None => return Ok(response.into_outbound()),
+                None => return Ok(Some(response.into_outbound())),
             }
         }
     }

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::config::HttpVersion;
-use crate::outbound::{Destination, Outbound};
+use crate::outbound::{Destination, Outbound, ProxyRules};
 
 /// What the server does after a request: write these bytes, then keep the connection or
 /// close it.
@@ -198,7 +198,29 @@ async fn send_empty(
     client: &PlainHttp1,
     server: &Server,
 ) -> Result<OutboundResponse, OutboundError> {
-    client.send(post(&server.url, &[], "{}"), LIMIT).await
+    answered(
+        client
+            .send_direct(&post(&server.url, &[], "{}"), LIMIT)
+            .await,
+    )
+}
+
+impl PlainHttp1 {
+    /// `send` with no proxy named in the environment.
+    async fn send_direct(
+        &self,
+        request: &Request<'_>,
+        limit: usize,
+    ) -> Result<Option<OutboundResponse>, OutboundError> {
+        self.send(request, limit, None).await
+    }
+}
+
+/// The response of a send that the proxy rules did not hand back to reqwest.
+fn answered(
+    sent: Result<Option<OutboundResponse>, OutboundError>,
+) -> Result<OutboundResponse, OutboundError> {
+    sent.map(|response| response.expect("reached directly, not handed to the proxy"))
 }
 
 #[tokio::test]
@@ -217,9 +239,10 @@ async fn a_response_with_a_length_is_read_and_its_connection_reused() {
     ];
     for _ in 0..2 {
         let response = client
-            .send(post(&server.url, &headers, r#"{"a":1}"#), LIMIT)
+            .send_direct(&post(&server.url, &headers, r#"{"a":1}"#), LIMIT)
             .await
-            .expect("response");
+            .expect("response")
+            .expect("reached directly");
         assert_eq!(response.status, 200);
         assert_eq!(&response.body[..], b"hello");
         assert_eq!(response.retry_after.as_deref(), Some("3"));
@@ -430,14 +453,100 @@ async fn temporary_redirects_are_followed_with_the_method_and_body_kept() {
         }))
     })
     .await;
-    let response = client()
-        .send(post(&server.url, &[], r#"{"b":2}"#), LIMIT)
-        .await;
+    let response = answered(
+        client()
+            .send_direct(&post(&server.url, &[], r#"{"b":2}"#), LIMIT)
+            .await,
+    );
     assert_eq!(&response.expect("response").body[..], b"ok");
     let received = server.received();
     assert_eq!(received[1].target, "/moved");
     assert_eq!(received[1].method, "POST");
     assert_eq!(received[1].body, br#"{"b":2}"#);
+}
+
+/// Proxy rules as the environment would give them: a proxy for plain http that nothing
+/// here answers, and `no_proxy` exempting `exempt`.
+fn proxy_rules(exempt: &str) -> ProxyRules {
+    let matcher = hyper_util::client::proxy::matcher::Matcher::builder()
+        .http("http://proxy.invalid:3128")
+        .no(exempt)
+        .build();
+    ProxyRules(matcher)
+}
+
+#[tokio::test]
+async fn with_a_proxy_in_the_environment_a_redirect_is_followed_only_to_an_exempt_host() {
+    // The location names the server's own port, known once it listens.
+    let to_localhost = Arc::new(std::sync::Mutex::new(String::new()));
+    let server = Server::start({
+        let to_localhost = to_localhost.clone();
+        move |i| {
+            let location = to_localhost.lock().expect("lock").clone();
+            Some(reply(&if i < 2 {
+                format!("HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n")
+            } else {
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_owned()
+            }))
+        }
+    })
+    .await;
+    let port = server.url.port().expect("port");
+    let client = client();
+    // The redirect leads to `localhost`, which the proxy serves: handed back, not followed.
+    *to_localhost.lock().expect("lock") = format!("http://localhost:{port}/moved");
+    let request = post(&server.url, &[], "{}");
+    let sent = client
+        .send(&request, LIMIT, Some(&proxy_rules("127.0.0.1")))
+        .await;
+    assert!(matches!(sent, Ok(None)), "{sent:?}");
+    assert_eq!(server.received().len(), 1);
+    // Both exempt: followed.
+    let sent = client
+        .send(&request, LIMIT, Some(&proxy_rules("127.0.0.1, localhost")))
+        .await;
+    assert_eq!(&answered(sent).expect("response").body[..], b"ok");
+    assert_eq!(server.received()[2].target, "/moved");
+}
+
+#[tokio::test]
+async fn a_redirect_the_proxy_serves_is_sent_again_by_reqwest_through_outbound() {
+    let to_localhost = Arc::new(std::sync::Mutex::new(String::new()));
+    let server = Server::start({
+        let to_localhost = to_localhost.clone();
+        move |_| {
+            let location = to_localhost.lock().expect("lock").clone();
+            Some(reply(&format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n"
+            )))
+        }
+    })
+    .await;
+    let answering =
+        Server::start(|_| Some(reply("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"))).await;
+    let port = answering.url.port().expect("port");
+    *to_localhost.lock().expect("lock") = format!("http://localhost:{port}/moved");
+    let mut outbound = Outbound::new(false, LIMIT, &std::collections::BTreeMap::new());
+    // `localhost` goes through the proxy by these rules; this test's own environment names
+    // none, so reqwest reaches it directly.
+    outbound.plain_proxy = Some(Arc::new(proxy_rules("127.0.0.1")));
+    let response = outbound
+        .post_json(
+            Destination::Provider(HttpVersion::Auto),
+            &server.url,
+            &[],
+            b"{}".to_vec(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("response");
+    assert_eq!(&response.body[..], b"ok");
+    assert_eq!(
+        server.received().len(),
+        2,
+        "the lean client's try, then reqwest's"
+    );
+    assert_eq!(answering.received()[0].target, "/moved");
 }
 
 #[tokio::test]
@@ -477,9 +586,11 @@ async fn a_header_that_could_smuggle_a_line_is_refused_before_anything_is_sent()
     let server =
         Server::start(|_| Some(reply("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"))).await;
     let headers = [("x-agentfleet-job-id", "a\r\nx-evil: 1")];
-    let result = client()
-        .send(post(&server.url, &headers, "{}"), LIMIT)
-        .await;
+    let result = answered(
+        client()
+            .send_direct(&post(&server.url, &headers, "{}"), LIMIT)
+            .await,
+    );
     assert!(
         matches!(&result, Err(OutboundError::Other(m)) if m.contains("invalid header")),
         "{result:?}"

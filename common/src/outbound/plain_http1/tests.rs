@@ -475,15 +475,15 @@ fn proxy_rules(exempt: &str) -> ProxyRules {
     ProxyRules(matcher)
 }
 
-#[tokio::test]
-async fn with_a_proxy_in_the_environment_a_redirect_is_followed_only_to_an_exempt_host() {
-    // The location names the server's own port, known once it listens.
-    let to_localhost = Arc::new(std::sync::Mutex::new(String::new()));
+/// A server that answers its first `redirects` requests with a 307 to the location set in
+/// the answered `Mutex` (set once the target listens), and the rest with `ok`.
+async fn redirector(redirects: usize) -> (Server, Arc<std::sync::Mutex<String>>) {
+    let location = Arc::new(std::sync::Mutex::new(String::new()));
     let server = Server::start({
-        let to_localhost = to_localhost.clone();
+        let location = location.clone();
         move |i| {
-            let location = to_localhost.lock().expect("lock").clone();
-            Some(reply(&if i < 2 {
+            let location = location.lock().expect("lock").clone();
+            Some(reply(&if i < redirects {
                 format!("HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n")
             } else {
                 "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_owned()
@@ -491,6 +491,12 @@ async fn with_a_proxy_in_the_environment_a_redirect_is_followed_only_to_an_exemp
         }
     })
     .await;
+    (server, location)
+}
+
+#[tokio::test]
+async fn with_a_proxy_in_the_environment_a_redirect_is_followed_only_to_an_exempt_host() {
+    let (server, to_localhost) = redirector(2).await;
     let port = server.url.port().expect("port");
     let client = client();
     // The redirect leads to `localhost`, which the proxy serves: handed back, not followed.
@@ -511,17 +517,7 @@ async fn with_a_proxy_in_the_environment_a_redirect_is_followed_only_to_an_exemp
 
 #[tokio::test]
 async fn a_redirect_the_proxy_serves_is_sent_again_by_reqwest_through_outbound() {
-    let to_localhost = Arc::new(std::sync::Mutex::new(String::new()));
-    let server = Server::start({
-        let to_localhost = to_localhost.clone();
-        move |_| {
-            let location = to_localhost.lock().expect("lock").clone();
-            Some(reply(&format!(
-                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n"
-            )))
-        }
-    })
-    .await;
+    let (server, to_localhost) = redirector(usize::MAX).await;
     let answering =
         Server::start(|_| Some(reply("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"))).await;
     let port = answering.url.port().expect("port");

@@ -4,6 +4,7 @@
 //! asked, and the job store built on it.
 
 mod link;
+mod stored_form;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,6 +21,7 @@ use chrono::{DateTime, Utc};
 use crate::wire::{JobRecord, JobSpec, JobStatus, Step};
 
 use link::{Conn, Link, Master};
+use stored_form::StoredForm;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -489,18 +491,6 @@ redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 return 1
 ";
 
-/// How a record, a spec or a step is stored: JSON without its top-level nulls and empty
-/// lists, which read back as the same value (those fields default to `None` and empty), and
-/// without what the reader knows anyway. The API still shows all of it, from the value read
-/// back; in Redis it was about a fifth of a finished single-call job.
-struct StoredForm {
-    /// Fields the reader fills in again: a record's `id` is in its key, a step's `seq` is
-    /// its place in the log.
-    derived: &'static [&'static str],
-    /// Flags left out when `false`, their default.
-    unless_true: &'static [&'static str],
-}
-
 const RECORD_FORM: StoredForm = StoredForm {
     derived: &["id"],
     unless_true: &[],
@@ -513,21 +503,6 @@ const STEP_FORM: StoredForm = StoredForm {
     derived: &["seq"],
     unless_true: &["cached"],
 };
-
-impl StoredForm {
-    fn json<T: serde::Serialize>(&self, value: &T) -> Result<String, StoreError> {
-        let mut value = serde_json::to_value(value)?;
-        if let serde_json::Value::Object(fields) = &mut value {
-            fields.retain(|name, field| match field {
-                serde_json::Value::Null => false,
-                serde_json::Value::Array(items) => !items.is_empty(),
-                serde_json::Value::Bool(false) => !self.unless_true.contains(&name.as_str()),
-                _ => !self.derived.contains(&name.as_str()),
-            });
-        }
-        Ok(serde_json::to_string(&value)?)
-    }
-}
 
 /// A job's hash, as `HGETALL` answers it.
 type JobFields = HashMap<String, String>;

@@ -80,7 +80,7 @@ impl Fields<'_> {
         Ok(())
     }
 
-    /// `name` as JSON, in the key buffer (taken: give it back with [`Fields::give_back`]).
+    /// `name` as JSON, in the key buffer taken out (`named` puts it back, to be reused).
     fn quote(&mut self, name: &impl Serialize) -> Result<Vec<u8>, Error> {
         let mut key = std::mem::take(&mut self.key);
         key.clear();

@@ -97,6 +97,13 @@ pub fn delivery_count(delivery: &Delivery) -> u32 {
         .unwrap_or(0)
 }
 
+/// The `not_before` of a message due after `delay` from now (none past chrono's range).
+pub fn not_before(delay: Duration) -> Option<DateTime<Utc>> {
+    chrono::Duration::from_std(delay)
+        .ok()
+        .map(|d| Utc::now() + d)
+}
+
 /// How long until `not_before`, if it is meaningfully in the future.
 pub fn remaining_delay(not_before: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<Duration> {
     let remaining = (not_before? - now).to_std().ok()?;
@@ -119,6 +126,17 @@ pub fn after_delayed_publish(result: Result<(), BrokerError>, what: &str) -> Dis
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delay_comes_back_as_the_time_still_to_wait() {
+        let due = not_before(Duration::from_secs(60));
+        let left = remaining_delay(due, Utc::now()).expect("in the future");
+        assert!(
+            left <= Duration::from_secs(60) && left > Duration::from_secs(59),
+            "{left:?}"
+        );
+        assert_eq!(not_before(Duration::MAX), None, "past chrono's range");
+    }
 
     #[test]
     fn only_future_not_before_delays() {

@@ -24,7 +24,9 @@ use agentfleet_common::wire::{
 };
 
 use crate::acks::Acks;
-use crate::delivery::{after_delayed_publish, remaining_delay, settle, undecodable, Disposition};
+use crate::delivery::{
+    after_delayed_publish, not_before, remaining_delay, settle, undecodable, Disposition,
+};
 use crate::Shared;
 
 /// How one attempt ended.
@@ -268,13 +270,10 @@ async fn attempt(shared: &Shared, msg: WebhookMessage, job: Job, timeout: Durati
 
 /// `msg` as attempt number `attempt`, due after `delay`.
 fn later(msg: WebhookMessage, attempt: u32, delay: Duration, what: &'static str) -> Next {
-    let not_before = chrono::Duration::from_std(delay)
-        .ok()
-        .map(|d| Utc::now() + d);
     Next::Later {
         msg: WebhookMessage {
             attempt,
-            not_before,
+            not_before: not_before(delay),
             ..msg
         },
         delay,

@@ -33,7 +33,8 @@ use agentfleet_common::wire::{
 use crate::acks::Acks;
 use crate::circuit::Admission;
 use crate::delivery::{
-    after_delayed_publish, delivery_count, remaining_delay, settle, undecodable, Disposition,
+    after_delayed_publish, delivery_count, not_before, remaining_delay, settle, undecodable,
+    Disposition,
 };
 use crate::{AgentRuntime, Shared};
 
@@ -168,9 +169,7 @@ async fn note_waiting(shared: &Shared, msg: &JobMessage, reason: WaitReason, wai
 /// Puts the message back on the delay ladder for `delay`, unchanged but for `not_before`.
 async fn delay(shared: &Shared, msg: &JobMessage, delay: Duration) -> Disposition {
     let later = JobMessage {
-        not_before: chrono::Duration::from_std(delay)
-            .ok()
-            .map(|d| Utc::now() + d),
+        not_before: not_before(delay),
         ..msg.clone()
     };
     let published = shared.broker.publish_job_delayed(&later, delay).await;

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::turns::{Interrupted, LoopEnd};
 use super::{Run, Settled};
-use crate::delivery::Disposition;
+use crate::delivery::{not_before, Disposition};
 use crate::provider::Failure;
 use crate::quota::Claim;
 use crate::retry::backoff;
@@ -235,9 +235,7 @@ impl Run<'_> {
         let retry = JobMessage {
             v: SCHEMA_VERSION,
             attempt: next_attempt,
-            not_before: chrono::Duration::from_std(wait)
-                .ok()
-                .map(|d| Utc::now() + d),
+            not_before: not_before(wait),
             ..self.msg.clone()
         };
         if let Err(err) = self.shared.broker.publish_job_delayed(&retry, wait).await {

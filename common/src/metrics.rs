@@ -1,6 +1,7 @@
 //! Prometheus metrics. The registry is built per process (or per test app) and passed
 //! around, never a hidden global, so tests read their own counters.
 
+use prometheus::core::Collector;
 use prometheus::{
     CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -45,186 +46,252 @@ const LATENCY_BUCKETS: &[f64] = &[
     120.0, 300.0,
 ];
 
+/// One metric family: its name, help and labels. Each is declared once, below; `Metrics::new`
+/// makes them and `Metrics::names` lists them.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+impl Family {
+    fn opts(&self) -> Opts {
+        Opts::new(self.name, self.help)
+    }
+}
+
+const FAMILIES: &[&Family] = &[
+    &LLM_COST_USD,
+    &LLM_CACHE,
+    &TOOL_CALLS,
+    &TOOL_CALL_DURATION,
+    &JOBS_SUBMITTED,
+    &JOBS_REJECTED,
+    &JOBS_COMPLETED,
+    &JOB_DURATION,
+    &QUEUE_DEPTH,
+    &ADMISSIBLE_BACKLOG,
+    &TENANT_SPEND,
+    &TENANT_BUDGET,
+    &QUEUE_WAIT,
+    &JOBS_IN_FLIGHT,
+    &LLM_TOKENS,
+    &LLM_REQUESTS,
+    &LLM_REQUEST_DURATION,
+    &RATE_LIMIT_WAIT,
+    &JOB_RETRIES,
+    &DEAD_LETTERS,
+    &WEBHOOK_DELIVERIES,
+    &WEBHOOK_FIRST_ATTEMPTS,
+    &ACK_FRAMES,
+    &CIRCUIT_STATE,
+    &JOBS_CANCELLED,
+    &HTTP_REQUESTS,
+    &HTTP_REQUEST_DURATION,
+    &REDIS_ROUND_TRIPS,
+];
+
+const LLM_COST_USD: Family = Family {
+    name: "agentfleet_llm_cost_usd_total",
+    help: "What model calls cost in USD, from the price table.",
+    labels: &["agent"],
+};
+
+const LLM_CACHE: Family = Family {
+    name: "agentfleet_llm_cache_total",
+    help: "Response-cache lookups of agents with a cache, by result (hit, miss).",
+    labels: &["agent", "result"],
+};
+
+const TOOL_CALLS: Family = Family {
+    name: "agentfleet_tool_calls_total",
+    help: "Tool calls, by status (ok, error, invalid, uncertain).",
+    labels: &["tool", "status"],
+};
+
+const TOOL_CALL_DURATION: Family = Family {
+    name: "agentfleet_tool_call_duration_seconds",
+    help: "Duration of one executed tool call.",
+    labels: &["tool"],
+};
+
+const JOBS_SUBMITTED: Family = Family {
+    name: "agentfleet_jobs_submitted_total",
+    help: "Jobs accepted by the dispatcher (202).",
+    labels: &["agent"],
+};
+
+const JOBS_REJECTED: Family = Family {
+    name: "agentfleet_jobs_rejected_total",
+    help: "Job submissions refused, by reason (invalid, unauthorized, unavailable).",
+    labels: &["reason"],
+};
+
+const JOBS_COMPLETED: Family = Family {
+    name: "agentfleet_jobs_completed_total",
+    help: "Jobs that reached a terminal state.",
+    labels: &["agent", "status"],
+};
+
+const JOB_DURATION: Family = Family {
+    name: "agentfleet_job_duration_seconds",
+    help: "From a job's creation to its terminal state.",
+    labels: &["agent"],
+};
+
+const QUEUE_DEPTH: Family = Family {
+    name: "agentfleet_queue_depth",
+    help: "Jobs ready in a work queue, by agent and tenant (tenant=\"\" for an agent's shared queue), as the dispatcher last polled it.",
+    labels: &["agent", "tenant"],
+};
+
+const ADMISSIBLE_BACKLOG: Family = Family {
+    name: "agentfleet_admissible_backlog",
+    help: "Queued jobs of an agent that its limits would admit now (not paused, not held by a tenant's running quota, at most a minute of its requests/min): what autoscaling should scale on.",
+    labels: &["agent"],
+};
+
+const TENANT_SPEND: Family = Family {
+    name: "agentfleet_tenant_spend_usd",
+    help: "What a tenant's model calls cost today (UTC), fleet-wide, from its budget ledger (reservations in flight included), as the dispatcher last read it.",
+    labels: &["tenant"],
+};
+
+const TENANT_BUDGET: Family = Family {
+    name: "agentfleet_tenant_budget_usd",
+    help: "A tenant's daily budget in USD (tenants with one).",
+    labels: &["tenant"],
+};
+
+const QUEUE_WAIT: Family = Family {
+    name: "agentfleet_queue_wait_seconds",
+    help: "From a job's acceptance to the start of its first run, by agent and tenant.",
+    labels: &["agent", "tenant"],
+};
+
+const JOBS_IN_FLIGHT: Family = Family {
+    name: "agentfleet_jobs_in_flight",
+    help: "Runs in progress on this replica.",
+    labels: &["agent"],
+};
+
+const LLM_TOKENS: Family = Family {
+    name: "agentfleet_llm_tokens_total",
+    help: "Tokens reported by providers, by kind (prompt, completion).",
+    labels: &["agent", "kind"],
+};
+
+const LLM_REQUESTS: Family = Family {
+    name: "agentfleet_llm_requests_total",
+    help: "Provider calls, by outcome (ok or an error category).",
+    labels: &["agent", "outcome"],
+};
+
+const LLM_REQUEST_DURATION: Family = Family {
+    name: "agentfleet_llm_request_duration_seconds",
+    help: "Duration of one provider call.",
+    labels: &["agent"],
+};
+
+const RATE_LIMIT_WAIT: Family = Family {
+    name: "agentfleet_rate_limit_wait_seconds",
+    help: "Time a run waited for the fleet-wide rate limit.",
+    labels: &["agent"],
+};
+
+const JOB_RETRIES: Family = Family {
+    name: "agentfleet_job_retries_total",
+    help: "Attempts scheduled for a retry, by error category.",
+    labels: &["agent", "category"],
+};
+
+const DEAD_LETTERS: Family = Family {
+    name: "agentfleet_dead_letters_total",
+    help: "Messages sent to the dead-letter queue, by reason.",
+    labels: &["reason"],
+};
+
+const WEBHOOK_DELIVERIES: Family = Family {
+    name: "agentfleet_webhook_deliveries_total",
+    help: "Webhook delivery attempts, by outcome (delivered, retry, gone, exhausted, blocked, throttled).",
+    labels: &["status"],
+};
+
+const WEBHOOK_FIRST_ATTEMPTS: Family = Family {
+    name: "agentfleet_webhook_first_attempts_total",
+    help: "Where jobs' events went from the run that ended them: concluded inline, or queued (no inline room, or a failed or slow first attempt).",
+    labels: &["path"],
+};
+
+const ACK_FRAMES: Family = Family {
+    name: "agentfleet_ack_frames_total",
+    help: "Acks sent to the broker, by kind: multiple (one frame for every delivery of its channel up to its tag) or single. Deliveries acked per frame = jobs / frames.",
+    labels: &["kind"],
+};
+
+const CIRCUIT_STATE: Family = Family {
+    name: "agentfleet_circuit_state",
+    help: "Provider circuit breaker per endpoint: 0 closed, 1 open, 2 half-open.",
+    labels: &["endpoint"],
+};
+
+const JOBS_CANCELLED: Family = Family {
+    name: "agentfleet_jobs_cancelled_total",
+    help: "Cancellations accepted, by the status the job had (queued, retrying, running).",
+    labels: &["from"],
+};
+
+const HTTP_REQUESTS: Family = Family {
+    name: "agentfleet_http_requests_total",
+    help: "Dispatcher HTTP requests, by route and status code.",
+    labels: &["route", "status"],
+};
+
+const HTTP_REQUEST_DURATION: Family = Family {
+    name: "agentfleet_http_request_duration_seconds",
+    help: "Dispatcher HTTP request duration, by route.",
+    labels: &["route"],
+};
+
+const REDIS_ROUND_TRIPS: Family = Family {
+    name: "agentfleet_redis_round_trips_total",
+    help: "Round trips to Redis this process made (a command, a pipeline or a script, each with its WAIT when writes are acknowledged).",
+    labels: &[],
+};
+
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let metric = IntCounterVec::new(Opts::new(name, help), labels)
-                .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
-            register(&registry, name, Box::new(metric.clone()));
-            metric
-        };
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
-            let metric = HistogramVec::new(opts, labels)
-                .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
-            register(&registry, name, Box::new(metric.clone()));
-            metric
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let metric = IntGaugeVec::new(Opts::new(name, help), labels)
-                .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
-            register(&registry, name, Box::new(metric.clone()));
-            metric
-        };
-        let float_gauge = |name: &str, help: &str, labels: &[&str]| {
-            let metric = GaugeVec::new(Opts::new(name, help), labels)
-                .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
-            register(&registry, name, Box::new(metric.clone()));
-            metric
-        };
-        let float_counter = |name: &str, help: &str, labels: &[&str]| {
-            let metric = CounterVec::new(Opts::new(name, help), labels)
-                .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
-            register(&registry, name, Box::new(metric.clone()));
-            metric
-        };
+        let families = Registrar(&registry);
         Self {
-            llm_cost_usd: float_counter(
-                "agentfleet_llm_cost_usd_total",
-                "What model calls cost in USD, from the price table.",
-                &["agent"],
-            ),
-            llm_cache: counter(
-                "agentfleet_llm_cache_total",
-                "Response-cache lookups of agents with a cache, by result (hit, miss).",
-                &["agent", "result"],
-            ),
-            tool_calls: counter(
-                "agentfleet_tool_calls_total",
-                "Tool calls, by status (ok, error, invalid, uncertain).",
-                &["tool", "status"],
-            ),
-            tool_call_duration: histogram(
-                "agentfleet_tool_call_duration_seconds",
-                "Duration of one executed tool call.",
-                &["tool"],
-            ),
-            jobs_submitted: counter(
-                "agentfleet_jobs_submitted_total",
-                "Jobs accepted by the dispatcher (202).",
-                &["agent"],
-            ),
-            jobs_rejected: counter(
-                "agentfleet_jobs_rejected_total",
-                "Job submissions refused, by reason (invalid, unauthorized, unavailable).",
-                &["reason"],
-            ),
-            jobs_completed: counter(
-                "agentfleet_jobs_completed_total",
-                "Jobs that reached a terminal state.",
-                &["agent", "status"],
-            ),
-            job_duration: histogram(
-                "agentfleet_job_duration_seconds",
-                "From a job's creation to its terminal state.",
-                &["agent"],
-            ),
-            queue_depth: gauge(
-                "agentfleet_queue_depth",
-                "Jobs ready in a work queue, by agent and tenant (tenant=\"\" for an agent's shared queue), as the dispatcher last polled it.",
-                &["agent", "tenant"],
-            ),
-            admissible_backlog: gauge(
-                "agentfleet_admissible_backlog",
-                "Queued jobs of an agent that its limits would admit now (not paused, not held by a tenant's running quota, at most a minute of its requests/min): what autoscaling should scale on.",
-                &["agent"],
-            ),
-            tenant_spend: float_gauge(
-                "agentfleet_tenant_spend_usd",
-                "What a tenant's model calls cost today (UTC), fleet-wide, from its budget ledger (reservations in flight included), as the dispatcher last read it.",
-                &["tenant"],
-            ),
-            tenant_budget: float_gauge(
-                "agentfleet_tenant_budget_usd",
-                "A tenant's daily budget in USD (tenants with one).",
-                &["tenant"],
-            ),
-            queue_wait: histogram(
-                "agentfleet_queue_wait_seconds",
-                "From a job's acceptance to the start of its first run, by agent and tenant.",
-                &["agent", "tenant"],
-            ),
-            jobs_in_flight: gauge(
-                "agentfleet_jobs_in_flight",
-                "Runs in progress on this replica.",
-                &["agent"],
-            ),
-            llm_tokens: counter(
-                "agentfleet_llm_tokens_total",
-                "Tokens reported by providers, by kind (prompt, completion).",
-                &["agent", "kind"],
-            ),
-            llm_requests: counter(
-                "agentfleet_llm_requests_total",
-                "Provider calls, by outcome (ok or an error category).",
-                &["agent", "outcome"],
-            ),
-            llm_request_duration: histogram(
-                "agentfleet_llm_request_duration_seconds",
-                "Duration of one provider call.",
-                &["agent"],
-            ),
-            rate_limit_wait: histogram(
-                "agentfleet_rate_limit_wait_seconds",
-                "Time a run waited for the fleet-wide rate limit.",
-                &["agent"],
-            ),
-            job_retries: counter(
-                "agentfleet_job_retries_total",
-                "Attempts scheduled for a retry, by error category.",
-                &["agent", "category"],
-            ),
-            dead_letters: counter(
-                "agentfleet_dead_letters_total",
-                "Messages sent to the dead-letter queue, by reason.",
-                &["reason"],
-            ),
-            webhook_deliveries: counter(
-                "agentfleet_webhook_deliveries_total",
-                "Webhook delivery attempts, by outcome (delivered, retry, gone, exhausted, blocked, throttled).",
-                &["status"],
-            ),
-            webhook_first_attempts: counter(
-                "agentfleet_webhook_first_attempts_total",
-                "Where jobs' events went from the run that ended them: concluded inline, or queued (no inline room, or a failed or slow first attempt).",
-                &["path"],
-            ),
-            ack_frames: counter(
-                "agentfleet_ack_frames_total",
-                "Acks sent to the broker, by kind: multiple (one frame for every delivery of its channel up to its tag) or single. Deliveries acked per frame = jobs / frames.",
-                &["kind"],
-            ),
-            circuit_state: gauge(
-                "agentfleet_circuit_state",
-                "Provider circuit breaker per endpoint: 0 closed, 1 open, 2 half-open.",
-                &["endpoint"],
-            ),
-            jobs_cancelled: counter(
-                "agentfleet_jobs_cancelled_total",
-                "Cancellations accepted, by the status the job had (queued, retrying, running).",
-                &["from"],
-            ),
-            http_requests: counter(
-                "agentfleet_http_requests_total",
-                "Dispatcher HTTP requests, by route and status code.",
-                &["route", "status"],
-            ),
-            http_request_duration: histogram(
-                "agentfleet_http_request_duration_seconds",
-                "Dispatcher HTTP request duration, by route.",
-                &["route"],
-            ),
-            redis_round_trips: {
-                let name = "agentfleet_redis_round_trips_total";
-                let metric = IntCounter::new(
-                    name,
-                    "Round trips to Redis this process made (a command, a pipeline or a script, each with its WAIT when writes are acknowledged).",
-                )
-                .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
-                register(&registry, name, Box::new(metric.clone()));
-                metric
-            },
+            llm_cost_usd: families.float_counter(&LLM_COST_USD),
+            llm_cache: families.counter(&LLM_CACHE),
+            tool_calls: families.counter(&TOOL_CALLS),
+            tool_call_duration: families.histogram(&TOOL_CALL_DURATION),
+            jobs_submitted: families.counter(&JOBS_SUBMITTED),
+            jobs_rejected: families.counter(&JOBS_REJECTED),
+            jobs_completed: families.counter(&JOBS_COMPLETED),
+            job_duration: families.histogram(&JOB_DURATION),
+            queue_depth: families.gauge(&QUEUE_DEPTH),
+            admissible_backlog: families.gauge(&ADMISSIBLE_BACKLOG),
+            tenant_spend: families.float_gauge(&TENANT_SPEND),
+            tenant_budget: families.float_gauge(&TENANT_BUDGET),
+            queue_wait: families.histogram(&QUEUE_WAIT),
+            jobs_in_flight: families.gauge(&JOBS_IN_FLIGHT),
+            llm_tokens: families.counter(&LLM_TOKENS),
+            llm_requests: families.counter(&LLM_REQUESTS),
+            llm_request_duration: families.histogram(&LLM_REQUEST_DURATION),
+            rate_limit_wait: families.histogram(&RATE_LIMIT_WAIT),
+            job_retries: families.counter(&JOB_RETRIES),
+            dead_letters: families.counter(&DEAD_LETTERS),
+            webhook_deliveries: families.counter(&WEBHOOK_DELIVERIES),
+            webhook_first_attempts: families.counter(&WEBHOOK_FIRST_ATTEMPTS),
+            ack_frames: families.counter(&ACK_FRAMES),
+            circuit_state: families.gauge(&CIRCUIT_STATE),
+            jobs_cancelled: families.counter(&JOBS_CANCELLED),
+            http_requests: families.counter(&HTTP_REQUESTS),
+            http_request_duration: families.histogram(&HTTP_REQUEST_DURATION),
+            redis_round_trips: families.plain_counter(&REDIS_ROUND_TRIPS),
             registry,
         }
     }
@@ -244,36 +311,7 @@ impl Metrics {
     /// Names of every metric this process can export (families appear in `render` only once
     /// a label set is used; this lists them all).
     pub fn names() -> Vec<&'static str> {
-        vec![
-            "agentfleet_jobs_submitted_total",
-            "agentfleet_jobs_rejected_total",
-            "agentfleet_jobs_completed_total",
-            "agentfleet_job_duration_seconds",
-            "agentfleet_jobs_in_flight",
-            "agentfleet_llm_tokens_total",
-            "agentfleet_llm_cost_usd_total",
-            "agentfleet_llm_cache_total",
-            "agentfleet_tool_calls_total",
-            "agentfleet_tool_call_duration_seconds",
-            "agentfleet_llm_requests_total",
-            "agentfleet_llm_request_duration_seconds",
-            "agentfleet_rate_limit_wait_seconds",
-            "agentfleet_queue_depth",
-            "agentfleet_admissible_backlog",
-            "agentfleet_tenant_spend_usd",
-            "agentfleet_tenant_budget_usd",
-            "agentfleet_queue_wait_seconds",
-            "agentfleet_job_retries_total",
-            "agentfleet_dead_letters_total",
-            "agentfleet_webhook_deliveries_total",
-            "agentfleet_webhook_first_attempts_total",
-            "agentfleet_ack_frames_total",
-            "agentfleet_circuit_state",
-            "agentfleet_jobs_cancelled_total",
-            "agentfleet_http_requests_total",
-            "agentfleet_http_request_duration_seconds",
-            "agentfleet_redis_round_trips_total",
-        ]
+        FAMILIES.iter().map(|family| family.name).collect()
     }
 }
 
@@ -283,10 +321,46 @@ impl Default for Metrics {
     }
 }
 
-fn register(registry: &Registry, name: &str, metric: Box<dyn prometheus::core::Collector>) {
-    registry
-        .register(metric)
-        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+/// Registers each family in the process's registry as it is made.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn add<M: Collector + Clone + 'static>(
+        &self,
+        family: &Family,
+        made: prometheus::Result<M>,
+    ) -> M {
+        let metric = made.unwrap_or_else(|e| panic!("metric {} is malformed: {e}", family.name));
+        self.0
+            .register(Box::new(metric.clone()))
+            .unwrap_or_else(|e| panic!("metric {} registered twice: {e}", family.name));
+        metric
+    }
+
+    fn counter(&self, family: &Family) -> IntCounterVec {
+        self.add(family, IntCounterVec::new(family.opts(), family.labels))
+    }
+
+    fn plain_counter(&self, family: &Family) -> IntCounter {
+        self.add(family, IntCounter::with_opts(family.opts()))
+    }
+
+    fn float_counter(&self, family: &Family) -> CounterVec {
+        self.add(family, CounterVec::new(family.opts(), family.labels))
+    }
+
+    fn gauge(&self, family: &Family) -> IntGaugeVec {
+        self.add(family, IntGaugeVec::new(family.opts(), family.labels))
+    }
+
+    fn float_gauge(&self, family: &Family) -> GaugeVec {
+        self.add(family, GaugeVec::new(family.opts(), family.labels))
+    }
+
+    fn histogram(&self, family: &Family) -> HistogramVec {
+        let opts = HistogramOpts::from(family.opts()).buckets(LATENCY_BUCKETS.to_vec());
+        self.add(family, HistogramVec::new(opts, family.labels))
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
+use agentfleet_common::config::WorkerConfig;
 use agentfleet_common::signing::WebhookSecret;
 use agentfleet_stub::llm::{Behavior, StubLlm};
 use agentfleet_stub::receiver::{Delivery, Receiver};
@@ -198,6 +199,10 @@ impl Fleet {
                 ..Behavior::default()
             },
             extra_tenants: options.tenants.clone(),
+            // The replica's own lease, not the harness's 3 s (there to make crash tests
+            // quick): with 3 s, every run of a second or more renews its lease at 1 s, and
+            // a wave of runs renews together, in the middle of the wave's turnover.
+            lease_secs: WorkerConfig::default().lease.as_secs(),
             ..AppOptions::default()
         })
         .await?;

@@ -10,6 +10,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use agentfleet_common::config::HttpVersion;
+use agentfleet_stub::llm::StubLlm;
 use agentfleet_tests::AgentSpec;
 
 use crate::fleet::{finished_at, succeeded, Fleet, FleetOptions};
@@ -27,11 +28,7 @@ struct Measured {
     hwm: u64,
     rss_at_peak: u64,
     peak_in_flight: u64,
-    first_call: Option<Duration>,
-    ramp: Option<f64>,
-    /// When each wave of C calls began and when its last call began.
-    waves: Vec<(f64, f64)>,
-    last_call: Option<f64>,
+    calls: Timeline,
     last_webhook: Option<Duration>,
     failed: usize,
     /// First webhook attempts made inline by the run, and handed to the webhook queue.
@@ -78,6 +75,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
                 .goal("≤ 100 MB", peak_hwm_mb <= 100.0),
         );
         let waves_text: Vec<String> = m
+            .calls
             .waves
             .iter()
             .map(|(first, last)| format!("{first:.2}–{last:.2}"))
@@ -85,10 +83,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
         notes.push(format!(
             "{label}: enqueued in {:.1} s before the worker started. From the worker's spawn: first provider call at {:.0} ms, call #{c} at {:.2} s, waves of {c} calls began (first–last call) at {} s, last call at {:.2} s, last job finished at {:.2} s, last webhook at {:.2} s.",
             m.enqueue.as_secs_f64(),
-            m.first_call.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
-            m.ramp.unwrap_or(f64::NAN),
+            m.calls.first_call.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+            m.calls.ramp.unwrap_or(f64::NAN),
             waves_text.join(" / "),
-            m.last_call.unwrap_or(f64::NAN),
+            m.calls.last_call.unwrap_or(f64::NAN),
             m.makespan,
             m.last_webhook.map_or(f64::NAN, |d| d.as_secs_f64()),
         ));
@@ -120,10 +118,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
                 "makespan_secs": m.makespan,
                 "ideal_secs": m.ideal,
                 "ratio": ratio,
-                "first_call_ms": m.first_call.map(|d| d.as_secs_f64() * 1e3),
-                "call_c_started_secs": m.ramp,
-                "waves_secs": m.waves,
-                "last_call_secs": m.last_call,
+                "first_call_ms": m.calls.first_call.map(|d| d.as_secs_f64() * 1e3),
+                "call_c_started_secs": m.calls.ramp,
+                "waves_secs": m.calls.waves,
+                "last_call_secs": m.calls.last_call,
                 "last_webhook_secs": m.last_webhook.map(|d| d.as_secs_f64()),
                 "peak_in_flight": m.peak_in_flight,
                 "worker_vmhwm_bytes": m.hwm,
@@ -167,33 +165,18 @@ async fn measure(ctx: &Ctx, http_version: HttpVersion) -> anyhow::Result<Measure
     let pid = fleet.spawn_worker()?;
     let meter = CpuMeter::start(fleet.cpu_groups());
 
-    // Sample the worker's memory and the runs in flight (as the stub sees them).
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = tokio::spawn({
-        let stop = stop.clone();
-        let llm = fleet.app.llm.clone();
-        let model = fleet.model.clone();
-        async move {
-            let (mut peak_in_flight, mut rss_at_peak, mut max_rss) = (0u64, 0u64, 0u64);
-            while !stop.load(Ordering::Relaxed) {
-                let in_flight = llm.in_flight(&model);
-                if let Some(mem) = procfs::memory(pid) {
-                    max_rss = max_rss.max(mem.rss);
-                    if in_flight >= peak_in_flight {
-                        peak_in_flight = in_flight;
-                        rss_at_peak = rss_at_peak.max(mem.rss);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (peak_in_flight, rss_at_peak, max_rss)
-        }
-    });
+    let sampler = tokio::spawn(sample(
+        fleet.app.llm.clone(),
+        fleet.model.clone(),
+        pid,
+        stop.clone(),
+    ));
     let waited = fleet.wait_webhooks_for(0, n, Duration::from_secs(60)).await;
     let hwm = procfs::memory(pid).map(|m| m.hwm).unwrap_or_default();
     let cpu = meter.finish();
     stop.store(true, Ordering::Relaxed);
-    let (peak_in_flight, rss_at_peak, _max_rss) = sampler.await?;
+    let (peak_in_flight, rss_at_peak) = sampler.await?;
     waited?;
     let first_attempts =
         |path: &str| format!("agentfleet_webhook_first_attempts_total{{path=\"{path}\"}}");
@@ -218,17 +201,7 @@ async fn measure(ctx: &Ctx, http_version: HttpVersion) -> anyhow::Result<Measure
         .map(|d| d.at)
         .max()
         .map(|at| at.duration_since(spawned));
-    let mut call_starts: Vec<Instant> = fleet.app.llm.calls().iter().map(|c| c.at).collect();
-    call_starts.sort();
-    let since_spawn = |at: &Instant| at.duration_since(spawned).as_secs_f64();
-    let first_call = call_starts.first().map(|at| at.duration_since(spawned));
-    // Wave k is calls k·C to k·C + C − 1.
-    let waves: Vec<(f64, f64)> = call_starts
-        .chunks(usize::from(c))
-        .filter_map(|wave| Some((since_spawn(wave.first()?), since_spawn(wave.last()?))))
-        .collect();
-    let ramp = call_starts.get(usize::from(c) - 1).map(since_spawn);
-    let last_call = call_starts.last().map(since_spawn);
+    let calls = Timeline::of(&fleet, spawned, usize::from(c));
     let makespan = (last_finished - spawned_wall)
         .to_std()
         .unwrap_or_default()
@@ -242,14 +215,56 @@ async fn measure(ctx: &Ctx, http_version: HttpVersion) -> anyhow::Result<Measure
         hwm,
         rss_at_peak,
         peak_in_flight,
-        first_call,
-        ramp,
-        waves,
-        last_call,
+        calls,
         last_webhook,
         failed,
         webhooks_inline,
         webhooks_queued,
         cpu,
     })
+}
+
+/// Samples the worker's memory and the runs in flight (as the stub sees them) every 20 ms
+/// until `stop`: answers the most runs seen in flight and the worker's RSS when they were.
+async fn sample(llm: StubLlm, model: String, pid: u32, stop: Arc<AtomicBool>) -> (u64, u64) {
+    let (mut peak_in_flight, mut rss_at_peak) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        let in_flight = llm.in_flight(&model);
+        if let Some(mem) = procfs::memory(pid) {
+            if in_flight >= peak_in_flight {
+                peak_in_flight = in_flight;
+                rss_at_peak = rss_at_peak.max(mem.rss);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (peak_in_flight, rss_at_peak)
+}
+
+/// When the provider calls began, from the worker's spawn.
+struct Timeline {
+    first_call: Option<Duration>,
+    /// Seconds to the C-th call: the first wave's ramp.
+    ramp: Option<f64>,
+    /// Each wave of C calls (calls k·C to k·C + C − 1): when its first and its last call
+    /// began, in seconds.
+    waves: Vec<(f64, f64)>,
+    last_call: Option<f64>,
+}
+
+impl Timeline {
+    fn of(fleet: &Fleet, spawned: Instant, c: usize) -> Self {
+        let mut starts: Vec<Instant> = fleet.app.llm.calls().iter().map(|c| c.at).collect();
+        starts.sort();
+        let since_spawn = |at: &Instant| at.duration_since(spawned).as_secs_f64();
+        Self {
+            first_call: starts.first().map(|at| at.duration_since(spawned)),
+            ramp: starts.get(c.saturating_sub(1)).map(since_spawn),
+            waves: starts
+                .chunks(c.max(1))
+                .filter_map(|wave| Some((since_spawn(wave.first()?), since_spawn(wave.last()?))))
+                .collect(),
+            last_call: starts.last().map(since_spawn),
+        }
+    }
 }

@@ -366,7 +366,7 @@ fn lua_prelude() -> String {
 /// order, `status` after `tenant` and `agent` and before any field that can hold an object,
 /// and a JSON string never holds an unescaped quote. A record where the match fails is
 /// decoded instead.
-const STATUS_KEY: &str = r#""status":""#;
+const STATUS_KEY: &str = "\"status\":\"";
 
 /// Every write of a job record goes through this script (or `BEGIN`, which makes the same
 /// checks), so the checks and the write are one atomic step: the writer's lease (fencing

@@ -3,6 +3,8 @@
 //! can say where the two cores went. Linux only, like the deployment.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -34,6 +36,28 @@ pub fn memory(pid: u32) -> Option<Memory> {
         rss: field("VmRSS:")?,
         hwm: field("VmHWM:")?,
     })
+}
+
+/// Samples `pid`'s memory and `in_flight()` (runs in flight, as the suite's servers see
+/// them) every 20 ms until `stop`: answers the most runs seen in flight and the process's
+/// RSS when they were.
+pub async fn rss_at_peak(
+    pid: u32,
+    stop: Arc<AtomicBool>,
+    in_flight: impl Fn() -> u64 + Send + 'static,
+) -> (u64, u64) {
+    let (mut peak_in_flight, mut rss_at_peak) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        let now_in_flight = in_flight();
+        if let Some(mem) = memory(pid) {
+            if now_in_flight >= peak_in_flight {
+                peak_in_flight = now_in_flight;
+                rss_at_peak = rss_at_peak.max(mem.rss);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (peak_in_flight, rss_at_peak)
 }
 
 /// Open sockets of a process (file descriptors that are sockets): TCP connections to the

@@ -383,28 +383,16 @@ async fn measure_runs(ctx: &Ctx) -> anyhow::Result<Runs> {
     let pid = fleet.spawn_worker()?;
     let meter = CpuMeter::start(fleet.cpu_groups());
 
-    // Sample the worker's memory and the runs in a model or tool call.
+    // The worker's memory and the runs in a model or tool call.
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = tokio::spawn({
-        let stop = stop.clone();
-        let llm = fleet.app.llm.clone();
-        let tools = fleet.app.tools.clone();
-        let model = fleet.model.clone();
-        async move {
-            let (mut peak_in_flight, mut rss_at_peak) = (0u64, 0u64);
-            while !stop.load(Ordering::Relaxed) {
-                let in_flight = llm.in_flight(&model) + tools.in_flight("/lookup");
-                if let Some(mem) = procfs::memory(pid) {
-                    if in_flight >= peak_in_flight {
-                        peak_in_flight = in_flight;
-                        rss_at_peak = rss_at_peak.max(mem.rss);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (peak_in_flight, rss_at_peak)
-        }
-    });
+    let (llm, tools, model) = (
+        fleet.app.llm.clone(),
+        fleet.app.tools.clone(),
+        fleet.model.clone(),
+    );
+    let sampler = tokio::spawn(procfs::rss_at_peak(pid, stop.clone(), move || {
+        llm.in_flight(&model) + tools.in_flight("/lookup")
+    }));
     let waited = fleet.wait_webhooks_for(0, n, Duration::from_secs(60)).await;
     let cpu = meter.finish();
     let hwm = procfs::memory(pid).map(|m| m.hwm).unwrap_or_default();

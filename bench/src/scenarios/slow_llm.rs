@@ -10,7 +10,6 @@ use chrono::Utc;
 use serde_json::json;
 
 use agentfleet_common::config::HttpVersion;
-use agentfleet_stub::llm::StubLlm;
 use agentfleet_tests::AgentSpec;
 
 use crate::fleet::{finished_at, succeeded, Fleet, FleetOptions};
@@ -54,84 +53,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut details = serde_json::Map::new();
     for (version, label) in TRANSPORTS {
         let m = measure(ctx, version).await?;
-        let ratio = m.makespan / m.ideal;
-        let peak_hwm_mb = m.hwm as f64 / MB;
-        rows.push(
-            Row::new(&format!("makespan, {label}"), m.makespan, "s")
-                .display(format!(
-                    "{label}: makespan {:.2} s ({n} jobs, C = {c}, 1 s each)",
-                    m.makespan
-                ))
-                .baseline("ideal ⌈N/C⌉ × 1 s", m.ideal, "s")
-                .goal("≤ 1.1", ratio <= 1.1),
-        );
-        rows.push(
-            Row::new(&format!("worker peak RSS, {label}"), peak_hwm_mb, "MB")
-                .display(format!(
-                    "{label}: worker peak RSS (VmHWM) {peak_hwm_mb:.1} MB; {:.1} MB at {} runs in flight",
-                    m.rss_at_peak as f64 / MB,
-                    m.peak_in_flight
-                ))
-                .goal("≤ 100 MB", peak_hwm_mb <= 100.0),
-        );
-        let waves_text: Vec<String> = m
-            .calls
-            .waves
-            .iter()
-            .map(|(first, last)| format!("{first:.2}–{last:.2}"))
-            .collect();
-        notes.push(format!(
-            "{label}: enqueued in {:.1} s before the worker started. From the worker's spawn: first provider call at {:.0} ms, call #{c} at {:.2} s, waves of {c} calls began (first–last call) at {} s, last call at {:.2} s, last job finished at {:.2} s, last webhook at {:.2} s.",
-            m.enqueue.as_secs_f64(),
-            m.calls.first_call.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
-            m.calls.ramp.unwrap_or(f64::NAN),
-            waves_text.join(" / "),
-            m.calls.last_call.unwrap_or(f64::NAN),
-            m.makespan,
-            m.last_webhook.map_or(f64::NAN, |d| d.as_secs_f64()),
-        ));
-        notes.push(format!(
-            "{label}: first webhook attempts: {} inline, {} handed to the webhook queue.",
-            m.webhooks_inline, m.webhooks_queued
-        ));
-        notes.push(format!(
-            "{label}: CPU ms per job from the worker's spawn to the last webhook: {} (while it ran: {}).",
-            m.cpu.per_job_ms(n),
-            m.cpu.summary()
-        ));
-        if m.peak_in_flight < u64::from(c) {
-            notes.push(format!(
-                "{label}: only {} runs were seen in flight at once, not {c}.",
-                m.peak_in_flight
-            ));
-        }
-        if m.failed > 0 {
-            notes.push(format!(
-                "{label}: {} jobs failed instead of succeeding.",
-                m.failed
-            ));
-        }
-        details.insert(
-            label.to_owned(),
-            json!({
-                "enqueue_secs": m.enqueue.as_secs_f64(),
-                "makespan_secs": m.makespan,
-                "ideal_secs": m.ideal,
-                "ratio": ratio,
-                "first_call_ms": m.calls.first_call.map(|d| d.as_secs_f64() * 1e3),
-                "call_c_started_secs": m.calls.ramp,
-                "waves_secs": m.calls.waves,
-                "last_call_secs": m.calls.last_call,
-                "last_webhook_secs": m.last_webhook.map(|d| d.as_secs_f64()),
-                "peak_in_flight": m.peak_in_flight,
-                "worker_vmhwm_bytes": m.hwm,
-                "worker_rss_at_peak_bytes": m.rss_at_peak,
-                "failed_jobs": m.failed,
-                "cpu": m.cpu,
-                "webhooks_inline": m.webhooks_inline,
-                "webhooks_queued": m.webhooks_queued,
-            }),
-        );
+        rows.extend(m.rows(label, n, c));
+        notes.extend(m.notes(label, n, c));
+        details.insert(label.to_owned(), m.details());
     }
     details.insert("jobs".into(), json!(n));
     details.insert("concurrency".into(), json!(c));
@@ -166,12 +90,11 @@ async fn measure(ctx: &Ctx, http_version: HttpVersion) -> anyhow::Result<Measure
     let meter = CpuMeter::start(fleet.cpu_groups());
 
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = tokio::spawn(sample(
-        fleet.app.llm.clone(),
-        fleet.model.clone(),
-        pid,
-        stop.clone(),
-    ));
+    let (llm, model) = (fleet.app.llm.clone(), fleet.model.clone());
+    let sampler = tokio::spawn(procfs::rss_at_peak(pid, stop.clone(), move || {
+        llm.in_flight(&model)
+    }));
+
     let waited = fleet.wait_webhooks_for(0, n, Duration::from_secs(60)).await;
     let hwm = procfs::memory(pid).map(|m| m.hwm).unwrap_or_default();
     let cpu = meter.finish();
@@ -224,21 +147,98 @@ async fn measure(ctx: &Ctx, http_version: HttpVersion) -> anyhow::Result<Measure
     })
 }
 
-/// Samples the worker's memory and the runs in flight (as the stub sees them) every 20 ms
-/// until `stop`: answers the most runs seen in flight and the worker's RSS when they were.
-async fn sample(llm: StubLlm, model: String, pid: u32, stop: Arc<AtomicBool>) -> (u64, u64) {
-    let (mut peak_in_flight, mut rss_at_peak) = (0u64, 0u64);
-    while !stop.load(Ordering::Relaxed) {
-        let in_flight = llm.in_flight(&model);
-        if let Some(mem) = procfs::memory(pid) {
-            if in_flight >= peak_in_flight {
-                peak_in_flight = in_flight;
-                rss_at_peak = rss_at_peak.max(mem.rss);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+impl Measured {
+    /// The table's rows for one transport (`n` jobs at concurrency `c`).
+    fn rows(&self, label: &str, n: usize, c: u16) -> Vec<Row> {
+        let m = self;
+        let ratio = m.makespan / m.ideal;
+        let peak_hwm_mb = m.hwm as f64 / MB;
+        vec![
+        Row::new(&format!("makespan, {label}"), m.makespan, "s")
+            .display(format!(
+                "{label}: makespan {:.2} s ({n} jobs, C = {c}, 1 s each)",
+                m.makespan
+            ))
+            .baseline("ideal ⌈N/C⌉ × 1 s", m.ideal, "s")
+            .goal("≤ 1.1", ratio <= 1.1),
+        Row::new(&format!("worker peak RSS, {label}"), peak_hwm_mb, "MB")
+            .display(format!(
+                "{label}: worker peak RSS (VmHWM) {peak_hwm_mb:.1} MB; {:.1} MB at {} runs in flight",
+                m.rss_at_peak as f64 / MB,
+                m.peak_in_flight
+            ))
+            .goal("≤ 100 MB", peak_hwm_mb <= 100.0),
+        ]
     }
-    (peak_in_flight, rss_at_peak)
+
+    /// The notes under the table: the waves' timeline, where first webhook attempts went,
+    /// CPU per job, and what did not go as set up.
+    fn notes(&self, label: &str, n: usize, c: u16) -> Vec<String> {
+        let m = self;
+        let mut notes = Vec::new();
+        let waves_text: Vec<String> = m
+            .calls
+            .waves
+            .iter()
+            .map(|(first, last)| format!("{first:.2}–{last:.2}"))
+            .collect();
+        notes.push(format!(
+            "{label}: enqueued in {:.1} s before the worker started. From the worker's spawn: first provider call at {:.0} ms, call #{c} at {:.2} s, waves of {c} calls began (first–last call) at {} s, last call at {:.2} s, last job finished at {:.2} s, last webhook at {:.2} s.",
+            m.enqueue.as_secs_f64(),
+            m.calls.first_call.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+            m.calls.ramp.unwrap_or(f64::NAN),
+            waves_text.join(" / "),
+            m.calls.last_call.unwrap_or(f64::NAN),
+            m.makespan,
+            m.last_webhook.map_or(f64::NAN, |d| d.as_secs_f64()),
+        ));
+        notes.push(format!(
+            "{label}: first webhook attempts: {} inline, {} handed to the webhook queue.",
+            m.webhooks_inline, m.webhooks_queued
+        ));
+        notes.push(format!(
+            "{label}: CPU ms per job from the worker's spawn to the last webhook: {} (while it ran: {}).",
+            m.cpu.per_job_ms(n),
+            m.cpu.summary()
+        ));
+        if m.peak_in_flight < u64::from(c) {
+            notes.push(format!(
+                "{label}: only {} runs were seen in flight at once, not {c}.",
+                m.peak_in_flight
+            ));
+        }
+        if m.failed > 0 {
+            notes.push(format!(
+                "{label}: {} jobs failed instead of succeeding.",
+                m.failed
+            ));
+        }
+        notes
+    }
+
+    /// The JSON report's figures for one transport.
+    fn details(&self) -> serde_json::Value {
+        let m = self;
+        let ratio = m.makespan / m.ideal;
+        json!({
+            "enqueue_secs": m.enqueue.as_secs_f64(),
+            "makespan_secs": m.makespan,
+            "ideal_secs": m.ideal,
+            "ratio": ratio,
+            "first_call_ms": m.calls.first_call.map(|d| d.as_secs_f64() * 1e3),
+            "call_c_started_secs": m.calls.ramp,
+            "waves_secs": m.calls.waves,
+            "last_call_secs": m.calls.last_call,
+            "last_webhook_secs": m.last_webhook.map(|d| d.as_secs_f64()),
+            "peak_in_flight": m.peak_in_flight,
+            "worker_vmhwm_bytes": m.hwm,
+            "worker_rss_at_peak_bytes": m.rss_at_peak,
+            "failed_jobs": m.failed,
+            "cpu": m.cpu,
+            "webhooks_inline": m.webhooks_inline,
+            "webhooks_queued": m.webhooks_queued,
+        })
+    }
 }
 
 /// When the provider calls began, from the worker's spawn.

@@ -15,6 +15,7 @@ use agentfleet_tests::AgentSpec;
 use crate::fleet::{finished_at, succeeded, Fleet, FleetOptions};
 use crate::procfs::{self, CpuMeter, CpuUse};
 use crate::report::{Outcome, Row};
+use crate::stats::{ms, Percentiles};
 use crate::suite::Ctx;
 
 const MB: f64 = 1e6;
@@ -124,7 +125,7 @@ async fn measure(ctx: &Ctx, http_version: HttpVersion) -> anyhow::Result<Measure
         .map(|d| d.at)
         .max()
         .map(|at| at.duration_since(spawned));
-    let calls = Timeline::of(&fleet, spawned, usize::from(c));
+    let calls = Timeline::of(&fleet, spawned, usize::from(c), s.slow_latency);
     let makespan = (last_finished - spawned_wall)
         .to_std()
         .unwrap_or_default()
@@ -192,6 +193,12 @@ impl Measured {
             m.makespan,
             m.last_webhook.map_or(f64::NAN, |d| d.as_secs_f64()),
         ));
+        if let Some(idle) = &m.calls.slot_idle {
+            notes.push(format!(
+                "{label}: a call slot stood empty between one call's end and the next call's start (call i + {c} against call i): p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms.",
+                idle.p50_ms, idle.p95_ms, idle.max_ms
+            ));
+        }
         notes.push(format!(
             "{label}: first webhook attempts: {} inline, {} handed to the webhook queue.",
             m.webhooks_inline, m.webhooks_queued
@@ -229,6 +236,7 @@ impl Measured {
             "call_c_started_secs": m.calls.ramp,
             "waves_secs": m.calls.waves,
             "last_call_secs": m.calls.last_call,
+            "slot_idle": m.calls.slot_idle,
             "last_webhook_secs": m.last_webhook.map(|d| d.as_secs_f64()),
             "peak_in_flight": m.peak_in_flight,
             "worker_vmhwm_bytes": m.hwm,
@@ -250,10 +258,14 @@ struct Timeline {
     /// began, in seconds.
     waves: Vec<(f64, f64)>,
     last_call: Option<f64>,
+    /// How long a call slot stood empty between waves: the (i + C)-th call's start less the
+    /// i-th call's end (its start plus the stub's latency). What the turnover of a wave costs
+    /// each slot; near 0 where the next run starts as soon as one ends.
+    slot_idle: Option<Percentiles>,
 }
 
 impl Timeline {
-    fn of(fleet: &Fleet, spawned: Instant, c: usize) -> Self {
+    fn of(fleet: &Fleet, spawned: Instant, c: usize, latency: Duration) -> Self {
         let mut starts: Vec<Instant> = fleet.app.llm.calls().iter().map(|c| c.at).collect();
         starts.sort();
         let since_spawn = |at: &Instant| at.duration_since(spawned).as_secs_f64();
@@ -265,6 +277,13 @@ impl Timeline {
                 .filter_map(|wave| Some((since_spawn(wave.first()?), since_spawn(wave.last()?))))
                 .collect(),
             last_call: starts.last().map(since_spawn),
+            slot_idle: Percentiles::of_ms(
+                &starts
+                    .iter()
+                    .zip(starts.iter().skip(c.max(1)))
+                    .map(|(ended, next)| ms(&next.duration_since(*ended)) - ms(&latency))
+                    .collect::<Vec<_>>(),
+            ),
         }
     }
 }

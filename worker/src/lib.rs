@@ -15,6 +15,7 @@ mod provider_limits;
 mod quota;
 mod retry;
 mod run;
+mod starts_first;
 mod tools;
 mod webhook;
 
@@ -86,6 +87,8 @@ pub(crate) struct Shared {
     policy: Live<Config>,
     /// Whether payloads may be logged (masked), and whose results are masked.
     privacy: Live<Privacy>,
+    /// Runs beginning on this replica, which a crowd of endings yields to.
+    starts_first: Arc<starts_first::StartsFirst>,
 }
 
 /// One served agent: its config, what the agent runtime knows of it, provider endpoint and
@@ -181,6 +184,7 @@ impl Worker {
             inline_webhooks,
             policy,
             privacy,
+            starts_first: Arc::default(),
         });
         Ok(Self {
             shared,

@@ -89,10 +89,12 @@ async fn process(
     };
     // Boxed: beginning (a Redis script and its reply) takes more room than the rest of the
     // run, and lasts a round trip.
+    let beginning = shared.starts_first.beginning();
     let mut run = match Box::pin(Run::begin(shared, agent, msg, slot.is_none())).await {
         Ok(run) => run,
         Err(disposition) => return disposition,
     };
+    drop(beginning);
     let _registered = shared.running.register(run.msg.job_id, run.cancel.clone());
     run.renewal = Some(tokio::spawn(lease::keep(
         shared.store.clone(),

@@ -84,6 +84,13 @@ impl Run<'_> {
         in_flight.inc();
         let ended = self.drive(Some(slot)).await;
         in_flight.dec();
+        if matches!(
+            ended,
+            Ok(LoopEnd::Finished(_) | LoopEnd::Stopped(_) | LoopEnd::Failed(_))
+        ) {
+            // Its call slot is free: the run taking it goes first (see `starts_first`).
+            self.shared.starts_first.ending_turn().await;
+        }
         // The endings are boxed: a task is as large as its largest state, and a run spends
         // its life in the loop, so the ending's state (a store, a webhook attempt, a
         // publish) is allocated only while it runs, not with every run for its whole life.

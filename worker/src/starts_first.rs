@@ -1,16 +1,18 @@
 //! Runs that begin go before runs that end. When a wave of runs ends together (a thousand
-//! provider calls answering within a few milliseconds, scenario 3), every ending — storing the
-//! result, the inline webhook, the ack — and every run taking a freed call slot — its lease
-//! and running mark, its provider request — want the same cores at once, and the next wave's
-//! calls start only as fast as the whole pile drains: on two cores a call slot stood empty
-//! for ~0.2 s at each turnover. A beginning is short and is what keeps the slots busy; an
-//! ending can wait a little. So while a crowd of runs is beginning on this replica, an ending
-//! waits for the crowd to pass, for at most [`PATIENCE`].
+//! provider calls answering within a few milliseconds, scenario 3), every ending — the inline
+//! webhook, the note that seals the job, the ack — and every run taking a freed call slot —
+//! its lease and running mark, its provider request — want the same cores at once, and the
+//! next wave's calls start only as fast as the whole pile drains: on two cores a call slot
+//! stood empty for ~0.2–0.3 s at each turnover. A beginning is short and is what keeps the
+//! slots busy; an ending can wait a little. So while a crowd of runs is beginning on this
+//! replica, a run whose end is stored waits for the crowd to pass, for at most [`PATIENCE`],
+//! before the rest of its ending. (Its end is stored first: a crash while it waits must not
+//! lose a paid answer.)
 //!
 //! Only a crowd holds endings back ([`CROWD`]): at a steady rate a few runs are always
 //! beginning, and an ending that waited for none would wait for ever more. The logic is here,
 //! without I/O; the run takes a [`Beginning`] around its begin and waits its turn
-//! ([`StartsFirst::ending_turn`]) before its ending.
+//! ([`StartsFirst::ending_turn`]) between storing its end and delivering its webhook.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -84,13 +84,6 @@ impl Run<'_> {
         in_flight.inc();
         let ended = self.drive(Some(slot)).await;
         in_flight.dec();
-        if matches!(
-            ended,
-            Ok(LoopEnd::Finished(_) | LoopEnd::Stopped(_) | LoopEnd::Failed(_))
-        ) {
-            // Its call slot is free: the run taking it goes first (see `starts_first`).
-            self.shared.starts_first.ending_turn().await;
-        }
         // The endings are boxed: a task is as large as its largest state, and a run spends
         // its life in the loop, so the ending's state (a store, a webhook attempt, a
         // publish) is allocated only while it runs, not with every run for its whole life.
@@ -337,6 +330,8 @@ impl Run<'_> {
             // jobs succeed.
             Box::pin(self.keep_failed_copy()).await;
         }
+        // Its end is stored: the runs taking call slots go first (see `starts_first`).
+        self.shared.starts_first.ending_turn().await;
         // This run just ended the job, so nobody handed its event off before: attempt it
         // (inline, or on the queue) without looking for the note, and let `close` write the
         // note if it went to the queue.

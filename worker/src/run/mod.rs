@@ -87,9 +87,10 @@ async fn process(
         Ok(slot) => slot,
         Err(disposition) => return disposition,
     };
+    // Counted as beginning until it holds its lease (see `starts_first`).
+    let beginning = shared.starts_first.beginning();
     // Boxed: beginning (a Redis script and its reply) takes more room than the rest of the
     // run, and lasts a round trip.
-    let beginning = shared.starts_first.beginning();
     let mut run = match Box::pin(Run::begin(shared, agent, msg, slot.is_none())).await {
         Ok(run) => run,
         Err(disposition) => return disposition,

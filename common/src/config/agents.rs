@@ -36,7 +36,9 @@ pub enum HttpVersion {
     /// HTTP/1.1 only: one connection per call in flight.
     Http1,
     /// HTTP/2 only, also over plain http (prior knowledge): every call in flight shares one
-    /// connection, up to the server's limit on concurrent streams.
+    /// connection, and calls beyond the server's limit on concurrent streams wait there for a
+    /// stream (with a limit of 100, a concurrency of 1,000 ran 100 calls at a time). `Auto`
+    /// over TLS, when the server offers HTTP/2, does the same.
     Http2,
 }
 

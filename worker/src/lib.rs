@@ -88,7 +88,7 @@ pub(crate) struct Shared {
     /// Whether payloads may be logged (masked), and whose results are masked.
     privacy: Live<Privacy>,
     /// Runs beginning on this replica, which a crowd of endings yields to.
-    starts_first: Arc<starts_first::StartsFirst>,
+    starts_first: starts_first::StartsFirst,
 }
 
 /// One served agent: its config, what the agent runtime knows of it, provider endpoint and
@@ -184,7 +184,7 @@ impl Worker {
             inline_webhooks,
             policy,
             privacy,
-            starts_first: Arc::default(),
+            starts_first: starts_first::StartsFirst::default(),
         });
         Ok(Self {
             shared,

@@ -15,7 +15,6 @@
 //! ([`StartsFirst::ending_turn`]) between storing its end and delivering its webhook.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -57,9 +56,9 @@ impl StartsFirst {
     }
 
     /// Counts a run as beginning until the guard drops.
-    pub fn beginning(self: &Arc<Self>) -> Beginning {
+    pub fn beginning(&self) -> Beginning<'_> {
         self.beginning.fetch_add(1, Ordering::AcqRel);
-        Beginning(self.clone())
+        Beginning(self)
     }
 
     /// Waits while more than a crowd of runs are beginning, for at most the patience.
@@ -90,9 +89,9 @@ impl StartsFirst {
 
 /// A run counted as beginning (see [`StartsFirst::beginning`]).
 #[derive(Debug)]
-pub struct Beginning(Arc<StartsFirst>);
+pub struct Beginning<'a>(&'a StartsFirst);
 
-impl Drop for Beginning {
+impl Drop for Beginning<'_> {
     fn drop(&mut self) {
         let before = self.0.beginning.fetch_sub(1, Ordering::AcqRel);
         if before == self.0.crowd + 1 {
@@ -114,7 +113,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_ending_goes_at_once_unless_a_crowd_is_beginning() {
-        let gate = Arc::new(StartsFirst::new(2, Duration::from_secs(1)));
+        let gate = StartsFirst::new(2, Duration::from_secs(1));
         let few: Vec<_> = (0..2).map(|_| gate.beginning()).collect();
         assert!(done(&mut Box::pin(gate.ending_turn())), "two is no crowd");
         let third = gate.beginning();
@@ -127,7 +126,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_ending_waits_no_longer_than_the_patience() {
-        let gate = Arc::new(StartsFirst::new(0, Duration::from_millis(250)));
+        let gate = StartsFirst::new(0, Duration::from_millis(250));
         let _stuck = gate.beginning();
         let started = tokio::time::Instant::now();
         gate.ending_turn().await;
@@ -136,7 +135,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_waiting_ending_goes_when_the_crowd_passes() {
-        let gate = Arc::new(StartsFirst::new(1, Duration::from_secs(60)));
+        let gate = StartsFirst::new(1, Duration::from_secs(60));
         let crowd: Vec<_> = (0..3).map(|_| gate.beginning()).collect();
         let mut endings: Vec<_> = (0..4).map(|_| Box::pin(gate.ending_turn())).collect();
         assert!(endings.iter_mut().all(|e| !done(e)));

@@ -19,10 +19,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-/// Concurrent HTTP/2 streams a client may open on one connection. High, so that a worker
-/// speaking HTTP/2 can keep thousands of slow calls in flight on one connection (hosted
-/// providers set their own, often lower, limit).
-pub const MAX_HTTP2_STREAMS: u32 = 10_000;
+/// Concurrent HTTP/2 streams a client may open on one connection, unless a stand-in is served
+/// with its own ([`spawn_router_with_streams`]): 100, the least a server should allow
+/// (RFC 9113) and what hosted providers commonly allow, so that a worker keeping more calls
+/// than that in flight over HTTP/2 needs more than one connection here as it does there.
+pub const MAX_HTTP2_STREAMS: u32 = 100;
 
 /// Connections a stand-in's listener queues before it accepts them: as many as the kernel
 /// allows (it caps this at `net.core.somaxconn`), not tokio's default of 1,024. A worker
@@ -49,16 +50,30 @@ pub fn bind_loopback() -> std::io::Result<TcpListener> {
 
 /// Serves `router` on `listener` in a background task until the process (or test) ends.
 pub fn spawn_router(listener: TcpListener, router: Router) -> SocketAddr {
+    spawn_router_with_streams(listener, router, MAX_HTTP2_STREAMS)
+}
+
+/// [`spawn_router`], allowing `max_streams` concurrent HTTP/2 streams per connection.
+pub fn spawn_router_with_streams(
+    listener: TcpListener,
+    router: Router,
+    max_streams: u32,
+) -> SocketAddr {
     let addr = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-    tokio::spawn(serve(listener, router));
+    tokio::spawn(serve_with_streams(listener, router, max_streams));
     addr
 }
 
 /// Serves `router` on `listener`, HTTP/1.1 and HTTP/2 without TLS (prior knowledge), each
 /// connection in its own task.
 pub async fn serve(listener: TcpListener, router: Router) {
+    serve_with_streams(listener, router, MAX_HTTP2_STREAMS).await;
+}
+
+/// [`serve`], allowing `max_streams` concurrent HTTP/2 streams per connection.
+pub async fn serve_with_streams(listener: TcpListener, router: Router, max_streams: u32) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -73,7 +88,7 @@ pub async fn serve(listener: TcpListener, router: Router) {
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http2().max_concurrent_streams(MAX_HTTP2_STREAMS);
+            builder.http2().max_concurrent_streams(max_streams);
             if let Err(err) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await

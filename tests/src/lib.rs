@@ -57,6 +57,8 @@ pub struct AgentSpec {
     pub circuit_failure_threshold: u32,
     pub circuit_cooldown_secs: u64,
     pub http_version: HttpVersion,
+    /// `http2_streams_per_connection`; the default (100) when absent.
+    pub http2_streams_per_connection: Option<u32>,
     /// Tools (of [`TOOLS_YAML`]) the agent may call.
     pub tools: Vec<&'static str>,
     /// The agent's `limits:` as a YAML flow map, e.g. `{ max_turns: 3 }`.
@@ -92,6 +94,7 @@ impl AgentSpec {
             circuit_failure_threshold: 5,
             circuit_cooldown_secs: 30,
             http_version: HttpVersion::Auto,
+            http2_streams_per_connection: None,
             tools: Vec::new(),
             limits: None,
             output_schema: None,
@@ -162,6 +165,8 @@ pub struct AppOptions {
     pub max_concurrent_requests: Option<u32>,
     /// `privacy:` as a YAML flow map; the defaults when absent.
     pub privacy: Option<String>,
+    /// Concurrent HTTP/2 streams the stub LLM allows on one connection.
+    pub provider_http2_streams: u32,
 }
 
 impl Default for AppOptions {
@@ -195,6 +200,7 @@ impl Default for AppOptions {
             request_timeout_ms: None,
             max_concurrent_requests: None,
             privacy: None,
+            provider_http2_streams: agentfleet_stub::MAX_HTTP2_STREAMS,
         }
     }
 }
@@ -250,7 +256,11 @@ impl TestApp {
     pub async fn spawn(options: AppOptions) -> anyhow::Result<Self> {
         let prefix = format!("aftest-{}", uuid::Uuid::now_v7().simple());
         let llm = StubLlm::new(options.behavior.clone());
-        let llm_addr = agentfleet_stub::spawn_router(bind().await?, llm.router());
+        let llm_addr = agentfleet_stub::spawn_router_with_streams(
+            bind().await?,
+            llm.router(),
+            options.provider_http2_streams,
+        );
 
         let acme = tenant("acme");
         let globex = tenant("globex");
@@ -1049,6 +1059,9 @@ tenants:
             HttpVersion::Auto => {}
             HttpVersion::Http1 => yaml.push_str("    http_version: http1\n"),
             HttpVersion::Http2 => yaml.push_str("    http_version: http2\n"),
+        }
+        if let Some(streams) = a.http2_streams_per_connection {
+            yaml.push_str(&format!("    http2_streams_per_connection: {streams}\n"));
         }
         if let Some(depth) = a.max_queue_depth {
             yaml.push_str(&format!("    max_queue_depth: {depth}\n"));

@@ -9,8 +9,10 @@ use serde_json::Value;
 use url::Url;
 
 use agentfleet_agent::{parse_assistant, AssistantMessage, ModelRequest, Usage};
-use agentfleet_common::config::{AgentConfig, HttpVersion};
-use agentfleet_common::outbound::{Destination, Outbound, OutboundError};
+use agentfleet_common::config::AgentConfig;
+use agentfleet_common::outbound::{
+    Destination, Outbound, OutboundError, ProviderRoute, RouteSettings,
+};
 use agentfleet_common::wire::{ErrorCategory, JobError};
 
 use crate::provider_limits::ProviderLimits;
@@ -84,7 +86,8 @@ pub struct ModelCall<'a> {
 pub struct Provider {
     endpoint: Url,
     model: String,
-    http_version: HttpVersion,
+    /// The HTTP version, and the connections the agent's HTTP/2 calls are spread over.
+    route: ProviderRoute,
     authorization: Option<String>,
 }
 
@@ -93,6 +96,7 @@ impl std::fmt::Debug for Provider {
         f.debug_struct("Provider")
             .field("endpoint", &self.endpoint.as_str())
             .field("model", &self.model)
+            .field("route", &self.route)
             .finish_non_exhaustive()
     }
 }
@@ -102,10 +106,16 @@ impl Provider {
         let mut endpoint = agent.base_url.clone();
         let path = format!("{}/chat/completions", endpoint.path().trim_end_matches('/'));
         endpoint.set_path(&path);
+        let route = ProviderRoute::new(RouteSettings {
+            version: agent.http_version,
+            base_url: &endpoint,
+            concurrency: agent.concurrency,
+            streams_per_connection: agent.http2_streams_per_connection,
+        });
         Self {
             endpoint,
             model: agent.model.clone(),
-            http_version: agent.http_version,
+            route,
             authorization: api_key.map(|k| format!("Bearer {}", k.expose_secret())),
         }
     }
@@ -153,7 +163,7 @@ impl Provider {
         }
         let response = outbound
             .post_json(
-                Destination::Provider(self.http_version),
+                Destination::Provider(&self.route),
                 &self.endpoint,
                 &headers,
                 call.body,

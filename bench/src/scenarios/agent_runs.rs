@@ -48,7 +48,7 @@ const READERS: usize = 32;
 
 /// The agent of both fleets: the same config but for its concurrency, so that the runs of
 /// both leave records of the same shape. HTTP/2 to the provider, as to a hosted one over
-/// TLS: every model call on one connection (the tools are plain HTTP/1.1).
+/// TLS: up to 100 model calls per connection (the tools are plain HTTP/1.1).
 fn agent(concurrency: u16) -> AgentSpec {
     AgentSpec {
         concurrency,

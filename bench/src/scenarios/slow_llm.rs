@@ -39,8 +39,9 @@ struct Measured {
 }
 
 /// The scenario runs once per way of speaking HTTP to the provider: HTTP/2 (what a worker
-/// uses with a hosted provider over TLS, which offers it: every call on one connection) and
-/// HTTP/1.1 (one connection per call in flight, e.g. a plain-http local model server).
+/// uses with a hosted provider over TLS, which offers it: the stub allows 100 streams per
+/// connection as hosted providers do, so the calls ride ⌈C ÷ 100⌉ connections) and HTTP/1.1
+/// (one connection per call in flight, e.g. a plain-http local model server).
 const TRANSPORTS: [(HttpVersion, &str); 2] = [
     (HttpVersion::Http2, "HTTP/2"),
     (HttpVersion::Http1, "HTTP/1.1"),

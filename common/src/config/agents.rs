@@ -35,10 +35,12 @@ pub enum HttpVersion {
     Auto,
     /// HTTP/1.1 only: one connection per call in flight.
     Http1,
-    /// HTTP/2 only, also over plain http (prior knowledge): every call in flight shares one
-    /// connection, and calls beyond the server's limit on concurrent streams wait there for a
-    /// stream (with a limit of 100, a concurrency of 1,000 ran 100 calls at a time). `Auto`
-    /// over TLS, when the server offers HTTP/2, does the same.
+    /// HTTP/2 only, also over plain http (prior knowledge). Calls share a connection up to
+    /// [`AgentConfig::http2_streams_per_connection`], and a replica opens as many connections
+    /// as its concurrency needs at that rate: a server's limit on concurrent streams would
+    /// otherwise hold the calls beyond it waiting for a stream (with a limit of 100 and one
+    /// connection, a concurrency of 1,000 ran 100 calls at a time). `Auto` over TLS spreads
+    /// its calls the same way.
     Http2,
 }
 
@@ -146,6 +148,12 @@ pub struct AgentConfig {
     pub concurrency: u16,
     #[serde(default)]
     pub http_version: HttpVersion,
+    /// Calls that share one HTTP/2 connection to the provider: set it to the provider's limit
+    /// on concurrent streams when that is known. A replica spreads its `concurrency` calls
+    /// over ⌈concurrency ÷ this⌉ connections. 100 by default: the least a server should allow
+    /// (RFC 9113), and what hosted providers commonly do.
+    #[serde(default = "default_http2_streams_per_connection")]
+    pub http2_streams_per_connection: u32,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     /// The provider pool (top-level `pools:`) whose limits this agent shares with others.
@@ -261,6 +269,10 @@ impl AgentConfig {
         }
         positive(&key("max_tokens"), self.max_tokens)?;
         positive(&key("concurrency"), self.concurrency)?;
+        positive(
+            &key("http2_streams_per_connection"),
+            self.http2_streams_per_connection,
+        )?;
         positive(&key("timeout_secs"), self.timeout)?;
         self.retry.validate(&key("retry"))?;
         if let Some(timeout) = self.request_timeout {
@@ -296,6 +308,10 @@ fn default_max_tokens() -> u32 {
 
 fn default_concurrency() -> u16 {
     16
+}
+
+fn default_http2_streams_per_connection() -> u32 {
+    100
 }
 
 fn default_timeout() -> Duration {

@@ -37,6 +37,19 @@ fn loads_defaults() {
     assert_eq!(config.served_agents(), vec!["summarize".to_string()]);
     assert_eq!(agent.http_version, HttpVersion::Auto);
     assert_eq!(agent.delivery_window(), 24);
+    assert_eq!(agent.http2_streams_per_connection, 100);
+}
+
+#[test]
+fn http2_streams_per_connection_is_positive() {
+    let config = Config::from_yaml(&yaml("http2_streams_per_connection: 250")).expect("valid");
+    assert_eq!(config.agents["summarize"].http2_streams_per_connection, 250);
+    let err = Config::from_yaml(&yaml("http2_streams_per_connection: 0")).expect_err("zero");
+    assert!(
+        err.to_string()
+            .contains("agents.summarize.http2_streams_per_connection"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -16,16 +16,18 @@ use url::{Host, Url};
 
 use crate::config::HttpVersion;
 
+mod lanes;
 mod plain_http1;
 
+pub use lanes::{ProviderRoute, RouteSettings};
 pub use plain_http1::read_received;
 use plain_http1::{PlainHttp1, Settings};
 
 /// Whose URL a request goes to, which decides whether the SSRF guard applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Destination {
+#[derive(Debug, Clone, Copy)]
+pub enum Destination<'a> {
     /// An operator-configured provider endpoint: trusted, may be on a private network.
-    Provider(HttpVersion),
+    Provider(&'a ProviderRoute),
     /// An operator-configured HTTP tool: trusted host (it may be internal), but redirects are
     /// not followed, so a tool server cannot send a call to a host the operator did not name.
     Tool,
@@ -133,6 +135,34 @@ impl ProxyRules {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn base_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .tcp_nodelay(true)
+        .user_agent(USER_AGENT)
+}
+
+/// Building a client only fails when the TLS backend cannot initialise, which is a broken
+/// build rather than bad input.
+fn build(builder: reqwest::ClientBuilder) -> reqwest::Client {
+    builder
+        .build()
+        .unwrap_or_else(|e| panic!("HTTP client: {e}"))
+}
+
+/// A client (one connection pool) speaking to providers as `version` asks.
+fn provider_client(version: HttpVersion) -> reqwest::Client {
+    let builder = base_client().redirect(reqwest::redirect::Policy::limited(
+        plain_http1::MAX_REDIRECTS,
+    ));
+    build(match version {
+        HttpVersion::Auto => builder,
+        HttpVersion::Http1 => builder.http1_only(),
+        HttpVersion::Http2 => builder.http2_prior_knowledge(),
+    })
+}
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const USER_AGENT: &str = concat!("agentfleet/", env!("CARGO_PKG_VERSION"));
 
@@ -166,10 +196,10 @@ pub struct Outbound {
     plain_webhooks: Arc<PlainHttp1>,
     /// The environment's proxy rules, when it names a proxy for plain http.
     plain_proxy: Option<Arc<ProxyRules>>,
-    /// One client (one connection pool) per way of speaking to providers.
+    /// One client (one connection pool) per way of speaking HTTP/1.1 to providers; calls that
+    /// may speak HTTP/2 take their route's lanes instead.
     providers: reqwest::Client,
     providers_http1: reqwest::Client,
-    providers_http2: reqwest::Client,
     tools: reqwest::Client,
     webhooks: reqwest::Client,
     allow_private_webhooks: bool,
@@ -186,31 +216,11 @@ impl Outbound {
         max_response_bytes: usize,
         hosts: &BTreeMap<String, IpAddr>,
     ) -> Self {
-        let base = || {
-            reqwest::Client::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                .tcp_nodelay(true)
-                .user_agent(USER_AGENT)
-        };
-        // Building a client only fails when the TLS backend cannot initialise, which is a
-        // broken build rather than bad input.
-        let provider = || {
-            base().redirect(reqwest::redirect::Policy::limited(
-                plain_http1::MAX_REDIRECTS,
-            ))
-        };
-        let build = |builder: reqwest::ClientBuilder| {
-            builder
-                .build()
-                .unwrap_or_else(|e| panic!("HTTP client: {e}"))
-        };
-        let providers = build(provider());
-        let providers_http1 = build(provider().http1_only());
-        let providers_http2 = build(provider().http2_prior_knowledge());
-        let tools = build(base().redirect(reqwest::redirect::Policy::none()));
+        let providers = provider_client(HttpVersion::Auto);
+        let providers_http1 = provider_client(HttpVersion::Http1);
+        let tools = build(base_client().redirect(reqwest::redirect::Policy::none()));
         let hosts = Arc::new(hosts.clone());
-        let mut webhooks = base().redirect(reqwest::redirect::Policy::none());
+        let mut webhooks = base_client().redirect(reqwest::redirect::Policy::none());
         if !allow_private_webhooks {
             webhooks = webhooks.dns_resolver(Arc::new(PublicOnlyResolver {
                 hosts: hosts.clone(),
@@ -238,7 +248,6 @@ impl Outbound {
             plain_proxy,
             providers,
             providers_http1,
-            providers_http2,
             tools,
             webhooks,
             allow_private_webhooks,
@@ -264,7 +273,7 @@ impl Outbound {
     /// POSTs a JSON body and reads the whole response (bounded in time and size).
     pub async fn post_json(
         &self,
-        destination: Destination,
+        destination: Destination<'_>,
         url: &Url,
         headers: &[(&str, &str)],
         body: Vec<u8>,
@@ -286,19 +295,21 @@ impl Outbound {
     /// a proxy.
     fn lean_client(
         &self,
-        destination: Destination,
+        destination: Destination<'_>,
         url: &Url,
     ) -> Result<Option<&PlainHttp1>, OutboundError> {
         if url.scheme() != "http" {
             return Ok(None);
         }
         let lean = match destination {
-            Destination::Provider(HttpVersion::Auto | HttpVersion::Http1) => &self.plain_providers,
+            Destination::Provider(route) if route.version != HttpVersion::Http2 => {
+                &self.plain_providers
+            }
             Destination::Webhook => {
                 self.check_webhook_url(url)?;
                 &self.plain_webhooks
             }
-            Destination::Provider(HttpVersion::Http2) | Destination::Tool => return Ok(None),
+            Destination::Provider(_) | Destination::Tool => return Ok(None),
         };
         let direct = self
             .plain_proxy
@@ -310,7 +321,7 @@ impl Outbound {
     /// Sends a request and reads the whole response (bounded in time and size).
     pub async fn send(
         &self,
-        destination: Destination,
+        destination: Destination<'_>,
         mut request: Request<'_>,
     ) -> Result<OutboundResponse, OutboundError> {
         if let Some(lean) = self.lean_client(destination, request.url)? {
@@ -328,12 +339,20 @@ impl Outbound {
                 None => request.timeout = request.timeout.saturating_sub(started.elapsed()),
             }
         }
-        let client = match destination {
-            Destination::Provider(HttpVersion::Auto) => &self.providers,
-            Destination::Provider(HttpVersion::Http1) => &self.providers_http1,
-            Destination::Provider(HttpVersion::Http2) => &self.providers_http2,
-            Destination::Tool => &self.tools,
-            Destination::Webhook => {
+        // A lane is counted until the response is read (or the call given up).
+        let lane = match destination {
+            Destination::Provider(route) => route.lanes.as_ref().map(lanes::Lanes::take),
+            _ => None,
+        };
+        let client = match (destination, &lane) {
+            (_, Some(lane)) => lane.client(),
+            (Destination::Provider(route), None) => match route.version {
+                HttpVersion::Http1 => &self.providers_http1,
+                // Plain http through a proxy (an HTTP/2 route always has lanes).
+                HttpVersion::Auto | HttpVersion::Http2 => &self.providers,
+            },
+            (Destination::Tool, None) => &self.tools,
+            (Destination::Webhook, None) => {
                 self.check_webhook_url(request.url)?;
                 &self.webhooks
             }
@@ -599,7 +618,7 @@ mod tests {
             let chosen = outbound.lean_client(destination, &url(to));
             chosen.expect("not blocked").is_some()
         };
-        let provider = Destination::Provider(HttpVersion::Auto);
+        let provider = Destination::Provider(&ProviderRoute::shared(HttpVersion::Auto));
         assert!(lean(&outbound, provider, "http://vllm.svc:8000/"));
         assert!(lean(
             &outbound,

@@ -69,6 +69,39 @@ fn assert_paced(times: &mut [std::time::Instant], interval: Duration, burst: usi
     assert!(span + slack >= least, "{span:?} < {least:?}");
 }
 
+/// The provider allows 4 concurrent HTTP/2 streams per connection and the agent 12 calls in
+/// flight: with 4 streams per connection configured, the replica spreads its calls over 3
+/// connections and the stub sees all 12 at once — on one connection it would see 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_calls_beyond_a_connections_streams_take_more_connections() -> anyhow::Result<()> {
+    let mut wide = AgentSpec::new("wide");
+    wide.concurrency = 12;
+    wide.http_version = HttpVersion::Http2;
+    wide.http2_streams_per_connection = Some(4);
+    let model = wide.model();
+    let app = TestApp::spawn(AppOptions {
+        agents: vec![wide],
+        workers: 1,
+        behavior: Behavior {
+            latency: Duration::from_millis(400),
+            ..Behavior::default()
+        },
+        provider_http2_streams: 4,
+        ..AppOptions::default()
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..36 {
+        ids.push(app.submit_job("wide", &format!("job {i}")).await?);
+    }
+    app.wait_succeeded(&ids, Duration::from_secs(60)).await?;
+    assert_eq!(app.llm.peak_in_flight(&model), 12);
+    let calls = app.llm.calls();
+    assert_eq!(calls.len(), 36);
+    assert!(calls.iter().all(|c| c.version == http::Version::HTTP_2));
+    Ok(())
+}
+
 /// Two workers share one fleet-wide limit of 120 requests/min (2/s, burst 2): the calls the
 /// stub sees never run ahead of that schedule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

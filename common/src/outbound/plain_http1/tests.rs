@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::config::HttpVersion;
-use crate::outbound::{Destination, Outbound, ProxyRules};
+use crate::outbound::{Destination, Outbound, ProviderRoute, ProxyRules};
 
 /// What the server does after a request: write these bytes, then keep the connection or
 /// close it.
@@ -528,7 +528,7 @@ async fn a_redirect_the_proxy_serves_is_sent_again_by_reqwest_through_outbound()
     outbound.plain_proxy = Some(Arc::new(proxy_rules("127.0.0.1")));
     let response = outbound
         .post_json(
-            Destination::Provider(HttpVersion::Auto),
+            Destination::Provider(&ProviderRoute::shared(HttpVersion::Auto)),
             &server.url,
             &[],
             b"{}".to_vec(),
@@ -601,7 +601,7 @@ async fn outbound_sends_plain_http_provider_calls_through_it_within_the_timeout(
     })
     .await;
     let outbound = Outbound::new(false, LIMIT, &Default::default());
-    let destination = Destination::Provider(HttpVersion::Http1);
+    let destination = Destination::Provider(&ProviderRoute::shared(HttpVersion::Http1));
     let response = outbound
         .post_json(
             destination,

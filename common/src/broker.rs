@@ -380,6 +380,13 @@ impl Broker {
 
     async fn declare_topology(&self, channel: &Channel) -> Result<(), BrokerError> {
         let names = &self.inner.names;
+        if self.inner.config.queue_type == QueueType::Classic {
+            tracing::warn!(
+                "amqp.queue_type is classic: classic queues dead-letter at most once, so a retry \
+                 waiting in the delay ladder when the broker restarts can be lost; quorum \
+                 queues keep every accepted job"
+            );
+        }
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()

@@ -18,7 +18,9 @@ pub enum QueueType {
     /// Replicated, with a delivery limit for poison messages. The default.
     #[default]
     Quorum,
-    /// For brokers without quorum queues.
+    /// For brokers without quorum queues. Classic queues dead-letter at most once: a retry
+    /// waiting in the delay ladder when the broker restarts can be lost (the chaos test
+    /// caught it), so only quorum queues keep every accepted job.
     Classic,
 }
 

@@ -357,6 +357,15 @@ impl Outbound {
                 &self.webhooks
             }
         };
+        self.send_with(client, request).await
+    }
+
+    /// Sends a request through one of reqwest's clients and reads the whole response.
+    async fn send_with(
+        &self,
+        client: &reqwest::Client,
+        request: Request<'_>,
+    ) -> Result<OutboundResponse, OutboundError> {
         let timeout = request.timeout;
         let mut builder = client
             .request(request.method, request.url.clone())

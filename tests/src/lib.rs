@@ -955,15 +955,33 @@ fn render_config(
     endpoints: Endpoints,
     tenants: &[&TenantKeys],
 ) -> String {
-    let llm_addr = endpoints.llm;
-    let mut yaml = format!(
+    let mut yaml = render_infra(prefix, options);
+    yaml.push_str("tenants:\n");
+    for t in tenants {
+        render_tenant(&mut yaml, options, t);
+    }
+    yaml.push_str("agents:\n");
+    for a in &options.agents {
+        render_agent(&mut yaml, a, endpoints.llm);
+        render_agent_runtime(&mut yaml, a);
+    }
+    yaml.push_str(&TOOLS_YAML.replace("{tools}", &endpoints.tools.to_string()));
+    if let Some(privacy) = &options.privacy {
+        yaml.push_str(&format!("privacy: {privacy}\n"));
+    }
+    render_pools_and_prices(&mut yaml, options);
+    yaml
+}
+
+/// The `amqp`, `redis`, `dispatcher`, `worker`, `webhooks` and `telemetry` sections.
+fn render_infra(prefix: &str, options: &AppOptions) -> String {
+    format!(
         r#"amqp: {{ {amqp}, prefix: "{prefix}", publish_timeout_ms: 3000{group} }}
 redis: {{ {redis}, prefix: "{prefix}", result_ttl_secs: 3600 }}
-dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: {max_body}{per_key}{http_limits} }}
+dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: {max_body}{dispatcher} }}
 worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease}, max_limit_hold_ms: {hold}, budget_recheck_secs: {recheck} }}
-webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?}{per_host}{inline}{hosts} }}
+webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?}{webhooks} }}
 telemetry: {{ log_level: "warn" }}
-tenants:
 "#,
         amqp = if options.amqp_urls.is_empty() {
             format!("url: \"{}\"", options.amqp_url)
@@ -985,102 +1003,109 @@ tenants:
         private = options.allow_private_webhooks,
         schedule = options.webhook_retry_schedule_secs,
         max_body = options.max_body_bytes,
-        per_key = options
-            .per_key_rate
-            .map(|(rate, burst)| format!(
-                ", per_key_rate: {{ per_second: {rate}, burst: {burst} }}"
-            ))
-            .unwrap_or_default(),
-        http_limits = [
-            options
-                .request_timeout_ms
-                .map(|ms| format!(", request_timeout_ms: {ms}")),
-            options
-                .max_concurrent_requests
-                .map(|n| format!(", max_concurrent_requests: {n}")),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<String>(),
-        hosts = if options.webhook_hosts.is_empty() {
-            String::new()
-        } else {
-            let entries: Vec<String> = options
-                .webhook_hosts
-                .iter()
-                .map(|(name, ip)| format!("\"{name}\": \"{ip}\""))
-                .collect();
-            format!(", hosts: {{ {} }}", entries.join(", "))
-        },
-        per_host = options
-            .webhook_per_host_rate
-            .map(|(rate, burst)| format!(
-                ", per_host_rate: {{ per_second: {rate}, burst: {burst} }}"
-            ))
-            .unwrap_or_default(),
-        inline = options
-            .webhook_inline
-            .map(|(timeout, room)| format!(
-                ", inline_timeout_ms: {timeout}, inline_concurrency: {room}"
-            ))
-            .unwrap_or_default(),
-    );
-    for t in tenants {
-        let hash = hex::encode(Sha256::digest(t.api_key.as_bytes()));
-        let extra: String = options
-            .tenant_settings
+        dispatcher = dispatcher_fields(options),
+        webhooks = webhook_fields(options),
+    )
+}
+
+/// The optional fields of `dispatcher`, each with its leading comma.
+fn dispatcher_fields(options: &AppOptions) -> String {
+    [
+        options.per_key_rate.map(|(rate, burst)| {
+            format!(", per_key_rate: {{ per_second: {rate}, burst: {burst} }}")
+        }),
+        options
+            .request_timeout_ms
+            .map(|ms| format!(", request_timeout_ms: {ms}")),
+        options
+            .max_concurrent_requests
+            .map(|n| format!(", max_concurrent_requests: {n}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The optional fields of `webhooks`, each with its leading comma.
+fn webhook_fields(options: &AppOptions) -> String {
+    let hosts = (!options.webhook_hosts.is_empty()).then(|| {
+        let entries: Vec<String> = options
+            .webhook_hosts
             .iter()
-            .filter(|(id, _)| *id == t.id)
-            .map(|(_, fields)| format!(", {fields}"))
+            .map(|(name, ip)| format!("\"{name}\": \"{ip}\""))
             .collect();
+        format!(", hosts: {{ {} }}", entries.join(", "))
+    });
+    [
+        options.webhook_per_host_rate.map(|(rate, burst)| {
+            format!(", per_host_rate: {{ per_second: {rate}, burst: {burst} }}")
+        }),
+        options.webhook_inline.map(|(timeout, room)| {
+            format!(", inline_timeout_ms: {timeout}, inline_concurrency: {room}")
+        }),
+        hosts,
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// One entry of `tenants`, with the test's extra settings for it.
+fn render_tenant(yaml: &mut String, options: &AppOptions, t: &TenantKeys) {
+    let hash = hex::encode(Sha256::digest(t.api_key.as_bytes()));
+    let extra: String = options
+        .tenant_settings
+        .iter()
+        .filter(|(id, _)| *id == t.id)
+        .map(|(_, fields)| format!(", {fields}"))
+        .collect();
+    yaml.push_str(&format!(
+        "  - {{ id: {}, api_key_sha256: \"{hash}\", webhook_secret_env: {}{extra} }}\n",
+        t.id,
+        env_var(&t.id)
+    ));
+}
+
+/// An agent's provider, model, concurrency, deadlines, transport and limits.
+fn render_agent(yaml: &mut String, a: &AgentSpec, llm_addr: SocketAddr) {
+    yaml.push_str(&format!(
+        "  {name}:\n    provider: openai\n    base_url: \"http://{llm_addr}/v1\"\n    model: \"{model}\"\n    system_prompt: \"You are a test agent.\"\n    max_tokens: 64\n    concurrency: {c}\n    timeout_secs: {t}\n    retry: {{ attempts: {ra}, max_delay_secs: {rd} }}\n    circuit_breaker: {{ failure_threshold: {cf}, cooldown_secs: {cc} }}\n",
+        name = a.name,
+        model = a.model(),
+        c = a.concurrency,
+        t = a.timeout_secs,
+        ra = a.retry_attempts,
+        rd = a.retry_max_delay_secs,
+        cf = a.circuit_failure_threshold,
+        cc = a.circuit_cooldown_secs,
+    ));
+    if let Some(secs) = a.request_timeout_secs {
+        yaml.push_str(&format!("    request_timeout_secs: {secs}\n"));
+    }
+    match a.http_version {
+        HttpVersion::Auto => {}
+        HttpVersion::Http1 => yaml.push_str("    http_version: http1\n"),
+        HttpVersion::Http2 => yaml.push_str("    http_version: http2\n"),
+    }
+    if let Some(streams) = a.http2_streams_per_connection {
+        yaml.push_str(&format!("    http2_streams_per_connection: {streams}\n"));
+    }
+    if let Some(depth) = a.max_queue_depth {
+        yaml.push_str(&format!("    max_queue_depth: {depth}\n"));
+    }
+    if let Some(rpm) = a.requests_per_minute {
+        let tpm = a
+            .tokens_per_minute
+            .map(|t| format!(", tokens_per_minute: {t}"))
+            .unwrap_or_default();
         yaml.push_str(&format!(
-            "  - {{ id: {}, api_key_sha256: \"{hash}\", webhook_secret_env: {}{extra} }}\n",
-            t.id,
-            env_var(&t.id)
+            "    rate_limit: {{ requests_per_minute: {rpm}{tpm} }}\n"
         ));
     }
-    yaml.push_str("agents:\n");
-    for a in &options.agents {
-        yaml.push_str(&format!(
-            "  {name}:\n    provider: openai\n    base_url: \"http://{llm_addr}/v1\"\n    model: \"{model}\"\n    system_prompt: \"You are a test agent.\"\n    max_tokens: 64\n    concurrency: {c}\n    timeout_secs: {t}\n    retry: {{ attempts: {ra}, max_delay_secs: {rd} }}\n    circuit_breaker: {{ failure_threshold: {cf}, cooldown_secs: {cc} }}\n",
-            name = a.name,
-            model = a.model(),
-            c = a.concurrency,
-            t = a.timeout_secs,
-            ra = a.retry_attempts,
-            rd = a.retry_max_delay_secs,
-            cf = a.circuit_failure_threshold,
-            cc = a.circuit_cooldown_secs,
-        ));
-        if let Some(secs) = a.request_timeout_secs {
-            yaml.push_str(&format!("    request_timeout_secs: {secs}\n"));
-        }
-        match a.http_version {
-            HttpVersion::Auto => {}
-            HttpVersion::Http1 => yaml.push_str("    http_version: http1\n"),
-            HttpVersion::Http2 => yaml.push_str("    http_version: http2\n"),
-        }
-        if let Some(streams) = a.http2_streams_per_connection {
-            yaml.push_str(&format!("    http2_streams_per_connection: {streams}\n"));
-        }
-        if let Some(depth) = a.max_queue_depth {
-            yaml.push_str(&format!("    max_queue_depth: {depth}\n"));
-        }
-        if let Some(rpm) = a.requests_per_minute {
-            let tpm = a
-                .tokens_per_minute
-                .map(|t| format!(", tokens_per_minute: {t}"))
-                .unwrap_or_default();
-            yaml.push_str(&format!(
-                "    rate_limit: {{ requests_per_minute: {rpm}{tpm} }}\n"
-            ));
-        }
-        render_agent_runtime(&mut yaml, a);
-    }
-    yaml.push_str(&TOOLS_YAML.replace("{tools}", &endpoints.tools.to_string()));
-    if let Some(privacy) = &options.privacy {
-        yaml.push_str(&format!("privacy: {privacy}\n"));
-    }
+}
+
+/// `pools` and `prices`, when any test asked for them.
+fn render_pools_and_prices(yaml: &mut String, options: &AppOptions) {
     if !options.pools.is_empty() {
         yaml.push_str("pools:\n");
         for (pool, rpm) in &options.pools {
@@ -1100,7 +1125,6 @@ tenants:
             ));
         }
     }
-    yaml
 }
 
 /// An agent's tools, limits and output schema.

@@ -167,6 +167,9 @@ pub struct AppOptions {
     pub privacy: Option<String>,
     /// Concurrent HTTP/2 streams the stub LLM allows on one connection.
     pub provider_http2_streams: u32,
+    /// The stub LLM serves https (ALPN: HTTP/2, HTTP/1.1) with a certificate of the test CA
+    /// (`fixtures/tls`), which the workers trust through `worker.extra_ca_file`.
+    pub provider_tls: bool,
 }
 
 impl Default for AppOptions {
@@ -201,6 +204,7 @@ impl Default for AppOptions {
             max_concurrent_requests: None,
             privacy: None,
             provider_http2_streams: agentfleet_stub::MAX_HTTP2_STREAMS,
+            provider_tls: false,
         }
     }
 }
@@ -256,11 +260,11 @@ impl TestApp {
     pub async fn spawn(options: AppOptions) -> anyhow::Result<Self> {
         let prefix = format!("aftest-{}", uuid::Uuid::now_v7().simple());
         let llm = StubLlm::new(options.behavior.clone());
-        let llm_addr = agentfleet_stub::spawn_router_with_streams(
-            bind().await?,
-            llm.router(),
-            options.provider_http2_streams,
-        );
+        let serving = agentfleet_stub::Serving {
+            max_http2_streams: options.provider_http2_streams,
+            tls: options.provider_tls.then(test_tls).transpose()?,
+        };
+        let llm_addr = agentfleet_stub::spawn_serving(bind().await?, llm.router(), serving);
 
         let acme = tenant("acme");
         let globex = tenant("globex");
@@ -271,6 +275,11 @@ impl TestApp {
         let tools_addr = agentfleet_stub::spawn_router(bind().await?, tools.router());
         let endpoints = Endpoints {
             llm: llm_addr,
+            llm_scheme: if options.provider_tls {
+                "https"
+            } else {
+                "http"
+            },
             tools: tools_addr,
         };
         let mut tenants = vec![acme.clone(), globex.clone()];
@@ -946,7 +955,19 @@ pub const TOOLS_YAML: &str = r#"tools:
 #[derive(Debug, Clone, Copy)]
 struct Endpoints {
     llm: SocketAddr,
+    llm_scheme: &'static str,
     tools: SocketAddr,
+}
+
+/// The test CA's certificate, which signed the stand-ins' TLS certificate (`localhost`,
+/// `127.0.0.1`; see `fixtures/tls/README.md`).
+pub const TEST_CA_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tls/ca.pem");
+
+/// A TLS acceptor with the test CA's server certificate.
+fn test_tls() -> anyhow::Result<agentfleet_stub::TlsAcceptor> {
+    let chain = include_bytes!("../fixtures/tls/server.pem");
+    let key = include_bytes!("../fixtures/tls/server.key");
+    Ok(agentfleet_stub::tls_acceptor(chain, key)?)
 }
 
 fn render_config(
@@ -962,7 +983,8 @@ fn render_config(
     }
     yaml.push_str("agents:\n");
     for a in &options.agents {
-        render_agent(&mut yaml, a, endpoints.llm);
+        let base_url = format!("{}://{}/v1", endpoints.llm_scheme, endpoints.llm);
+        render_agent(&mut yaml, a, &base_url);
         render_agent_runtime(&mut yaml, a);
     }
     yaml.push_str(&TOOLS_YAML.replace("{tools}", &endpoints.tools.to_string()));
@@ -979,7 +1001,7 @@ fn render_infra(prefix: &str, options: &AppOptions) -> String {
         r#"amqp: {{ {amqp}, prefix: "{prefix}", publish_timeout_ms: 3000{group} }}
 redis: {{ {redis}, prefix: "{prefix}", result_ttl_secs: 3600 }}
 dispatcher: {{ listen: "127.0.0.1:0", max_body_bytes: {max_body}{dispatcher} }}
-worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease}, max_limit_hold_ms: {hold}, budget_recheck_secs: {recheck} }}
+worker: {{ metrics_listen: "127.0.0.1:0", agents: ["*"], shutdown_grace_secs: {grace}, lease_secs: {lease}, max_limit_hold_ms: {hold}, budget_recheck_secs: {recheck}{roots} }}
 webhooks: {{ timeout_secs: 5, concurrency: 16, allow_private_networks: {private}, retry_schedule_secs: {schedule:?}{webhooks} }}
 telemetry: {{ log_level: "warn" }}
 "#,
@@ -1003,6 +1025,11 @@ telemetry: {{ log_level: "warn" }}
         private = options.allow_private_webhooks,
         schedule = options.webhook_retry_schedule_secs,
         max_body = options.max_body_bytes,
+        roots = if options.provider_tls {
+            format!(", extra_ca_file: {TEST_CA_FILE:?}")
+        } else {
+            String::new()
+        },
         dispatcher = dispatcher_fields(options),
         webhooks = webhook_fields(options),
     )
@@ -1067,9 +1094,9 @@ fn render_tenant(yaml: &mut String, options: &AppOptions, t: &TenantKeys) {
 }
 
 /// An agent's provider, model, concurrency, deadlines, transport and limits.
-fn render_agent(yaml: &mut String, a: &AgentSpec, llm_addr: SocketAddr) {
+fn render_agent(yaml: &mut String, a: &AgentSpec, base_url: &str) {
     yaml.push_str(&format!(
-        "  {name}:\n    provider: openai\n    base_url: \"http://{llm_addr}/v1\"\n    model: \"{model}\"\n    system_prompt: \"You are a test agent.\"\n    max_tokens: 64\n    concurrency: {c}\n    timeout_secs: {t}\n    retry: {{ attempts: {ra}, max_delay_secs: {rd} }}\n    circuit_breaker: {{ failure_threshold: {cf}, cooldown_secs: {cc} }}\n",
+        "  {name}:\n    provider: openai\n    base_url: \"{base_url}\"\n    model: \"{model}\"\n    system_prompt: \"You are a test agent.\"\n    max_tokens: 64\n    concurrency: {c}\n    timeout_secs: {t}\n    retry: {{ attempts: {ra}, max_delay_secs: {rd} }}\n    circuit_breaker: {{ failure_threshold: {cf}, cooldown_secs: {cc} }}\n",
         name = a.name,
         model = a.model(),
         c = a.concurrency,

@@ -42,7 +42,7 @@ use agentfleet_common::broker::Broker;
 use agentfleet_common::config::{AgentConfig, Config, Secrets};
 use agentfleet_common::metrics::Metrics;
 use agentfleet_common::ops::{self, Dependencies};
-use agentfleet_common::outbound::Outbound;
+use agentfleet_common::outbound::{ExtraRoots, Outbound};
 use agentfleet_common::privacy::Privacy;
 use agentfleet_common::shutdown::{Deadline, Grace};
 use agentfleet_common::store::{JobStore, Redis, StoreError};
@@ -122,6 +122,8 @@ pub enum WorkerError {
     Store(#[from] StoreError),
     #[error("metrics server: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("worker.extra_ca_file `{path}`: {error}")]
+    ExtraRoots { path: String, error: String },
 }
 
 pub struct Worker {
@@ -147,7 +149,8 @@ impl Worker {
         let served = config.served_agents();
         let job_queues = served.iter().flat_map(|a| config.job_queues(a)).collect();
         let broker = Broker::new(&config.amqp, names.clone(), job_queues, "agentfleet-worker");
-        let agents = build_agents(&config, &secrets, &redis, &metrics)?;
+        let roots = extra_roots(&config)?;
+        let agents = build_agents(&config, &secrets, &redis, &metrics, &roots)?;
         let tools = build_tools(&config, &secrets)?;
         let running_quota = quota::RunningQuota::new(&config, redis.clone());
         let ledgers = agentfleet_common::budget::Ledgers::new(redis.clone(), names.clone());
@@ -167,7 +170,8 @@ impl Worker {
                 config.webhooks.allow_private_networks,
                 MAX_RESPONSE_BYTES,
                 &config.webhooks.hosts,
-            ),
+            )
+            .trusting(&roots),
             config,
             secrets,
             store,
@@ -386,12 +390,27 @@ impl Reloader {
     }
 }
 
+/// The certificate authorities of `worker.extra_ca_file`, if set: read and checked at start,
+/// so a bad file stops the replica with its path rather than failing every call.
+fn extra_roots(config: &Config) -> Result<ExtraRoots, WorkerError> {
+    let Some(path) = &config.worker.extra_ca_file else {
+        return Ok(ExtraRoots::default());
+    };
+    let failed = |error: String| WorkerError::ExtraRoots {
+        path: path.display().to_string(),
+        error,
+    };
+    let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
+    ExtraRoots::from_pem(&pem).map_err(|e| failed(e.to_string()))
+}
+
 /// The runtime of each agent this replica serves: provider, limits, circuit, cache.
 fn build_agents(
     config: &Config,
     secrets: &Secrets,
     redis: &Redis,
     metrics: &Arc<Metrics>,
+    roots: &ExtraRoots,
 ) -> Result<BTreeMap<String, Arc<AgentRuntime>>, WorkerError> {
     let names = config.names();
     let circuits = circuit::Circuits::default();
@@ -400,7 +419,7 @@ fn build_agents(
         let Some(agent) = config.agents.get(name) else {
             continue;
         };
-        let provider = Provider::new(agent, secrets.provider_keys.get(name));
+        let provider = Provider::new(agent, secrets.provider_keys.get(name), roots);
         let circuit = circuits.get(
             provider.endpoint().as_str(),
             &endpoint_label(provider.endpoint()),

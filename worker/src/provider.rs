@@ -11,7 +11,7 @@ use url::Url;
 use agentfleet_agent::{parse_assistant, AssistantMessage, ModelRequest, Usage};
 use agentfleet_common::config::AgentConfig;
 use agentfleet_common::outbound::{
-    Destination, Outbound, OutboundError, ProviderRoute, RouteSettings,
+    Destination, ExtraRoots, Outbound, OutboundError, ProviderRoute, RouteSettings,
 };
 use agentfleet_common::wire::{ErrorCategory, JobError};
 
@@ -102,7 +102,12 @@ impl std::fmt::Debug for Provider {
 }
 
 impl Provider {
-    pub fn new(agent: &AgentConfig, api_key: Option<&secrecy::SecretString>) -> Self {
+    /// `roots`: certificate authorities trusted besides the public ones.
+    pub fn new(
+        agent: &AgentConfig,
+        api_key: Option<&secrecy::SecretString>,
+        roots: &ExtraRoots,
+    ) -> Self {
         let mut endpoint = agent.base_url.clone();
         let path = format!("{}/chat/completions", endpoint.path().trim_end_matches('/'));
         endpoint.set_path(&path);
@@ -111,6 +116,7 @@ impl Provider {
             base_url: &endpoint,
             concurrency: agent.concurrency,
             streams_per_connection: agent.http2_streams_per_connection,
+            extra_roots: roots,
         });
         Self {
             endpoint,
@@ -363,7 +369,7 @@ mod tests {
             "provider": "openai", "base_url": "http://127.0.0.1:1/v1", "model": "m"
         }))
         .expect("agent");
-        let provider = Provider::new(&agent, None);
+        let provider = Provider::new(&agent, None, &ExtraRoots::default());
         assert_eq!(
             provider.endpoint.as_str(),
             "http://127.0.0.1:1/v1/chat/completions"

@@ -483,6 +483,10 @@ pub struct WorkerConfig {
     /// resets): a budget raised meanwhile resumes it within this long.
     #[serde(rename = "budget_recheck_secs", with = "duration::secs")]
     pub budget_recheck: Duration,
+    /// A PEM file of certificate authorities trusted for providers and tools besides the
+    /// public roots: a private CA in front of an internal model server or tool. Never for
+    /// tenants' webhook URLs.
+    pub extra_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -494,6 +498,7 @@ impl Default for WorkerConfig {
             lease: Duration::from_secs(15),
             max_limit_hold: Duration::from_secs(30),
             budget_recheck: Duration::from_secs(60),
+            extra_ca_file: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use url::Url;
 
+use super::ExtraRoots;
 use crate::config::HttpVersion;
 
 /// How one agent's calls reach its provider: the HTTP version, and the lanes when its calls
@@ -39,6 +40,8 @@ pub struct RouteSettings<'a> {
     pub concurrency: u16,
     /// Calls one HTTP/2 connection carries.
     pub streams_per_connection: u32,
+    /// Certificate authorities the lanes trust besides the public roots.
+    pub extra_roots: &'a ExtraRoots,
 }
 
 impl ProviderRoute {
@@ -48,6 +51,7 @@ impl ProviderRoute {
             base_url,
             concurrency,
             streams_per_connection,
+            extra_roots,
         } = settings;
         let may_speak_http2 = match version {
             HttpVersion::Http2 => true,
@@ -58,7 +62,9 @@ impl ProviderRoute {
         let streams = usize::try_from(streams_per_connection.max(1)).unwrap_or(usize::MAX);
         let lanes = may_speak_http2.then(|| {
             let count = usize::from(concurrency).div_ceil(streams).max(1);
-            Lanes::new(count, streams, || super::provider_client(version))
+            Lanes::new(count, streams, || {
+                super::provider_client(version, extra_roots)
+            })
         });
         Self { version, lanes }
     }
@@ -236,6 +242,7 @@ mod tests {
             base_url: &base_url,
             concurrency,
             streams_per_connection: streams,
+            extra_roots: &ExtraRoots::default(),
         })
     }
 

@@ -144,8 +144,8 @@ fn base_client() -> reqwest::ClientBuilder {
         .user_agent(USER_AGENT)
 }
 
-/// Building a client only fails when the TLS backend cannot initialise, which is a broken
-/// build rather than bad input.
+/// Building a client only fails when the TLS backend cannot initialise (a broken build), or
+/// on a root certificate it cannot take, which [`ExtraRoots::from_pem`] refuses first.
 fn build(builder: reqwest::ClientBuilder) -> reqwest::Client {
     builder
         .build()
@@ -153,15 +153,72 @@ fn build(builder: reqwest::ClientBuilder) -> reqwest::Client {
 }
 
 /// A client (one connection pool) speaking to providers as `version` asks.
-fn provider_client(version: HttpVersion) -> reqwest::Client {
+fn provider_client(version: HttpVersion, roots: &ExtraRoots) -> reqwest::Client {
     let builder = base_client().redirect(reqwest::redirect::Policy::limited(
         plain_http1::MAX_REDIRECTS,
     ));
+    let builder = roots.trusted_by(builder);
     build(match version {
         HttpVersion::Auto => builder,
         HttpVersion::Http1 => builder.http1_only(),
         HttpVersion::Http2 => builder.http2_prior_knowledge(),
     })
+}
+
+fn tools_client(roots: &ExtraRoots) -> reqwest::Client {
+    build(roots.trusted_by(base_client().redirect(reqwest::redirect::Policy::none())))
+}
+
+/// Certificate authorities trusted besides the public roots, for the destinations the
+/// operator configures (providers and tools) — never for tenants' webhook URLs.
+#[derive(Clone, Default)]
+pub struct ExtraRoots(Arc<[reqwest::Certificate]>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtraRootsError {
+    #[error("not a PEM bundle of certificates: {0}")]
+    Pem(String),
+    #[error("no certificate in the file")]
+    Empty,
+    #[error("a certificate the TLS client refuses: {0}")]
+    Refused(String),
+}
+
+impl std::fmt::Debug for ExtraRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ExtraRoots({} certificates)", self.0.len())
+    }
+}
+
+impl ExtraRoots {
+    /// The certificates of a PEM bundle, each checked by building a client that trusts it.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, ExtraRootsError> {
+        let certificates = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| ExtraRootsError::Pem(error_chain(&e)))?;
+        if certificates.is_empty() {
+            return Err(ExtraRootsError::Empty);
+        }
+        let roots = Self(certificates.into());
+        roots
+            .trusted_by(reqwest::Client::builder())
+            .build()
+            .map_err(|e| ExtraRootsError::Refused(error_chain(&e)))?;
+        Ok(roots)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn trusted_by(&self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        self.0.iter().fold(builder, |builder, root| {
+            builder.add_root_certificate(root.clone())
+        })
+    }
 }
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const USER_AGENT: &str = concat!("agentfleet/", env!("CARGO_PKG_VERSION"));
@@ -216,9 +273,10 @@ impl Outbound {
         max_response_bytes: usize,
         hosts: &BTreeMap<String, IpAddr>,
     ) -> Self {
-        let providers = provider_client(HttpVersion::Auto);
-        let providers_http1 = provider_client(HttpVersion::Http1);
-        let tools = build(base_client().redirect(reqwest::redirect::Policy::none()));
+        let roots = ExtraRoots::default();
+        let providers = provider_client(HttpVersion::Auto, &roots);
+        let providers_http1 = provider_client(HttpVersion::Http1, &roots);
+        let tools = tools_client(&roots);
         let hosts = Arc::new(hosts.clone());
         let mut webhooks = base_client().redirect(reqwest::redirect::Policy::none());
         if !allow_private_webhooks {
@@ -253,6 +311,17 @@ impl Outbound {
             allow_private_webhooks,
             hosts: hosts.clone(),
             max_response_bytes,
+        }
+    }
+
+    /// This client, trusting `roots` as well for providers (their shared clients; a route's
+    /// lanes take the roots from its settings) and tools.
+    pub fn trusting(self, roots: &ExtraRoots) -> Self {
+        Self {
+            providers: provider_client(HttpVersion::Auto, roots),
+            providers_http1: provider_client(HttpVersion::Http1, roots),
+            tools: tools_client(roots),
+            ..self
         }
     }
 
@@ -566,6 +635,28 @@ fn embedded_v4(ip: Ipv6Addr) -> Embedded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TEST_CA: &[u8] = include_bytes!("../../../tests/fixtures/tls/ca.pem");
+
+    #[test]
+    fn extra_roots_take_a_pem_bundle_and_refuse_anything_else() {
+        let roots = ExtraRoots::from_pem(TEST_CA).expect("the test CA");
+        assert_eq!(roots.len(), 1);
+        let twice = [TEST_CA, TEST_CA].concat();
+        assert_eq!(ExtraRoots::from_pem(&twice).expect("a bundle").len(), 2);
+        assert!(matches!(
+            ExtraRoots::from_pem(b"not a certificate"),
+            Err(ExtraRootsError::Empty)
+        ));
+        let garbage = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        // PEM that holds no certificate: refused when a client is built with it, here
+        // rather than at the first call.
+        let refused = ExtraRoots::from_pem(garbage).expect_err("not a certificate");
+        assert!(
+            matches!(refused, ExtraRootsError::Refused(_)),
+            "{refused:?}"
+        );
+    }
 
     #[test]
     fn a_proxy_for_plain_http_in_the_environment_is_seen_in_either_case() {

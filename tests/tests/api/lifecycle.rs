@@ -159,6 +159,36 @@ async fn invalid_config_exits_nonzero_naming_the_key() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `worker.extra_ca_file` that is missing or holds no certificate stops the worker at start,
+/// naming the key and the path, rather than failing every provider call later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_extra_ca_file_stops_the_worker_naming_it() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn(AppOptions {
+        workers: 0,
+        ..AppOptions::default()
+    })
+    .await?;
+    let path = app.write_config_file("roots")?;
+    let missing = "/nonexistent/agentfleet-ca.pem".to_owned();
+    // The config file itself: YAML, not a certificate.
+    let not_pem = path.display().to_string();
+    for (file, why) in [(missing, "No such file"), (not_pem, "no certificate")] {
+        let output = std::process::Command::new(crate::WORKER_BIN)
+            .arg("--config")
+            .arg(&path)
+            .envs(app.worker_env())
+            .env("AGENTFLEET__WORKER__EXTRA_CA_FILE", &file)
+            .output()?;
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("worker.extra_ca_file `{file}`")) && stderr.contains(why),
+            "{stderr}"
+        );
+    }
+    Ok(())
+}
+
 /// Any key can be overridden from the environment (`AGENTFLEET__SECTION__KEY`), and an
 /// overridden value is validated like a file value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -102,6 +102,62 @@ async fn http2_calls_beyond_a_connections_streams_take_more_connections() -> any
     Ok(())
 }
 
+/// A provider over https, trusted through `worker.extra_ca_file`, offering HTTP/2 by ALPN
+/// and 4 streams per connection: `auto` speaks HTTP/2 to it and spreads an agent's 12 calls
+/// over 3 connections, as to a hosted provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_over_tls_speaks_http2_on_lanes() -> anyhow::Result<()> {
+    let mut hosted = AgentSpec::new("hosted");
+    hosted.concurrency = 12;
+    hosted.http2_streams_per_connection = Some(4);
+    let model = hosted.model();
+    let app = TestApp::spawn(AppOptions {
+        agents: vec![hosted],
+        workers: 1,
+        behavior: Behavior {
+            latency: Duration::from_millis(400),
+            ..Behavior::default()
+        },
+        provider_http2_streams: 4,
+        provider_tls: true,
+        ..AppOptions::default()
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..36 {
+        ids.push(app.submit_job("hosted", &format!("job {i}")).await?);
+    }
+    app.wait_succeeded(&ids, Duration::from_secs(60)).await?;
+    assert_eq!(app.llm.peak_in_flight(&model), 12);
+    let calls = app.llm.calls();
+    assert_eq!(calls.len(), 36);
+    assert!(calls.iter().all(|c| c.version == http::Version::HTTP_2));
+    Ok(())
+}
+
+/// `http1` over https takes the shared HTTP/1.1 client, which trusts the extra CA too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_over_tls_trusts_the_extra_ca() -> anyhow::Result<()> {
+    let mut agent = AgentSpec::new("tls1");
+    agent.http_version = HttpVersion::Http1;
+    let app = TestApp::spawn(AppOptions {
+        agents: vec![agent],
+        workers: 1,
+        provider_tls: true,
+        ..AppOptions::default()
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(app.submit_job("tls1", &format!("job {i}")).await?);
+    }
+    app.wait_succeeded(&ids, Duration::from_secs(30)).await?;
+    let calls = app.llm.calls();
+    assert_eq!(calls.len(), 4);
+    assert!(calls.iter().all(|c| c.version == http::Version::HTTP_11));
+    Ok(())
+}
+
 /// Two workers share one fleet-wide limit of 120 requests/min (2/s, burst 2): the calls the
 /// stub sees never run ahead of that schedule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

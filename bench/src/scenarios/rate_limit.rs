@@ -4,39 +4,104 @@
 //! same time, an agent limited in tokens per minute ([`token_limit`]), with its own stub.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
+use agentfleet_stub::llm::StubLlm;
 use agentfleet_tests::{wait_until, AgentSpec};
 
 use super::token_limit;
 use crate::fleet::{Fleet, FleetOptions};
 use crate::report::{Outcome, Row};
-use crate::suite::Ctx;
+use crate::suite::{Ctx, Settings};
+
+/// Left out of the steady state: the first burst.
+const SETTLE: Duration = Duration::from_secs(2);
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let s = &ctx.settings;
-    let window = s.limit_window;
-    let per_sec = f64::from(s.limit_rpm) / 60.0;
-    let expected = per_sec * window.as_secs_f64();
-    // GCRA burst: one second's worth, at least one request.
-    let burst = per_sec.max(1.0).floor();
-    let jobs = (expected * 1.25 + burst) as usize + 100;
+    let plan = Plan::of(s);
+    let (mut fleet, token_agent) = start(ctx, &plan).await?;
+    let first = first_call(&fleet.app.llm, "the first provider call").await?;
+    let token_first = first_call(&token_agent.llm, "the first tokens/min call").await?;
+    let requests = observe_requests(&mut fleet, s, first + plan.window).await?;
+    let tokens = observe_tokens(&mut fleet, s, &token_agent, token_first).await?;
+    drop(fleet);
 
+    let accuracy = Accuracy::of(&plan, &requests, first);
+    let mut rows = accuracy.rows(s, &plan);
+    let mut notes = requests.notes(s, &plan);
+    rows.extend(tokens.figures.rows);
+    notes.extend(tokens.figures.notes);
+    notes.extend(tokens.waits.note("Tokens/min: wait for a turn"));
+    notes.extend(failures_note(
+        "Tokens/min: jobs failed (all attempts)",
+        &tokens.failures,
+    ));
+    Ok(Outcome {
+        rows,
+        notes,
+        details: details(s, &plan, &requests, &accuracy, tokens.figures.details),
+    })
+}
+
+/// The requests/min agent's load: what the limit allows over the window, and the jobs queued
+/// to keep it saturated.
+struct Plan {
+    window: Duration,
+    per_sec: f64,
+    /// Calls the limit allows over the window.
+    expected: f64,
+    burst: f64,
+    jobs: usize,
+}
+
+impl Plan {
+    fn of(s: &Settings) -> Self {
+        let window = s.limit_window;
+        let per_sec = f64::from(s.limit_rpm) / 60.0;
+        let expected = per_sec * window.as_secs_f64();
+        // GCRA burst: one second's worth, at least one request.
+        let burst = per_sec.max(1.0).floor();
+        Self {
+            window,
+            per_sec,
+            expected,
+            burst,
+            jobs: (expected * 1.25 + burst) as usize + 100,
+        }
+    }
+}
+
+/// The agent limited in requests per minute.
+fn requests_agent(s: &Settings) -> AgentSpec {
     let mut agent = AgentSpec::new("limited");
     agent.concurrency = s.limit_concurrency;
     agent.requests_per_minute = Some(s.limit_rpm);
     // The shipped default deadline (the harness's 10 s is shorter than the fairest wait for a
     // turn when 48 runs share 10 calls a second, and a run past its deadline wastes its turn).
     agent.timeout_secs = 60;
+    agent
+}
+
+/// The tokens/min agent's own stub LLM and the ids of its jobs.
+struct TokenAgent {
+    llm: StubLlm,
+    jobs: Vec<String>,
+}
+
+/// Starts the fleet with both agents, queues both backlogs, then spawns the workers and waits
+/// until every one is ready.
+async fn start(ctx: &Ctx, plan: &Plan) -> anyhow::Result<(Fleet, TokenAgent)> {
+    let s = &ctx.settings;
     let token_agent = token_limit::agent(s);
     let token_model = token_agent.spec.model();
-    let options = FleetOptions::new(agent, Duration::ZERO, 0).with_agent(token_agent);
+    let options = FleetOptions::new(requests_agent(s), Duration::ZERO, 0).with_agent(token_agent);
     let mut fleet = Fleet::start(&ctx.bins, options).await?;
     let token_llm = fleet.llm(token_limit::AGENT);
     token_limit::script(&token_llm, &token_model);
-    fleet.submit_many(jobs, s.clients).await?;
+    fleet.submit_many(plan.jobs, s.clients).await?;
     let token_jobs: Vec<String> = fleet
         .submit_many_to(
             token_limit::AGENT,
@@ -54,162 +119,221 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     for index in 0..s.limit_workers {
         fleet.wait_worker_ready(index).await?;
     }
-    let llm = fleet.app.llm.clone();
-    let first = wait_until(Duration::from_secs(20), "the first provider call", || {
+    let token_agent = TokenAgent {
+        llm: token_llm,
+        jobs: token_jobs,
+    };
+    Ok((fleet, token_agent))
+}
+
+/// When `llm` saw its first call.
+async fn first_call(llm: &StubLlm, what: &str) -> anyhow::Result<Instant> {
+    wait_until(Duration::from_secs(20), what, || {
         let llm = llm.clone();
         async move { llm.calls().first().map(|c| c.at) }
     })
-    .await?;
-    let token_first = wait_until(Duration::from_secs(20), "the first tokens/min call", || {
-        let llm = token_llm.clone();
-        async move { llm.calls().first().map(|c| c.at) }
-    })
-    .await?;
-    let end = first + window;
+    .await
+}
+
+/// What the requests/min agent left at the end of its window.
+struct RequestsSeen {
+    /// Its jobs still queued.
+    left: u32,
+    /// When the stub saw each call.
+    calls: Vec<Instant>,
+    failures: BTreeMap<String, usize>,
+    waits: Histogram,
+}
+
+/// Waits past the requests/min window's `end`, then reads what the agent left.
+async fn observe_requests(
+    fleet: &mut Fleet,
+    s: &Settings,
+    end: Instant,
+) -> anyhow::Result<RequestsSeen> {
     tokio::time::sleep_until((end + Duration::from_millis(300)).into()).await;
     fleet.check_alive()?;
     let left = fleet.app.agent_queue_depth(&fleet.agent).await?;
-    let calls: Vec<_> = llm.calls().iter().map(|c| c.at).collect();
-    let failures = failure_categories(&fleet, &fleet.agent);
-    let mut waits = Histogram::default();
-    for index in 0..s.limit_workers {
-        waits.add(
-            &fleet.worker_metrics(index).await?,
-            WAIT_METRIC,
-            &fleet.agent,
-        );
+    let calls: Vec<_> = fleet.app.llm.calls().iter().map(|c| c.at).collect();
+    let failures = failure_categories(fleet, &fleet.agent);
+    let waits = scrape_waits(fleet, s.limit_workers, &fleet.agent).await?;
+    Ok(RequestsSeen {
+        left,
+        calls,
+        failures,
+        waits,
+    })
+}
+
+impl RequestsSeen {
+    /// Jobs left in the queue means the limit was saturated.
+    fn saturated(&self) -> bool {
+        self.left > 0
     }
 
-    let token_end = token_first + window;
-    tokio::time::sleep_until((token_end + token_limit::RESOLVE).into()).await;
-    fleet.check_alive()?;
-    let mut token_waits = Histogram::default();
-    for index in 0..s.limit_workers {
-        token_waits.add(
-            &fleet.worker_metrics(index).await?,
-            WAIT_METRIC,
-            token_limit::AGENT,
-        );
+    fn notes(&self, s: &Settings, plan: &Plan) -> Vec<String> {
+        let (jobs, left) = (plan.jobs, self.left);
+        let mut notes = vec![format!(
+            "{jobs} jobs queued before {} workers (concurrency {} each) started; {left} still queued at the end of the window.",
+            s.limit_workers, s.limit_concurrency
+        )];
+        notes.extend(self.waits.note(&format!(
+            "Wait for a turn (from the workers' {WAIT_METRIC})"
+        )));
+        notes.extend(failures_note(
+            "Jobs failed during the window",
+            &self.failures,
+        ));
+        if !self.saturated() {
+            notes.push("The queue ran dry: the limit was not saturated.".to_owned());
+        }
+        notes
     }
-    let token_failures = failure_categories(&fleet, token_limit::AGENT);
+}
+
+/// What the tokens/min agent left once its window's calls were resolved.
+struct TokensSeen {
+    figures: token_limit::Figures,
+    waits: Histogram,
+    failures: BTreeMap<String, usize>,
+}
+
+/// Waits until the calls of the tokens/min window, from `first`, are resolved, then measures
+/// them.
+async fn observe_tokens(
+    fleet: &mut Fleet,
+    s: &Settings,
+    agent: &TokenAgent,
+    first: Instant,
+) -> anyhow::Result<TokensSeen> {
+    let end = first + s.limit_window;
+    tokio::time::sleep_until((end + token_limit::RESOLVE).into()).await;
+    fleet.check_alive()?;
+    let waits = scrape_waits(fleet, s.limit_workers, token_limit::AGENT).await?;
+    let failures = failure_categories(fleet, token_limit::AGENT);
     let deliveries = fleet.deliveries_by_job();
-    let tokens = token_limit::measure(
+    let figures = token_limit::measure(
         s,
         &token_limit::Observed {
-            calls: token_llm.calls(),
-            llm: &token_llm,
+            calls: agent.llm.calls(),
+            llm: &agent.llm,
             deliveries: &deliveries,
-            first: token_first,
-            end: token_end,
-            jobs: &token_jobs,
+            first,
+            end,
+            jobs: &agent.jobs,
             workers: s.limit_workers,
         },
     );
-    drop(fleet);
-
-    let in_window = calls.iter().filter(|&&at| at >= first && at < end).count();
-    let settle = Duration::from_secs(2);
-    let steady = calls
-        .iter()
-        .filter(|&&at| at >= first + settle && at < end)
-        .count();
-    let ratio = in_window as f64 / expected;
-    let steady_ratio = steady as f64 / (per_sec * (window - settle).as_secs_f64());
-    // Allowed: the limit over the window plus the burst, and one call for the window's edges.
-    let upper = (expected + burst + 1.0) / expected;
-    let saturated = left > 0;
-    let mut rows = vec![
-        Row::new("calls in the window", in_window as f64, "calls")
-            .display(format!(
-                "{in_window} calls in {} s at {} /min ({} workers)",
-                window.as_secs(),
-                s.limit_rpm,
-                s.limit_workers
-            ))
-            .baseline("limit × window", expected, "calls")
-            .goal(
-                &format!("0.95 – {upper:.3} (limit + 1 s burst)"),
-                (0.95..=upper).contains(&ratio) && saturated,
-            ),
-        Row::new("steady-state rate / limit", steady_ratio, "")
-            .display(format!(
-                "steady state (after the first {} s): {:.3} × limit",
-                settle.as_secs(),
-                steady_ratio
-            ))
-            .ratio(steady_ratio)
-            .info("—"),
-    ];
-    let mut notes = vec![format!(
-        "{jobs} jobs queued before {} workers (concurrency {} each) started; {left} still queued at the end of the window.",
-        s.limit_workers, s.limit_concurrency
-    )];
-    if waits.count > 0.0 {
-        notes.push(format!(
-            "Wait for a turn (from the workers' {WAIT_METRIC}): mean {:.1} s, p50 ≤ {} s, p99 ≤ {} s, max ≤ {} s over {} runs.",
-            waits.sum / waits.count,
-            waits.quantile(0.5),
-            waits.quantile(0.99),
-            waits.quantile(1.0),
-            waits.count
-        ));
-    }
-    if !failures.is_empty() {
-        let text: Vec<String> = failures.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        notes.push(format!(
-            "Jobs failed during the window, by error category: {}.",
-            text.join(", ")
-        ));
-    }
-    if !saturated {
-        notes.push("The queue ran dry: the limit was not saturated.".to_owned());
-    }
-    rows.extend(tokens.rows);
-    notes.extend(tokens.notes);
-    if token_waits.count > 0.0 {
-        notes.push(format!(
-            "Tokens/min: wait for a turn: mean {:.1} s, p50 ≤ {} s, p99 ≤ {} s, max ≤ {} s over {} runs.",
-            token_waits.sum / token_waits.count,
-            token_waits.quantile(0.5),
-            token_waits.quantile(0.99),
-            token_waits.quantile(1.0),
-            token_waits.count
-        ));
-    }
-    if !token_failures.is_empty() {
-        let text: Vec<String> = token_failures
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        notes.push(format!(
-            "Tokens/min: jobs failed (all attempts), by error category: {}.",
-            text.join(", ")
-        ));
-    }
-    Ok(Outcome {
-        rows,
-        notes,
-        details: json!({
-            "workers": s.limit_workers,
-            "requests_per_minute": s.limit_rpm,
-            "window_secs": window.as_secs_f64(),
-            "calls_in_window": in_window,
-            "allowed": expected,
-            "burst": burst,
-            "ratio": ratio,
-            "steady_state_ratio": steady_ratio,
-            "left_in_queue": left,
-            "failed_by_category": failures,
-            "rate_limit_wait": {
-                "count": waits.count,
-                "mean_secs": if waits.count > 0.0 { waits.sum / waits.count } else { 0.0 },
-                "p50_le_secs": waits.quantile(0.5),
-                "p99_le_secs": waits.quantile(0.99),
-                "max_le_secs": waits.quantile(1.0),
-            },
-            "tokens": tokens.details,
-        }),
+    Ok(TokensSeen {
+        figures,
+        waits,
+        failures,
     })
+}
+
+/// The requests/min agent's calls in its window against what the limit allows.
+struct Accuracy {
+    in_window: usize,
+    ratio: f64,
+    steady_ratio: f64,
+    /// The most calls allowed, as a multiple of the limit over the window.
+    upper: f64,
+    saturated: bool,
+}
+
+impl Accuracy {
+    fn of(plan: &Plan, requests: &RequestsSeen, first: Instant) -> Self {
+        let end = first + plan.window;
+        let calls = &requests.calls;
+        let in_window = calls.iter().filter(|&&at| at >= first && at < end).count();
+        let steady = calls
+            .iter()
+            .filter(|&&at| at >= first + SETTLE && at < end)
+            .count();
+        Self {
+            in_window,
+            ratio: in_window as f64 / plan.expected,
+            steady_ratio: steady as f64 / (plan.per_sec * (plan.window - SETTLE).as_secs_f64()),
+            // Allowed: the limit over the window plus the burst, and one call for the window's
+            // edges.
+            upper: (plan.expected + plan.burst + 1.0) / plan.expected,
+            saturated: requests.saturated(),
+        }
+    }
+
+    fn rows(&self, s: &Settings, plan: &Plan) -> Vec<Row> {
+        let (in_window, upper) = (self.in_window, self.upper);
+        vec![
+            Row::new("calls in the window", in_window as f64, "calls")
+                .display(format!(
+                    "{in_window} calls in {} s at {} /min ({} workers)",
+                    plan.window.as_secs(),
+                    s.limit_rpm,
+                    s.limit_workers
+                ))
+                .baseline("limit × window", plan.expected, "calls")
+                .goal(
+                    &format!("0.95 – {upper:.3} (limit + 1 s burst)"),
+                    (0.95..=upper).contains(&self.ratio) && self.saturated,
+                ),
+            Row::new("steady-state rate / limit", self.steady_ratio, "")
+                .display(format!(
+                    "steady state (after the first {} s): {:.3} × limit",
+                    SETTLE.as_secs(),
+                    self.steady_ratio
+                ))
+                .ratio(self.steady_ratio)
+                .info("—"),
+        ]
+    }
+}
+
+fn details(
+    s: &Settings,
+    plan: &Plan,
+    requests: &RequestsSeen,
+    accuracy: &Accuracy,
+    tokens: Value,
+) -> Value {
+    let waits = &requests.waits;
+    json!({
+        "workers": s.limit_workers,
+        "requests_per_minute": s.limit_rpm,
+        "window_secs": plan.window.as_secs_f64(),
+        "calls_in_window": accuracy.in_window,
+        "allowed": plan.expected,
+        "burst": plan.burst,
+        "ratio": accuracy.ratio,
+        "steady_state_ratio": accuracy.steady_ratio,
+        "left_in_queue": requests.left,
+        "failed_by_category": requests.failures,
+        "rate_limit_wait": {
+            "count": waits.count,
+            "mean_secs": if waits.count > 0.0 { waits.sum / waits.count } else { 0.0 },
+            "p50_le_secs": waits.quantile(0.5),
+            "p99_le_secs": waits.quantile(0.99),
+            "max_le_secs": waits.quantile(1.0),
+        },
+        "tokens": tokens,
+    })
+}
+
+/// `head`, then the failed jobs by error category, if any failed.
+fn failures_note(head: &str, failures: &BTreeMap<String, usize>) -> Option<String> {
+    if failures.is_empty() {
+        return None;
+    }
+    let text: Vec<String> = failures.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    Some(format!("{head}, by error category: {}.", text.join(", ")))
+}
+
+/// The wait-for-a-turn histogram of `agent`, summed over the workers' metrics.
+async fn scrape_waits(fleet: &Fleet, workers: usize, agent: &str) -> anyhow::Result<Histogram> {
+    let mut waits = Histogram::default();
+    for index in 0..workers {
+        waits.add(&fleet.worker_metrics(index).await?, WAIT_METRIC, agent);
+    }
+    Ok(waits)
 }
 
 /// Failed jobs of `agent` among the webhooks received, by error category.
@@ -266,6 +390,20 @@ impl Histogram {
                 self.count += value;
             }
         }
+    }
+
+    /// `head`, then the wait's mean and quantiles, if any run waited.
+    fn note(&self, head: &str) -> Option<String> {
+        (self.count > 0.0).then(|| {
+            format!(
+                "{head}: mean {:.1} s, p50 ≤ {} s, p99 ≤ {} s, max ≤ {} s over {} runs.",
+                self.sum / self.count,
+                self.quantile(0.5),
+                self.quantile(0.99),
+                self.quantile(1.0),
+                self.count
+            )
+        })
     }
 
     /// The upper bound of the bucket holding quantile `q`.

@@ -132,120 +132,163 @@ pub struct Figures {
 }
 
 pub fn measure(s: &Settings, o: &Observed<'_>) -> Figures {
-    let limit = f64::from(s.limit_tpm);
-    let capacity = (limit / 60.0).max(1.0);
-    let window = o.end.duration_since(o.first);
-    let span = s.limit_tpm_span;
+    let measured = Measured::of(s, o);
+    Figures {
+        rows: measured.rows(s, o),
+        notes: measured.notes(s, o),
+        details: measured.details(s, o),
+    }
+}
 
-    let (charged, mismatches) = charge(o);
-    let in_window: Vec<&Charged> = charged
-        .iter()
-        .filter(|c| c.at >= o.first && c.at < o.end)
-        .collect();
-    let events: Vec<(Instant, u64)> = in_window
-        .iter()
-        .filter(|c| c.ok)
-        .map(|c| (c.at, c.tokens))
-        .collect();
-    let total: u64 = events.iter().map(|e| e.1).sum();
-    let (worst, worst_at) = worst_window(&events, o.first, o.end, span);
-    let per_span = limit * span.as_secs_f64() / 60.0;
-    let worst_ratio = worst as f64 / per_span;
-    let steady: u64 = events
-        .iter()
-        .filter(|e| e.0 >= o.first + SETTLE)
-        .map(|e| e.1)
-        .sum();
-    let steady_ratio = steady as f64 / (limit * (window - SETTLE).as_secs_f64() / 60.0);
-    let backlog = backlog(o);
-    let saturated = backlog > 0;
+/// Everything the tokens/min case reports, computed once from what the run left.
+struct Measured {
+    limit: f64,
+    capacity: f64,
+    window: Duration,
+    /// Calls in the window, and how many of them failed.
+    calls: usize,
+    failed: usize,
+    tokens: Throughput,
+    goal: SpanGoal,
+    backlog: usize,
+    settle: Settle,
+    /// The smallest and largest usage of a call that succeeded.
+    usage_range: (u64, u64),
+    max_tokens: String,
+    /// See [`Settle::kept_ratio`].
+    kept_ratio: f64,
+    faults: usize,
+    mismatches: usize,
+}
 
-    // The goal is the for 60-s windows; over a shorter span the 1-s burst weighs more.
-    let span_secs = span.as_secs_f64();
-    let goal_max = 1.05 + 1.0 / span_secs - 1.0 / 60.0;
-    let scale = 60.0 / span_secs;
-    let full_span = span == Duration::from_secs(60);
-    let (metric, label, goal) = if full_span {
-        (
-            "tokens in the worst 60-s window".to_owned(),
-            "tokens/min: worst 60-s window".to_owned(),
-            format!("≤ {goal_max:.2}"),
-        )
-    } else {
-        (
-            format!("tokens in the worst {span_secs:.0}-s window × {scale:.0}"),
-            format!("tokens/min (short run): worst {span_secs:.0}-s window × {scale:.0}"),
-            format!(
-                "≤ {goal_max:.2} (1.05 for 60 s; the 1-s burst weighs {scale:.0}× more in {span_secs:.0} s)"
+impl Measured {
+    fn of(s: &Settings, o: &Observed<'_>) -> Self {
+        let limit = f64::from(s.limit_tpm);
+        let capacity = (limit / 60.0).max(1.0);
+        let (charged, mismatches) = charge(o);
+        let in_window: Vec<&Charged> = charged
+            .iter()
+            .filter(|c| c.at >= o.first && c.at < o.end)
+            .collect();
+        let events: Vec<(Instant, u64)> = in_window
+            .iter()
+            .filter(|c| c.ok)
+            .map(|c| (c.at, c.tokens))
+            .collect();
+        let ok: Vec<&&Charged> = in_window.iter().filter(|c| c.ok).collect();
+        let failed: Vec<&&Charged> = in_window.iter().filter(|c| !c.ok).collect();
+        let settle = Settle::of(&ok, &failed, &in_window, capacity);
+        let usages: Vec<u64> = ok.iter().map(|c| c.tokens).collect();
+        Self {
+            limit,
+            capacity,
+            window: o.end.duration_since(o.first),
+            calls: in_window.len(),
+            failed: failed.len(),
+            tokens: Throughput::of(&events, o, limit, s.limit_tpm_span),
+            goal: SpanGoal::of(s.limit_tpm_span),
+            backlog: backlog(o),
+            settle,
+            usage_range: (
+                usages.iter().min().copied().unwrap_or(0),
+                usages.iter().max().copied().unwrap_or(0),
             ),
-        )
-    };
-    let worst_per_min = worst as f64 * scale;
+            max_tokens: max_tokens_seen(o),
+            kept_ratio: settle.kept_ratio(),
+            faults: faults_served(o),
+            mismatches,
+        }
+    }
 
-    let ok: Vec<&&Charged> = in_window.iter().filter(|c| c.ok).collect();
-    let failed: Vec<&&Charged> = in_window.iter().filter(|c| !c.ok).collect();
-    let settle = Settle::of(&ok, &failed, &in_window, capacity);
-    let Settle {
-        reserved_tokens: sum_estimate,
-        usage_tokens: sum_usage,
-        mean_error_tokens: mean_error,
-        min_error_tokens: min_error,
-        max_error_tokens: max_error,
-        relative_error: relative,
-        clamped_calls: clamped,
-        released_tokens_of_failed_calls: released,
-        ..
-    } = settle;
-    let n_ok = ok.len().max(1) as f64;
-    let usages: Vec<u64> = ok.iter().map(|c| c.tokens).collect();
-    let max_tokens = max_tokens_seen(o);
-    // Had the failed calls' reservations been kept, they would have taken this share of the
-    // tokens the limit let through.
-    let kept_ratio = if sum_usage + released > 0 {
-        sum_usage as f64 / (sum_usage + released) as f64
-    } else {
-        1.0
-    };
-    let faults = o
-        .llm
-        .refused_at()
-        .iter()
-        .filter(|&&at| at >= o.first && at < o.end)
-        .count();
+    /// More jobs waiting than called means the limit was saturated.
+    fn saturated(&self) -> bool {
+        self.backlog > 0
+    }
 
-    let rows = vec![
-        Row::new(&metric, worst_per_min, "tokens")
-            .display(format!(
-                "{label}: {} tokens at {} /min ({} workers)",
-                crate::report::number(worst_per_min),
-                s.limit_tpm,
-                o.workers
-            ))
-            .baseline("limit × 60 s", limit, "tokens")
-            .goal(&goal, worst_ratio <= goal_max && saturated),
-        Row::new("tokens/min steady state / limit", steady_ratio, "")
-            .display(format!(
-                "tokens/min steady state (after the first {} s): {steady_ratio:.3} × limit",
-                SETTLE.as_secs()
-            ))
-            .ratio(steady_ratio)
-            .goal(
-                "0.97 – 1.03",
-                (0.97..=1.03).contains(&steady_ratio) && saturated,
-            ),
-        Row::new("settle error per call (estimate − usage)", mean_error, "tokens")
-            .display(format!(
-                "settle error: reserved {:.0} vs reported {:.0} tokens a call (means), {mean_error:+.0} ({:+.0}%; {min_error:+} … {max_error:+} per call)",
-                sum_estimate as f64 / n_ok,
-                sum_usage as f64 / n_ok,
-                relative * 100.0
-            ))
-            .info("—"),
-    ];
+    fn minutes(&self) -> f64 {
+        self.window.as_secs_f64() / 60.0
+    }
 
-    let minutes = window.as_secs_f64() / 60.0;
-    let slices = slices(&events, o.first, o.end, Duration::from_secs(10));
-    let mut notes = vec![
+    fn rows(&self, s: &Settings, o: &Observed<'_>) -> Vec<Row> {
+        let Settle {
+            reserved_tokens: sum_estimate,
+            usage_tokens: sum_usage,
+            mean_error_tokens: mean_error,
+            min_error_tokens: min_error,
+            max_error_tokens: max_error,
+            relative_error: relative,
+            ..
+        } = self.settle;
+        let (label, goal_max) = (&self.goal.label, self.goal.goal_max);
+        let (steady_ratio, saturated) = (self.tokens.steady_ratio, self.saturated());
+        let worst_per_min = self.tokens.worst as f64 * self.goal.scale;
+        let n_ok = self.settle.successful_calls.max(1) as f64;
+        vec![
+            Row::new(&self.goal.metric, worst_per_min, "tokens")
+                .display(format!(
+                    "{label}: {} tokens at {} /min ({} workers)",
+                    crate::report::number(worst_per_min),
+                    s.limit_tpm,
+                    o.workers
+                ))
+                .baseline("limit × 60 s", self.limit, "tokens")
+                .goal(
+                    &self.goal.goal,
+                    self.tokens.worst_ratio <= goal_max && saturated,
+                ),
+            Row::new("tokens/min steady state / limit", steady_ratio, "")
+                .display(format!(
+                    "tokens/min steady state (after the first {} s): {steady_ratio:.3} × limit",
+                    SETTLE.as_secs()
+                ))
+                .ratio(steady_ratio)
+                .goal(
+                    "0.97 – 1.03",
+                    (0.97..=1.03).contains(&steady_ratio) && saturated,
+                ),
+            Row::new("settle error per call (estimate − usage)", mean_error, "tokens")
+                .display(format!(
+                    "settle error: reserved {:.0} vs reported {:.0} tokens a call (means), {mean_error:+.0} ({:+.0}%; {min_error:+} … {max_error:+} per call)",
+                    sum_estimate as f64 / n_ok,
+                    sum_usage as f64 / n_ok,
+                    relative * 100.0
+                ))
+                .info("—"),
+        ]
+    }
+
+    fn notes(&self, s: &Settings, o: &Observed<'_>) -> Vec<String> {
+        let mut notes = vec![
+            self.calls_note(s, o),
+            self.method_note(),
+            self.settle_note(),
+        ];
+        let (mismatches, faults) = (self.mismatches, self.faults);
+        if mismatches > 0 {
+            notes.push(format!(
+                "{mismatches} succeeded jobs report a usage (webhook) other than the stub's answer as computed here."
+            ));
+        }
+        if faults != self.failed {
+            notes.push(format!(
+                "Failed calls found from the webhooks ({}) differ from the faults the stub served ({faults}): a job still unresolved after {} s.",
+                self.failed,
+                RESOLVE.as_secs()
+            ));
+        }
+        if !self.saturated() {
+            notes.push(
+                "Tokens/min: every job was called within the window: the limit was not saturated."
+                    .to_owned(),
+            );
+        }
+        notes
+    }
+
+    /// The agent, its limit and what its calls did in the window.
+    fn calls_note(&self, s: &Settings, o: &Observed<'_>) -> String {
+        let (capacity, total, backlog) = (self.capacity, self.tokens.total, self.backlog);
+        let minutes = self.minutes();
         format!(
             "Tokens/min case, same run and workers: agent `{AGENT}` with rate_limit {{ requests_per_minute: {}, tokens_per_minute: {} }} (bucket capacity {capacity:.0} tokens), concurrency {} per worker, a deadline of {} s (past the window: see `agent`), {} jobs queued first; {} calls in its {:.0}-s window ({:.0} requests/min; {} failed with a 500), {total} tokens answered ({:.3} × limit × window); {backlog} jobs neither called nor ended at the end of the window. Tokens per 10-s slice: {}.",
             s.limit_tpm_rpm,
@@ -253,79 +296,167 @@ pub fn measure(s: &Settings, o: &Observed<'_>) -> Figures {
             s.limit_concurrency,
             s.limit_window.as_secs() + 60,
             o.jobs.len(),
-            in_window.len(),
-            window.as_secs_f64(),
-            in_window.len() as f64 / minutes,
-            failed.len(),
-            total as f64 / (limit * minutes),
-            slices
+            self.calls,
+            self.window.as_secs_f64(),
+            self.calls as f64 / minutes,
+            self.failed,
+            total as f64 / (self.limit * minutes),
+            self.tokens
+                .slices
                 .iter()
                 .map(u64::to_string)
                 .collect::<Vec<_>>()
                 .join(", "),
-        ),
-        format!(
-            "Tokens/min method: measured at the agent's own stub LLM (zero latency). Usage varies per call: the job inputs are 16–400 characters, the scripted stub answers prompt tokens = characters of the messages' text / 4 and {COMPLETION_TOKENS} completion tokens (usage {} – {} a call); a failed call counts 0. The reservation is recomputed as the worker does it (`estimate_tokens`: bytes of the request as sent / 4, rounded up, + max_tokens {max_tokens}) from the body the stub received; {clamped} of the window's calls had an estimate above the bucket's capacity (clamped when reserved). Worst window over every start between the first call and the end less {span_secs:.0} s (the worst starts at {:.1} s); steady state from {} s to the end.",
-            usages.iter().min().copied().unwrap_or(0),
-            usages.iter().max().copied().unwrap_or(0),
-            worst_at.as_secs_f64(),
-            SETTLE.as_secs(),
-        ),
-        format!(
-            "Settle: {} successful calls reserved {sum_estimate} tokens and used {sum_usage}; {} failed calls (the stub served {faults} faults in the window) reserved {released}, which count 0 here: kept instead of released, they would have held the steady state to ≈ {:.2} × limit.",
-            ok.len(),
-            failed.len(),
-            steady_ratio * kept_ratio,
-        ),
-    ];
-    if mismatches > 0 {
-        notes.push(format!(
-            "{mismatches} succeeded jobs report a usage (webhook) other than the stub's answer as computed here."
-        ));
-    }
-    if faults != failed.len() {
-        notes.push(format!(
-            "Failed calls found from the webhooks ({}) differ from the faults the stub served ({faults}): a job still unresolved after {} s.",
-            failed.len(),
-            RESOLVE.as_secs()
-        ));
-    }
-    if !saturated {
-        notes.push(
-            "Tokens/min: every job was called within the window: the limit was not saturated."
-                .to_owned(),
-        );
+        )
     }
 
-    let details = json!({
-        "agent": AGENT,
-        "tokens_per_minute": s.limit_tpm,
-        "requests_per_minute": s.limit_tpm_rpm,
-        "capacity_tokens": capacity,
-        "window_secs": window.as_secs_f64(),
-        "span_secs": span_secs,
-        "jobs": o.jobs.len(),
-        "timeout_secs": s.limit_window.as_secs() + 60,
-        "calls_in_window": in_window.len(),
-        "failed_calls_in_window": failed.len(),
-        "faults_served_in_window": faults,
-        "requests_per_minute_measured": in_window.len() as f64 / minutes,
-        "tokens_in_window": total,
-        "worst_span_tokens": worst,
-        "worst_span_ratio": worst_ratio,
-        "worst_span_start_secs": worst_at.as_secs_f64(),
-        "goal_max": goal_max,
-        "steady_state_ratio": steady_ratio,
-        "tokens_per_10s": slices,
-        "backlog_at_end": backlog,
-        "settle": settle,
-        "webhook_usage_mismatches": mismatches,
-    });
-    Figures {
-        rows,
-        notes,
-        details,
+    /// How usage, the reservation and the windows are computed.
+    fn method_note(&self) -> String {
+        let (max_tokens, clamped) = (&self.max_tokens, self.settle.clamped_calls);
+        let span_secs = self.goal.span_secs;
+        format!(
+            "Tokens/min method: measured at the agent's own stub LLM (zero latency). Usage varies per call: the job inputs are 16–400 characters, the scripted stub answers prompt tokens = characters of the messages' text / 4 and {COMPLETION_TOKENS} completion tokens (usage {} – {} a call); a failed call counts 0. The reservation is recomputed as the worker does it (`estimate_tokens`: bytes of the request as sent / 4, rounded up, + max_tokens {max_tokens}) from the body the stub received; {clamped} of the window's calls had an estimate above the bucket's capacity (clamped when reserved). Worst window over every start between the first call and the end less {span_secs:.0} s (the worst starts at {:.1} s); steady state from {} s to the end.",
+            self.usage_range.0,
+            self.usage_range.1,
+            self.tokens.worst_at.as_secs_f64(),
+            SETTLE.as_secs(),
+        )
     }
+
+    /// What the calls reserved against what they used, and what keeping the failed calls'
+    /// reservations would have cost.
+    fn settle_note(&self) -> String {
+        let Settle {
+            reserved_tokens: sum_estimate,
+            usage_tokens: sum_usage,
+            released_tokens_of_failed_calls: released,
+            ..
+        } = self.settle;
+        let faults = self.faults;
+        format!(
+            "Settle: {} successful calls reserved {sum_estimate} tokens and used {sum_usage}; {} failed calls (the stub served {faults} faults in the window) reserved {released}, which count 0 here: kept instead of released, they would have held the steady state to ≈ {:.2} × limit.",
+            self.settle.successful_calls,
+            self.failed,
+            self.tokens.steady_ratio * self.kept_ratio,
+        )
+    }
+
+    fn details(&self, s: &Settings, o: &Observed<'_>) -> Value {
+        json!({
+            "agent": AGENT,
+            "tokens_per_minute": s.limit_tpm,
+            "requests_per_minute": s.limit_tpm_rpm,
+            "capacity_tokens": self.capacity,
+            "window_secs": self.window.as_secs_f64(),
+            "span_secs": self.goal.span_secs,
+            "jobs": o.jobs.len(),
+            "timeout_secs": s.limit_window.as_secs() + 60,
+            "calls_in_window": self.calls,
+            "failed_calls_in_window": self.failed,
+            "faults_served_in_window": self.faults,
+            "requests_per_minute_measured": self.calls as f64 / self.minutes(),
+            "tokens_in_window": self.tokens.total,
+            "worst_span_tokens": self.tokens.worst,
+            "worst_span_ratio": self.tokens.worst_ratio,
+            "worst_span_start_secs": self.tokens.worst_at.as_secs_f64(),
+            "goal_max": self.goal.goal_max,
+            "steady_state_ratio": self.tokens.steady_ratio,
+            "tokens_per_10s": self.tokens.slices,
+            "backlog_at_end": self.backlog,
+            "settle": self.settle,
+            "webhook_usage_mismatches": self.mismatches,
+        })
+    }
+}
+
+/// The tokens answered in the window by the calls that succeeded, as the limit let them
+/// through.
+struct Throughput {
+    total: u64,
+    /// The most tokens in a window of the span, and where it starts.
+    worst: u64,
+    worst_at: Duration,
+    /// `worst` over what the limit allows in the span.
+    worst_ratio: f64,
+    /// The tokens after [`SETTLE`] over what the limit allows in that time.
+    steady_ratio: f64,
+    /// Tokens per 10-s slice.
+    slices: Vec<u64>,
+}
+
+impl Throughput {
+    fn of(events: &[(Instant, u64)], o: &Observed<'_>, limit: f64, span: Duration) -> Self {
+        let window = o.end.duration_since(o.first);
+        let (worst, worst_at) = worst_window(events, o.first, o.end, span);
+        let per_span = limit * span.as_secs_f64() / 60.0;
+        let steady: u64 = events
+            .iter()
+            .filter(|e| e.0 >= o.first + SETTLE)
+            .map(|e| e.1)
+            .sum();
+        Self {
+            total: events.iter().map(|e| e.1).sum(),
+            worst,
+            worst_at,
+            worst_ratio: worst as f64 / per_span,
+            steady_ratio: steady as f64 / (limit * (window - SETTLE).as_secs_f64() / 60.0),
+            slices: slices(events, o.first, o.end, Duration::from_secs(10)),
+        }
+    }
+}
+
+/// The worst-window row's names and goal for the span it is measured over.
+struct SpanGoal {
+    span_secs: f64,
+    /// The most the worst window may hold, as a multiple of the limit over the span.
+    goal_max: f64,
+    /// From the span to a minute.
+    scale: f64,
+    metric: String,
+    label: String,
+    goal: String,
+}
+
+impl SpanGoal {
+    fn of(span: Duration) -> Self {
+        // The goal is the for 60-s windows; over a shorter span the 1-s burst weighs more.
+        let span_secs = span.as_secs_f64();
+        let goal_max = 1.05 + 1.0 / span_secs - 1.0 / 60.0;
+        let scale = 60.0 / span_secs;
+        let full_span = span == Duration::from_secs(60);
+        let (metric, label, goal) = if full_span {
+            (
+                "tokens in the worst 60-s window".to_owned(),
+                "tokens/min: worst 60-s window".to_owned(),
+                format!("≤ {goal_max:.2}"),
+            )
+        } else {
+            (
+                format!("tokens in the worst {span_secs:.0}-s window × {scale:.0}"),
+                format!("tokens/min (short run): worst {span_secs:.0}-s window × {scale:.0}"),
+                format!(
+                    "≤ {goal_max:.2} (1.05 for 60 s; the 1-s burst weighs {scale:.0}× more in {span_secs:.0} s)"
+                ),
+            )
+        };
+        Self {
+            span_secs,
+            goal_max,
+            scale,
+            metric,
+            label,
+            goal,
+        }
+    }
+}
+
+/// The faults the stub served in the window.
+fn faults_served(o: &Observed<'_>) -> usize {
+    o.llm
+        .refused_at()
+        .iter()
+        .filter(|&&at| at >= o.first && at < o.end)
+        .count()
 }
 
 /// Jobs still waiting for their first call at the end of the window, neither called nor ended
@@ -399,6 +530,17 @@ impl Settle {
                 .filter(|c| c.estimate as f64 > capacity)
                 .count(),
             released_tokens_of_failed_calls: failed.iter().map(|c| c.estimate).sum(),
+        }
+    }
+
+    /// Had the failed calls' reservations been kept, they would have taken this share of the
+    /// tokens the limit let through.
+    fn kept_ratio(&self) -> f64 {
+        let (used, released) = (self.usage_tokens, self.released_tokens_of_failed_calls);
+        if used + released > 0 {
+            used as f64 / (used + released) as f64
+        } else {
+            1.0
         }
     }
 }

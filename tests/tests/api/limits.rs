@@ -4,35 +4,51 @@ use agentfleet_common::config::HttpVersion;
 use agentfleet_stub::llm::Behavior;
 use agentfleet_tests::{wait_until, AgentSpec, AppOptions, TestApp};
 
-/// With one worker and concurrency 4, the stub never sees more than 4 calls of the agent at
-/// once — and does see 4, so the limit is what bounds it — whichever way the worker speaks
-/// HTTP to the provider (HTTP/2 puts every call on one connection).
-async fn concurrency_is_never_exceeded(
+/// How a concurrency test's worker reaches the stub LLM.
+struct Transport {
     http_version: HttpVersion,
+    /// https, with the test CA the worker trusts through `worker.extra_ca_file`.
+    tls: bool,
+    /// Concurrent HTTP/2 streams the stub allows per connection, and the agent's
+    /// `http2_streams_per_connection`.
+    streams: u32,
+    concurrency: u16,
+    /// The HTTP version every call must arrive in.
     expected: http::Version,
-) -> anyhow::Result<()> {
-    let mut narrow = AgentSpec::new("narrow");
-    narrow.concurrency = 4;
-    narrow.http_version = http_version;
-    let model = narrow.model();
+}
+
+/// With one worker, the stub never sees more calls of the agent at once than its concurrency
+/// — and does see that many, so the concurrency is what bounds it, not the connections
+/// (HTTP/2 calls beyond a connection's streams ride more connections).
+async fn calls_in_flight_reach_the_concurrency(transport: Transport) -> anyhow::Result<()> {
+    let mut agent = AgentSpec::new("narrow");
+    agent.concurrency = transport.concurrency;
+    agent.http_version = transport.http_version;
+    agent.http2_streams_per_connection = Some(transport.streams);
+    let model = agent.model();
     let app = TestApp::spawn(AppOptions {
-        agents: vec![narrow],
+        agents: vec![agent],
         workers: 1,
         behavior: Behavior {
-            latency: Duration::from_millis(150),
+            latency: Duration::from_millis(300),
             ..Behavior::default()
         },
+        provider_http2_streams: transport.streams,
+        provider_tls: transport.tls,
         ..AppOptions::default()
     })
     .await?;
+    let jobs = 3 * usize::from(transport.concurrency);
     let mut ids = Vec::new();
-    for i in 0..24 {
+    for i in 0..jobs {
         ids.push(app.submit_job("narrow", &format!("job {i}")).await?);
     }
     app.wait_succeeded(&ids, Duration::from_secs(60)).await?;
-    assert_eq!(app.llm.peak_in_flight(&model), 4);
+    let peak = app.llm.peak_in_flight(&model);
+    assert_eq!(peak, u64::from(transport.concurrency));
     let calls = app.llm.calls();
-    assert_eq!(calls.len(), 24);
+    assert_eq!(calls.len(), jobs);
+    let expected = transport.expected;
     assert!(
         calls.iter().all(|c| c.version == expected),
         "every call over {expected:?}"
@@ -42,12 +58,69 @@ async fn concurrency_is_never_exceeded(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agents_concurrency_is_never_exceeded_over_http1() -> anyhow::Result<()> {
-    concurrency_is_never_exceeded(HttpVersion::Auto, http::Version::HTTP_11).await
+    calls_in_flight_reach_the_concurrency(Transport {
+        http_version: HttpVersion::Auto,
+        tls: false,
+        streams: 100,
+        concurrency: 4,
+        expected: http::Version::HTTP_11,
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agents_concurrency_is_never_exceeded_over_http2() -> anyhow::Result<()> {
-    concurrency_is_never_exceeded(HttpVersion::Http2, http::Version::HTTP_2).await
+    calls_in_flight_reach_the_concurrency(Transport {
+        http_version: HttpVersion::Http2,
+        tls: false,
+        streams: 100,
+        concurrency: 4,
+        expected: http::Version::HTTP_2,
+    })
+    .await
+}
+
+/// The provider allows 4 concurrent HTTP/2 streams per connection and the agent 12 calls in
+/// flight: with 4 streams per connection configured, the replica spreads its calls over 3
+/// connections and the stub sees all 12 at once — on one connection it would see 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_calls_beyond_a_connections_streams_take_more_connections() -> anyhow::Result<()> {
+    calls_in_flight_reach_the_concurrency(Transport {
+        http_version: HttpVersion::Http2,
+        tls: false,
+        streams: 4,
+        concurrency: 12,
+        expected: http::Version::HTTP_2,
+    })
+    .await
+}
+
+/// A provider over https, trusted through `worker.extra_ca_file`, offering HTTP/2 by ALPN
+/// and 4 streams per connection: `auto` speaks HTTP/2 to it and spreads an agent's 12 calls
+/// over 3 connections, as to a hosted provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_over_tls_speaks_http2_on_lanes() -> anyhow::Result<()> {
+    calls_in_flight_reach_the_concurrency(Transport {
+        http_version: HttpVersion::Auto,
+        tls: true,
+        streams: 4,
+        concurrency: 12,
+        expected: http::Version::HTTP_2,
+    })
+    .await
+}
+
+/// `http1` over https takes the shared HTTP/1.1 client, which trusts the extra CA too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_over_tls_trusts_the_extra_ca() -> anyhow::Result<()> {
+    calls_in_flight_reach_the_concurrency(Transport {
+        http_version: HttpVersion::Http1,
+        tls: true,
+        streams: 100,
+        concurrency: 4,
+        expected: http::Version::HTTP_11,
+    })
+    .await
 }
 
 /// Call times at the stub never run ahead of `interval` per call after a burst of `burst`.
@@ -67,95 +140,6 @@ fn assert_paced(times: &mut [std::time::Instant], interval: Duration, burst: usi
     let span = times[n - 1].duration_since(times[0]);
     let least = interval * u32::try_from(n - burst).unwrap_or(u32::MAX);
     assert!(span + slack >= least, "{span:?} < {least:?}");
-}
-
-/// The provider allows 4 concurrent HTTP/2 streams per connection and the agent 12 calls in
-/// flight: with 4 streams per connection configured, the replica spreads its calls over 3
-/// connections and the stub sees all 12 at once — on one connection it would see 4.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http2_calls_beyond_a_connections_streams_take_more_connections() -> anyhow::Result<()> {
-    let mut wide = AgentSpec::new("wide");
-    wide.concurrency = 12;
-    wide.http_version = HttpVersion::Http2;
-    wide.http2_streams_per_connection = Some(4);
-    let model = wide.model();
-    let app = TestApp::spawn(AppOptions {
-        agents: vec![wide],
-        workers: 1,
-        behavior: Behavior {
-            latency: Duration::from_millis(400),
-            ..Behavior::default()
-        },
-        provider_http2_streams: 4,
-        ..AppOptions::default()
-    })
-    .await?;
-    let mut ids = Vec::new();
-    for i in 0..36 {
-        ids.push(app.submit_job("wide", &format!("job {i}")).await?);
-    }
-    app.wait_succeeded(&ids, Duration::from_secs(60)).await?;
-    assert_eq!(app.llm.peak_in_flight(&model), 12);
-    let calls = app.llm.calls();
-    assert_eq!(calls.len(), 36);
-    assert!(calls.iter().all(|c| c.version == http::Version::HTTP_2));
-    Ok(())
-}
-
-/// A provider over https, trusted through `worker.extra_ca_file`, offering HTTP/2 by ALPN
-/// and 4 streams per connection: `auto` speaks HTTP/2 to it and spreads an agent's 12 calls
-/// over 3 connections, as to a hosted provider.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_over_tls_speaks_http2_on_lanes() -> anyhow::Result<()> {
-    let mut hosted = AgentSpec::new("hosted");
-    hosted.concurrency = 12;
-    hosted.http2_streams_per_connection = Some(4);
-    let model = hosted.model();
-    let app = TestApp::spawn(AppOptions {
-        agents: vec![hosted],
-        workers: 1,
-        behavior: Behavior {
-            latency: Duration::from_millis(400),
-            ..Behavior::default()
-        },
-        provider_http2_streams: 4,
-        provider_tls: true,
-        ..AppOptions::default()
-    })
-    .await?;
-    let mut ids = Vec::new();
-    for i in 0..36 {
-        ids.push(app.submit_job("hosted", &format!("job {i}")).await?);
-    }
-    app.wait_succeeded(&ids, Duration::from_secs(60)).await?;
-    assert_eq!(app.llm.peak_in_flight(&model), 12);
-    let calls = app.llm.calls();
-    assert_eq!(calls.len(), 36);
-    assert!(calls.iter().all(|c| c.version == http::Version::HTTP_2));
-    Ok(())
-}
-
-/// `http1` over https takes the shared HTTP/1.1 client, which trusts the extra CA too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http1_over_tls_trusts_the_extra_ca() -> anyhow::Result<()> {
-    let mut agent = AgentSpec::new("tls1");
-    agent.http_version = HttpVersion::Http1;
-    let app = TestApp::spawn(AppOptions {
-        agents: vec![agent],
-        workers: 1,
-        provider_tls: true,
-        ..AppOptions::default()
-    })
-    .await?;
-    let mut ids = Vec::new();
-    for i in 0..4 {
-        ids.push(app.submit_job("tls1", &format!("job {i}")).await?);
-    }
-    app.wait_succeeded(&ids, Duration::from_secs(30)).await?;
-    let calls = app.llm.calls();
-    assert_eq!(calls.len(), 4);
-    assert!(calls.iter().all(|c| c.version == http::Version::HTTP_11));
-    Ok(())
 }
 
 /// Two workers share one fleet-wide limit of 120 requests/min (2/s, burst 2): the calls the

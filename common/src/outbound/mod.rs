@@ -18,10 +18,12 @@ use crate::config::HttpVersion;
 
 mod lanes;
 mod plain_http1;
+mod roots;
 
 pub use lanes::{ProviderRoute, RouteSettings};
 pub use plain_http1::read_received;
 use plain_http1::{PlainHttp1, Settings};
+pub use roots::{ExtraRoots, ExtraRootsError};
 
 /// Whose URL a request goes to, which decides whether the SSRF guard applies.
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +137,8 @@ impl ProxyRules {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const USER_AGENT: &str = concat!("agentfleet/", env!("CARGO_PKG_VERSION"));
 
 fn base_client() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
@@ -168,60 +172,6 @@ fn provider_client(version: HttpVersion, roots: &ExtraRoots) -> reqwest::Client 
 fn tools_client(roots: &ExtraRoots) -> reqwest::Client {
     build(roots.trusted_by(base_client().redirect(reqwest::redirect::Policy::none())))
 }
-
-/// Certificate authorities trusted besides the public roots, for the destinations the
-/// operator configures (providers and tools) — never for tenants' webhook URLs.
-#[derive(Clone, Default)]
-pub struct ExtraRoots(Arc<[reqwest::Certificate]>);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ExtraRootsError {
-    #[error("not a PEM bundle of certificates: {0}")]
-    Pem(String),
-    #[error("no certificate in the file")]
-    Empty,
-    #[error("a certificate the TLS client refuses: {0}")]
-    Refused(String),
-}
-
-impl std::fmt::Debug for ExtraRoots {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ExtraRoots({} certificates)", self.0.len())
-    }
-}
-
-impl ExtraRoots {
-    /// The certificates of a PEM bundle, each checked by building a client that trusts it.
-    pub fn from_pem(pem: &[u8]) -> Result<Self, ExtraRootsError> {
-        let certificates = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| ExtraRootsError::Pem(error_chain(&e)))?;
-        if certificates.is_empty() {
-            return Err(ExtraRootsError::Empty);
-        }
-        let roots = Self(certificates.into());
-        roots
-            .trusted_by(reqwest::Client::builder())
-            .build()
-            .map_err(|e| ExtraRootsError::Refused(error_chain(&e)))?;
-        Ok(roots)
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn trusted_by(&self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
-        self.0.iter().fold(builder, |builder, root| {
-            builder.add_root_certificate(root.clone())
-        })
-    }
-}
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-const USER_AGENT: &str = concat!("agentfleet/", env!("CARGO_PKG_VERSION"));
 
 /// Rate-limit headers kept from one response: providers send about a dozen.
 pub const MAX_RATE_HEADERS: usize = 24;

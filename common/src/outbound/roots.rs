@@ -1,0 +1,57 @@
+//! Certificate authorities the operator adds to the public roots (`worker.extra_ca_file`).
+
+use std::sync::Arc;
+
+use super::error_chain;
+
+/// Certificate authorities trusted besides the public roots, for the destinations the
+/// operator configures (providers and tools) — never for tenants' webhook URLs.
+#[derive(Clone, Default)]
+pub struct ExtraRoots(Arc<[reqwest::Certificate]>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtraRootsError {
+    #[error("not a PEM bundle of certificates: {0}")]
+    Pem(String),
+    #[error("no certificate in the file")]
+    Empty,
+    #[error("a certificate the TLS client refuses: {0}")]
+    Refused(String),
+}
+
+impl std::fmt::Debug for ExtraRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ExtraRoots({} certificates)", self.0.len())
+    }
+}
+
+impl ExtraRoots {
+    /// The certificates of a PEM bundle, each checked by building a client that trusts it.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, ExtraRootsError> {
+        let certificates = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| ExtraRootsError::Pem(error_chain(&e)))?;
+        if certificates.is_empty() {
+            return Err(ExtraRootsError::Empty);
+        }
+        let roots = Self(certificates.into());
+        roots
+            .trusted_by(reqwest::Client::builder())
+            .build()
+            .map_err(|e| ExtraRootsError::Refused(error_chain(&e)))?;
+        Ok(roots)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(super) fn trusted_by(&self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        self.0.iter().fold(builder, |builder, root| {
+            builder.add_root_certificate(root.clone())
+        })
+    }
+}

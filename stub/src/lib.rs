@@ -21,9 +21,9 @@ use tokio::net::TcpListener;
 pub use tokio_rustls::TlsAcceptor;
 
 /// Concurrent HTTP/2 streams a client may open on one connection, unless a stand-in is served
-/// with its own ([`Serving`]): 100, the least a server should allow
-/// (RFC 9113) and what hosted providers commonly allow, so that a worker keeping more calls
-/// than that in flight over HTTP/2 needs more than one connection here as it does there.
+/// with its own ([`Serving`]): 100, the least a server should allow (RFC 9113) and what
+/// hosted providers commonly allow, so that a worker keeping more calls than that in flight
+/// over HTTP/2 needs more than one connection here as it does there.
 pub const MAX_HTTP2_STREAMS: u32 = 100;
 
 /// Connections a stand-in's listener queues before it accepts them: as many as the kernel

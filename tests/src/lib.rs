@@ -961,7 +961,7 @@ struct Endpoints {
 
 /// The test CA's certificate, which signed the stand-ins' TLS certificate (`localhost`,
 /// `127.0.0.1`; see `fixtures/tls/README.md`).
-pub const TEST_CA_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tls/ca.pem");
+const TEST_CA_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tls/ca.pem");
 
 /// A TLS acceptor with the test CA's server certificate.
 fn test_tls() -> anyhow::Result<agentfleet_stub::TlsAcceptor> {
@@ -982,8 +982,8 @@ fn render_config(
         render_tenant(&mut yaml, options, t);
     }
     yaml.push_str("agents:\n");
+    let base_url = format!("{}://{}/v1", endpoints.llm_scheme, endpoints.llm);
     for a in &options.agents {
-        let base_url = format!("{}://{}/v1", endpoints.llm_scheme, endpoints.llm);
         render_agent(&mut yaml, a, &base_url);
         render_agent_runtime(&mut yaml, a);
     }

@@ -166,12 +166,12 @@ impl Worker {
             metrics: metrics.clone(),
         };
         let shared = Arc::new(Shared {
-            outbound: Outbound::new(
+            outbound: Outbound::trusting(
                 config.webhooks.allow_private_networks,
                 MAX_RESPONSE_BYTES,
                 &config.webhooks.hosts,
-            )
-            .trusting(&roots),
+                &roots,
+            ),
             config,
             secrets,
             store,

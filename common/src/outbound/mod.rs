@@ -223,10 +223,25 @@ impl Outbound {
         max_response_bytes: usize,
         hosts: &BTreeMap<String, IpAddr>,
     ) -> Self {
-        let roots = ExtraRoots::default();
-        let providers = provider_client(HttpVersion::Auto, &roots);
-        let providers_http1 = provider_client(HttpVersion::Http1, &roots);
-        let tools = tools_client(&roots);
+        Self::trusting(
+            allow_private_webhooks,
+            max_response_bytes,
+            hosts,
+            &ExtraRoots::default(),
+        )
+    }
+
+    /// [`Outbound::new`], its provider and tool clients trusting `roots` as well (a route's
+    /// lanes take the roots from its settings); the webhook clients never do.
+    pub fn trusting(
+        allow_private_webhooks: bool,
+        max_response_bytes: usize,
+        hosts: &BTreeMap<String, IpAddr>,
+        roots: &ExtraRoots,
+    ) -> Self {
+        let providers = provider_client(HttpVersion::Auto, roots);
+        let providers_http1 = provider_client(HttpVersion::Http1, roots);
+        let tools = tools_client(roots);
         let hosts = Arc::new(hosts.clone());
         let mut webhooks = base_client().redirect(reqwest::redirect::Policy::none());
         if !allow_private_webhooks {
@@ -261,17 +276,6 @@ impl Outbound {
             allow_private_webhooks,
             hosts: hosts.clone(),
             max_response_bytes,
-        }
-    }
-
-    /// This client, trusting `roots` as well for providers (their shared clients; a route's
-    /// lanes take the roots from its settings) and tools.
-    pub fn trusting(self, roots: &ExtraRoots) -> Self {
-        Self {
-            providers: provider_client(HttpVersion::Auto, roots),
-            providers_http1: provider_client(HttpVersion::Http1, roots),
-            tools: tools_client(roots),
-            ..self
         }
     }
 

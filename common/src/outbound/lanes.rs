@@ -5,12 +5,16 @@
 //! calls beyond that limit would wait inside the pool for a stream, holding their call slot,
 //! their timeout running: with a limit of 100, a replica with a concurrency of 1,000 ran 100
 //! calls at a time. So an agent that may speak HTTP/2 gets lanes, each a client of its own
-//! (one connection), and a call takes the first lane with a stream free.
+//! (one connection), and a call takes the first lane with a stream free. A lane speaks through
+//! its own HTTP/2 connection ([`lean_http2`](super::lean_http2)) and keeps a reqwest client for
+//! what that connection leaves (a redirect, a proxy, a server that chose HTTP/1.1).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use url::Url;
 
+use super::lean_http2::{Connection, Dial};
 use super::ExtraRoots;
 use crate::config::HttpVersion;
 
@@ -62,8 +66,12 @@ impl ProviderRoute {
         let streams = usize::try_from(streams_per_connection.max(1)).unwrap_or(usize::MAX);
         let lanes = may_speak_http2.then(|| {
             let count = usize::from(concurrency).div_ceil(streams).max(1);
+            let dial = Dial::new(version, base_url, extra_roots).map(Arc::new);
             Lanes::new(count, streams, || {
-                super::provider_client(version, extra_roots)
+                Lane::new(
+                    super::provider_client(version, extra_roots),
+                    dial.clone().map(Connection::new),
+                )
             })
         });
         Self { version, lanes }
@@ -94,14 +102,17 @@ pub(super) struct Lanes {
 }
 
 struct Lane {
+    /// For what the connection leaves, and for every call where there is none.
     client: reqwest::Client,
+    connection: Option<Connection>,
     in_flight: AtomicUsize,
 }
 
 impl Lane {
-    fn new(client: reqwest::Client) -> Self {
+    fn new(client: reqwest::Client, connection: Option<Connection>) -> Self {
         Self {
             client,
+            connection,
             in_flight: AtomicUsize::new(0),
         }
     }
@@ -121,10 +132,10 @@ impl Lane {
 }
 
 impl Lanes {
-    /// `count` lanes (at least one), their clients made by `client`.
-    fn new(count: usize, streams: usize, mut client: impl FnMut() -> reqwest::Client) -> Self {
-        let first = Lane::new(client());
-        let more = (1..count).map(|_| Lane::new(client())).collect();
+    /// `count` lanes (at least one), made by `lane`.
+    fn new(count: usize, streams: usize, mut lane: impl FnMut() -> Lane) -> Self {
+        let first = lane();
+        let more = (1..count).map(|_| lane()).collect();
         Self {
             first,
             more,
@@ -171,6 +182,11 @@ impl Taken<'_> {
     pub(super) fn client(&self) -> &reqwest::Client {
         &self.lane.client
     }
+
+    /// The lane's own HTTP/2 connection, when it has one.
+    pub(super) fn connection(&self) -> Option<&Connection> {
+        self.lane.connection.as_ref()
+    }
 }
 
 impl Drop for Taken<'_> {
@@ -184,7 +200,7 @@ mod tests {
     use super::*;
 
     fn lanes(count: usize, streams: usize) -> Lanes {
-        Lanes::new(count, streams, reqwest::Client::new)
+        Lanes::new(count, streams, || Lane::new(reqwest::Client::new(), None))
     }
 
     fn loads(lanes: &Lanes) -> Vec<usize> {

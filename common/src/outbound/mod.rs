@@ -17,6 +17,7 @@ use url::{Host, Url};
 use crate::config::HttpVersion;
 
 mod lanes;
+mod lean_http2;
 mod plain_http1;
 mod roots;
 
@@ -114,6 +115,14 @@ fn proxy_for_plain_http(var: impl Fn(&str) -> Option<String>) -> bool {
         .any(|name| var(name).is_some_and(|value| !value.trim().is_empty()))
 }
 
+/// [`proxy_for_plain_http`], or a proxy for https (`https_proxy`, either case).
+fn proxy_for_any(var: impl Fn(&str) -> Option<String>) -> bool {
+    proxy_for_plain_http(&var)
+        || ["https_proxy", "HTTPS_PROXY"]
+            .into_iter()
+            .any(|name| var(name).is_some_and(|value| !value.trim().is_empty()))
+}
+
 /// The proxy rules reqwest applies to every client it builds (its "system" proxies: on Linux,
 /// `http_proxy`, `all_proxy` and `no_proxy` as curl reads them), read by the same code, so the
 /// lean client takes exactly the plain-http URLs that reqwest would reach directly.
@@ -123,6 +132,12 @@ impl ProxyRules {
     /// The rules in the environment, when it names a proxy for plain http at all.
     fn from_environment() -> Option<Self> {
         proxy_for_plain_http(|name| std::env::var(name).ok())
+            .then(|| Self(hyper_util::client::proxy::matcher::Matcher::from_system()))
+    }
+
+    /// The rules in the environment, when it names a proxy for any scheme.
+    fn any_from_environment() -> Option<Self> {
+        proxy_for_any(|name| std::env::var(name).ok())
             .then(|| Self(hyper_util::client::proxy::matcher::Matcher::from_system()))
     }
 
@@ -367,6 +382,16 @@ impl Outbound {
             Destination::Provider(route) => route.lanes.as_ref().map(lanes::Lanes::take),
             _ => None,
         };
+        if let Some(connection) = lane.as_ref().and_then(lanes::Taken::connection) {
+            if connection.serves(request.url) {
+                // Boxed, as the lean client's call: inline, its future would make every
+                // call's larger, whichever way it goes (and a run task holds its call).
+                request = match Box::pin(self.send_on_lane(connection, request)).await? {
+                    Ok(response) => return Ok(response),
+                    Err(request) => request,
+                };
+            }
+        }
         let client = match (destination, &lane) {
             (_, Some(lane)) => lane.client(),
             (Destination::Provider(route), None) => match route.version {
@@ -381,6 +406,29 @@ impl Outbound {
             }
         };
         self.send_with(client, request).await
+    }
+
+    /// A provider call on its lane's own HTTP/2 connection; the request given back, with what
+    /// is left of its timeout, when the lane's reqwest client must send it instead.
+    async fn send_on_lane<'r>(
+        &self,
+        connection: &lean_http2::Connection,
+        mut request: Request<'r>,
+    ) -> Result<Result<OutboundResponse, Request<'r>>, OutboundError> {
+        let started = tokio::time::Instant::now();
+        let body = request.json_body.take().map(bytes::Bytes::from);
+        let work = connection.send(&request, body.as_ref(), self.max_response_bytes);
+        let sent = tokio::time::timeout(request.timeout, work)
+            .await
+            .map_err(|_| OutboundError::Timeout)??;
+        match sent {
+            lean_http2::Sent::Answered(response) => Ok(Ok(response)),
+            lean_http2::Sent::Elsewhere => {
+                request.timeout = request.timeout.saturating_sub(started.elapsed());
+                request.json_body = body.map(Vec::from);
+                Ok(Err(request))
+            }
+        }
     }
 
     /// Sends a request through one of reqwest's clients and reads the whole response.
@@ -638,6 +686,11 @@ mod tests {
             "ALL_PROXY",
             "socks5://p:1080"
         )])));
+        // The provider lanes' own connections step aside for a proxy of either scheme.
+        assert!(proxy_for_any(env(&[("HTTPS_PROXY", "http://p:3128")])));
+        assert!(proxy_for_any(env(&[("https_proxy", "http://p:3128")])));
+        assert!(proxy_for_any(env(&[("http_proxy", "http://p:3128")])));
+        assert!(!proxy_for_any(env(&[("https_proxy", " ")])));
     }
 
     fn url(s: &str) -> Url {
@@ -761,5 +814,31 @@ mod tests {
         .err()
         .expect("refused");
         assert!(err.to_string().contains(BLOCKED_MARKER), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod future_size {
+    use super::*;
+
+    /// A run's task holds its provider call's future: what any way of sending adds to it,
+    /// every call in flight pays (a TLS connect inline added 20 KB to each).
+    #[test]
+    fn a_calls_future_stays_small() {
+        let outbound = Outbound::new(false, 1024, &BTreeMap::new());
+        let route = ProviderRoute::shared(HttpVersion::Auto);
+        let url = Url::parse("http://p.example/v1").expect("url");
+        let call = outbound.send(
+            Destination::Provider(&route),
+            Request {
+                method: reqwest::Method::POST,
+                url: &url,
+                headers: &[],
+                json_body: None,
+                timeout: Duration::from_secs(1),
+            },
+        );
+        let size = std::mem::size_of_val(&call);
+        assert!(size <= 4096, "a call's future is {size} B");
     }
 }

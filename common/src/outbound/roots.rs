@@ -2,12 +2,21 @@
 
 use std::sync::Arc;
 
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+
 use super::error_chain;
 
 /// Certificate authorities trusted besides the public roots, for the destinations the
 /// operator configures (providers and tools) — never for tenants' webhook URLs.
 #[derive(Clone, Default)]
-pub struct ExtraRoots(Arc<[reqwest::Certificate]>);
+pub struct ExtraRoots(Arc<[Root]>);
+
+/// One certificate as reqwest's clients take it and as the provider lanes' TLS does.
+struct Root {
+    certificate: reqwest::Certificate,
+    der: CertificateDer<'static>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExtraRootsError {
@@ -33,7 +42,22 @@ impl ExtraRoots {
         if certificates.is_empty() {
             return Err(ExtraRootsError::Empty);
         }
-        let roots = Self(certificates.into());
+        let ders = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ExtraRootsError::Pem(e.to_string()))?;
+        if ders.len() != certificates.len() {
+            return Err(ExtraRootsError::Pem(format!(
+                "{} certificates read one way, {} the other",
+                certificates.len(),
+                ders.len()
+            )));
+        }
+        let roots = certificates
+            .into_iter()
+            .zip(ders)
+            .map(|(certificate, der)| Root { certificate, der })
+            .collect();
+        let roots = Self(roots);
         roots
             .trusted_by(reqwest::Client::builder())
             .build()
@@ -51,7 +75,12 @@ impl ExtraRoots {
 
     pub(super) fn trusted_by(&self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
         self.0.iter().fold(builder, |builder, root| {
-            builder.add_root_certificate(root.clone())
+            builder.add_root_certificate(root.certificate.clone())
         })
+    }
+
+    /// The certificates as DER, for a TLS configuration of our own.
+    pub(super) fn ders(&self) -> impl Iterator<Item = &CertificateDer<'static>> {
+        self.0.iter().map(|root| &root.der)
     }
 }

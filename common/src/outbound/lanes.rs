@@ -10,7 +10,7 @@
 //! what that connection leaves (a redirect, a proxy, a server that chose HTTP/1.1).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use url::Url;
 
@@ -67,12 +67,11 @@ impl ProviderRoute {
         let lanes = may_speak_http2.then(|| {
             let count = usize::from(concurrency).div_ceil(streams).max(1);
             let dial = Dial::new(version, base_url, extra_roots).map(Arc::new);
-            Lanes::new(count, streams, || {
-                Lane::new(
-                    super::provider_client(version, extra_roots),
-                    dial.clone().map(Connection::new),
-                )
-            })
+            let recipe = ClientRecipe {
+                version,
+                roots: extra_roots.clone(),
+            };
+            Lanes::new(count, streams, recipe, || dial.clone().map(Connection::new))
         });
         Self { version, lanes }
     }
@@ -99,19 +98,27 @@ pub(super) struct Lanes {
     more: Box<[Lane]>,
     /// Calls a lane carries before the next lane is taken.
     streams: usize,
+    recipe: ClientRecipe,
+}
+
+/// How a lane's reqwest client is made, the first time the lane needs one.
+struct ClientRecipe {
+    version: HttpVersion,
+    roots: ExtraRoots,
 }
 
 struct Lane {
-    /// For what the connection leaves, and for every call where there is none.
-    client: reqwest::Client,
+    /// For what the connection leaves, and for every call where there is none; made when
+    /// first needed (76 KB each, its TLS configuration and roots its own).
+    client: OnceLock<reqwest::Client>,
     connection: Option<Connection>,
     in_flight: AtomicUsize,
 }
 
 impl Lane {
-    fn new(client: reqwest::Client, connection: Option<Connection>) -> Self {
+    fn new(connection: Option<Connection>) -> Self {
         Self {
-            client,
+            client: OnceLock::new(),
             connection,
             in_flight: AtomicUsize::new(0),
         }
@@ -132,14 +139,20 @@ impl Lane {
 }
 
 impl Lanes {
-    /// `count` lanes (at least one), made by `lane`.
-    fn new(count: usize, streams: usize, mut lane: impl FnMut() -> Lane) -> Self {
-        let first = lane();
-        let more = (1..count).map(|_| lane()).collect();
+    /// `count` lanes (at least one), each with the connection `connection` makes.
+    fn new(
+        count: usize,
+        streams: usize,
+        recipe: ClientRecipe,
+        mut connection: impl FnMut() -> Option<Connection>,
+    ) -> Self {
+        let first = Lane::new(connection());
+        let more = (1..count).map(|_| Lane::new(connection())).collect();
         Self {
             first,
             more,
             streams,
+            recipe,
         }
     }
 
@@ -169,18 +182,22 @@ impl Lanes {
                 lane
             }
         };
-        Taken { lane }
+        Taken { lane, lanes: self }
     }
 }
 
 /// A call on a lane, counted until it is dropped (the response read, or the call given up).
 pub(super) struct Taken<'a> {
     lane: &'a Lane,
+    lanes: &'a Lanes,
 }
 
 impl Taken<'_> {
     pub(super) fn client(&self) -> &reqwest::Client {
-        &self.lane.client
+        self.lane.client.get_or_init(|| {
+            let ClientRecipe { version, roots } = &self.lanes.recipe;
+            super::provider_client(*version, roots)
+        })
     }
 
     /// The lane's own HTTP/2 connection, when it has one.
@@ -200,7 +217,11 @@ mod tests {
     use super::*;
 
     fn lanes(count: usize, streams: usize) -> Lanes {
-        Lanes::new(count, streams, || Lane::new(reqwest::Client::new(), None))
+        let recipe = ClientRecipe {
+            version: HttpVersion::Http2,
+            roots: ExtraRoots::default(),
+        };
+        Lanes::new(count, streams, recipe, || None)
     }
 
     fn loads(lanes: &Lanes) -> Vec<usize> {
@@ -214,6 +235,19 @@ mod tests {
         assert_eq!(loads(&lanes), vec![2, 2, 1]);
         drop(taken);
         assert_eq!(loads(&lanes), vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn a_lanes_reqwest_client_is_made_only_when_it_is_needed() {
+        let lanes = lanes(2, 1);
+        assert!(lanes.all().all(|lane| lane.client.get().is_none()));
+        let taken = lanes.take();
+        let _ = taken.client();
+        let made: Vec<_> = lanes
+            .all()
+            .map(|lane| lane.client.get().is_some())
+            .collect();
+        assert_eq!(made, vec![true, false]);
     }
 
     #[test]

@@ -79,8 +79,13 @@ pub enum TlsError {
 }
 
 /// A TLS acceptor for a certificate chain and its private key (PEM), offering HTTP/2 and
-/// HTTP/1.1 by ALPN, as a hosted provider does.
-pub fn tls_acceptor(chain_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, TlsError> {
+/// HTTP/1.1 by ALPN, as a hosted provider does; HTTP/1.1 alone unless `offers_http2`, as a
+/// server without HTTP/2 does.
+pub fn tls_acceptor(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    offers_http2: bool,
+) -> Result<TlsAcceptor, TlsError> {
     use tokio_rustls::rustls::pki_types::pem::PemObject as _;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain = CertificateDer::pem_slice_iter(chain_pem)
@@ -92,7 +97,11 @@ pub fn tls_acceptor(chain_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, Tls
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = if offers_http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 

@@ -170,6 +170,9 @@ pub struct AppOptions {
     /// The stub LLM serves https (ALPN: HTTP/2, HTTP/1.1) with a certificate of the test CA
     /// (`fixtures/tls`), which the workers trust through `worker.extra_ca_file`.
     pub provider_tls: bool,
+    /// With `provider_tls`: the stub offers HTTP/2 in ALPN (else HTTP/1.1 alone, as a server
+    /// without HTTP/2).
+    pub provider_tls_offers_http2: bool,
 }
 
 impl Default for AppOptions {
@@ -205,6 +208,7 @@ impl Default for AppOptions {
             privacy: None,
             provider_http2_streams: agentfleet_stub::MAX_HTTP2_STREAMS,
             provider_tls: false,
+            provider_tls_offers_http2: true,
         }
     }
 }
@@ -262,7 +266,10 @@ impl TestApp {
         let llm = StubLlm::new(options.behavior.clone());
         let serving = agentfleet_stub::Serving {
             max_http2_streams: options.provider_http2_streams,
-            tls: options.provider_tls.then(test_tls).transpose()?,
+            tls: options
+                .provider_tls
+                .then(|| test_tls(options.provider_tls_offers_http2))
+                .transpose()?,
         };
         let llm_addr = agentfleet_stub::spawn_serving(bind().await?, llm.router(), serving);
 
@@ -964,10 +971,10 @@ struct Endpoints {
 const TEST_CA_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tls/ca.pem");
 
 /// A TLS acceptor with the test CA's server certificate.
-fn test_tls() -> anyhow::Result<agentfleet_stub::TlsAcceptor> {
+fn test_tls(offers_http2: bool) -> anyhow::Result<agentfleet_stub::TlsAcceptor> {
     let chain = include_bytes!("../fixtures/tls/server.pem");
     let key = include_bytes!("../fixtures/tls/server.key");
-    Ok(agentfleet_stub::tls_acceptor(chain, key)?)
+    Ok(agentfleet_stub::tls_acceptor(chain, key, offers_http2)?)
 }
 
 fn render_config(

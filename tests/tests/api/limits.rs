@@ -9,6 +9,8 @@ struct Transport {
     http_version: HttpVersion,
     /// https, with the test CA the worker trusts through `worker.extra_ca_file`.
     tls: bool,
+    /// Over https: the stub offers HTTP/2 in ALPN, not HTTP/1.1 alone.
+    offers_http2: bool,
     /// Concurrent HTTP/2 streams the stub allows per connection, and the agent's
     /// `http2_streams_per_connection`.
     streams: u32,
@@ -35,6 +37,7 @@ async fn calls_in_flight_reach_the_concurrency(transport: Transport) -> anyhow::
         },
         provider_http2_streams: transport.streams,
         provider_tls: transport.tls,
+        provider_tls_offers_http2: transport.offers_http2,
         ..AppOptions::default()
     })
     .await?;
@@ -61,6 +64,7 @@ async fn an_agents_concurrency_is_never_exceeded_over_http1() -> anyhow::Result<
     calls_in_flight_reach_the_concurrency(Transport {
         http_version: HttpVersion::Auto,
         tls: false,
+        offers_http2: true,
         streams: 100,
         concurrency: 4,
         expected: http::Version::HTTP_11,
@@ -73,6 +77,7 @@ async fn an_agents_concurrency_is_never_exceeded_over_http2() -> anyhow::Result<
     calls_in_flight_reach_the_concurrency(Transport {
         http_version: HttpVersion::Http2,
         tls: false,
+        offers_http2: true,
         streams: 100,
         concurrency: 4,
         expected: http::Version::HTTP_2,
@@ -88,6 +93,7 @@ async fn http2_calls_beyond_a_connections_streams_take_more_connections() -> any
     calls_in_flight_reach_the_concurrency(Transport {
         http_version: HttpVersion::Http2,
         tls: false,
+        offers_http2: true,
         streams: 4,
         concurrency: 12,
         expected: http::Version::HTTP_2,
@@ -103,9 +109,26 @@ async fn auto_over_tls_speaks_http2_on_lanes() -> anyhow::Result<()> {
     calls_in_flight_reach_the_concurrency(Transport {
         http_version: HttpVersion::Auto,
         tls: true,
+        offers_http2: true,
         streams: 4,
         concurrency: 12,
         expected: http::Version::HTTP_2,
+    })
+    .await
+}
+
+/// `auto` over https to a server that offers only HTTP/1.1 in ALPN: the lanes' own HTTP/2
+/// connections step aside and each lane's reqwest client (made then) speaks HTTP/1.1, still
+/// reaching the agent's concurrency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_over_tls_to_a_server_without_http2_speaks_http1() -> anyhow::Result<()> {
+    calls_in_flight_reach_the_concurrency(Transport {
+        http_version: HttpVersion::Auto,
+        tls: true,
+        offers_http2: false,
+        streams: 4,
+        concurrency: 12,
+        expected: http::Version::HTTP_11,
     })
     .await
 }
@@ -116,6 +139,7 @@ async fn http1_over_tls_trusts_the_extra_ca() -> anyhow::Result<()> {
     calls_in_flight_reach_the_concurrency(Transport {
         http_version: HttpVersion::Http1,
         tls: true,
+        offers_http2: true,
         streams: 100,
         concurrency: 4,
         expected: http::Version::HTTP_11,

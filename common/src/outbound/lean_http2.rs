@@ -324,6 +324,7 @@ async fn read_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::{Destination, Outbound, ProviderRoute, RouteSettings};
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!(
@@ -360,6 +361,80 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// An HTTP/2 server (prior knowledge) answering `/v1` with a 307 to `/moved` and `/moved`
+    /// with `moved`; the paths it was asked for, in order.
+    async fn redirecting_http2_server() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>)
+    {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let seen = seen.clone();
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let path = req.uri().path().to_owned();
+                    seen.lock().expect("paths").push(path.clone());
+                    async move {
+                        let response = if path == "/moved" {
+                            http::Response::new(Full::new(Bytes::from_static(b"moved")))
+                        } else {
+                            let mut response = http::Response::new(Full::new(Bytes::new()));
+                            *response.status_mut() = http::StatusCode::TEMPORARY_REDIRECT;
+                            response
+                                .headers_mut()
+                                .insert("location", http::HeaderValue::from_static("/moved"));
+                            response
+                        };
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service),
+                );
+            }
+        });
+        (addr, asked)
+    }
+
+    /// A redirect is left to the lane's reqwest client, which sends the request again and
+    /// follows it (as a provider call through reqwest always did).
+    #[tokio::test]
+    async fn a_redirect_is_followed_by_the_lanes_reqwest_client() {
+        let (addr, asked) = redirecting_http2_server().await;
+        let url = Url::parse(&format!("http://{addr}/v1")).expect("url");
+        let route = ProviderRoute::new(RouteSettings {
+            version: HttpVersion::Http2,
+            base_url: &url,
+            concurrency: 4,
+            streams_per_connection: 100,
+            extra_roots: &ExtraRoots::default(),
+        });
+        let outbound = Outbound::new(false, 1024, &Default::default());
+        let response = outbound
+            .post_json(
+                Destination::Provider(&route),
+                &url,
+                &[],
+                b"{}".to_vec(),
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .expect("answered");
+        assert_eq!(response.status, 200);
+        assert_eq!(&response.body[..], b"moved");
+        let asked = asked.lock().expect("paths").clone();
+        assert_eq!(
+            asked,
+            ["/v1", "/v1", "/moved"],
+            "the lane's connection, then reqwest"
+        );
     }
 
     /// `auto` over https to a server that chooses HTTP/1.1: the lanes leave their calls to

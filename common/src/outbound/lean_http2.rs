@@ -201,13 +201,11 @@ impl Connection {
     /// A sender on a live connection, connecting when there is none, it has closed, or it has
     /// stood idle too long (a peer or a middlebox may have dropped it without a word); `None`
     /// when the server chose HTTP/1.1. Calls wait for one connect rather than each making one.
-    async fn sender(&self, fresh: bool) -> Result<Option<SendRequest<Full<Bytes>>>, OutboundError> {
+    async fn sender(&self) -> Result<Option<SendRequest<Full<Bytes>>>, OutboundError> {
         let mut current = self.current.lock().await;
         let now = Instant::now();
         if let Some((sender, used)) = current.as_mut() {
-            let live =
-                !fresh && !sender.is_closed() && now.duration_since(*used) < POOL_IDLE_TIMEOUT;
-            if live {
+            if !sender.is_closed() && now.duration_since(*used) < POOL_IDLE_TIMEOUT {
                 *used = now;
                 return Ok(Some(sender.clone()));
             }
@@ -227,24 +225,26 @@ impl Connection {
         body: Option<&Bytes>,
         max_bytes: usize,
     ) -> Result<Sent, OutboundError> {
-        let Some(mut sender) = self.sender(false).await? else {
+        let Some(mut sender) = self.sender().await? else {
             return Ok(Sent::Elsewhere);
         };
-        if sender.ready().await.is_err() {
-            // Closed before this request went out: the server has none of it.
-            let Some(fresh) = self.sender(true).await? else {
-                return Ok(Sent::Elsewhere);
-            };
-            sender = fresh;
-            sender
-                .ready()
-                .await
-                .map_err(|e| OutboundError::Connect(error_chain(&e)))?;
-        }
-        let response = sender
-            .send_request(http_request(request, body)?)
-            .await
-            .map_err(|e| OutboundError::Other(error_chain(&e)))?;
+        let response = match sender.try_send_request(http_request(request, body)?).await {
+            Ok(response) => response,
+            Err(mut failed) => {
+                let Some(unsent) = failed.take_message() else {
+                    return Err(OutboundError::Other(error_chain(&failed.into_error())));
+                };
+                // The connection went away before the request went out (hyper gave it
+                // back): the server has none of it, so it goes once more on a new one.
+                let Some(mut sender) = self.sender().await? else {
+                    return Ok(Sent::Elsewhere);
+                };
+                sender
+                    .send_request(unsent)
+                    .await
+                    .map_err(|e| OutboundError::Other(error_chain(&e)))?
+            }
+        };
         if response.status().is_redirection() && response.headers().contains_key("location") {
             return Ok(Sent::Elsewhere);
         }
@@ -323,6 +323,8 @@ async fn read_response(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
     use crate::outbound::{Destination, Outbound, ProviderRoute, RouteSettings};
 
@@ -435,6 +437,88 @@ mod tests {
             ["/v1", "/v1", "/moved"],
             "the lane's connection, then reqwest"
         );
+    }
+
+    /// An HTTP/2 server (prior knowledge) that closes each connection after one answer, as a
+    /// provider's load balancer closes connections; the connections it took.
+    async fn one_answer_per_connection_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let taken = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                taken.fetch_add(1, Ordering::SeqCst);
+                let answered = Arc::new(tokio::sync::Notify::new());
+                let notify = answered.clone();
+                let service = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    notify.notify_one();
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    }
+                });
+                tokio::spawn(async move {
+                    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service);
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => {}
+                        () = answered.notified() => {
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    /// A connection the server closed is noticed and a new one made for the next call.
+    #[tokio::test]
+    async fn a_closed_connection_is_replaced_for_the_next_call() {
+        let (addr, connections) = one_answer_per_connection_server().await;
+        let url = Url::parse(&format!("http://{addr}/v1")).expect("url");
+        let dial = Dial::new(HttpVersion::Http2, &url, &ExtraRoots::default()).expect("dial");
+        let connection = Connection::new(Arc::new(dial));
+        let request = Request {
+            method: reqwest::Method::POST,
+            url: &url,
+            headers: &[],
+            json_body: None,
+            timeout: std::time::Duration::from_secs(5),
+        };
+        for call in 1..=2 {
+            let sent = connection.send(&request, None, 1024).await;
+            let Ok(Sent::Answered(response)) = sent else {
+                panic!("call {call}: {:?}", sent.err());
+            };
+            assert_eq!(&response.body[..], b"ok");
+            // Until this side has seen the close (hyper's connection task reads it).
+            let deadline = Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let closed = connection
+                    .current
+                    .lock()
+                    .await
+                    .as_ref()
+                    .is_some_and(|(s, _)| s.is_closed());
+                if closed {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "call {call}: the close was never seen"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 
     /// `auto` over https to a server that chooses HTTP/1.1: the lanes leave their calls to

@@ -210,11 +210,13 @@ fn rate_headers(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
 
 #[derive(Clone)]
 pub struct Outbound {
-    /// Plain-http providers spoken to over HTTP/1.1, and plain-http webhook receivers, go
-    /// through the lean client, which holds no buffer while a call waits (see
+    /// Plain-http providers spoken to over HTTP/1.1, plain-http tools and plain-http webhook
+    /// receivers go through the lean client, which holds no buffer while a call waits (see
     /// [`plain_http1`]) — unless the environment's proxy rules send the URL through a proxy,
     /// which only reqwest speaks to.
     plain_providers: Arc<PlainHttp1>,
+    /// Plain-http tools: no redirect followed (a tool server cannot send a call elsewhere).
+    plain_tools: Arc<PlainHttp1>,
     plain_webhooks: Arc<PlainHttp1>,
     /// The environment's proxy rules, when it names a proxy for plain http.
     plain_proxy: Option<Arc<ProxyRules>>,
@@ -282,6 +284,7 @@ impl Outbound {
         };
         Self {
             plain_providers: lean(plain_http1::MAX_REDIRECTS, false),
+            plain_tools: lean(0, false),
             plain_webhooks: lean(0, !allow_private_webhooks),
             plain_proxy,
             providers,
@@ -328,9 +331,9 @@ impl Outbound {
     }
 
     /// The lean client for a provider over plain http that is not asked for HTTP/2 (`auto`
-    /// speaks HTTP/1.1 to a plain-http server too) and for a plain-http webhook receiver,
-    /// whose URL is checked first; none for a URL the environment's proxy rules send through
-    /// a proxy.
+    /// speaks HTTP/1.1 to a plain-http server too), for a plain-http tool and for a plain-http
+    /// webhook receiver, whose URL is checked first; none for a URL the environment's proxy
+    /// rules send through a proxy.
     fn lean_client(
         &self,
         destination: Destination<'_>,
@@ -343,11 +346,12 @@ impl Outbound {
             Destination::Provider(route) if route.version != HttpVersion::Http2 => {
                 &self.plain_providers
             }
+            Destination::Tool => &self.plain_tools,
             Destination::Webhook => {
                 self.check_webhook_url(url)?;
                 &self.plain_webhooks
             }
-            Destination::Provider(_) | Destination::Tool => return Ok(None),
+            Destination::Provider(_) => return Ok(None),
         };
         let direct = self
             .plain_proxy

@@ -752,3 +752,20 @@ fn a_response_reads_the_same_whole_or_in_two_parts_wherever_it_is_cut() {
     let short = read_received(&[b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\ncut"], LIMIT);
     assert!(matches!(&short, Err(OutboundError::Other(m)) if m.contains("closed before")));
 }
+
+/// A plain-http tool call (through the lean client) takes a redirect as the answer: a tool
+/// server cannot send a call to a host the operator did not name.
+#[tokio::test]
+async fn a_plain_http_tool_call_goes_through_it_and_follows_no_redirect() {
+    let (server, location) = redirector(usize::MAX).await;
+    *location.lock().expect("lock") = "/elsewhere".to_owned();
+    let outbound = Outbound::new(false, LIMIT, &Default::default());
+    let timeout = Duration::from_secs(5);
+    let response = outbound
+        .post_json(Destination::Tool, &server.url, &[], b"{}".to_vec(), timeout)
+        .await;
+    assert_eq!(response.expect("answer").status, 307);
+    let received = server.received();
+    assert_eq!(received.len(), 1, "the redirect is not followed");
+    assert_eq!(received[0].header("user-agent"), Some(USER_AGENT_FOR_TESTS));
+}

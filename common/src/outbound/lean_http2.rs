@@ -7,8 +7,9 @@
 //! its CPU per job by about a tenth (docs/BENCHMARKS.md, the ninth session).
 //!
 //! What it does: connects (TCP, and TLS with ALPN over https, trusting the public roots and the
-//! operator's extra ones), speaks HTTP/2 (prior knowledge over plain http), reconnects when
-//! the connection is gone or has stood idle past the idle timeout, caps the response size.
+//! operator's extra ones), speaks HTTP/2 (prior knowledge over plain http), pings while calls
+//! are in flight, reconnects when the connection is gone (closed, or a ping unanswered) or
+//! has stood idle past the idle timeout, caps the response size.
 //! What it leaves to reqwest (the lane's client), answering [`Sent::Elsewhere`]: a URL of
 //! another origin, a redirect (reqwest sends the request again and follows it), and a server
 //! that chose HTTP/1.1 in ALPN (`auto`); the route leaves it all to reqwest when the
@@ -19,7 +20,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt as _, Full};
@@ -37,6 +38,20 @@ use super::{
     CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, USER_AGENT,
 };
 use crate::config::HttpVersion;
+
+/// How often a connection with calls in flight is pinged, and how long an answer may take.
+/// Not more often: some servers answer frequent pings with GOAWAY.
+/// (Shorter in unit tests, which wait for an unanswered ping.)
+const KEEP_ALIVE_INTERVAL: Duration = if cfg!(test) {
+    Duration::from_millis(200)
+} else {
+    Duration::from_secs(60)
+};
+const KEEP_ALIVE_TIMEOUT: Duration = if cfg!(test) {
+    Duration::from_millis(200)
+} else {
+    Duration::from_secs(20)
+};
 
 /// What a lane's connection made of a request.
 pub(super) enum Sent {
@@ -149,6 +164,12 @@ where
 {
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        // While calls are in flight, a peer that vanished without a word (no FIN, no
+        // GOAWAY) is found by a ping going unanswered, and the lane connects again; else
+        // each of its calls would run into its timeout on a dead connection.
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(false)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| OutboundError::Connect(error_chain(&e)))?;
@@ -519,6 +540,63 @@ mod tests {
             }
         }
         assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    /// A peer that completes HTTP/2's handshake (its SETTINGS and the ack of ours), then
+    /// reads everything and answers nothing, pings included: alive to TCP, dead to HTTP/2.
+    async fn silent_http2_peer() -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+                    const SETTINGS_ACK: [u8; 9] = [0, 0, 0, 4, 1, 0, 0, 0, 0];
+                    let _ = tcp.write_all(&SETTINGS).await;
+                    let _ = tcp.write_all(&SETTINGS_ACK).await;
+                    let mut sink = [0_u8; 4096];
+                    while tcp.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+                });
+            }
+        });
+        addr
+    }
+
+    /// A call on a connection whose peer went silent ends when a ping goes unanswered, not
+    /// at the call's timeout, and the next call connects again.
+    #[tokio::test]
+    async fn a_silent_peer_is_found_by_an_unanswered_ping() {
+        let addr = silent_http2_peer().await;
+        let url = Url::parse(&format!("http://{addr}/v1")).expect("url");
+        let dial = Dial::new(HttpVersion::Http2, &url, &ExtraRoots::default()).expect("dial");
+        let connection = Connection::new(Arc::new(dial));
+        let request = Request {
+            method: reqwest::Method::POST,
+            url: &url,
+            headers: &[],
+            json_body: None,
+            timeout: std::time::Duration::from_secs(30),
+        };
+        let started = Instant::now();
+        let sent = tokio::time::timeout(request.timeout, connection.send(&request, None, 1024))
+            .await
+            .expect("ended before the call's timeout");
+        assert!(
+            matches!(sent, Err(OutboundError::Other(_))),
+            "{:?}",
+            sent.err()
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let current = connection.current.lock().await;
+        assert!(
+            current
+                .as_ref()
+                .is_none_or(|(sender, _)| sender.is_closed()),
+            "the dead connection is not kept for the next call"
+        );
     }
 
     /// `auto` over https to a server that chooses HTTP/1.1: the lanes leave their calls to

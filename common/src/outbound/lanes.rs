@@ -4,10 +4,10 @@
 //! server limits the streams open at once on a connection (hosted providers to 100–250). The
 //! calls beyond that limit would wait inside the pool for a stream, holding their call slot,
 //! their timeout running: with a limit of 100, a replica with a concurrency of 1,000 ran 100
-//! calls at a time. So an agent that may speak HTTP/2 gets lanes, each a client of its own
-//! (one connection), and a call takes the first lane with a stream free. A lane speaks through
-//! its own HTTP/2 connection ([`lean_http2`](super::lean_http2)) and keeps a reqwest client for
-//! what that connection leaves (a redirect, a proxy, a server that chose HTTP/1.1).
+//! calls at a time. So an agent that may speak HTTP/2 gets lanes, each a connection of its own
+//! ([`lean_http2`](super::lean_http2)), and a call takes the first lane with a stream free. A
+//! lane keeps a reqwest client, made when first needed, for what its connection leaves (a
+//! redirect, a proxy, a server that chose HTTP/1.1).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -109,7 +109,8 @@ struct ClientRecipe {
 
 struct Lane {
     /// For what the connection leaves, and for every call where there is none; made when
-    /// first needed (76 KB each, its TLS configuration and roots its own).
+    /// first needed (about 20 KB each before it connects: its TLS configuration and roots
+    /// are its own).
     client: OnceLock<reqwest::Client>,
     connection: Option<Connection>,
     in_flight: AtomicUsize,

@@ -349,6 +349,22 @@ mod tests {
     use super::*;
     use crate::outbound::{Destination, Outbound, ProviderRoute, RouteSettings};
 
+    /// A lane's connection to `url`, dialled as `version` asks.
+    fn connection_to(version: HttpVersion, url: &Url, roots: &ExtraRoots) -> Connection {
+        Connection::new(Arc::new(Dial::new(version, url, roots).expect("dial")))
+    }
+
+    /// A POST without a body.
+    fn post(url: &Url, timeout: Duration) -> Request<'_> {
+        Request {
+            method: reqwest::Method::POST,
+            url,
+            headers: &[],
+            json_body: None,
+            timeout,
+        }
+    }
+
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!(
             "{}/../tests/fixtures/tls/{name}",
@@ -446,7 +462,7 @@ mod tests {
                 &url,
                 &[],
                 b"{}".to_vec(),
-                std::time::Duration::from_secs(5),
+                Duration::from_secs(5),
             )
             .await
             .expect("answered");
@@ -505,15 +521,8 @@ mod tests {
     async fn a_closed_connection_is_replaced_for_the_next_call() {
         let (addr, connections) = one_answer_per_connection_server().await;
         let url = Url::parse(&format!("http://{addr}/v1")).expect("url");
-        let dial = Dial::new(HttpVersion::Http2, &url, &ExtraRoots::default()).expect("dial");
-        let connection = Connection::new(Arc::new(dial));
-        let request = Request {
-            method: reqwest::Method::POST,
-            url: &url,
-            headers: &[],
-            json_body: None,
-            timeout: std::time::Duration::from_secs(5),
-        };
+        let connection = connection_to(HttpVersion::Http2, &url, &ExtraRoots::default());
+        let request = post(&url, Duration::from_secs(5));
         for call in 1..=2 {
             let sent = connection.send(&request, None, 1024).await;
             let Ok(Sent::Answered(response)) = sent else {
@@ -521,7 +530,7 @@ mod tests {
             };
             assert_eq!(&response.body[..], b"ok");
             // Until this side has seen the close (hyper's connection task reads it).
-            let deadline = Instant::now() + std::time::Duration::from_secs(5);
+            let deadline = Instant::now() + Duration::from_secs(5);
             loop {
                 let closed = connection
                     .current
@@ -536,7 +545,7 @@ mod tests {
                     Instant::now() < deadline,
                     "call {call}: the close was never seen"
                 );
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         assert_eq!(connections.load(Ordering::SeqCst), 2);
@@ -571,15 +580,8 @@ mod tests {
     async fn a_silent_peer_is_found_by_an_unanswered_ping() {
         let addr = silent_http2_peer().await;
         let url = Url::parse(&format!("http://{addr}/v1")).expect("url");
-        let dial = Dial::new(HttpVersion::Http2, &url, &ExtraRoots::default()).expect("dial");
-        let connection = Connection::new(Arc::new(dial));
-        let request = Request {
-            method: reqwest::Method::POST,
-            url: &url,
-            headers: &[],
-            json_body: None,
-            timeout: std::time::Duration::from_secs(30),
-        };
+        let connection = connection_to(HttpVersion::Http2, &url, &ExtraRoots::default());
+        let request = post(&url, Duration::from_secs(30));
         let started = Instant::now();
         let sent = tokio::time::timeout(request.timeout, connection.send(&request, None, 1024))
             .await
@@ -589,7 +591,7 @@ mod tests {
             "{:?}",
             sent.err()
         );
-        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(started.elapsed() < Duration::from_secs(5));
         let current = connection.current.lock().await;
         assert!(
             current
@@ -606,16 +608,9 @@ mod tests {
         let addr = http1_only_tls_server().await;
         let roots = ExtraRoots::from_pem(&fixture("ca.pem")).expect("test CA");
         let url = Url::parse(&format!("https://localhost:{}/v1", addr.port())).expect("url");
-        let dial = Arc::new(Dial::new(HttpVersion::Auto, &url, &roots).expect("dial"));
-        let connection = Connection::new(dial.clone());
+        let connection = connection_to(HttpVersion::Auto, &url, &roots);
         assert!(connection.serves(&url));
-        let request = Request {
-            method: reqwest::Method::POST,
-            url: &url,
-            headers: &[],
-            json_body: None,
-            timeout: std::time::Duration::from_secs(5),
-        };
+        let request = post(&url, Duration::from_secs(5));
         let body = Bytes::from_static(b"{}");
         let sent = connection.send(&request, Some(&body), 1024).await;
         assert!(matches!(sent, Ok(Sent::Elsewhere)), "{:?}", sent.err());

@@ -63,6 +63,8 @@ pub(super) enum Sent {
 /// Where a route's lanes connect, shared by them.
 pub(super) struct Dial {
     scheme: String,
+    /// As the URL spells it (normalised by the parser), to tell a request's origin cheaply.
+    host_str: String,
     host: Host<String>,
     port: u16,
     tls: Option<(TlsConnector, ServerName<'static>)>,
@@ -101,6 +103,7 @@ impl Dial {
         };
         Some(Self {
             scheme: base_url.scheme().to_owned(),
+            host_str: base_url.host_str()?.to_owned(),
             host,
             port,
             tls,
@@ -112,9 +115,7 @@ impl Dial {
     fn serves(&self, url: &Url) -> bool {
         !self.chose_http1.load(Ordering::Relaxed)
             && url.scheme() == self.scheme
-            && url
-                .host()
-                .is_some_and(|host| host == self.host.as_ref_host())
+            && url.host_str() == Some(self.host_str.as_str())
             && url.port_or_known_default() == Some(self.port)
     }
 
@@ -140,21 +141,6 @@ impl Dial {
             return Ok(None);
         }
         handshake(tls).await.map(Some)
-    }
-}
-
-/// `host == other` across `Host<String>` and `Host<&str>`.
-trait AsRefHost {
-    fn as_ref_host(&self) -> Host<&str>;
-}
-
-impl AsRefHost for Host<String> {
-    fn as_ref_host(&self) -> Host<&str> {
-        match self {
-            Host::Domain(name) => Host::Domain(name.as_str()),
-            Host::Ipv4(ip) => Host::Ipv4(*ip),
-            Host::Ipv6(ip) => Host::Ipv6(*ip),
-        }
     }
 }
 

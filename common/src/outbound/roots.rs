@@ -35,28 +35,23 @@ impl std::fmt::Debug for ExtraRoots {
 }
 
 impl ExtraRoots {
-    /// The certificates of a PEM bundle, each checked by building a client that trusts it.
+    /// The certificates of a PEM bundle (read once, as DER), each checked by building a
+    /// client that trusts it.
     pub fn from_pem(pem: &[u8]) -> Result<Self, ExtraRootsError> {
-        let certificates = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| ExtraRootsError::Pem(error_chain(&e)))?;
-        if certificates.is_empty() {
-            return Err(ExtraRootsError::Empty);
-        }
         let ders = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ExtraRootsError::Pem(e.to_string()))?;
-        if ders.len() != certificates.len() {
-            return Err(ExtraRootsError::Pem(format!(
-                "{} certificates read one way, {} the other",
-                certificates.len(),
-                ders.len()
-            )));
+        if ders.is_empty() {
+            return Err(ExtraRootsError::Empty);
         }
-        let roots = certificates
+        let roots = ders
             .into_iter()
-            .zip(ders)
-            .map(|(certificate, der)| Root { certificate, der })
-            .collect();
+            .map(|der| {
+                let certificate = reqwest::Certificate::from_der(&der)
+                    .map_err(|e| ExtraRootsError::Pem(error_chain(&e)))?;
+                Ok(Root { certificate, der })
+            })
+            .collect::<Result<_, ExtraRootsError>>()?;
         let roots = Self(roots);
         roots
             .trusted_by(reqwest::Client::builder())

@@ -19,6 +19,17 @@ struct Transport {
     expected: http::Version,
 }
 
+/// Plain http, HTTP/1.1, 100 streams per connection, a concurrency of 4: each test names
+/// what it changes.
+const PLAIN: Transport = Transport {
+    http_version: HttpVersion::Auto,
+    tls: false,
+    offers_http2: true,
+    streams: 100,
+    concurrency: 4,
+    expected: http::Version::HTTP_11,
+};
+
 /// With one worker, the stub never sees more calls of the agent at once than its concurrency
 /// — and does see that many, so the concurrency is what bounds it, not the connections
 /// (HTTP/2 calls beyond a connection's streams ride more connections).
@@ -61,26 +72,15 @@ async fn calls_in_flight_reach_the_concurrency(transport: Transport) -> anyhow::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agents_concurrency_is_never_exceeded_over_http1() -> anyhow::Result<()> {
-    calls_in_flight_reach_the_concurrency(Transport {
-        http_version: HttpVersion::Auto,
-        tls: false,
-        offers_http2: true,
-        streams: 100,
-        concurrency: 4,
-        expected: http::Version::HTTP_11,
-    })
-    .await
+    calls_in_flight_reach_the_concurrency(PLAIN).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agents_concurrency_is_never_exceeded_over_http2() -> anyhow::Result<()> {
     calls_in_flight_reach_the_concurrency(Transport {
         http_version: HttpVersion::Http2,
-        tls: false,
-        offers_http2: true,
-        streams: 100,
-        concurrency: 4,
         expected: http::Version::HTTP_2,
+        ..PLAIN
     })
     .await
 }
@@ -92,11 +92,10 @@ async fn an_agents_concurrency_is_never_exceeded_over_http2() -> anyhow::Result<
 async fn http2_calls_beyond_a_connections_streams_take_more_connections() -> anyhow::Result<()> {
     calls_in_flight_reach_the_concurrency(Transport {
         http_version: HttpVersion::Http2,
-        tls: false,
-        offers_http2: true,
         streams: 4,
         concurrency: 12,
         expected: http::Version::HTTP_2,
+        ..PLAIN
     })
     .await
 }
@@ -107,12 +106,11 @@ async fn http2_calls_beyond_a_connections_streams_take_more_connections() -> any
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_over_tls_speaks_http2_on_lanes() -> anyhow::Result<()> {
     calls_in_flight_reach_the_concurrency(Transport {
-        http_version: HttpVersion::Auto,
         tls: true,
-        offers_http2: true,
         streams: 4,
         concurrency: 12,
         expected: http::Version::HTTP_2,
+        ..PLAIN
     })
     .await
 }
@@ -123,12 +121,11 @@ async fn auto_over_tls_speaks_http2_on_lanes() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_over_tls_to_a_server_without_http2_speaks_http1() -> anyhow::Result<()> {
     calls_in_flight_reach_the_concurrency(Transport {
-        http_version: HttpVersion::Auto,
         tls: true,
         offers_http2: false,
         streams: 4,
         concurrency: 12,
-        expected: http::Version::HTTP_11,
+        ..PLAIN
     })
     .await
 }
@@ -139,10 +136,7 @@ async fn http1_over_tls_trusts_the_extra_ca() -> anyhow::Result<()> {
     calls_in_flight_reach_the_concurrency(Transport {
         http_version: HttpVersion::Http1,
         tls: true,
-        offers_http2: true,
-        streams: 100,
-        concurrency: 4,
-        expected: http::Version::HTTP_11,
+        ..PLAIN
     })
     .await
 }

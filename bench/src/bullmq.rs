@@ -203,35 +203,29 @@ pub async fn throughput(
     })
 }
 
-/// The peer's intake alone, as scenario 4 measures ours: accepted POSTs/s from `clients`
-/// concurrent clients for `window` after `warmup`, with no worker draining.
-pub async fn intake(
-    bins: &Binaries,
-    clients: usize,
-    warmup: Duration,
-    window: Duration,
-) -> anyhow::Result<PeerIntake> {
-    let peer = Peer::start(bins, 1, false).await?;
-    let client = peer.client();
-    let post = move |i| {
-        let client = client.clone();
-        async move { matches!(client.post(i).await, Ok((202, _))) }
-    };
-    crate::load::closed_loop(clients, warmup, post.clone()).await;
-    let meter = CpuMeter::start(peer.cpu_groups());
-    let load = crate::load::closed_loop(clients, window, post).await;
-    let cpu = meter.finish();
-    if load.errors > 0 {
-        bail!("the BullMQ intake refused {} POSTs", load.errors);
+/// The peer's intake alone, with no worker draining: scenario 4 measures it in windows
+/// alternated with ours.
+pub struct IntakePeer(Peer);
+
+impl IntakePeer {
+    pub async fn start(bins: &Binaries) -> anyhow::Result<Self> {
+        Ok(Self(Peer::start(bins, 1, false).await?))
     }
-    Ok(PeerIntake {
-        posts_per_sec: load.per_sec,
-        p99_ms: load.latency.map(|l| l.p99_ms),
-        cpu,
-    })
+
+    pub fn client(&self) -> Client {
+        self.0.client()
+    }
+
+    pub fn cpu_groups(&self) -> Groups {
+        self.0.cpu_groups()
+    }
+
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.0.check_alive()
+    }
 }
 
-/// What [`intake`] measured.
+/// What scenario 4 measured of [`IntakePeer`].
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerIntake {
     pub posts_per_sec: f64,

@@ -27,6 +27,48 @@ where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = bool> + Send + 'static,
 {
+    tally_closed_loop(concurrency, duration, op).await.result()
+}
+
+/// What a closed loop measured, kept whole so that several windows can be added up (their
+/// percentiles over every sample, not averaged).
+#[derive(Debug, Default)]
+pub struct Tally {
+    samples: Vec<Duration>,
+    errors: usize,
+    elapsed_secs: f64,
+}
+
+impl Tally {
+    /// Successes per second over the tally's time.
+    pub fn per_sec(&self) -> f64 {
+        self.samples.len() as f64 / self.elapsed_secs.max(1e-9)
+    }
+
+    /// Adds another window's measurements.
+    pub fn add(&mut self, other: Tally) {
+        self.samples.extend(other.samples);
+        self.errors += other.errors;
+        self.elapsed_secs += other.elapsed_secs;
+    }
+
+    pub fn result(&self) -> LoadResult {
+        LoadResult {
+            ok: self.samples.len(),
+            errors: self.errors,
+            elapsed_secs: crate::stats::round3(self.elapsed_secs),
+            per_sec: self.per_sec(),
+            latency: Percentiles::of(&self.samples),
+        }
+    }
+}
+
+/// [`closed_loop`], its samples kept.
+pub async fn tally_closed_loop<F, Fut>(concurrency: usize, duration: Duration, op: F) -> Tally
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
     let started = Instant::now();
     let deadline = started + duration;
     let next = Arc::new(AtomicUsize::new(0));
@@ -49,24 +91,17 @@ where
             (samples, errors)
         });
     }
-    let mut samples = Vec::new();
-    let mut errors = 0;
+    let mut tally = Tally::default();
     while let Some(joined) = tasks.join_next().await {
-        if let Ok((s, e)) = joined {
-            samples.extend(s);
-            errors += e;
+        if let Ok((samples, errors)) = joined {
+            tally.samples.extend(samples);
+            tally.errors += errors;
         } else {
-            errors += 1;
+            tally.errors += 1;
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    LoadResult {
-        ok: samples.len(),
-        errors,
-        elapsed_secs: crate::stats::round3(elapsed),
-        per_sec: samples.len() as f64 / elapsed,
-        latency: Percentiles::of(&samples),
-    }
+    tally.elapsed_secs = started.elapsed().as_secs_f64();
+    tally
 }
 
 /// Starts `op(i)` for `i` in `0..n` at `rate` per second, each in its own task, and returns
@@ -91,4 +126,25 @@ where
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_add_up_to_their_samples_over_their_time() {
+        let window = |ms: &[u64], errors, elapsed_secs| Tally {
+            samples: ms.iter().map(|&m| Duration::from_millis(m)).collect(),
+            errors,
+            elapsed_secs,
+        };
+        let mut tally = window(&[1, 2, 3], 1, 1.0);
+        tally.add(window(&[10; 5], 0, 3.0));
+        let result = tally.result();
+        assert_eq!((result.ok, result.errors), (8, 1));
+        assert_eq!(result.per_sec, 2.0);
+        let latency = result.latency.expect("samples");
+        assert_eq!((latency.p50_ms, latency.max_ms), (10.0, 10.0));
+    }
 }

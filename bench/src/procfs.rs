@@ -216,6 +216,29 @@ impl CpuMeter {
 }
 
 impl CpuUse {
+    /// Several measured intervals as one: each group's cores weighted by its interval's length.
+    pub fn over(parts: &[CpuUse]) -> CpuUse {
+        let wall_secs: f64 = parts.iter().map(|p| p.wall_secs).sum();
+        let weighted = |of: &dyn Fn(&CpuUse) -> f64| {
+            let busy: f64 = parts.iter().map(|p| of(p) * p.wall_secs).sum();
+            round2(busy / wall_secs.max(1e-9))
+        };
+        let names: std::collections::BTreeSet<&String> =
+            parts.iter().flat_map(|p| p.cores.keys()).collect();
+        let cores = names
+            .into_iter()
+            .map(|name| {
+                let of = |p: &CpuUse| p.cores.get(name).copied().unwrap_or_default();
+                (name.clone(), weighted(&of))
+            })
+            .collect();
+        CpuUse {
+            wall_secs: round2(wall_secs),
+            machine_cores: weighted(&|p| p.machine_cores),
+            cores,
+        }
+    }
+
     /// "workers 0.41, rabbitmq 0.30, …": CPU milliseconds per job of each group over `jobs`
     /// jobs, the biggest first ("other" left out: it is not the system's own).
     pub fn per_job_ms(&self, jobs: usize) -> String {
@@ -267,5 +290,21 @@ mod tests {
         assert!(cpu_seconds(pid).is_some());
         assert!(sockets(pid).is_some());
         assert!(machine_busy_seconds().is_some());
+    }
+
+    #[test]
+    fn intervals_combine_weighted_by_their_length() {
+        let use_of = |wall_secs, machine_cores, pairs: &[(&str, f64)]| CpuUse {
+            wall_secs,
+            machine_cores,
+            cores: pairs.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect(),
+        };
+        let one = use_of(1.0, 2.0, &[("dispatcher", 1.0)]);
+        let three = use_of(3.0, 1.0, &[("dispatcher", 0.2), ("redis", 0.4)]);
+        let both = CpuUse::over(&[one, three]);
+        assert_eq!(both.wall_secs, 4.0);
+        assert_eq!(both.machine_cores, 1.25);
+        assert_eq!(both.cores["dispatcher"], 0.4);
+        assert_eq!(both.cores["redis"], 0.3);
     }
 }

@@ -27,9 +27,11 @@ pub struct Settings {
     pub slow_jobs: usize,
     pub slow_concurrency: u16,
     pub slow_latency: Duration,
-    /// 4: warm-up and measured window at `clients` concurrency.
+    /// 4: warm-up and measured window at `clients` concurrency, the window cut into
+    /// `intake_rounds` turns of ours and the peer's.
     pub intake_warmup: Duration,
     pub intake_window: Duration,
+    pub intake_rounds: u32,
     /// 5: worker processes, fleet-wide limit, saturated window, concurrency per worker.
     pub limit_workers: usize,
     pub limit_rpm: u32,
@@ -82,6 +84,7 @@ impl Settings {
             slow_latency: Duration::from_secs(1),
             intake_warmup: Duration::from_secs(if short { 1 } else { 2 }),
             intake_window: Duration::from_secs(if short { 3 } else { 10 }),
+            intake_rounds: if short { 3 } else { 5 },
             limit_workers: 3,
             // The short form keeps the count of admitted requests: 30 s at 4× the limit.
             limit_rpm: if short { 2_400 } else { 600 },

@@ -32,6 +32,26 @@ pub enum Submitted {
     StuckKey,
 }
 
+/// Many submissions' ends: the accepted jobs' ids, in order, and how many keys got stuck.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub accepted: Vec<String>,
+    pub stuck_keys: usize,
+}
+
+impl FromIterator<Submitted> for Tally {
+    fn from_iter<I: IntoIterator<Item = Submitted>>(ends: I) -> Self {
+        let mut tally = Tally::default();
+        for end in ends {
+            match end {
+                Submitted::Accepted(id) => tally.accepted.push(id),
+                Submitted::StuckKey => tally.stuck_keys += 1,
+            }
+        }
+        tally
+    }
+}
+
 /// One answer on the way: when it was sent and answered, and its status (0: none came).
 #[derive(Debug, Clone, Copy)]
 pub struct Answered {
@@ -121,5 +141,22 @@ impl TestApp {
             submission.within,
             answers.join(", ")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_keeps_the_accepted_ids_in_order_and_counts_stuck_keys() {
+        let ends = [
+            Submitted::Accepted("a".into()),
+            Submitted::StuckKey,
+            Submitted::Accepted("b".into()),
+        ];
+        let tally: Tally = ends.into_iter().collect();
+        assert_eq!(tally.accepted, ["a", "b"]);
+        assert_eq!(tally.stuck_keys, 1);
     }
 }

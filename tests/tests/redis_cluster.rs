@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use agentfleet_stub::llm::Behavior;
 use agentfleet_tests::redis_cluster::ClusterRedis;
-use agentfleet_tests::resubmit::{Resubmit, Submitted};
+use agentfleet_tests::resubmit::{Resubmit, Submitted, Tally};
 use agentfleet_tests::{keys_per_master, wait_until, AgentSpec, AppOptions, TestApp};
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_agentfleet-test-worker");
@@ -310,6 +310,61 @@ fn assert_paced(times: &mut [Instant], interval: Duration, burst: usize) {
     }
 }
 
+/// When the master was killed, when submissions were answered 503, and how long from the kill
+/// until its replica was promoted and until the killed node was a replica again.
+struct MasterKill {
+    at: Instant,
+    rejected: Vec<Instant>,
+    promoted: Duration,
+    rejoined: Duration,
+}
+
+/// Submits `n` jobs 60 ms apart, SIGKILLs `victim` a third of the way through, waits for its
+/// replica's promotion and for it to come back as a replica.
+async fn submit_across_a_master_kill(
+    app: &TestApp,
+    cluster: &mut ClusterRedis,
+    victim: u16,
+    n: u32,
+) -> anyhow::Result<(Tally, MasterKill)> {
+    let spacing = Duration::from_millis(60);
+    let started = Instant::now();
+    let rejected = Rejections::default();
+    let submitter = futures_util::future::join_all((0..n).map(|i| {
+        let rejected = &rejected;
+        async move {
+            tokio::time::sleep_until((started + spacing * i).into()).await;
+            submit_until_accepted(app, i as usize, rejected).await
+        }
+    }));
+    let chaos = async {
+        tokio::time::sleep_until((started + spacing * (n / 3)).into()).await;
+        let at = Instant::now();
+        cluster.kill(victim)?;
+        let promoted = cluster
+            .wait_failover(victim, 3, Duration::from_secs(30))
+            .await?;
+        cluster.restart(victim).await?;
+        cluster
+            .wait_replica(victim, Duration::from_secs(30))
+            .await?;
+        anyhow::Ok((at, promoted, at.elapsed()))
+    };
+    let (submitted, chaos) = tokio::join!(submitter, chaos);
+    let (at, promoted, rejoined) = chaos?;
+    let tally = submitted.into_iter().collect::<anyhow::Result<Tally>>()?;
+    let rejected = rejected.into_inner().unwrap_or_else(|p| p.into_inner());
+    Ok((
+        tally,
+        MasterKill {
+            at,
+            rejected,
+            promoted,
+            rejoined,
+        },
+    ))
+}
+
 /// When submissions were answered 503, for the failover window.
 type Rejections = std::sync::Mutex<Vec<Instant>>;
 
@@ -370,49 +425,19 @@ async fn a_master_killed_mid_run_loses_no_accepted_job_on_a_cluster() -> anyhow:
         .await?;
 
     let n = 100;
-    let spacing = Duration::from_millis(60);
     let started = Instant::now();
-    let rejected = Rejections::default();
-    let submitter = futures_util::future::join_all((0..n).map(|i| {
-        let (app, rejected) = (&app, &rejected);
-        async move {
-            tokio::time::sleep_until((started + spacing * i).into()).await;
-            submit_until_accepted(app, i as usize, rejected).await
-        }
-    }));
-    let chaos = async {
-        tokio::time::sleep_until((started + spacing * (n / 3)).into()).await;
-        let killed_at = Instant::now();
-        cluster.kill(victim)?;
-        let promoted = cluster
-            .wait_failover(victim, 3, Duration::from_secs(30))
-            .await?;
-        cluster.restart(victim).await?;
-        cluster
-            .wait_replica(victim, Duration::from_secs(30))
-            .await?;
-        anyhow::Ok((killed_at, promoted, killed_at.elapsed()))
-    };
-    let (submitted, chaos) = tokio::join!(submitter, chaos);
-    let (killed_at, promoted, rejoined) = chaos?;
-    let rejected = rejected.into_inner().unwrap_or_else(|p| p.into_inner());
-    let after_kill = |at: Option<&Instant>| at.map(|at| at.saturating_duration_since(killed_at));
+    let (
+        Tally {
+            accepted: ids,
+            stuck_keys: stuck,
+        },
+        kill,
+    ) = submit_across_a_master_kill(&app, &mut cluster, victim, n).await?;
+    let after_kill = |at: Option<&Instant>| at.map(|at| at.saturating_duration_since(kill.at));
     let window = (
-        after_kill(rejected.iter().min()),
-        after_kill(rejected.iter().max()),
+        after_kill(kill.rejected.iter().min()),
+        after_kill(kill.rejected.iter().max()),
     );
-    let submitted = submitted.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-    let stuck = submitted
-        .iter()
-        .filter(|s| matches!(s, Submitted::StuckKey))
-        .count();
-    let ids: Vec<String> = submitted
-        .into_iter()
-        .filter_map(|s| match s {
-            Submitted::Accepted(id) => Some(id),
-            Submitted::StuckKey => None,
-        })
-        .collect();
     let records = app.wait_terminal(&ids, Duration::from_secs(90)).await?;
     let succeeded = records
         .iter()
@@ -425,13 +450,15 @@ async fn a_master_killed_mid_run_loses_no_accepted_job_on_a_cluster() -> anyhow:
     println!(
         "redis cluster failover (3 masters + 3 replicas, WAIT 1, node timeout 2 s): accepted {} \
          of {n} (keys stuck at 409: {stuck}), succeeded {succeeded}, webhooks {}; 503s {} (from {:?} to {:?} after the kill); \
-         replica promoted {promoted:?} after the kill, old master a replica again after \
-         {rejoined:?}; double runs {}; total {:?}",
+         replica promoted {:?} after the kill, old master a replica again after \
+         {:?}; double runs {}; total {:?}",
         ids.len(),
         app.receiver.count(),
-        rejected.len(),
+        kill.rejected.len(),
         window.0,
         window.1,
+        kill.promoted,
+        kill.rejoined,
         app.llm.double_runs(),
         started.elapsed()
     );

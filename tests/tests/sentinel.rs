@@ -25,7 +25,7 @@ use agentfleet_common::store::{JobStore, Redis};
 use agentfleet_common::wire::{JobInput, JobRecord, JobSpec, JobStatus};
 use agentfleet_stub::llm::Behavior;
 use agentfleet_tests::redis_sentinel::SentinelRedis;
-use agentfleet_tests::resubmit::{Answered, Resubmit, Submitted};
+use agentfleet_tests::resubmit::{Answered, Resubmit, Submitted, Tally};
 use agentfleet_tests::{AgentSpec, AppOptions, TestApp};
 
 /// The tests here each start a topology and time things: one at a time, so they do not
@@ -149,27 +149,7 @@ async fn a_master_killed_mid_run_loses_no_accepted_job_with_wait() -> anyhow::Re
 async fn run_with_master_kill(min_replicas_acked: u32) -> anyhow::Result<Outcome> {
     let mut topology = SentinelRedis::start().await?;
     let jobs = jobs_per_run();
-    let mut agent = AgentSpec::new("sentinel");
-    agent.concurrency = 32;
-    agent.retry_attempts = 10;
-    agent.retry_max_delay_secs = 2;
-    agent.timeout_secs = 600;
-    let connection = format!(
-        "{}, min_replicas_acked: {min_replicas_acked}",
-        topology.config_fields()
-    );
-    let mut app = TestApp::spawn(AppOptions {
-        agents: vec![agent],
-        workers: 2,
-        behavior: Behavior {
-            latency: Duration::from_millis(50),
-            ..Behavior::default()
-        },
-        redis_connection: Some(connection.clone()),
-        admin_redis_url: topology.master_url().await?,
-        ..AppOptions::default()
-    })
-    .await?;
+    let mut app = spawn_on(&topology, min_replicas_acked).await?;
     let (failures, probe_failures) = (Failures::default(), Failures::default());
     let probe_stop = CancellationToken::new();
     let probe = tokio::spawn(probe_redis(
@@ -179,39 +159,13 @@ async fn run_with_master_kill(min_replicas_acked: u32) -> anyhow::Result<Outcome
     ));
 
     let started = Instant::now();
-    let window = Duration::from_millis((jobs as u64 * 50).clamp(6_000, 100_000));
-    let spacing = window / u32::try_from(jobs)?;
-    let submitter = futures_util::stream::iter(0..jobs)
-        .map(|i| {
-            let (app, failures) = (&app, &failures);
-            async move {
-                let at = started + spacing * u32::try_from(i).unwrap_or(u32::MAX);
-                tokio::time::sleep_until(at.into()).await;
-                submit_until_accepted(app, i, failures).await
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<Submitted>>();
-    let chaos = async {
-        tokio::time::sleep_until((started + window / 3).into()).await;
-        let killed_at = Instant::now();
-        let old = topology.kill_master().await?;
-        let new = topology.wait_failover(old, Duration::from_secs(30)).await?;
-        anyhow::Ok((killed_at, killed_at.elapsed(), old != new))
-    };
-    let (accepted, chaos) = tokio::join!(submitter, chaos);
-    let (killed_at, promoted_after, new_master_differs) = chaos?;
-    let stuck_keys = accepted
-        .iter()
-        .filter(|s| matches!(s, Submitted::StuckKey))
-        .count();
-    let accepted: Vec<String> = accepted
-        .into_iter()
-        .filter_map(|s| match s {
-            Submitted::Accepted(id) => Some(id),
-            Submitted::StuckKey => None,
-        })
-        .collect();
+    let (
+        Tally {
+            accepted,
+            stuck_keys,
+        },
+        kill,
+    ) = submit_across_a_master_kill(&app, &mut topology, jobs, &failures).await?;
     anyhow::ensure!(
         accepted.iter().collect::<HashSet<_>>().len() == accepted.len(),
         "every accepted job has its own id"
@@ -223,7 +177,7 @@ async fn run_with_master_kill(min_replicas_acked: u32) -> anyhow::Result<Outcome
     let redis_errors = probe.await?;
     let since_kill = |f: &Failures| {
         f.window().map(|(first, last, n)| {
-            let from = first.saturating_duration_since(killed_at);
+            let from = first.saturating_duration_since(kill.at);
             (from, from + (last - first), n)
         })
     };
@@ -246,10 +200,77 @@ async fn run_with_master_kill(min_replicas_acked: u32) -> anyhow::Result<Outcome
         redis_errors,
         rejected: rejected.map(|(from, to, _)| (from, to)),
         probed: probed.map(|(from, to, _)| (from, to)),
-        promoted_after,
-        new_master_differs,
+        promoted_after: kill.promoted_after,
+        new_master_differs: kill.new_master_differs,
         elapsed: started.elapsed(),
     })
+}
+
+/// A fleet of two workers on the topology, its agent retrying through a failover.
+async fn spawn_on(topology: &SentinelRedis, min_replicas_acked: u32) -> anyhow::Result<TestApp> {
+    let mut agent = AgentSpec::new("sentinel");
+    agent.concurrency = 32;
+    agent.retry_attempts = 10;
+    agent.retry_max_delay_secs = 2;
+    agent.timeout_secs = 600;
+    let connection = format!(
+        "{}, min_replicas_acked: {min_replicas_acked}",
+        topology.config_fields()
+    );
+    TestApp::spawn(AppOptions {
+        agents: vec![agent],
+        workers: 2,
+        behavior: Behavior {
+            latency: Duration::from_millis(50),
+            ..Behavior::default()
+        },
+        redis_connection: Some(connection),
+        admin_redis_url: topology.master_url().await?,
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// When the master was killed, how long the sentinels took to promote a replica, and whether
+/// the master is another server now.
+struct MasterKill {
+    at: Instant,
+    promoted_after: Duration,
+    new_master_differs: bool,
+}
+
+/// Submits `jobs` jobs spaced over a window (32 at a time), SIGKILLs the master a third of the
+/// way through and waits for the failover.
+async fn submit_across_a_master_kill(
+    app: &TestApp,
+    topology: &mut SentinelRedis,
+    jobs: usize,
+    failures: &Failures,
+) -> anyhow::Result<(Tally, MasterKill)> {
+    let started = Instant::now();
+    let window = Duration::from_millis((jobs as u64 * 50).clamp(6_000, 100_000));
+    let spacing = window / u32::try_from(jobs)?;
+    let submitter = futures_util::stream::iter(0..jobs)
+        .map(|i| async move {
+            let at = started + spacing * u32::try_from(i).unwrap_or(u32::MAX);
+            tokio::time::sleep_until(at.into()).await;
+            submit_until_accepted(app, i, failures).await
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<Submitted>>();
+    let chaos = async {
+        tokio::time::sleep_until((started + window / 3).into()).await;
+        let at = Instant::now();
+        let old = topology.kill_master().await?;
+        let new = topology.wait_failover(old, Duration::from_secs(30)).await?;
+        anyhow::Ok(MasterKill {
+            at,
+            promoted_after: at.elapsed(),
+            new_master_differs: old != new,
+        })
+    };
+    let (ends, kill) = tokio::join!(submitter, chaos);
+    Ok((ends.into_iter().collect(), kill?))
 }
 
 /// Writes through the same client code as the fleet (an acknowledged write when the fleet's

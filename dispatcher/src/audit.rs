@@ -122,15 +122,18 @@ const STREAM_QUEUE: usize = 4096;
 /// The most entries the writer adds in one round trip.
 const STREAM_BATCH: usize = 256;
 
-/// Where records go: the log target always, the tenant's stream when configured.
+/// Where records go: the log target always, the tenant's stream when configured. Shared:
+/// the middleware's state is cloned for every request.
 #[derive(Clone)]
-pub struct AuditTrail {
+pub struct AuditTrail(Arc<Trail>);
+
+struct Trail {
     redis: Redis,
     names: Names,
     config: AuditConfig,
     /// The writer task's queue, made with the task at the first entry (inside the runtime).
     /// The task ends once every clone of the trail is gone and the queue is drained.
-    stream: Arc<OnceLock<mpsc::Sender<redis::Cmd>>>,
+    stream: OnceLock<mpsc::Sender<redis::Cmd>>,
 }
 
 /// One record.
@@ -147,18 +150,18 @@ struct Record {
 
 impl AuditTrail {
     pub fn new(redis: Redis, names: Names, config: AuditConfig) -> Self {
-        Self {
+        Self(Arc::new(Trail {
             redis,
             names,
             config,
-            stream: Arc::default(),
-        }
+            stream: OnceLock::new(),
+        }))
     }
 
     fn stream_writer(&self) -> &mpsc::Sender<redis::Cmd> {
-        self.stream.get_or_init(|| {
+        self.0.stream.get_or_init(|| {
             let (sender, entries) = mpsc::channel(STREAM_QUEUE);
-            tokio::spawn(add_entries(self.redis.clone(), entries));
+            tokio::spawn(add_entries(self.0.redis.clone(), entries));
             sender
         })
     }
@@ -183,14 +186,14 @@ impl AuditTrail {
             // Nobody to attribute it to: the log line is the whole record.
             return;
         };
-        if !self.config.redis_stream {
+        if !self.0.config.redis_stream {
             return;
         }
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.names.audit_stream(&tenant))
+        cmd.arg(self.0.names.audit_stream(&tenant))
             .arg("MAXLEN")
             .arg("~")
-            .arg(self.config.max_entries)
+            .arg(self.0.config.max_entries)
             .arg("*");
         for (field, value) in record.fields() {
             cmd.arg(field).arg(value);

@@ -70,11 +70,6 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// 4: one side's window in one round.
-    pub fn intake_round(&self) -> Duration {
-        self.intake_window / self.intake_rounds.max(1)
-    }
-
     pub fn new(short: bool, soak: Option<Duration>) -> Self {
         Self {
             short,
@@ -123,6 +118,11 @@ impl Settings {
                 vec![400, 200, 100, 50, 25]
             },
         }
+    }
+
+    /// 4: one side's window in one round.
+    pub fn intake_round(&self) -> Duration {
+        self.intake_window / self.intake_rounds.max(1)
     }
 }
 

@@ -100,8 +100,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
 }
 
 /// Load before each measured window, not counted: a side that stood idle through the other's
-/// window starts cold (in 1-s rounds BullMQ's intake used 1.49 of the 2 cores where it uses
-/// 1.7 in 2-s ones, and came out 0.89 of ours against 0.77–1.02 in them).
+/// window starts cold (without it, in the short mode's 1-s rounds, BullMQ's intake used 1.49 of
+/// the 2 cores, against 1.73 in 2-s rounds, and ours read 1.17× it).
 const LEAD_IN: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// One intake under measurement: where to POST, whose CPU counts, what its windows measured.
@@ -122,23 +122,21 @@ impl Side {
         }
     }
 
-    async fn warm_up(&self, s: &Settings) {
+    /// `s.clients` clients POSTing for `length`.
+    async fn load(&self, s: &Settings, length: std::time::Duration) -> Tally {
         let client = self.client.clone();
-        tally_closed_loop(s.clients, s.intake_warmup, move |i| {
-            accepted(client.clone(), i)
-        })
-        .await;
+        tally_closed_loop(s.clients, length, move |i| accepted(client.clone(), i)).await
+    }
+
+    async fn warm_up(&self, s: &Settings) {
+        self.load(s, s.intake_warmup).await;
     }
 
     /// One measured window, after a short unmeasured lead-in; its POSTs/s.
     async fn window(&mut self, s: &Settings) -> f64 {
-        let client = self.client.clone();
-        tally_closed_loop(s.clients, LEAD_IN, move |i| accepted(client.clone(), i)).await;
-        let length = s.intake_round();
+        self.load(s, LEAD_IN).await;
         let meter = CpuMeter::start(self.groups.clone());
-        let client = self.client.clone();
-        let tally =
-            tally_closed_loop(s.clients, length, move |i| accepted(client.clone(), i)).await;
+        let tally = self.load(s, s.intake_round()).await;
         self.cpu.push(meter.finish());
         let per_sec = tally.per_sec();
         self.tally.add(tally);

@@ -157,50 +157,87 @@ impl Peer {
     }
 }
 
-/// `n` jobs POSTed by `clients` concurrent clients through the peer, after `warmup`, until
-/// every webhook has arrived.
-pub async fn throughput(
-    bins: &Binaries,
-    n: usize,
+/// The peer's intake and worker, warmed up, measured in batches that add up as
+/// [`crate::scenarios::WholePathFleet`] measures ours: `n` jobs POSTed, then every webhook
+/// awaited, each batch from its first POST to its last webhook.
+pub struct ThroughputPeer {
+    peer: Peer,
+    client: Client,
     clients: usize,
-    warmup: usize,
     concurrency: u16,
-) -> anyhow::Result<PeerRun> {
-    let mut peer = Peer::start(bins, concurrency, true).await?;
-    let client = peer.client();
-    client
-        .submit_many(warmup, clients, |i| format!("bench job {i}"))
-        .await?;
-    peer.wait_webhooks(0, warmup).await?;
-    let before = peer.app.receiver.count();
+    jobs: usize,
+    elapsed: Duration,
+    submitting: Duration,
+    cpu: Vec<CpuUse>,
+}
 
-    let meter = CpuMeter::start(peer.cpu_groups());
-    let started = Instant::now();
-    client
-        .submit_many(n, clients, |i| format!("bench job {i}"))
-        .await?;
-    let submitted = started.elapsed();
-    peer.wait_webhooks(before, n).await?;
-    let elapsed = started.elapsed();
-    let cpu = meter.finish();
-    let rejected = peer
-        .app
-        .receiver
-        .deliveries()
-        .iter()
-        .filter(|d| !d.verified)
-        .count();
-    if rejected > 0 {
-        bail!("the receiver refused {rejected} of the peer's webhooks (bad signature)");
+impl ThroughputPeer {
+    /// The peer, after `warmup` jobs have been run and delivered.
+    pub async fn start(
+        bins: &Binaries,
+        clients: usize,
+        warmup: usize,
+        concurrency: u16,
+    ) -> anyhow::Result<Self> {
+        let mut peer = Peer::start(bins, concurrency, true).await?;
+        let client = peer.client();
+        client
+            .submit_many(warmup, clients, |i| format!("bench job {i}"))
+            .await?;
+        peer.wait_webhooks(0, warmup).await?;
+        Ok(Self {
+            peer,
+            client,
+            clients,
+            concurrency,
+            jobs: 0,
+            elapsed: Duration::ZERO,
+            submitting: Duration::ZERO,
+            cpu: Vec::new(),
+        })
     }
-    Ok(PeerRun {
-        jobs: n,
-        clients,
-        concurrency,
-        jobs_per_sec: n as f64 / elapsed.as_secs_f64(),
-        accepted_posts_per_sec: n as f64 / submitted.as_secs_f64(),
-        cpu,
-    })
+
+    /// One measured batch of `n` jobs; its jobs/s.
+    pub async fn batch(&mut self, n: usize) -> anyhow::Result<f64> {
+        let before = self.peer.app.receiver.count();
+        let meter = CpuMeter::start(self.peer.cpu_groups());
+        let started = Instant::now();
+        self.client
+            .submit_many(n, self.clients, |i| format!("bench job {i}"))
+            .await?;
+        let submitted = started.elapsed();
+        self.peer.wait_webhooks(before, n).await?;
+        let elapsed = started.elapsed();
+        self.cpu.push(meter.finish());
+        self.jobs += n;
+        self.elapsed += elapsed;
+        self.submitting += submitted;
+        Ok(n as f64 / elapsed.as_secs_f64())
+    }
+
+    /// Every batch as one measurement; an error if the receiver refused any of the peer's
+    /// webhooks.
+    pub fn finish(self) -> anyhow::Result<PeerRun> {
+        let rejected = self
+            .peer
+            .app
+            .receiver
+            .deliveries()
+            .iter()
+            .filter(|d| !d.verified)
+            .count();
+        if rejected > 0 {
+            bail!("the receiver refused {rejected} of the peer's webhooks (bad signature)");
+        }
+        Ok(PeerRun {
+            jobs: self.jobs,
+            clients: self.clients,
+            concurrency: self.concurrency,
+            jobs_per_sec: self.jobs as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            accepted_posts_per_sec: self.jobs as f64 / self.submitting.as_secs_f64().max(1e-9),
+            cpu: CpuUse::over(&self.cpu),
+        })
+    }
 }
 
 /// The peer's intake alone, with no worker draining: scenario 4 measures it in windows

@@ -692,19 +692,6 @@ pub struct RoundTrips {
     pub dispatcher: Option<u64>,
 }
 
-impl RoundTrips {
-    /// Per job, between `before` and `self`: (workers, dispatcher).
-    pub fn per_job_since(self, before: Self, jobs: usize) -> (Option<f64>, Option<f64>) {
-        let per_job = |after: Option<u64>, before: Option<u64>| {
-            Some(after?.saturating_sub(before?) as f64 / jobs as f64)
-        };
-        (
-            per_job(self.workers, before.workers),
-            per_job(self.dispatcher, before.dispatcher),
-        )
-    }
-}
-
 /// The value of `agentfleet_redis_round_trips_total` in a Prometheus text, if it is there.
 fn round_trips_in(metrics: &str) -> Option<u64> {
     metrics

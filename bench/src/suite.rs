@@ -16,8 +16,10 @@ pub struct Settings {
     pub short: bool,
     /// Concurrent HTTP clients (and confirms in flight for the baselines).
     pub clients: usize,
-    /// 1 and 6: no-op jobs per run; the agent's concurrency (prefetch: `delivery_window`).
+    /// 1: no-op jobs per run; 1 and 6: the agent's concurrency (prefetch: `delivery_window`).
     pub throughput_jobs: usize,
+    /// 1: the batches those jobs go in, each side's, in turns with the BullMQ peer.
+    pub throughput_turns: usize,
     pub throughput_concurrency: u16,
     /// 2: jobs at `latency_rate` per second with the stub answering after `latency_stub`.
     pub latency_jobs: usize,
@@ -45,8 +47,9 @@ pub struct Settings {
     pub limit_tpm_rpm: u32,
     pub limit_tpm_span: Duration,
     pub limit_tpm_fault_rate: f64,
-    /// 6: worker process counts.
+    /// 6: worker process counts, and the jobs each runs.
     pub scaling_workers: Vec<usize>,
+    pub scaling_jobs: usize,
     /// 7: soak duration (only with `--soak`), rate and stub latency.
     pub soak: Option<Duration>,
     pub soak_rate: f64,
@@ -74,7 +77,8 @@ impl Settings {
         Self {
             short,
             clients: 64,
-            throughput_jobs: if short { 3_000 } else { 20_000 },
+            throughput_jobs: if short { 6_000 } else { 20_000 },
+            throughput_turns: if short { 2 } else { 4 },
             throughput_concurrency: 256,
             latency_jobs: if short { 150 } else { 1_000 },
             latency_rate: if short { 50.0 } else { 40.0 },
@@ -99,6 +103,7 @@ impl Settings {
             limit_tpm_span: Duration::from_secs(if short { 10 } else { 60 }),
             limit_tpm_fault_rate: 0.05,
             scaling_workers: vec![1, 2, 4],
+            scaling_jobs: if short { 3_000 } else { 20_000 },
             soak,
             soak_rate: 50.0,
             soak_latency: Duration::from_millis(100),

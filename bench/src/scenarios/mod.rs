@@ -81,20 +81,32 @@ pub fn redis_summary(per_job: &BTreeMap<String, f64>) -> String {
     format!("{total:.1} ({})", parts.join(", "))
 }
 
-/// Calls per job of each Redis command between two [`redis_command_calls`], less the two
-/// `INFO` calls of the measurement itself.
+/// Calls per job of each Redis command between two [`redis_command_calls`] (see
+/// [`command_calls_between`]).
 pub fn commands_per_job(
     before: &BTreeMap<String, u64>,
     after: &BTreeMap<String, u64>,
     jobs: usize,
 ) -> BTreeMap<String, f64> {
+    command_calls_between(before, after)
+        .into_iter()
+        .map(|(cmd, calls)| (cmd, calls as f64 / jobs as f64))
+        .collect()
+}
+
+/// Calls of each Redis command between two [`redis_command_calls`], less the `INFO` that read
+/// `before` (counted once it had run).
+fn command_calls_between(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
     after
         .iter()
         .filter_map(|(cmd, &after)| {
             let before = before.get(cmd).copied().unwrap_or_default();
             let own = u64::from(cmd == "info");
             let calls = after.saturating_sub(before).saturating_sub(own);
-            (calls > 0).then(|| (cmd.clone(), calls as f64 / jobs as f64))
+            (calls > 0).then(|| (cmd.clone(), calls))
         })
         .collect()
 }
@@ -121,76 +133,180 @@ pub async fn redis_command_calls() -> anyhow::Result<BTreeMap<String, u64>> {
         .collect())
 }
 
-pub async fn whole_path(ctx: &Ctx, workers: usize) -> anyhow::Result<WholePath> {
-    let s = &ctx.settings;
-    let n = s.throughput_jobs;
-    let mut agent = AgentSpec::new("bench");
-    agent.concurrency = s.throughput_concurrency;
-    let mut fleet =
-        Fleet::start(&ctx.bins, FleetOptions::new(agent, Duration::ZERO, workers)).await?;
+/// `n` jobs through a fleet of `workers` worker processes, in one batch.
+pub async fn whole_path(ctx: &Ctx, workers: usize, n: usize) -> anyhow::Result<WholePath> {
+    let mut fleet = WholePathFleet::start(ctx, workers).await?;
+    fleet.batch(n).await?;
+    Ok(fleet.finish())
+}
 
-    fleet.submit_many(WARMUP_JOBS, s.clients).await?;
-    fleet
-        .wait_webhooks_for(0, WARMUP_JOBS, Duration::from_secs(30))
-        .await?;
-    let before = fleet.app.receiver.count();
+/// A fleet warmed up for the whole path, measured in batches that add up: `n` jobs POSTed,
+/// then every webhook awaited, each batch from its first POST to its last webhook.
+/// Scenario 1 takes turns of such batches with the BullMQ peer.
+pub struct WholePathFleet {
+    fleet: Fleet,
+    workers: usize,
+    clients: usize,
+    agent_concurrency: u16,
+    jobs: usize,
+    elapsed: Duration,
+    submitting: Duration,
+    latencies: Vec<Duration>,
+    failed: usize,
+    cpu: Vec<CpuUse>,
+    counted: Counters,
+}
 
-    let redis_before = redis_command_calls().await?;
-    let round_trips_before = fleet.redis_round_trips().await?;
-    let frames_before = fleet.worker_counter(ACK_FRAMES).await?;
-    let queued_before = fleet.worker_counter(QUEUED_WEBHOOKS).await?;
-    let meter = CpuMeter::start(fleet.cpu_groups());
-    let started = Instant::now();
-    let sent = fleet.submit_many(n, s.clients).await?;
-    let submitted = started.elapsed();
-    fleet
-        .wait_webhooks_for(before, n, Duration::from_secs(120))
-        .await?;
-    let cpu = meter.finish();
-    let redis_after = redis_command_calls().await?;
-    let redis_commands_per_job = commands_per_job(&redis_before, &redis_after, n);
-    let redis_round_trips_per_job = fleet
-        .redis_round_trips()
-        .await?
-        .per_job_since(round_trips_before, n);
-    let per_job_since = |before: Option<u64>, after: Option<u64>| {
-        before
-            .zip(after)
-            .map(|(before, after)| after.saturating_sub(before) as f64 / n as f64)
-    };
-    let ack_frames_per_job = per_job_since(frames_before, fleet.worker_counter(ACK_FRAMES).await?);
-    let queued_webhooks_per_job =
-        per_job_since(queued_before, fleet.worker_counter(QUEUED_WEBHOOKS).await?);
-
-    let deliveries = fleet.deliveries_by_job();
-    let mut latencies = Vec::with_capacity(n);
-    let mut last = started;
-    let mut failed = 0;
-    for job in &sent {
-        let Some(d) = deliveries.get(&job.id) else {
-            anyhow::bail!("no webhook for job {}", job.id);
-        };
-        latencies.push(d.at.duration_since(job.at));
-        last = last.max(d.at);
-        failed += usize::from(!succeeded(d));
+impl WholePathFleet {
+    /// The fleet, after [`WARMUP_JOBS`] jobs have been run and delivered.
+    pub async fn start(ctx: &Ctx, workers: usize) -> anyhow::Result<Self> {
+        let s = &ctx.settings;
+        let mut agent = AgentSpec::new("bench");
+        agent.concurrency = s.throughput_concurrency;
+        let mut fleet =
+            Fleet::start(&ctx.bins, FleetOptions::new(agent, Duration::ZERO, workers)).await?;
+        fleet.submit_many(WARMUP_JOBS, s.clients).await?;
+        fleet
+            .wait_webhooks_for(0, WARMUP_JOBS, Duration::from_secs(30))
+            .await?;
+        Ok(Self {
+            fleet,
+            workers,
+            clients: s.clients,
+            agent_concurrency: s.throughput_concurrency,
+            jobs: 0,
+            elapsed: Duration::ZERO,
+            submitting: Duration::ZERO,
+            latencies: Vec::new(),
+            failed: 0,
+            cpu: Vec::new(),
+            counted: Counters::zero(),
+        })
     }
-    let elapsed = last.duration_since(started);
-    Ok(WholePath {
-        workers,
-        jobs: n,
-        clients: s.clients,
-        agent_concurrency: s.throughput_concurrency,
-        elapsed_secs: crate::report::secs(elapsed),
-        jobs_per_sec: n as f64 / elapsed.as_secs_f64(),
-        accepted_posts_per_sec: n as f64 / submitted.as_secs_f64(),
-        submit_to_webhook: Percentiles::of(&latencies),
-        failed_jobs: failed,
-        cpu,
-        redis_commands_per_job,
-        redis_round_trips_per_job,
-        ack_frames_per_job,
-        queued_webhooks_per_job,
-    })
+
+    /// One measured batch of `n` jobs; its jobs/s.
+    pub async fn batch(&mut self, n: usize) -> anyhow::Result<f64> {
+        let before = self.fleet.app.receiver.count();
+        let counters = Counters::read(&self.fleet).await?;
+        let meter = CpuMeter::start(self.fleet.cpu_groups());
+        let started = Instant::now();
+        let sent = self.fleet.submit_many(n, self.clients).await?;
+        let submitted = started.elapsed();
+        self.fleet
+            .wait_webhooks_for(before, n, Duration::from_secs(120))
+            .await?;
+        self.cpu.push(meter.finish());
+        let counted = Counters::read(&self.fleet).await?.since(&counters);
+        self.counted = std::mem::replace(&mut self.counted, Counters::zero()).plus(counted);
+
+        let deliveries = self.fleet.deliveries_by_job();
+        let mut last = started;
+        for job in &sent {
+            let Some(d) = deliveries.get(&job.id) else {
+                anyhow::bail!("no webhook for job {}", job.id);
+            };
+            self.latencies.push(d.at.duration_since(job.at));
+            last = last.max(d.at);
+            self.failed += usize::from(!succeeded(d));
+        }
+        let elapsed = last.duration_since(started);
+        self.jobs += n;
+        self.elapsed += elapsed;
+        self.submitting += submitted;
+        Ok(n as f64 / elapsed.as_secs_f64())
+    }
+
+    /// Every batch as one measurement.
+    pub fn finish(self) -> WholePath {
+        let n = self.jobs.max(1);
+        let per_job = |count: Option<u64>| count.map(|c| c as f64 / n as f64);
+        WholePath {
+            workers: self.workers,
+            jobs: self.jobs,
+            clients: self.clients,
+            agent_concurrency: self.agent_concurrency,
+            elapsed_secs: crate::report::secs(self.elapsed),
+            jobs_per_sec: self.jobs as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            accepted_posts_per_sec: self.jobs as f64 / self.submitting.as_secs_f64().max(1e-9),
+            submit_to_webhook: Percentiles::of(&self.latencies),
+            failed_jobs: self.failed,
+            cpu: CpuUse::over(&self.cpu),
+            redis_commands_per_job: self
+                .counted
+                .redis_calls
+                .iter()
+                .map(|(cmd, &calls)| (cmd.clone(), calls as f64 / n as f64))
+                .collect(),
+            redis_round_trips_per_job: (
+                per_job(self.counted.worker_round_trips),
+                per_job(self.counted.dispatcher_round_trips),
+            ),
+            ack_frames_per_job: per_job(self.counted.ack_frames),
+            queued_webhooks_per_job: per_job(self.counted.queued_webhooks),
+        }
+    }
+}
+
+/// The counters a whole-path batch reads before and after itself (`None` where a binary does
+/// not export one: one built before it existed, measured for a before/after).
+struct Counters {
+    redis_calls: BTreeMap<String, u64>,
+    worker_round_trips: Option<u64>,
+    dispatcher_round_trips: Option<u64>,
+    ack_frames: Option<u64>,
+    queued_webhooks: Option<u64>,
+}
+
+impl Counters {
+    fn zero() -> Self {
+        Self {
+            redis_calls: BTreeMap::new(),
+            worker_round_trips: Some(0),
+            dispatcher_round_trips: Some(0),
+            ack_frames: Some(0),
+            queued_webhooks: Some(0),
+        }
+    }
+
+    async fn read(fleet: &Fleet) -> anyhow::Result<Self> {
+        let round_trips = fleet.redis_round_trips().await?;
+        Ok(Self {
+            redis_calls: redis_command_calls().await?,
+            worker_round_trips: round_trips.workers,
+            dispatcher_round_trips: round_trips.dispatcher,
+            ack_frames: fleet.worker_counter(ACK_FRAMES).await?,
+            queued_webhooks: fleet.worker_counter(QUEUED_WEBHOOKS).await?,
+        })
+    }
+
+    /// What was counted from `before` to `self`.
+    fn since(&self, before: &Self) -> Self {
+        let delta = |after: Option<u64>, before: Option<u64>| Some(after?.saturating_sub(before?));
+        Self {
+            redis_calls: command_calls_between(&before.redis_calls, &self.redis_calls),
+            worker_round_trips: delta(self.worker_round_trips, before.worker_round_trips),
+            dispatcher_round_trips: delta(
+                self.dispatcher_round_trips,
+                before.dispatcher_round_trips,
+            ),
+            ack_frames: delta(self.ack_frames, before.ack_frames),
+            queued_webhooks: delta(self.queued_webhooks, before.queued_webhooks),
+        }
+    }
+
+    fn plus(mut self, other: Self) -> Self {
+        for (cmd, calls) in other.redis_calls {
+            *self.redis_calls.entry(cmd).or_default() += calls;
+        }
+        let sum = |a: Option<u64>, b: Option<u64>| Some(a? + b?);
+        Self {
+            redis_calls: self.redis_calls,
+            worker_round_trips: sum(self.worker_round_trips, other.worker_round_trips),
+            dispatcher_round_trips: sum(self.dispatcher_round_trips, other.dispatcher_round_trips),
+            ack_frames: sum(self.ack_frames, other.ack_frames),
+            queued_webhooks: sum(self.queued_webhooks, other.queued_webhooks),
+        }
+    }
 }
 
 /// The workers' ack frames counter (every kind).

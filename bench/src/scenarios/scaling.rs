@@ -13,7 +13,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut runs = Vec::new();
     let mut single = None;
     for &workers in &ctx.settings.scaling_workers {
-        let whole = super::whole_path(ctx, workers).await?;
+        let whole = super::whole_path(ctx, workers, ctx.settings.scaling_jobs).await?;
         let base = *single.get_or_insert(whole.jobs_per_sec);
         let mut row = Row::new(
             &format!("{workers} worker process(es)"),

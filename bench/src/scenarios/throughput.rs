@@ -3,19 +3,31 @@
 //! with confirms and consuming with manual acks, the same message size, a quorum queue, the same
 //! prefetch), and against the queue a team would pick instead: BullMQ behind a Node intake
 //! (`crate::bullmq`), the same jobs, clients, stub and receiver.
+//!
+//! Ours and the peer take turns: both are up and warm, and the jobs go in batches in the
+//! order ours, peer, peer, ours, … Measured one after the other, the VM's drift landed on
+//! whichever side went second: consecutive runs of one build read 1.38× and 1.03× the peer.
 
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::baseline;
-use crate::bullmq;
+use crate::bullmq::{self, PeerRun, ThroughputPeer};
 use crate::report::{Outcome, Row};
-use crate::suite::Ctx;
+use crate::scenarios::WholePathFleet;
+use crate::suite::{Ctx, Settings};
+
+/// The peer's worker concurrency: BullMQ's own knob, at the clients' count.
+const PEER_CONCURRENCY: u16 = 64;
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let s = &ctx.settings;
-    let whole = super::whole_path(ctx, 1).await?;
+    let mut notes = Vec::new();
+    let mut ours = WholePathFleet::start(ctx, 1).await?;
+    let mut peer = start_peer(ctx, &mut notes).await;
+    let turns = take_turns(s, &mut ours, &mut peer, &mut notes).await?;
+    let whole = ours.finish();
     let payload = baseline::job_payload("bench");
     let ceiling = baseline::pipeline(
         s.throughput_jobs,
@@ -41,10 +53,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
                 .info("—"),
         );
     }
-    let mut notes = vec![
+    notes.splice(
+        0..0,
+        [
         format!(
-            "{} jobs, {} clients, agent concurrency {}, {} B job message; CPU while measured: {}.",
+            "{} jobs in {} batches, {} clients, agent concurrency {}, {} B job message; CPU while measured: {}.",
             whole.jobs,
+            s.throughput_turns,
             whole.clients,
             whole.agent_concurrency,
             payload.len(),
@@ -71,8 +86,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
                 .queued_webhooks_per_job
                 .map_or("not counted".to_owned(), |f| format!("{f:.2}"))
         ),
-    ];
-    let peer = peer_rows(ctx, whole.jobs_per_sec, &mut rows, &mut notes).await;
+        ],
+    );
+    let peer =
+        peer.and_then(|peer| peer_rows(whole.jobs_per_sec, peer, &turns, (&mut rows, &mut notes)));
     if whole.failed_jobs > 0 {
         notes.push(format!(
             "{} jobs failed instead of succeeding.",
@@ -86,60 +103,102 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             "whole_path": whole,
             "ceiling_msgs_per_sec": ceiling,
             "bullmq": peer,
+            "turns": turns,
             "message_bytes": payload.len(),
         }),
     })
 }
 
-/// The BullMQ peer's rows: its jobs/s, ours against it, and CPU per job of each. A peer that
-/// cannot run here (no Node) or fails is said loudly, in the notes and on stderr; our own rows
-/// stand either way.
-async fn peer_rows(
-    ctx: &Ctx,
-    ours: f64,
-    rows: &mut Vec<Row>,
-    notes: &mut Vec<String>,
-) -> Option<bullmq::PeerRun> {
-    let s = &ctx.settings;
+/// The BullMQ peer, warmed up, or why it does not run (said loudly, in the notes and on
+/// stderr; our own rows stand either way).
+async fn start_peer(ctx: &Ctx, notes: &mut Vec<String>) -> Option<ThroughputPeer> {
     if let Some(reason) = bullmq::unavailable() {
         eprintln!("bench: WARNING: the BullMQ peer is SKIPPED: {reason}");
         notes.push(format!("BullMQ peer SKIPPED: {reason}."));
         return None;
     }
-    let concurrency = 64;
-    let run = bullmq::throughput(
-        &ctx.bins,
-        s.throughput_jobs,
-        s.clients,
-        super::WARMUP_JOBS,
-        concurrency,
-    )
-    .await;
-    match run {
-        Ok(peer) => {
-            let ratio = ours / peer.jobs_per_sec;
-            rows.push(
-                Row::new("whole-path jobs/s vs BullMQ", ours, "jobs/s")
-                    .baseline("BullMQ + Node intake", peer.jobs_per_sec, "jobs/s")
-                    .goal("≥ 1.0", ratio >= 1.0),
-            );
-            notes.push(format!(
-                "BullMQ peer ({} jobs, {} clients, worker concurrency {concurrency}): {:.0} jobs/s, intake {:.0} POSTs/s while draining; CPU while measured: {}; CPU ms per job: {}.",
-                peer.jobs,
-                peer.clients,
-                peer.jobs_per_sec,
-                peer.accepted_posts_per_sec,
-                peer.cpu.summary(),
-                peer.cpu.per_job_ms(peer.jobs)
-            ));
-            Some(peer)
+    let s = &ctx.settings;
+    let started =
+        ThroughputPeer::start(&ctx.bins, s.clients, super::WARMUP_JOBS, PEER_CONCURRENCY).await;
+    started.map_err(|err| peer_failed(&err, notes)).ok()
+}
+
+fn peer_failed(err: &anyhow::Error, notes: &mut Vec<String>) {
+    eprintln!("bench: WARNING: the BullMQ peer failed: {err:#}");
+    notes.push(format!("BullMQ peer FAILED: {err:#}."));
+}
+
+/// Each turn's jobs/s, ours and the peer's (0 where it does not run), in the order ours,
+/// peer, peer, ours, …; a peer that fails takes no more turns.
+async fn take_turns(
+    s: &Settings,
+    ours: &mut WholePathFleet,
+    peer: &mut Option<ThroughputPeer>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Vec<[f64; 2]>> {
+    let batch = s.throughput_jobs / s.throughput_turns.max(1);
+    let mut turns = Vec::new();
+    for turn in 0..s.throughput_turns.max(1) {
+        let peer_first = turn % 2 == 1;
+        let mut pair = [0.0; 2];
+        if peer_first {
+            pair[1] = peer_batch(peer, batch, notes).await;
         }
+        pair[0] = ours.batch(batch).await?;
+        if !peer_first {
+            pair[1] = peer_batch(peer, batch, notes).await;
+        }
+        turns.push(pair);
+    }
+    Ok(turns)
+}
+
+/// One batch through the peer, if it still runs; its jobs/s.
+async fn peer_batch(peer: &mut Option<ThroughputPeer>, n: usize, notes: &mut Vec<String>) -> f64 {
+    let Some(running) = peer.as_mut() else {
+        return 0.0;
+    };
+    match running.batch(n).await {
+        Ok(jobs_per_sec) => jobs_per_sec,
         Err(err) => {
-            eprintln!("bench: WARNING: the BullMQ peer failed: {err:#}");
-            notes.push(format!("BullMQ peer FAILED: {err:#}."));
-            None
+            peer_failed(&err, notes);
+            *peer = None;
+            0.0
         }
     }
+}
+
+/// The BullMQ peer's rows: ours against it, and CPU per job of each; none if it failed.
+fn peer_rows(
+    ours: f64,
+    peer: ThroughputPeer,
+    turns: &[[f64; 2]],
+    (rows, notes): (&mut Vec<Row>, &mut Vec<String>),
+) -> Option<PeerRun> {
+    let peer = peer.finish().map_err(|err| peer_failed(&err, notes)).ok()?;
+    let ratio = ours / peer.jobs_per_sec;
+    rows.push(
+        Row::new("whole-path jobs/s vs BullMQ", ours, "jobs/s")
+            .baseline("BullMQ + Node intake", peer.jobs_per_sec, "jobs/s")
+            .goal("≥ 1.0", ratio >= 1.0),
+    );
+    let per_turn: Vec<String> = turns
+        .iter()
+        .map(|[mine, theirs]| format!("{:.2}", mine / theirs))
+        .collect();
+    notes.push(format!(
+        "BullMQ peer ({} jobs, {} clients, worker concurrency {}): {:.0} jobs/s, intake {:.0} POSTs/s while draining; CPU while measured: {}; CPU ms per job: {}. \
+         In turns (ours, BullMQ, BullMQ, ours, …); ours ÷ BullMQ per turn: {}.",
+        peer.jobs,
+        peer.clients,
+        peer.concurrency,
+        peer.jobs_per_sec,
+        peer.accepted_posts_per_sec,
+        peer.cpu.summary(),
+        peer.cpu.per_job_ms(peer.jobs),
+        per_turn.join(", ")
+    ));
+    Some(peer)
 }
 
 /// A per-job figure, or why there is none.

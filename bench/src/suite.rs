@@ -87,7 +87,7 @@ impl Settings {
             slow_concurrency: 2_000,
             slow_latency: Duration::from_secs(1),
             intake_warmup: Duration::from_secs(if short { 1 } else { 2 }),
-            intake_window: Duration::from_secs(if short { 3 } else { 10 }),
+            intake_window: Duration::from_secs(if short { 6 } else { 10 }),
             intake_rounds: if short { 3 } else { 5 },
             limit_workers: 3,
             // The short form keeps the count of admitted requests: 30 s at 4× the limit.

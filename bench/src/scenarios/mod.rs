@@ -28,8 +28,10 @@ use crate::suite::Ctx;
 /// quorum queues' leaders are warm — and, for the BullMQ peer, which gets as many, so V8 has
 /// compiled its hot paths: after 100 jobs it ran 3,000 jobs at about half the rate it ran
 /// 20,000, which made the short suite's ratio flatter us (1.5–2.1× where the full size gave
-/// 0.8–1.2×).
-pub const WARMUP_JOBS: usize = 2_000;
+/// 0.8–1.2×). After 2,000 it still sped up: in turns (scenario 1), its first measured batch
+/// was the slowest, and our first turn read 0.25 above our second on average over six short
+/// runs; after 5,000, 0.00 over three.
+pub const WARMUP_JOBS: usize = 5_000;
 
 /// The whole path at saturation: `n` no-op jobs POSTed by `clients` concurrent clients
 /// through one dispatcher process and `workers` worker processes, until every webhook has

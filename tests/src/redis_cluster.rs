@@ -297,6 +297,45 @@ impl ClusterRedis {
         .await
     }
 
+    /// Moves `slots` hash slots, keys and all, from the master on `from` to the master on
+    /// `to` (`redis-cli --cluster reshard`: slot by slot, marked migrating and importing, its
+    /// keys moved with `MIGRATE`, then given to `to`); answers how long it took.
+    pub async fn reshard(
+        &self,
+        from: u16,
+        to: u16,
+        slots: u32,
+        within: Duration,
+    ) -> anyhow::Result<Duration> {
+        let from_id: String = query(&url(from), redis::cmd("CLUSTER").arg("MYID")).await?;
+        let to_id: String = query(&url(to), redis::cmd("CLUSTER").arg("MYID")).await?;
+        let mut command = Command::new("redis-cli");
+        command
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"]);
+        let started = std::time::Instant::now();
+        let output = tokio::task::spawn_blocking(move || output_within(command, within)).await??;
+        if !output.status.success() {
+            bail!(
+                "redis-cli --cluster reshard failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(started.elapsed())
+    }
+
+    /// How many hash slots the master on `port` serves, as it says itself.
+    pub async fn slots_of(&self, port: u16) -> anyhow::Result<usize> {
+        let nodes: String = query(&url(port), redis::cmd("CLUSTER").arg("NODES")).await?;
+        nodes
+            .lines()
+            .find(|line| line.contains("myself"))
+            .map(slots_in)
+            .context("CLUSTER NODES names no `myself`")
+    }
+
     /// How often each master has run `command` (`INFO commandstats`, e.g. `wait`), in the
     /// order of [`Self::masters`].
     pub async fn calls_per_master(&self, command: &str) -> anyhow::Result<Vec<u64>> {
@@ -369,6 +408,21 @@ fn masters_in(nodes: &str) -> Vec<String> {
     masters
 }
 
+/// The slots a `CLUSTER NODES` line serves: its ranges (`0-5460`) and single slots (`5461`),
+/// not the ones it is importing or migrating (`[5461->-b2]`).
+fn slots_in(line: &str) -> usize {
+    line.split_whitespace()
+        .skip(8)
+        .filter(|field| !field.starts_with('['))
+        .filter_map(|field| match field.split_once('-') {
+            Some((first, last)) => {
+                Some(last.parse::<usize>().ok()? + 1 - first.parse::<usize>().ok()?)
+            }
+            None => field.parse::<usize>().ok().map(|_| 1),
+        })
+        .sum()
+}
+
 async fn query<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cmd) -> anyhow::Result<T> {
     let client = redis::Client::open(url)?;
     let config = redis::AsyncConnectionConfig::new()
@@ -395,6 +449,17 @@ d4 127.0.0.1:30004@40004 slave a1 0 0 1 connected
         assert_eq!(
             masters_in(nodes),
             ["redis://127.0.0.1:30001", "redis://127.0.0.1:30002"]
+        );
+    }
+
+    #[test]
+    fn slots_are_counted_from_ranges_and_single_slots() {
+        let line =
+            "a1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-99 150 200-201 [300->-b2]";
+        assert_eq!(slots_in(line), 103);
+        assert_eq!(
+            slots_in("c3 127.0.0.1:30003@40003 master,fail - 0 0 3 connected"),
+            0
         );
     }
 }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use serde_json::{json, Value};
 
 use agentfleet_stub::llm::Behavior;
@@ -610,4 +611,115 @@ async fn the_client_comes_back_after_the_whole_cluster_was_down() -> anyhow::Res
         restarted.elapsed()
     );
     Ok(())
+}
+
+/// Half the slots of the master holding acme's keys move to another master (`redis-cli
+/// --cluster reshard`, keys and all) while 100 jobs are submitted and run: the clients follow
+/// the slots (`ASK` while a slot migrates, `MOVED` after), and no accepted job is lost — each
+/// succeeds, once, and its webhook arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_moved_mid_run_lose_no_accepted_job_on_a_cluster() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = ClusterRedis::start(3, 0).await?;
+    let mut agent = AgentSpec::new("summarize");
+    agent.concurrency = 32;
+    agent.retry_attempts = 10;
+    agent.retry_max_delay_secs = 2;
+    let app = spawn_on(
+        &cluster,
+        "",
+        AppOptions {
+            agents: vec![agent],
+            behavior: Behavior {
+                latency: Duration::from_millis(50),
+                ..Behavior::default()
+            },
+            ..AppOptions::default()
+        },
+    )
+    .await?;
+    let from = cluster
+        .owner_of(&app.names().idempotency_key("acme", "any"))
+        .await?;
+    let to = *cluster
+        .ports()
+        .iter()
+        .find(|&&port| port != from)
+        .context("a second master")?;
+    let before = cluster.slots_of(from).await?;
+
+    let n = 100;
+    let (tally, rejected, resharded) =
+        submit_across_a_reshard(&app, &cluster, (from, to), n).await?;
+    let ids = tally.accepted;
+    let records = app.wait_terminal(&ids, Duration::from_secs(90)).await?;
+    let succeeded = records
+        .iter()
+        .filter(|r| r["status"] == "succeeded")
+        .count();
+    app.wait_webhooks(ids.len(), Duration::from_secs(60))
+        .await?;
+    let after = cluster.slots_of(from).await?;
+    let calls = app.llm.calls_per_job();
+    let repeated = ids.iter().filter(|id| calls.get(*id) != Some(&1)).count();
+    println!(
+        "redis cluster reshard ({} slots from {from} to {to} in {resharded:?}, {before} → {after}): \
+         accepted {} of {n} (keys stuck at 409: {}), 503s {rejected}, succeeded {succeeded}, \
+         webhooks {}, jobs not called exactly once {repeated}",
+        before / 2,
+        ids.len(),
+        tally.stuck_keys,
+        app.receiver.count(),
+    );
+    assert_eq!(after, before - before / 2, "the reshard moved the slots");
+    assert_eq!(
+        ids.len(),
+        n as usize,
+        "every submission was accepted in the end"
+    );
+    assert_eq!(succeeded, ids.len(), "every accepted job succeeded");
+    assert_eq!(repeated, 0, "each job called its model once: {calls:?}");
+    assert_eq!(
+        app.llm.double_runs(),
+        0,
+        "no job ran on two workers at once"
+    );
+    let stats = cluster.error_stats().await?;
+    assert!(!stats.iter().any(|s| s.contains("CROSSSLOT")), "{stats:?}");
+    Ok(())
+}
+
+/// Submits `n` jobs 40 ms apart and, a fifth of the way through, moves half of `from`'s
+/// slots to `to`; answers the submissions' ends, the 503s met on the way, and how long the
+/// reshard took.
+async fn submit_across_a_reshard(
+    app: &TestApp,
+    cluster: &ClusterRedis,
+    (from, to): (u16, u16),
+    n: u32,
+) -> anyhow::Result<(Tally, usize, Duration)> {
+    let spacing = Duration::from_millis(40);
+    let started = Instant::now();
+    let rejected = Rejections::default();
+    let submitter = futures_util::future::join_all((0..n).map(|i| {
+        let rejected = &rejected;
+        async move {
+            tokio::time::sleep_until((started + spacing * i).into()).await;
+            submit_until_accepted(app, i as usize, rejected).await
+        }
+    }));
+    let reshard = async {
+        tokio::time::sleep_until((started + spacing * (n / 5)).into()).await;
+        let slots = cluster.slots_of(from).await? / 2;
+        cluster
+            .reshard(from, to, u32::try_from(slots)?, Duration::from_secs(120))
+            .await
+    };
+    let (submitted, resharded) = tokio::join!(submitter, reshard);
+    let tally = submitted.into_iter().collect::<anyhow::Result<Tally>>()?;
+    let rejected = rejected
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .len();
+    Ok((tally, rejected, resharded?))
 }

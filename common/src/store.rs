@@ -54,6 +54,15 @@ struct Durability {
     wait: Duration,
 }
 
+/// The pauses before sending again a transaction whose slot a cluster moved: a slot with a
+/// few keys migrates in about a millisecond (`redis-cli --cluster reshard`).
+const SLOT_MOVE_PAUSES: [Duration; 4] = [
+    Duration::from_millis(5),
+    Duration::from_millis(20),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+];
+
 /// A cheap-clone handle to Redis with a per-command timeout.
 #[derive(Clone)]
 pub struct Redis {
@@ -120,11 +129,43 @@ impl Redis {
 
     /// Runs a pipeline; one that is not a transaction may span hash slots (`Conn::query_pipe`).
     pub async fn pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
-        self.on_master(
-            false,
-            |mut conn| async move { Ok(conn.query_pipe(pipe).await?) },
-        )
+        self.following_slots(pipe, || {
+            self.on_master(
+                false,
+                |mut conn| async move { Ok(conn.query_pipe(pipe).await?) },
+            )
+        })
         .await
+    }
+
+    /// Runs `attempt`, and again where a cluster aborted the transaction `pipe` because its
+    /// slot moved to another master (see [`link::slot_moved_under`]): after a pause that lets a
+    /// migrating slot finish moving, and a read of the transaction's key that follows the
+    /// redirection, so the client learns the slot's new owner. Without it, a reshard answered
+    /// a few submissions 503 (their `MULTI` sent to the slot's old owner).
+    async fn following_slots<T, F, Fut>(
+        &self,
+        pipe: &redis::Pipeline,
+        attempt: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut result = attempt().await;
+        for pause in SLOT_MOVE_PAUSES {
+            match &result {
+                Err(err) if pipe.is_transaction() && link::slot_moved_under(err) => {}
+                _ => return result,
+            }
+            tokio::time::sleep(pause).await;
+            if let Some(key) = link::first_key(pipe) {
+                // Its answer does not matter: following it is the point.
+                let _: Result<i64, _> = self.cmd(redis::cmd("EXISTS").arg(key)).await;
+            }
+            result = attempt().await;
+        }
+        result
     }
 
     pub async fn script<T: FromRedisValue>(
@@ -189,16 +230,19 @@ impl Redis {
             with_wait.cmd("EXEC");
         }
         durability.wait_in(&mut with_wait);
-        self.on_master(true, |mut conn| async move {
-            let mut replies: Vec<Value> = with_wait.query_async(&mut conn).await?;
-            let acked = match replies.pop() {
-                Some(Value::Int(acked)) => acked,
-                other => return Err(StoreError::UnexpectedAnswer(format!("WAIT: {other:?}"))),
-            };
-            for reply in replies {
-                reply.extract_error()?;
-            }
-            durability.check(acked)
+        self.following_slots(pipe, || {
+            let with_wait = &with_wait;
+            self.on_master(true, move |mut conn| async move {
+                let mut replies: Vec<Value> = with_wait.query_async(&mut conn).await?;
+                let acked = match replies.pop() {
+                    Some(Value::Int(acked)) => acked,
+                    other => return Err(StoreError::UnexpectedAnswer(format!("WAIT: {other:?}"))),
+                };
+                for reply in replies {
+                    reply.extract_error()?;
+                }
+                durability.check(acked)
+            })
         })
         .await
     }

@@ -453,6 +453,34 @@ fn means_new_master(err: &StoreError) -> bool {
     }
 }
 
+/// Whether a transaction was aborted because a cluster moved its slot: commands inside
+/// `MULTI` answered `MOVED` (the slot has a new owner), `ASK` (it is migrating, and the key is
+/// not, or no longer, here) or `TRYAGAIN`. The client follows those for single commands and
+/// scripts, but not inside a transaction: the node aborts it (`EXECABORT`) and nothing of it
+/// was written.
+pub(super) fn slot_moved_under(err: &StoreError) -> bool {
+    let StoreError::Redis(err) = err else {
+        return false;
+    };
+    err.kind() == ErrorKind::Server(ServerErrorKind::ExecAbort)
+        && err.clone().into_server_errors().is_some_and(|errors| {
+            errors.iter().any(|(_, error)| {
+                matches!(
+                    error.kind(),
+                    Some(ServerErrorKind::Moved | ServerErrorKind::Ask | ServerErrorKind::TryAgain)
+                )
+            })
+        })
+}
+
+/// The key of a pipeline's first command (the one a cluster client routes it by).
+pub(super) fn first_key(pipe: &Pipeline) -> Option<Vec<u8>> {
+    match pipe.cmd_iter().next()?.args_iter().nth(1)? {
+        redis::Arg::Simple(key) => Some(key.to_vec()),
+        _ => None,
+    }
+}
+
 /// Whether a failed command on a cluster suggests its connections are stale: the node did not
 /// answer (I/O, timeout). A server's own error (`MOVED`, a script's) says nothing of the kind.
 fn means_broken_link(err: &StoreError) -> bool {
@@ -484,6 +512,25 @@ mod tests {
             acked: 0,
             wanted: 1
         }));
+    }
+
+    #[test]
+    fn a_transaction_is_routed_by_its_first_commands_key() {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset("p:job:{j:1}", "record", "{}")
+            .expire("p:job:{j:1}", 60);
+        assert_eq!(first_key(&pipe).as_deref(), Some(&b"p:job:{j:1}"[..]));
+        assert_eq!(first_key(&redis::pipe()), None);
+    }
+
+    #[test]
+    fn only_an_aborted_transaction_can_mean_a_moved_slot() {
+        assert!(!slot_moved_under(&server(ServerErrorKind::Moved)));
+        assert!(!slot_moved_under(&server(ServerErrorKind::ExecAbort)));
+        assert!(!slot_moved_under(&StoreError::Timeout(
+            Duration::from_millis(1)
+        )));
     }
 
     #[test]

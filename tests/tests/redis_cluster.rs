@@ -320,6 +320,54 @@ struct MasterKill {
     rejoined: Duration,
 }
 
+/// Waits for every job of `ids` to end and for a webhook each; answers how many succeeded.
+async fn succeeded_and_delivered(app: &TestApp, ids: &[String]) -> anyhow::Result<usize> {
+    let records = app.wait_terminal(ids, Duration::from_secs(90)).await?;
+    app.wait_webhooks(ids.len(), Duration::from_secs(60))
+        .await?;
+    Ok(records
+        .iter()
+        .filter(|r| r["status"] == "succeeded")
+        .count())
+}
+
+/// An app for jobs submitted while the cluster changes under them: 50-ms model calls, 32 at a
+/// time, and retries enough (10, at most 2 s apart) to outlast a failover.
+async fn spawn_for_churn(cluster: &ClusterRedis, redis_extra: &str) -> anyhow::Result<TestApp> {
+    let mut agent = AgentSpec::new("summarize");
+    agent.concurrency = 32;
+    agent.retry_attempts = 10;
+    agent.retry_max_delay_secs = 2;
+    agent.timeout_secs = 600;
+    let behavior = Behavior {
+        latency: Duration::from_millis(50),
+        ..Behavior::default()
+    };
+    let options = AppOptions {
+        agents: vec![agent],
+        behavior,
+        ..AppOptions::default()
+    };
+    spawn_on(cluster, redis_extra, options).await
+}
+
+/// Submits `n` jobs `spacing` apart (see [`submit_until_accepted`]), noting 503s in
+/// `rejected`.
+async fn submit_spaced(
+    app: &TestApp,
+    n: u32,
+    spacing: Duration,
+    rejected: &Rejections,
+) -> anyhow::Result<Tally> {
+    let started = Instant::now();
+    let submitted = futures_util::future::join_all((0..n).map(|i| async move {
+        tokio::time::sleep_until((started + spacing * i).into()).await;
+        submit_until_accepted(app, i as usize, rejected).await
+    }))
+    .await;
+    submitted.into_iter().collect()
+}
+
 /// Submits `n` jobs 60 ms apart, SIGKILLs `victim` a third of the way through, waits for its
 /// replica's promotion and for it to come back as a replica.
 async fn submit_across_a_master_kill(
@@ -331,13 +379,7 @@ async fn submit_across_a_master_kill(
     let spacing = Duration::from_millis(60);
     let started = Instant::now();
     let rejected = Rejections::default();
-    let submitter = futures_util::future::join_all((0..n).map(|i| {
-        let rejected = &rejected;
-        async move {
-            tokio::time::sleep_until((started + spacing * i).into()).await;
-            submit_until_accepted(app, i as usize, rejected).await
-        }
-    }));
+    let submitter = submit_spaced(app, n, spacing, &rejected);
     let chaos = async {
         tokio::time::sleep_until((started + spacing * (n / 3)).into()).await;
         let at = Instant::now();
@@ -353,7 +395,7 @@ async fn submit_across_a_master_kill(
     };
     let (submitted, chaos) = tokio::join!(submitter, chaos);
     let (at, promoted, rejoined) = chaos?;
-    let tally = submitted.into_iter().collect::<anyhow::Result<Tally>>()?;
+    let tally = submitted?;
     let rejected = rejected.into_inner().unwrap_or_else(|p| p.into_inner());
     Ok((
         tally,
@@ -403,24 +445,8 @@ async fn submit_until_accepted(
 async fn a_master_killed_mid_run_loses_no_accepted_job_on_a_cluster() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let mut cluster = ClusterRedis::start_with(3, 1, Duration::from_secs(2)).await?;
-    let mut agent = AgentSpec::new("summarize");
-    agent.concurrency = 32;
-    agent.retry_attempts = 10;
-    agent.retry_max_delay_secs = 2;
-    agent.timeout_secs = 600;
-    let mut app = spawn_on(
-        &cluster,
-        ", min_replicas_acked: 1, wait_timeout_ms: 500",
-        AppOptions {
-            agents: vec![agent],
-            behavior: Behavior {
-                latency: Duration::from_millis(50),
-                ..Behavior::default()
-            },
-            ..AppOptions::default()
-        },
-    )
-    .await?;
+    let mut app =
+        spawn_for_churn(&cluster, ", min_replicas_acked: 1, wait_timeout_ms: 500").await?;
     let victim = cluster
         .owner_of(&app.names().idempotency_key("acme", "any"))
         .await?;
@@ -439,13 +465,7 @@ async fn a_master_killed_mid_run_loses_no_accepted_job_on_a_cluster() -> anyhow:
         after_kill(kill.rejected.iter().min()),
         after_kill(kill.rejected.iter().max()),
     );
-    let records = app.wait_terminal(&ids, Duration::from_secs(90)).await?;
-    let succeeded = records
-        .iter()
-        .filter(|r| r["status"] == "succeeded")
-        .count();
-    app.wait_webhooks(ids.len(), Duration::from_secs(60))
-        .await?;
+    let succeeded = succeeded_and_delivered(&app, &ids).await?;
     // The harness cleans up on the masters there are now.
     app.redis_masters = cluster.masters().await?;
     println!(
@@ -621,23 +641,7 @@ async fn the_client_comes_back_after_the_whole_cluster_was_down() -> anyhow::Res
 async fn slots_moved_mid_run_lose_no_accepted_job_on_a_cluster() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let cluster = ClusterRedis::start(3, 0).await?;
-    let mut agent = AgentSpec::new("summarize");
-    agent.concurrency = 32;
-    agent.retry_attempts = 10;
-    agent.retry_max_delay_secs = 2;
-    let app = spawn_on(
-        &cluster,
-        "",
-        AppOptions {
-            agents: vec![agent],
-            behavior: Behavior {
-                latency: Duration::from_millis(50),
-                ..Behavior::default()
-            },
-            ..AppOptions::default()
-        },
-    )
-    .await?;
+    let app = spawn_for_churn(&cluster, "").await?;
     let from = cluster
         .owner_of(&app.names().idempotency_key("acme", "any"))
         .await?;
@@ -652,13 +656,7 @@ async fn slots_moved_mid_run_lose_no_accepted_job_on_a_cluster() -> anyhow::Resu
     let (tally, rejected, resharded) =
         submit_across_a_reshard(&app, &cluster, (from, to), n).await?;
     let ids = tally.accepted;
-    let records = app.wait_terminal(&ids, Duration::from_secs(90)).await?;
-    let succeeded = records
-        .iter()
-        .filter(|r| r["status"] == "succeeded")
-        .count();
-    app.wait_webhooks(ids.len(), Duration::from_secs(60))
-        .await?;
+    let succeeded = succeeded_and_delivered(&app, &ids).await?;
     let after = cluster.slots_of(from).await?;
     let calls = app.llm.calls_per_job();
     let repeated = ids.iter().filter(|id| calls.get(*id) != Some(&1)).count();
@@ -704,13 +702,7 @@ async fn submit_across_a_reshard(
     let spacing = Duration::from_millis(40);
     let started = Instant::now();
     let rejected = Rejections::default();
-    let submitter = futures_util::future::join_all((0..n).map(|i| {
-        let rejected = &rejected;
-        async move {
-            tokio::time::sleep_until((started + spacing * i).into()).await;
-            submit_until_accepted(app, i as usize, rejected).await
-        }
-    }));
+    let submitter = submit_spaced(app, n, spacing, &rejected);
     let reshard = async {
         tokio::time::sleep_until((started + spacing * (n / 5)).into()).await;
         let slots = cluster.slots_of(from).await? / 2;
@@ -719,7 +711,7 @@ async fn submit_across_a_reshard(
             .await
     };
     let (submitted, resharded) = tokio::join!(submitter, reshard);
-    let tally = submitted.into_iter().collect::<anyhow::Result<Tally>>()?;
+    let tally = submitted?;
     let rejected = rejected
         .into_inner()
         .unwrap_or_else(|p| p.into_inner())

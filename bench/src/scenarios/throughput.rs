@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::baseline;
 use crate::bullmq::{self, PeerRun, ThroughputPeer};
 use crate::report::{Outcome, Row};
-use crate::scenarios::WholePathFleet;
+use crate::scenarios::{WholePath, WholePathFleet};
 use crate::suite::{Ctx, Settings};
 
 /// The peer's worker concurrency: BullMQ's own knob, at the clients' count.
@@ -23,10 +23,10 @@ const PEER_CONCURRENCY: u16 = 64;
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let s = &ctx.settings;
-    let mut notes = Vec::new();
+    let mut peer_notes = Vec::new();
     let mut ours = WholePathFleet::start(ctx, 1).await?;
-    let mut peer = start_peer(ctx, &mut notes).await;
-    let turns = take_turns(s, &mut ours, &mut peer, &mut notes).await?;
+    let mut peer = start_peer(ctx, &mut peer_notes).await;
+    let turns = take_turns(s, &mut ours, &mut peer, &mut peer_notes).await?;
     let whole = ours.finish();
     let payload = baseline::job_payload("bench");
     let ceiling = baseline::pipeline(
@@ -39,55 +39,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     )
     .await?;
 
-    let ratio = whole.jobs_per_sec / ceiling;
-    let mut rows = vec![Row::new("whole-path jobs/s", whole.jobs_per_sec, "jobs/s")
-        .baseline("lapin confirm+ack pipeline", ceiling, "msg/s")
-        .goal("≥ 0.50", ratio >= 0.5)];
-    if let Some(p) = whole.submit_to_webhook {
-        rows.push(
-            Row::new("submit→webhook p99 at saturation", p.p99_ms, "ms")
-                .display(format!(
-                    "submit→webhook at saturation p50 / p99: {:.0} / {:.0} ms",
-                    p.p50_ms, p.p99_ms
-                ))
-                .info("—"),
-        );
-    }
-    notes.splice(
-        0..0,
-        [
-        format!(
-            "{} jobs in {} batches, {} clients, agent concurrency {}, {} B job message; CPU while measured: {}.",
-            whole.jobs,
-            s.throughput_turns,
-            whole.clients,
-            whole.agent_concurrency,
-            payload.len(),
-            whole.cpu.summary()
-        ),
-        format!("Redis commands per job: {}.", whole.redis_summary()),
-        format!(
-            "Redis round trips per job: worker {}, dispatcher {}.",
-            per_job(whole.redis_round_trips_per_job.0),
-            per_job(whole.redis_round_trips_per_job.1)
-        ),
-        format!("CPU ms per job: {}.", whole.cpu.per_job_ms(whole.jobs)),
-        format!(
-            "Ack frames per job (workers, jobs' and webhooks' deliveries): {}.",
-            whole
-                .ack_frames_per_job
-                .map_or("not counted by this worker".to_owned(), |f| format!(
-                    "{f:.2}"
-                ))
-        ),
-        format!(
-            "Events handed to the webhook queue rather than delivered inline, per job: {}.",
-            whole
-                .queued_webhooks_per_job
-                .map_or("not counted".to_owned(), |f| format!("{f:.2}"))
-        ),
-        ],
-    );
+    let mut rows = whole_path_rows(&whole, ceiling);
+    let mut notes = whole_path_notes(s, &whole, payload.len());
+    notes.append(&mut peer_notes);
     let peer =
         peer.and_then(|peer| peer_rows(whole.jobs_per_sec, peer, &turns, (&mut rows, &mut notes)));
     if whole.failed_jobs > 0 {
@@ -107,6 +61,57 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             "message_bytes": payload.len(),
         }),
     })
+}
+
+/// Our rows: jobs/s against the broker's ceiling, and the latency at saturation.
+fn whole_path_rows(whole: &WholePath, ceiling: f64) -> Vec<Row> {
+    let ratio = whole.jobs_per_sec / ceiling;
+    let mut rows = vec![Row::new("whole-path jobs/s", whole.jobs_per_sec, "jobs/s")
+        .baseline("lapin confirm+ack pipeline", ceiling, "msg/s")
+        .goal("≥ 0.50", ratio >= 0.5)];
+    if let Some(p) = &whole.submit_to_webhook {
+        rows.push(
+            Row::new("submit→webhook p99 at saturation", p.p99_ms, "ms")
+                .display(format!(
+                    "submit→webhook at saturation p50 / p99: {:.0} / {:.0} ms",
+                    p.p50_ms, p.p99_ms
+                ))
+                .info("—"),
+        );
+    }
+    rows
+}
+
+/// What our whole path did per job: CPU, Redis commands and round trips, acks, hand-offs.
+fn whole_path_notes(s: &Settings, whole: &WholePath, message_bytes: usize) -> Vec<String> {
+    let counted = |figure: Option<f64>, missing: &str| {
+        figure.map_or_else(|| missing.to_owned(), |f| format!("{f:.2}"))
+    };
+    vec![
+        format!(
+            "{} jobs in {} batches, {} clients, agent concurrency {}, {message_bytes} B job message; CPU while measured: {}.",
+            whole.jobs,
+            s.throughput_turns,
+            whole.clients,
+            whole.agent_concurrency,
+            whole.cpu.summary()
+        ),
+        format!("Redis commands per job: {}.", whole.redis_summary()),
+        format!(
+            "Redis round trips per job: worker {}, dispatcher {}.",
+            counted(whole.redis_round_trips_per_job.0, "not exported"),
+            counted(whole.redis_round_trips_per_job.1, "not exported")
+        ),
+        format!("CPU ms per job: {}.", whole.cpu.per_job_ms(whole.jobs)),
+        format!(
+            "Ack frames per job (workers, jobs' and webhooks' deliveries): {}.",
+            counted(whole.ack_frames_per_job, "not counted by this worker")
+        ),
+        format!(
+            "Events handed to the webhook queue rather than delivered inline, per job: {}.",
+            counted(whole.queued_webhooks_per_job, "not counted")
+        ),
+    ]
 }
 
 /// The BullMQ peer, warmed up, or why it does not run (said loudly, in the notes and on
@@ -199,9 +204,4 @@ fn peer_rows(
         per_turn.join(", ")
     ));
     Some(peer)
-}
-
-/// A per-job figure, or why there is none.
-fn per_job(figure: Option<f64>) -> String {
-    figure.map_or_else(|| "not exported".to_owned(), |f| format!("{f:.2}"))
 }

@@ -35,7 +35,7 @@ pub const WARMUP_JOBS: usize = 5_000;
 
 /// The whole path at saturation: `n` no-op jobs POSTed by `clients` concurrent clients
 /// through one dispatcher process and `workers` worker processes, until every webhook has
-/// arrived.
+/// arrived (in one batch or several: [`WholePathFleet`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct WholePath {
     pub workers: usize,
@@ -199,7 +199,7 @@ impl WholePathFleet {
             .await?;
         self.cpu.push(meter.finish());
         let counted = Counters::read(&self.fleet).await?.since(&counters);
-        self.counted = std::mem::replace(&mut self.counted, Counters::zero()).plus(counted);
+        self.counted.add(counted);
 
         let deliveries = self.fleet.deliveries_by_job();
         let mut last = started;
@@ -296,18 +296,19 @@ impl Counters {
         }
     }
 
-    fn plus(mut self, other: Self) -> Self {
+    /// Adds what `other` counted (a count one side does not know stays unknown).
+    fn add(&mut self, other: Self) {
         for (cmd, calls) in other.redis_calls {
             *self.redis_calls.entry(cmd).or_default() += calls;
         }
-        let sum = |a: Option<u64>, b: Option<u64>| Some(a? + b?);
-        Self {
-            redis_calls: self.redis_calls,
-            worker_round_trips: sum(self.worker_round_trips, other.worker_round_trips),
-            dispatcher_round_trips: sum(self.dispatcher_round_trips, other.dispatcher_round_trips),
-            ack_frames: sum(self.ack_frames, other.ack_frames),
-            queued_webhooks: sum(self.queued_webhooks, other.queued_webhooks),
-        }
+        let sum = |a: &mut Option<u64>, b: Option<u64>| *a = a.zip(b).map(|(a, b)| a + b);
+        sum(&mut self.worker_round_trips, other.worker_round_trips);
+        sum(
+            &mut self.dispatcher_round_trips,
+            other.dispatcher_round_trips,
+        );
+        sum(&mut self.ack_frames, other.ack_frames);
+        sum(&mut self.queued_webhooks, other.queued_webhooks);
     }
 }
 
@@ -316,3 +317,41 @@ const ACK_FRAMES: &str = "agentfleet_ack_frames_total";
 
 /// The workers' count of events handed to the webhook queue by the run that ended the job.
 const QUEUED_WEBHOOKS: &str = "agentfleet_webhook_first_attempts_total{path=\"queued\"}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters(redis: &[(&str, u64)], round_trips: Option<u64>) -> Counters {
+        Counters {
+            redis_calls: redis.iter().map(|(c, n)| ((*c).to_owned(), *n)).collect(),
+            worker_round_trips: round_trips,
+            dispatcher_round_trips: Some(10),
+            ack_frames: Some(5),
+            queued_webhooks: Some(0),
+        }
+    }
+
+    #[test]
+    fn batches_counts_add_up_and_an_unknown_count_stays_unknown() {
+        let mut total = Counters::zero();
+        // Two batches: counters read before and after each; `info` counts the read itself.
+        let first = counters(&[("evalsha", 30), ("info", 3)], Some(40))
+            .since(&counters(&[("evalsha", 10), ("info", 2)], Some(20)));
+        total.add(first);
+        let second = counters(&[("evalsha", 50), ("get", 4)], Some(70))
+            .since(&counters(&[("evalsha", 30)], Some(40)));
+        total.add(second);
+        assert_eq!(total.redis_calls.get("evalsha"), Some(&40));
+        assert_eq!(total.redis_calls.get("get"), Some(&4));
+        assert_eq!(total.redis_calls.get("info"), None);
+        assert_eq!(total.worker_round_trips, Some(50));
+        assert_eq!(total.dispatcher_round_trips, Some(0));
+
+        total.add(counters(&[], None).since(&counters(&[], Some(1))));
+        assert_eq!(
+            total.worker_round_trips, None,
+            "one batch without it: unknown"
+        );
+    }
+}

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use agentfleet_tests::{AppOptions, TestApp};
 
 use crate::fleet::{free_port, Binaries, Client, Process};
+use crate::load::Batches;
 use crate::procfs::{CpuMeter, CpuUse, Groups};
 
 /// Where the peer's script and its installed dependencies are.
@@ -165,10 +166,7 @@ pub struct ThroughputPeer {
     client: Client,
     clients: usize,
     concurrency: u16,
-    jobs: usize,
-    elapsed: Duration,
-    submitting: Duration,
-    cpu: Vec<CpuUse>,
+    batches: Batches,
 }
 
 impl ThroughputPeer {
@@ -190,10 +188,7 @@ impl ThroughputPeer {
             client,
             clients,
             concurrency,
-            jobs: 0,
-            elapsed: Duration::ZERO,
-            submitting: Duration::ZERO,
-            cpu: Vec::new(),
+            batches: Batches::default(),
         })
     }
 
@@ -208,11 +203,7 @@ impl ThroughputPeer {
         let submitted = started.elapsed();
         self.peer.wait_webhooks(before, n).await?;
         let elapsed = started.elapsed();
-        self.cpu.push(meter.finish());
-        self.jobs += n;
-        self.elapsed += elapsed;
-        self.submitting += submitted;
-        Ok(n as f64 / elapsed.as_secs_f64())
+        Ok(self.batches.add(n, elapsed, submitted, meter.finish()))
     }
 
     /// Every batch as one measurement; an error if the receiver refused any of the peer's
@@ -230,12 +221,12 @@ impl ThroughputPeer {
             bail!("the receiver refused {rejected} of the peer's webhooks (bad signature)");
         }
         Ok(PeerRun {
-            jobs: self.jobs,
+            jobs: self.batches.jobs(),
             clients: self.clients,
             concurrency: self.concurrency,
-            jobs_per_sec: self.jobs as f64 / self.elapsed.as_secs_f64().max(1e-9),
-            accepted_posts_per_sec: self.jobs as f64 / self.submitting.as_secs_f64().max(1e-9),
-            cpu: CpuUse::over(&self.cpu),
+            jobs_per_sec: self.batches.jobs_per_sec(),
+            accepted_posts_per_sec: self.batches.posts_per_sec(),
+            cpu: self.batches.cpu(),
         })
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::procfs::CpuUse;
 use crate::stats::Percentiles;
 
 #[derive(Debug, Clone, Serialize)]
@@ -28,6 +29,57 @@ where
     Fut: Future<Output = bool> + Send + 'static,
 {
     tally_closed_loop(concurrency, duration, op).await.result()
+}
+
+/// Batches of jobs measured one at a time and added up, as scenario 1 takes its turns: jobs
+/// over the batches' summed time (each from its first POST to its last webhook) and over
+/// their summed submitting, and the CPU of each batch.
+#[derive(Debug, Default)]
+pub struct Batches {
+    jobs: usize,
+    elapsed: Duration,
+    submitting: Duration,
+    cpu: Vec<CpuUse>,
+}
+
+impl Batches {
+    /// Adds a batch of `jobs` that took `elapsed` (POSTs for `submitting` of it); answers its
+    /// jobs/s.
+    pub fn add(
+        &mut self,
+        jobs: usize,
+        elapsed: Duration,
+        submitting: Duration,
+        cpu: CpuUse,
+    ) -> f64 {
+        self.jobs += jobs;
+        self.elapsed += elapsed;
+        self.submitting += submitting;
+        self.cpu.push(cpu);
+        jobs as f64 / elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn jobs(&self) -> usize {
+        self.jobs
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+
+    pub fn jobs_per_sec(&self) -> f64 {
+        self.jobs as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Accepted POSTs per second while the POSTs went on (intake under a concurrent drain).
+    pub fn posts_per_sec(&self) -> f64 {
+        self.jobs as f64 / self.submitting.as_secs_f64().max(1e-9)
+    }
+
+    /// CPU over every batch, each weighted by its length.
+    pub fn cpu(&self) -> CpuUse {
+        CpuUse::over(&self.cpu)
+    }
 }
 
 /// What a closed loop measured, kept whole so that several windows can be added up (their
@@ -131,6 +183,33 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_add_up_over_their_summed_time() {
+        let cpu = |wall_secs: f64, cores: f64| CpuUse {
+            wall_secs,
+            machine_cores: cores,
+            cores: [("worker".to_owned(), cores)].into(),
+        };
+        let mut batches = Batches::default();
+        let first = batches.add(
+            1_000,
+            Duration::from_secs(1),
+            Duration::from_millis(500),
+            cpu(1.0, 1.0),
+        );
+        let second = batches.add(
+            1_000,
+            Duration::from_secs(3),
+            Duration::from_millis(1_500),
+            cpu(3.0, 2.0),
+        );
+        assert_eq!((first, second), (1_000.0, 1_000.0 / 3.0));
+        // 2,000 jobs in 4 s, not the mean of the two rates (667).
+        assert_eq!(batches.jobs_per_sec(), 500.0);
+        assert_eq!(batches.posts_per_sec(), 1_000.0);
+        assert_eq!(batches.cpu().machine_cores, 1.75);
+    }
 
     #[test]
     fn windows_add_up_to_their_samples_over_their_time() {

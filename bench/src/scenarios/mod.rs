@@ -20,6 +20,7 @@ use serde::Serialize;
 use agentfleet_tests::AgentSpec;
 
 use crate::fleet::{succeeded, Fleet, FleetOptions};
+use crate::load::Batches;
 use crate::procfs::{CpuMeter, CpuUse};
 use crate::stats::Percentiles;
 use crate::suite::Ctx;
@@ -150,12 +151,9 @@ pub struct WholePathFleet {
     workers: usize,
     clients: usize,
     agent_concurrency: u16,
-    jobs: usize,
-    elapsed: Duration,
-    submitting: Duration,
+    batches: Batches,
     latencies: Vec<Duration>,
     failed: usize,
-    cpu: Vec<CpuUse>,
     counted: Counters,
 }
 
@@ -176,12 +174,9 @@ impl WholePathFleet {
             workers,
             clients: s.clients,
             agent_concurrency: s.throughput_concurrency,
-            jobs: 0,
-            elapsed: Duration::ZERO,
-            submitting: Duration::ZERO,
+            batches: Batches::default(),
             latencies: Vec::new(),
             failed: 0,
-            cpu: Vec::new(),
             counted: Counters::zero(),
         })
     }
@@ -197,7 +192,7 @@ impl WholePathFleet {
         self.fleet
             .wait_webhooks_for(before, n, Duration::from_secs(120))
             .await?;
-        self.cpu.push(meter.finish());
+        let cpu = meter.finish();
         let counted = Counters::read(&self.fleet).await?.since(&counters);
         self.counted.add(counted);
 
@@ -212,27 +207,24 @@ impl WholePathFleet {
             self.failed += usize::from(!succeeded(d));
         }
         let elapsed = last.duration_since(started);
-        self.jobs += n;
-        self.elapsed += elapsed;
-        self.submitting += submitted;
-        Ok(n as f64 / elapsed.as_secs_f64())
+        Ok(self.batches.add(n, elapsed, submitted, cpu))
     }
 
     /// Every batch as one measurement.
     pub fn finish(self) -> WholePath {
-        let n = self.jobs.max(1);
+        let n = self.batches.jobs().max(1);
         let per_job = |count: Option<u64>| count.map(|c| c as f64 / n as f64);
         WholePath {
             workers: self.workers,
-            jobs: self.jobs,
+            jobs: self.batches.jobs(),
             clients: self.clients,
             agent_concurrency: self.agent_concurrency,
-            elapsed_secs: crate::report::secs(self.elapsed),
-            jobs_per_sec: self.jobs as f64 / self.elapsed.as_secs_f64().max(1e-9),
-            accepted_posts_per_sec: self.jobs as f64 / self.submitting.as_secs_f64().max(1e-9),
+            elapsed_secs: crate::report::secs(self.batches.elapsed()),
+            jobs_per_sec: self.batches.jobs_per_sec(),
+            accepted_posts_per_sec: self.batches.posts_per_sec(),
             submit_to_webhook: Percentiles::of(&self.latencies),
             failed_jobs: self.failed,
-            cpu: CpuUse::over(&self.cpu),
+            cpu: self.batches.cpu(),
             redis_commands_per_job: self
                 .counted
                 .redis_calls

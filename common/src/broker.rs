@@ -39,7 +39,7 @@ use tokio::sync::Mutex;
 
 use crate::config::{AmqpConfig, QueueType};
 use crate::naming::{JobQueue, Names};
-use crate::wire::{ControlMessage, JobMessage, Versioned, WebhookMessage};
+use crate::wire::{ControlMessage, JobBatch, JobMessage, Versioned, WebhookMessage};
 
 /// Steps of the delay ladder. A delay is served by hopping through the largest step that does
 /// not overshoot what is left (see [`delay_step_for`]); the message's `not_before` makes the
@@ -63,6 +63,8 @@ pub enum BrokerError {
     Unroutable,
     #[error("broker not connected")]
     NotConnected,
+    #[error("a job batch with no jobs")]
+    EmptyBatch,
     /// A configured URL does not parse as AMQP (the parser's message is not kept: it may
     /// quote the URL, credentials and all).
     #[error("a broker URL does not parse as an AMQP URL")]
@@ -574,11 +576,9 @@ impl Broker {
         &self,
         exchange: String,
         routing_key: String,
-        payload: &[u8],
-        headers: Option<FieldTable>,
-        message_id: &str,
+        message: Outgoing<'_>,
     ) -> Result<(), BrokerError> {
-        self.publish_with(exchange, routing_key, payload, headers, message_id, true)
+        self.publish_with(exchange, routing_key, message, true)
             .await
     }
 
@@ -586,9 +586,7 @@ impl Broker {
         &self,
         exchange: String,
         routing_key: String,
-        payload: &[u8],
-        headers: Option<FieldTable>,
-        message_id: &str,
+        message: Outgoing<'_>,
         mandatory: bool,
     ) -> Result<(), BrokerError> {
         let timeout = self.inner.config.publish_timeout;
@@ -597,16 +595,25 @@ impl Broker {
             let mut props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into())
-                .with_message_id(message_id.into());
-            if let Some(headers) = headers {
+                .with_message_id(message.id.into());
+            if let Some(headers) = message.headers {
                 props = props.with_headers(headers);
+            }
+            if let Some(kind) = message.kind {
+                props = props.with_type(kind.into());
             }
             let options = BasicPublishOptions {
                 mandatory,
                 ..BasicPublishOptions::default()
             };
             let confirm = channel
-                .basic_publish(exchange.into(), routing_key.into(), options, payload, props)
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    options,
+                    message.payload,
+                    props,
+                )
                 .await?
                 .await?;
             match confirm {
@@ -646,9 +653,26 @@ impl Broker {
         self.publish_confirmed(
             self.inner.names.work_exchange(),
             self.job_route(msg),
-            &msg.encode(),
-            None,
-            &msg.job_id.to_string(),
+            Outgoing::new(&msg.encode(), &msg.job_id.to_string()),
+        )
+        .await
+    }
+
+    /// Puts jobs of one agent and tenant on their queue in one message (a [`JobBatch`]); one
+    /// job goes as a message of its own.
+    pub async fn publish_jobs(&self, batch: &JobBatch) -> Result<(), BrokerError> {
+        let (first, rest) = batch.jobs.split_first().ok_or(BrokerError::EmptyBatch)?;
+        if rest.is_empty() {
+            return self.publish_job(first).await;
+        }
+        let id = format!("{}+{}", first.job_id, rest.len());
+        self.publish_confirmed(
+            self.inner.names.work_exchange(),
+            self.job_route(first),
+            Outgoing {
+                kind: Some(JobBatch::KIND),
+                ..Outgoing::new(&batch.encode(), &id)
+            },
         )
         .await
     }
@@ -668,9 +692,10 @@ impl Broker {
         self.publish_confirmed(
             self.inner.names.dead_exchange(),
             String::new(),
-            payload,
-            Some(headers),
-            message_id,
+            Outgoing {
+                headers: Some(headers),
+                ..Outgoing::new(payload, message_id)
+            },
         )
         .await
     }
@@ -680,9 +705,7 @@ impl Broker {
         self.publish_with(
             self.inner.names.control_exchange(),
             String::new(),
-            &msg.encode(),
-            None,
-            &msg.cancel.to_string(),
+            Outgoing::new(&msg.encode(), &msg.cancel.to_string()),
             false,
         )
         .await
@@ -709,9 +732,7 @@ impl Broker {
         self.publish_confirmed(
             names.work_exchange(),
             names.webhook_routing_key().to_owned(),
-            &msg.encode(),
-            None,
-            &msg.job_id.to_string(),
+            Outgoing::new(&msg.encode(), &msg.job_id.to_string()),
         )
         .await
     }
@@ -747,11 +768,32 @@ impl Broker {
         self.publish_confirmed(
             self.inner.names.delay_exchange(),
             routing_key,
-            payload,
-            Some(headers),
-            message_id,
+            Outgoing {
+                headers: Some(headers),
+                ..Outgoing::new(payload, message_id)
+            },
         )
         .await
+    }
+}
+
+/// A message on its way out: its body and the properties that vary between messages.
+struct Outgoing<'a> {
+    payload: &'a [u8],
+    id: &'a str,
+    headers: Option<FieldTable>,
+    /// The AMQP `type`: set for messages that are not what their queue usually carries.
+    kind: Option<&'static str>,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(payload: &'a [u8], id: &'a str) -> Self {
+        Self {
+            payload,
+            id,
+            headers: None,
+            kind: None,
+        }
     }
 }
 

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounterVec,
     pub webhook_first_attempts: IntCounterVec,
     pub ack_frames: IntCounterVec,
+    pub batched_jobs: IntCounterVec,
     pub circuit_state: IntGaugeVec,
     pub jobs_cancelled: IntCounterVec,
     pub http_requests: IntCounterVec,
@@ -84,6 +85,7 @@ const FAMILIES: &[&Family] = &[
     &WEBHOOK_DELIVERIES,
     &WEBHOOK_FIRST_ATTEMPTS,
     &ACK_FRAMES,
+    &BATCHED_JOBS,
     &CIRCUIT_STATE,
     &JOBS_CANCELLED,
     &HTTP_REQUESTS,
@@ -223,6 +225,12 @@ const WEBHOOK_FIRST_ATTEMPTS: Family = Family {
     labels: &["path"],
 };
 
+const BATCHED_JOBS: Family = Family {
+    name: "agentfleet_batched_jobs_total",
+    help: "Jobs that arrived several to a message, by what became of them: run (from the batch), spilled (not started in time, published again on their own) or split (the batch was delivered again and published job by job).",
+    labels: &["outcome"],
+};
+
 const ACK_FRAMES: Family = Family {
     name: "agentfleet_ack_frames_total",
     help: "Acks sent to the broker, by kind: multiple (one frame for every delivery of its channel up to its tag) or single. Deliveries acked per frame = jobs / frames.",
@@ -287,6 +295,7 @@ impl Metrics {
             webhook_deliveries: families.counter(&WEBHOOK_DELIVERIES),
             webhook_first_attempts: families.counter(&WEBHOOK_FIRST_ATTEMPTS),
             ack_frames: families.counter(&ACK_FRAMES),
+            batched_jobs: families.counter(&BATCHED_JOBS),
             circuit_state: families.gauge(&CIRCUIT_STATE),
             jobs_cancelled: families.counter(&JOBS_CANCELLED),
             http_requests: families.counter(&HTTP_REQUESTS),

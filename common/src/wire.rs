@@ -482,6 +482,8 @@ pub enum WireError {
     Malformed(#[from] serde_json::Error),
     #[error("message schema version {found} is not supported (expected {SCHEMA_VERSION})")]
     Version { found: u16 },
+    #[error("job batch: {0}")]
+    Batch(&'static str),
 }
 
 /// A broker message with a schema version.
@@ -508,6 +510,69 @@ impl Versioned for JobMessage {
     }
 }
 
+/// Several work tokens of one queue in one broker message: what a dispatcher publishes when
+/// several jobs of one agent and tenant are accepted while its previous publish awaits its
+/// confirm (the broker's cost is per message, not per byte). Marked by the AMQP `type`
+/// property [`JobBatch::KIND`]. A worker runs the jobs under its own slots and acks the
+/// message once every job is settled; a batch delivered again is split into single messages,
+/// so a job that keeps failing is counted (and dead-lettered) on its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobBatch {
+    pub v: u16,
+    pub jobs: Vec<JobMessage>,
+}
+
+impl JobBatch {
+    /// The AMQP `type` of a batch message.
+    pub const KIND: &'static str = "agentfleet.job-batch";
+    /// The most jobs one message carries.
+    pub const MAX_JOBS: usize = 64;
+
+    /// A batch of `jobs`, checked as [`JobBatch::decode`] checks one.
+    pub fn new(jobs: Vec<JobMessage>) -> Result<Self, WireError> {
+        let batch = Self {
+            v: SCHEMA_VERSION,
+            jobs,
+        };
+        batch.check()?;
+        Ok(batch)
+    }
+
+    /// Reads a batch and checks it is one: 1 to [`JobBatch::MAX_JOBS`] jobs, all of one agent
+    /// and tenant (so all of one queue), each of the supported version.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let batch: Self = <Self as Versioned>::decode(bytes)?;
+        batch.check()?;
+        Ok(batch)
+    }
+
+    fn check(&self) -> Result<(), WireError> {
+        let Some(first) = self.jobs.first() else {
+            return Err(WireError::Batch("no jobs"));
+        };
+        if self.jobs.len() > Self::MAX_JOBS {
+            return Err(WireError::Batch("more jobs than a batch may carry"));
+        }
+        if let Some(job) = self.jobs.iter().find(|j| j.v != SCHEMA_VERSION) {
+            return Err(WireError::Version { found: job.v });
+        }
+        if self
+            .jobs
+            .iter()
+            .any(|j| j.agent != first.agent || j.tenant != first.tenant)
+        {
+            return Err(WireError::Batch("jobs of more than one agent or tenant"));
+        }
+        Ok(())
+    }
+}
+
+impl Versioned for JobBatch {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}
+
 impl Versioned for ControlMessage {
     fn version(&self) -> u16 {
         self.v
@@ -523,6 +588,43 @@ impl Versioned for WebhookMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job(agent: &str, tenant: &str) -> JobMessage {
+        JobMessage {
+            v: SCHEMA_VERSION,
+            job_id: Uuid::now_v7(),
+            tenant: tenant.into(),
+            agent: agent.into(),
+            attempt: 1,
+            not_before: None,
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_round_trips_and_holds_one_queue_only() {
+        let batch = JobBatch::new(vec![job("a", "t"), job("a", "t")]).expect("one queue");
+        assert_eq!(JobBatch::decode(&batch.encode()).expect("decodes"), batch);
+
+        let refused = |jobs: Vec<JobMessage>| {
+            let bytes = serde_json::to_vec(&JobBatch {
+                v: SCHEMA_VERSION,
+                jobs,
+            })
+            .expect("encodes");
+            JobBatch::decode(&bytes).expect_err("refused").to_string()
+        };
+        assert_eq!(refused(vec![]), "job batch: no jobs");
+        assert!(refused(vec![job("a", "t"), job("b", "t")]).contains("more than one agent"));
+        assert!(refused(vec![job("a", "t"), job("a", "u")]).contains("more than one agent"));
+        let too_many = (0..=JobBatch::MAX_JOBS).map(|_| job("a", "t")).collect();
+        assert!(refused(too_many).contains("more jobs than"));
+        let mut old = job("a", "t");
+        old.v = SCHEMA_VERSION + 1;
+        assert!(refused(vec![job("a", "t"), old]).contains("version"));
+        assert!(JobBatch::decode(br#"{"v":1,"jobs":"x"}"#).is_err());
+        assert!(JobBatch::new(vec![]).is_err());
+    }
 
     #[test]
     fn job_input_accepts_text_and_messages() {

@@ -583,6 +583,48 @@ impl TestApp {
         Ok(())
     }
 
+    /// A broker handle like the dispatcher's (every agent's queues), for publishing what a
+    /// dispatcher would.
+    pub fn broker(&self) -> agentfleet_common::broker::Broker {
+        let queues = self
+            .config
+            .agents
+            .keys()
+            .flat_map(|agent| self.config.job_queues(agent))
+            .collect();
+        agentfleet_common::broker::Broker::new(
+            &self.config.amqp,
+            self.names(),
+            queues,
+            "agentfleet-test",
+        )
+    }
+
+    /// Takes every message waiting on `queue` off it (acked) and answers them decoded as
+    /// jobs: with no worker running, what the dispatcher published for the jobs submitted.
+    pub async fn take_queued_jobs(
+        &self,
+        queue: &str,
+    ) -> anyhow::Result<Vec<agentfleet_common::wire::JobMessage>> {
+        use agentfleet_common::wire::Versioned as _;
+        let conn =
+            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
+                .await?;
+        let channel = conn.create_channel().await?;
+        let mut jobs = Vec::new();
+        while let Some(delivery) = channel
+            .basic_get(queue.into(), lapin::options::BasicGetOptions::default())
+            .await?
+        {
+            jobs.push(agentfleet_common::wire::JobMessage::decode(&delivery.data)?);
+            delivery
+                .ack(lapin::options::BasicAckOptions::default())
+                .await?;
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok(jobs)
+    }
+
     /// The job's record with its run's steps (`GET /v1/jobs/{id}?include=steps`).
     pub async fn job_with_steps(&self, id: &str) -> anyhow::Result<Value> {
         let mut status = reqwest::StatusCode::NOT_FOUND;

@@ -32,7 +32,7 @@ pub enum Disposition {
 
 /// Pause before giving a message back after an infrastructure error, so an outage does not
 /// become a hot redelivery loop.
-const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+pub(crate) const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Messages due within this much are worked now rather than sent round the delay ladder again.
 const DUE_SLACK: Duration = Duration::from_millis(25);

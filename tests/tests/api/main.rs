@@ -4,6 +4,7 @@
 mod agents;
 mod audit;
 mod auth;
+mod batches;
 mod contract;
 mod end_to_end;
 mod hygiene;

@@ -11,6 +11,7 @@
 //! ([`turns`]) and decides the attempt's end ([`outcome`]), whose write lets the lease go, and
 //! [`Run::close`] notes a webhook hand-off (or releases a lease no write let go).
 
+mod batch;
 mod lease;
 mod outcome;
 mod payloads;
@@ -27,7 +28,7 @@ use tracing::Instrument as _;
 
 use agentfleet_common::store::{BeginRun, Begun, Lease, Loaded, RunMark, StoredJob};
 use agentfleet_common::wire::{
-    JobMessage, JobRecord, JobSpec, Step, Versioned, WaitReason, Waiting,
+    JobBatch, JobMessage, JobRecord, JobSpec, Step, Versioned, WaitReason, Waiting, WireError,
 };
 
 use crate::acks::Acks;
@@ -43,6 +44,23 @@ pub use outcome::ensure_handoff;
 /// Early ends of a delivery: `Err(disposition)` means "settle the delivery this way now".
 type Settled<T> = Result<T, Disposition>;
 
+/// What a job delivery carries: one job, or several of one queue.
+enum Work {
+    One(Result<JobMessage, WireError>),
+    Batch(Result<JobBatch, WireError>),
+}
+
+impl Work {
+    fn read(delivery: &Delivery) -> Self {
+        let kind = delivery.properties.kind().as_ref();
+        if kind.is_some_and(|kind| kind.as_str() == JobBatch::KIND) {
+            Self::Batch(JobBatch::decode(&delivery.data))
+        } else {
+            Self::One(JobMessage::decode(&delivery.data))
+        }
+    }
+}
+
 /// The handler of one job delivery. The delivery's content is read here, before the task
 /// starts, so the task keeps only what settles it (a run's task lives as long as the run).
 pub fn handle_job(
@@ -52,29 +70,43 @@ pub fn handle_job(
     acks: Acks,
     slot: OwnedSemaphorePermit,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let decoded = JobMessage::decode(&delivery.data);
+    let work = Work::read(&delivery);
     let deliveries = delivery_count(&delivery);
     let settlement = acks.settlement(delivery);
     async move {
-        let _slot = slot;
-        let disposition = match decoded {
-            Ok(msg) => {
-                let span = tracing::info_span!(
-                    "run",
-                    job_id = %msg.job_id,
-                    agent = %msg.agent,
-                    tenant = %msg.tenant,
-                    attempt = msg.attempt,
-                    request_id = msg.request_id.as_deref()
-                );
-                process(&shared, &agent, msg, deliveries)
+        // A single job's slot is held until its delivery is settled (a batch settles its
+        // slots itself).
+        let (disposition, _slot) = match work {
+            Work::One(Ok(msg)) => {
+                let span = run_span(&msg);
+                let disposition = process(&shared, &agent, msg, deliveries)
                     .instrument(span)
-                    .await
+                    .await;
+                (disposition, Some(slot))
             }
-            Err(err) => undecodable(&shared, &agent.name, &err),
+            // Boxed: a batch's task holds several runs, a single job's task one.
+            Work::Batch(Ok(batch)) => {
+                let handled = batch::handle(&shared, &agent, batch, deliveries, slot);
+                (Box::pin(handled).await, None)
+            }
+            Work::One(Err(err)) | Work::Batch(Err(err)) => {
+                (undecodable(&shared, &agent.name, &err), Some(slot))
+            }
         };
         settle(&shared, settlement, disposition).await;
     }
+}
+
+/// The span a job's run logs in.
+fn run_span(msg: &JobMessage) -> tracing::Span {
+    tracing::info_span!(
+        "run",
+        job_id = %msg.job_id,
+        agent = %msg.agent,
+        tenant = %msg.tenant,
+        attempt = msg.attempt,
+        request_id = msg.request_id.as_deref()
+    )
 }
 
 async fn process(

@@ -1,0 +1,194 @@
+//! Issue 12, part 6: several jobs of one queue in one broker message (`JobBatch`). A worker
+//! runs each job once, under its own slots; a job that cannot start in time goes back on its
+//! own; a batch delivered again is split; a batch no worker could read is dead-lettered.
+//!
+//! The jobs are submitted through the dispatcher with no worker running, taken off their
+//! queue, and published again as one batch (as a dispatcher that batches would publish them).
+
+use std::time::Duration;
+
+use agentfleet_common::wire::JobBatch;
+use agentfleet_stub::llm::Behavior;
+use agentfleet_tests::{wait_until, AgentSpec, AppOptions, TestApp};
+
+/// The app with no worker running, `n` jobs submitted for acme, and their messages taken off
+/// acme's queue and published again as one batch. Answers the job ids.
+async fn batch_of(app: &TestApp, n: usize) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(app.submit_job("summarize", &format!("job {i}")).await?);
+    }
+    let queue = app.names().tenant_queue("summarize", &app.acme.id);
+    let jobs = app.take_queued_jobs(&queue).await?;
+    assert_eq!(jobs.len(), n, "every job's message was on acme's queue");
+    app.broker().publish_jobs(&JobBatch::new(jobs)?).await?;
+    assert_eq!(
+        app.queue_depth(&queue).await?,
+        1,
+        "one message for {n} jobs"
+    );
+    Ok(ids)
+}
+
+fn no_worker(agent: AgentSpec) -> AppOptions {
+    AppOptions {
+        workers: 0,
+        agents: vec![agent],
+        ..AppOptions::default()
+    }
+}
+
+fn batched(app: &TestApp, outcome: &str) -> u64 {
+    app.worker_metrics(0)
+        .expect("worker 0")
+        .batched_jobs
+        .with_label_values(&[outcome])
+        .get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_runs_each_of_its_jobs_once() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn(no_worker(AgentSpec::new("summarize"))).await?;
+    let ids = batch_of(&app, 5).await?;
+    app.start_worker().await?;
+    let records = app.wait_terminal(&ids, Duration::from_secs(20)).await?;
+    for record in &records {
+        assert_eq!(record["status"], "succeeded", "{record}");
+    }
+    for id in &ids {
+        assert_eq!(app.llm.calls_for_job(id), 1, "job {id}'s model called once");
+    }
+    assert_eq!(app.llm.double_runs(), 0);
+    app.wait_webhooks(5, Duration::from_secs(10)).await?;
+    assert_eq!(batched(&app, "run"), 5);
+    assert_eq!(batched(&app, "spilled") + batched(&app, "split"), 0);
+    // The batch's message was acked once its jobs were done: nothing waits or comes back.
+    let queue = app.names().tenant_queue("summarize", &app.acme.id);
+    wait_until(Duration::from_secs(10), "the batch acked", || async {
+        (app.queue_depth(&queue).await.ok()? == 0).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// A batch that comes back (its worker died or stopped) is split job by job: a job that ended
+/// meanwhile is not run again, and the others run once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_delivered_again_is_split_into_its_jobs() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn(no_worker(AgentSpec::new("summarize"))).await?;
+    let ids = batch_of(&app, 3).await?;
+    // One job ends before any worker sees the batch.
+    let cancel = app.cancel(&ids[0]).await;
+    assert!(cancel.status().is_success(), "{}", cancel.status());
+    // Play a worker that took the batch and died: the broker delivers it again.
+    let conn =
+        lapin::Connection::connect(&app.amqp_url, lapin::ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    let queue = app.names().tenant_queue("summarize", &app.acme.id);
+    let delivery = channel
+        .basic_get(
+            queue.as_str().into(),
+            lapin::options::BasicGetOptions::default(),
+        )
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the batch is on acme's queue"))?;
+    assert_eq!(
+        delivery.properties.kind().as_ref().map(|k| k.as_str()),
+        Some(JobBatch::KIND)
+    );
+    let _ = conn.close(200, "died".into()).await;
+
+    app.start_worker().await?;
+    let records = app.wait_terminal(&ids, Duration::from_secs(20)).await?;
+    let statuses: Vec<_> = records.iter().map(|r| r["status"].clone()).collect();
+    assert_eq!(statuses, ["cancelled", "succeeded", "succeeded"]);
+    assert_eq!(
+        app.llm.calls_for_job(&ids[0]),
+        0,
+        "the cancelled job did not run"
+    );
+    for id in &ids[1..] {
+        assert_eq!(app.llm.calls_for_job(id), 1, "job {id}'s model called once");
+    }
+    assert_eq!(batched(&app, "split"), 3);
+    assert_eq!(batched(&app, "run"), 0);
+    Ok(())
+}
+
+/// A job of a batch that finds no slot of the batch's within a second goes back to the queue
+/// on its own, so the batch's message is held no longer than a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_job_that_cannot_start_in_time_goes_back_on_its_own() -> anyhow::Result<()> {
+    // One call at a time, two delivery slots: the batch starts its jobs on one or both (the
+    // consume loop may already hold the second, waiting for the next message), and the others
+    // cannot start before the first call (1.5 s) ends.
+    let agent = AgentSpec {
+        concurrency: 1,
+        ..AgentSpec::new("summarize")
+    };
+    let model = agent.model();
+    let mut app = TestApp::spawn(AppOptions {
+        behavior: Behavior {
+            latency: Duration::from_millis(1_500),
+            ..Behavior::default()
+        },
+        ..no_worker(agent)
+    })
+    .await?;
+    let ids = batch_of(&app, 4).await?;
+    app.start_worker().await?;
+    let records = app.wait_terminal(&ids, Duration::from_secs(30)).await?;
+    for record in &records {
+        assert_eq!(record["status"], "succeeded", "{record}");
+    }
+    for id in &ids {
+        assert_eq!(app.llm.calls_for_job(id), 1, "job {id}'s model called once");
+    }
+    assert_eq!(app.llm.peak_in_flight(&model), 1, "concurrency held");
+    assert_eq!(batched(&app, "run"), 4);
+    let spilled = batched(&app, "spilled");
+    assert!((2..=3).contains(&spilled), "{spilled} jobs spilled");
+    Ok(())
+}
+
+/// A batch message that is not a batch (no jobs, or jobs of two agents) goes to the dead
+/// letters, and the worker carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_batch_is_dead_lettered() -> anyhow::Result<()> {
+    let app = TestApp::spawn(AppOptions {
+        workers: 1,
+        ..AppOptions::default()
+    })
+    .await?;
+    let conn =
+        lapin::Connection::connect(&app.amqp_url, lapin::ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    let queue = app.names().tenant_queue("summarize", &app.acme.id);
+    channel
+        .basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            br#"{"v":1,"jobs":[]}"#,
+            lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_type(JobBatch::KIND.into()),
+        )
+        .await?
+        .await?;
+    let _ = conn.close(200, "done".into()).await;
+    let dead = app.names().dead_queue();
+    wait_until(
+        Duration::from_secs(10),
+        "the batch dead-lettered",
+        || async { (app.queue_depth(&dead).await.ok()? == 1).then_some(()) },
+    )
+    .await?;
+    let id = app.submit_job("summarize", "still working").await?;
+    let record = app.wait_terminal(&[id], Duration::from_secs(20)).await?;
+    assert_eq!(record[0]["status"], "succeeded");
+    Ok(())
+}

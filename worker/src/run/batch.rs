@@ -1,0 +1,179 @@
+//! A delivery that carries several jobs of one queue ([`JobBatch`]): the broker's cost is per
+//! message, so a dispatcher that accepts a burst publishes it as one.
+//!
+//! The message is acked once every job in it is settled, so the batch must not hold what a
+//! message of its own would not:
+//! - **Slots.** The batch runs on the delivery slot it was handed, plus slots that are idle
+//!   when it starts (taken without waiting, so it never goes ahead of a lane waiting for its
+//!   turn, and never waits for a slot while holding one: no deadlock). Its other jobs run as
+//!   its own runs end, on their slots.
+//! - **Time.** A job that has not started within [`SPILL_AFTER`] is published again as a
+//!   message of its own, and the batch no longer waits for it: a batch is held no longer than
+//!   its longest run plus that, as a message of one job is (invariant 7).
+//! - **Redelivery.** A batch delivered again (a worker died or stopped mid-batch) is split:
+//!   each job is published again on its own and the batch acked. The records say what is
+//!   done (a finished job's message is dropped), and the broker's delivery count, which
+//!   dead-letters poison, then counts each job alone, so one bad job cannot take its
+//!   batch-mates to the dead letters.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt as _;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use agentfleet_common::wire::{JobBatch, JobMessage};
+
+use super::{process, run_span};
+use crate::delivery::Disposition;
+use crate::{AgentRuntime, Shared};
+
+/// How long a job of a batch may wait for one of the batch's slots before it is published
+/// again as a message of its own.
+pub const SPILL_AFTER: Duration = Duration::from_secs(1);
+
+/// Works a batch delivered for the first time, or splits one delivered again; answers what
+/// becomes of the batch's message.
+pub async fn handle(
+    shared: &Shared,
+    agent: &AgentRuntime,
+    batch: JobBatch,
+    deliveries: u32,
+    slot: OwnedSemaphorePermit,
+) -> Disposition {
+    let outcome = if deliveries > 0 {
+        drop(slot);
+        count(shared, "split", batch.jobs.len());
+        Outcome {
+            republish: batch.jobs,
+            ..Outcome::default()
+        }
+    } else {
+        count(shared, "run", batch.jobs.len());
+        work(shared, agent, batch.jobs, slot).await
+    };
+    outcome.settle(shared).await
+}
+
+/// What the batch's jobs came to.
+#[derive(Default)]
+struct Outcome {
+    /// Jobs to publish again as messages of their own: not started in time, given back, or
+    /// the whole batch when it was delivered again.
+    republish: Vec<JobMessage>,
+    /// A job met infrastructure trouble: pause before publishing it again.
+    pause: bool,
+    /// A run was cut short by a shutdown: the message stays unacked and comes back.
+    abandoned: bool,
+    /// A job was not started because the worker is shutting down.
+    given_back: bool,
+}
+
+impl Outcome {
+    fn note(&mut self, msg: JobMessage, disposition: Disposition) {
+        match disposition {
+            Disposition::Ack => {}
+            Disposition::Abandon => self.abandoned = true,
+            Disposition::GiveBack => self.given_back = true,
+            Disposition::Requeue | Disposition::DeadLetter => {
+                self.pause = true;
+                self.republish.push(msg);
+            }
+        }
+    }
+
+    /// The batch's disposition. A shutdown leaves the whole batch to its redelivery, which
+    /// splits it (its finished jobs are dropped there); otherwise the jobs it does not settle
+    /// itself are published on their own first, and if one of those publishes fails the batch
+    /// comes back and is split then.
+    async fn settle(self, shared: &Shared) -> Disposition {
+        if self.abandoned {
+            return Disposition::Abandon;
+        }
+        if self.given_back {
+            return Disposition::GiveBack;
+        }
+        if self.pause {
+            tokio::select! {
+                () = tokio::time::sleep(crate::delivery::REQUEUE_PAUSE) => {}
+                () = shared.hard_stop.cancelled() => return Disposition::Abandon,
+            }
+        }
+        for msg in &self.republish {
+            if let Err(err) = Box::pin(shared.broker.publish_job(msg)).await {
+                tracing::warn!(error = %err, job_id = %msg.job_id, "could not publish a job of a batch on its own; the batch comes back");
+                return Disposition::Requeue;
+            }
+        }
+        Disposition::Ack
+    }
+}
+
+/// Runs the jobs on the batch's slots (see the module's note), each as a delivery of its own
+/// would be run.
+async fn work(
+    shared: &Shared,
+    agent: &AgentRuntime,
+    jobs: Vec<JobMessage>,
+    slot: OwnedSemaphorePermit,
+) -> Outcome {
+    let mut free = idle_slots(slot, jobs.len());
+    let mut pending = VecDeque::from(jobs);
+    let mut running = FuturesUnordered::new();
+    let mut outcome = Outcome::default();
+    let spill_at = Instant::now() + SPILL_AFTER;
+    loop {
+        while let (Some(_), false) = (pending.front(), free.is_empty()) {
+            let (Some(msg), Some(slot)) = (pending.pop_front(), free.pop()) else {
+                break;
+            };
+            running.push(async move {
+                let span = run_span(&msg);
+                let run = process(shared, agent, msg.clone(), 0).instrument(span);
+                (msg, Box::pin(run).await, slot)
+            });
+        }
+        if pending.is_empty() {
+            // Nothing left to start: slots this batch no longer needs go back at once.
+            free.clear();
+        }
+        tokio::select! {
+            ended = running.next() => match ended {
+                Some((msg, disposition, slot)) => {
+                    outcome.note(msg, disposition);
+                    free.push(slot);
+                }
+                None => break,
+            },
+            () = tokio::time::sleep_until(spill_at), if !pending.is_empty() => {
+                count(shared, "spilled", pending.len());
+                outcome.republish.extend(pending.drain(..));
+            }
+        }
+    }
+    outcome
+}
+
+/// The slot the batch was handed, and up to `jobs - 1` more that no one is waiting for.
+fn idle_slots(slot: OwnedSemaphorePermit, jobs: usize) -> Vec<OwnedSemaphorePermit> {
+    let slots = slot.semaphore().clone();
+    let mut taken = vec![slot];
+    while taken.len() < jobs {
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => taken.push(permit),
+            Err(_) => break,
+        }
+    }
+    taken
+}
+
+fn count(shared: &Shared, outcome: &str, jobs: usize) {
+    shared
+        .metrics
+        .batched_jobs
+        .with_label_values(&[outcome])
+        .inc_by(jobs as u64);
+}

@@ -70,6 +70,8 @@ pub struct FleetOptions {
     pub others: Vec<OtherAgent>,
     /// Tenants besides `acme` and `globex`, by id.
     pub tenants: Vec<&'static str>,
+    /// `dispatcher.batch_jobs`: the dispatcher's group commit.
+    pub batch_jobs: bool,
 }
 
 impl FleetOptions {
@@ -81,7 +83,14 @@ impl FleetOptions {
             webhook_concurrency: 32,
             others: Vec::new(),
             tenants: Vec::new(),
+            batch_jobs: false,
         }
+    }
+
+    /// With the dispatcher's group commit (`dispatcher.batch_jobs`).
+    pub fn batched(mut self) -> Self {
+        self.batch_jobs = true;
+        self
     }
 
     /// More tenants besides `acme` and `globex`.
@@ -199,6 +208,7 @@ impl Fleet {
                 ..Behavior::default()
             },
             extra_tenants: options.tenants.clone(),
+            batch_jobs: options.batch_jobs,
             // The replica's own lease, not the harness's 3 s (there to make crash tests
             // quick): with 3 s, every run of a second or more renews its lease at 1 s, and
             // a wave of runs renews together, in the middle of the wave's turnover.
@@ -331,6 +341,20 @@ impl Fleet {
             workers,
             dispatcher,
         })
+    }
+
+    /// Jobs the dispatcher accepted so far, and the messages waiting on `agent`'s queues
+    /// (with no worker draining them, the messages those jobs went out in).
+    pub async fn jobs_and_messages(&self, agent: &str) -> anyhow::Result<(u64, u64)> {
+        let url = format!("{}/metrics", self.dispatcher_url);
+        let text = self.http.get(url).send().await?.text().await?;
+        let jobs = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("agentfleet_jobs_submitted_total{"))
+            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64;
+        let messages = self.app.agent_queue_depth(agent).await?;
+        Ok((jobs, u64::from(messages)))
     }
 
     pub fn dispatcher_pid(&self) -> u32 {

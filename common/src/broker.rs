@@ -63,8 +63,8 @@ pub enum BrokerError {
     Unroutable,
     #[error("broker not connected")]
     NotConnected,
-    #[error("a job batch with no jobs")]
-    EmptyBatch,
+    #[error("{0}")]
+    Batch(#[from] crate::wire::WireError),
     /// A configured URL does not parse as AMQP (the parser's message is not kept: it may
     /// quote the URL, credentials and all).
     #[error("a broker URL does not parse as an AMQP URL")]
@@ -661,7 +661,10 @@ impl Broker {
     /// Puts jobs of one agent and tenant on their queue in one message (a [`JobBatch`]); one
     /// job goes as a message of its own.
     pub async fn publish_jobs(&self, batch: &JobBatch) -> Result<(), BrokerError> {
-        let (first, rest) = batch.jobs.split_first().ok_or(BrokerError::EmptyBatch)?;
+        let (first, rest) = batch
+            .jobs
+            .split_first()
+            .ok_or(crate::wire::WireError::Batch("no jobs"))?;
         if rest.is_empty() {
             return self.publish_job(first).await;
         }

@@ -29,6 +29,7 @@ use agentfleet_common::naming::LimitScope;
 use agentfleet_common::store::{Redis, StoreError};
 
 use crate::backlog::AgentBacklog;
+use crate::publish::{JobPublisher, JobsPerMessage};
 
 const POLL_EVERY: Duration = Duration::from_millis(250);
 const UNKNOWN: u64 = u64::MAX;
@@ -37,7 +38,10 @@ struct Watched {
     queue: String,
     agent: String,
     tenant: Option<String>,
+    /// In jobs: the messages counted, times the jobs a message carries where the dispatcher
+    /// batches this queue's jobs (see [`crate::publish`]).
     depth: AtomicU64,
+    per_message: Option<Arc<JobsPerMessage>>,
 }
 
 /// What limits an agent's admissions, for its admissible backlog.
@@ -137,12 +141,21 @@ pub struct QueueDepths {
 }
 
 impl QueueDepths {
-    pub fn new(config: &Config, redis: Redis, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: &Config,
+        publisher: &JobPublisher,
+        redis: Redis,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let queues = config
             .agents
             .keys()
             .flat_map(|agent| {
                 config.job_queues(agent).into_iter().map(|q| Watched {
+                    per_message: q
+                        .tenant
+                        .as_deref()
+                        .and_then(|tenant| publisher.jobs_per_message(agent, tenant)),
                     queue: q.queue,
                     agent: agent.clone(),
                     tenant: q.tenant,
@@ -269,13 +282,17 @@ impl QueueDepths {
                     FieldTable::default(),
                 )
                 .await?;
-            let depth = queue.message_count();
-            watched.depth.store(u64::from(depth), Ordering::Relaxed);
+            let messages = u64::from(queue.message_count());
+            let depth = watched
+                .per_message
+                .as_ref()
+                .map_or(messages, |per_message| per_message.jobs_in(messages));
+            watched.depth.store(depth, Ordering::Relaxed);
             self.inner
                 .metrics
                 .queue_depth
                 .with_label_values(&[&watched.agent, watched.tenant.as_deref().unwrap_or("")])
-                .set(i64::from(depth));
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
         }
         let _ = channel.close(200, "polled".into()).await;
         Ok(())

@@ -229,12 +229,13 @@ async fn accept(state: AppState, submission: Submission) -> Result<Response, Api
 /// publish by the broker's connect and confirm timeouts), so its claim was abandoned — the
 /// dispatcher died mid-accept, or a Redis failover kept the claim and forgot the record.
 /// (A job id is a UUID v7: it says when its accept began. Twice the bound, for clock skew
-/// between replicas and a starved task.)
+/// between replicas and a starved task. A batched job may wait for the publish before its own:
+/// two publishes.)
 fn abandoned(job_id: Uuid, config: &agentfleet_common::config::Config) -> bool {
     const REDIS_CALLS_PER_ACCEPT: u32 = 8;
     let bound = config.redis.timeout * REDIS_CALLS_PER_ACCEPT
         + config.amqp.connect_timeout
-        + config.amqp.publish_timeout;
+        + config.amqp.publish_timeout * 2;
     let Some((secs, nanos)) = job_id.get_timestamp().map(|t| t.to_unix()) else {
         return false;
     };
@@ -352,7 +353,7 @@ async fn enqueue(state: &AppState, submission: Submission) -> Result<Response, A
         not_before: None,
         request_id: record.request_id.clone(),
     };
-    if let Err(err) = inner.broker.publish_job(&message).await {
+    if let Err(err) = inner.jobs.publish(message).await {
         // If Redis is gone too, the orphan record expires with its TTL; no worker will see it.
         if let Err(undo) = inner.store.delete(id).await {
             tracing::error!(error = %undo, "could not remove the record of an unpublished job");

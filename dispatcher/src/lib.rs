@@ -11,6 +11,7 @@ mod jobs;
 mod layers;
 mod openapi;
 mod problem;
+mod publish;
 mod quotas;
 pub mod request;
 
@@ -55,6 +56,8 @@ struct Inner {
     tenants: auth::Tenants,
     store: JobStore,
     broker: Broker,
+    /// Accepted jobs onto their queues (one message each, or batched: `dispatcher.batch_jobs`).
+    jobs: publish::JobPublisher,
     metrics: Arc<Metrics>,
     outbound: Outbound,
     queue_depths: depths::QueueDepths,
@@ -117,15 +120,22 @@ impl Dispatcher {
         );
         let input_schemas = compile_input_schemas(&config)?;
         let privacy = config.privacy().map_err(DispatcherError::Privacy)?;
+        let jobs = publish::JobPublisher::new(broker.clone(), &config);
         let state = AppState {
             inner: Arc::new(Inner {
                 input_schemas,
                 privacy: Live::new(privacy),
                 tenants: auth::Tenants::new(&config.tenants),
-                queue_depths: depths::QueueDepths::new(&config, redis.clone(), metrics.clone()),
+                queue_depths: depths::QueueDepths::new(
+                    &config,
+                    &jobs,
+                    redis.clone(),
+                    metrics.clone(),
+                ),
                 quotas: Live::new(quotas::Quotas::new(&config, redis.clone())),
                 policy: Live::new(config.clone()),
                 redis: redis.clone(),
+                jobs,
                 config,
                 store,
                 broker,

@@ -22,24 +22,27 @@ use crate::suite::{Ctx, Settings};
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let s = &ctx.settings;
-    let fleet = Fleet::start(
-        &ctx.bins,
-        FleetOptions::new(AgentSpec::new("bench"), std::time::Duration::ZERO, 0),
-    )
-    .await?;
+    let options = || FleetOptions::new(AgentSpec::new("bench"), std::time::Duration::ZERO, 0);
+    let fleet = Fleet::start(&ctx.bins, options()).await?;
+    let batching = Fleet::start(&ctx.bins, options().batched()).await?;
     let mut notes = Vec::new();
     let mut peer = start_peer(ctx, &mut notes).await;
     let mut ours = Side::new(fleet.client(), fleet.cpu_groups());
+    let mut batched = Side::new(batching.client(), batching.cpu_groups());
     let mut theirs = peer
         .as_ref()
         .map(|peer| Side::new(peer.client(), peer.cpu_groups()));
-    ours.warm_up(s).await;
-    if let Some(theirs) = &mut theirs {
-        theirs.warm_up(s).await;
-    }
-    let rounds = alternate(s, &mut ours, theirs.as_mut()).await;
+    let rounds = {
+        let mut sides = vec![&mut ours, &mut batched];
+        sides.extend(theirs.as_mut());
+        for side in &sides {
+            side.warm_up(s).await;
+        }
+        alternate(s, &mut sides).await
+    };
     let peer_alive = peer.as_mut().map(IntakePeer::check_alive);
-    drop((fleet, peer));
+    let (jobs, messages) = batching.jobs_and_messages("bench").await?;
+    drop((fleet, batching, peer));
 
     let intake = ours.tally.result();
     let cpu = CpuUse::over(&ours.cpu);
@@ -71,13 +74,20 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             cpu.summary()
         ),
     );
-    if intake.errors > 0 {
-        notes.push(format!("{} POSTs were not accepted.", intake.errors));
+    let grouped = batched.tally.result();
+    notes.push(batched_note(&batched, (jobs, messages)));
+    for (side, load) in [("ours", &intake), ("the batching dispatcher", &grouped)] {
+        if load.errors > 0 {
+            notes.push(format!(
+                "{} POSTs to {side} were not accepted.",
+                load.errors
+            ));
+        }
     }
     let peer = match (theirs, peer_alive) {
         (Some(theirs), Some(alive)) => peer_rows(
             s,
-            intake.per_sec,
+            [intake.per_sec, grouped.per_sec],
             (theirs, alive),
             &rounds,
             (&mut rows, &mut notes),
@@ -92,11 +102,28 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Outcome> {
             "window_secs": s.intake_window.as_secs_f64(),
             "rounds": rounds,
             "dispatcher": intake,
+            "batched": {"load": grouped, "cpu": CpuUse::over(&batched.cpu), "jobs": jobs, "messages": messages},
             "raw_publish": raw,
             "cpu": cpu,
             "bullmq": peer,
         }),
     })
+}
+
+/// What the batching dispatcher did: its POSTs/s, latency, CPU and jobs per message.
+fn batched_note(side: &Side, (jobs, messages): (u64, u64)) -> String {
+    let load = side.tally.result();
+    let latency = load
+        .latency
+        .map(|l| format!("p50 / p99 {:.1} / {:.1} ms", l.p50_ms, l.p99_ms))
+        .unwrap_or_default();
+    format!(
+        "With group commit (`dispatcher.batch_jobs`, off by default): {:.0} POSTs/s, {latency}; \
+         {jobs} jobs in {messages} messages ({:.1} a message, warm-up included); CPU while measured: {}.",
+        load.per_sec,
+        jobs as f64 / messages.max(1) as f64,
+        CpuUse::over(&side.cpu).summary()
+    )
 }
 
 /// Load before each measured window, not counted: a side that stood idle through the other's
@@ -149,22 +176,21 @@ async fn accepted(client: Client, i: usize) -> bool {
     matches!(client.post(i).await, Ok((202, _)))
 }
 
-/// Each round's POSTs/s, ours and the peer's (if it runs), their order alternating.
-async fn alternate(s: &Settings, ours: &mut Side, mut theirs: Option<&mut Side>) -> Vec<[f64; 2]> {
+/// Each round's POSTs/s of every side, in the sides' order; each round takes the sides in
+/// turn, forwards then backwards (A B C, C B A, A B C, …).
+async fn alternate(s: &Settings, sides: &mut [&mut Side]) -> Vec<Vec<f64>> {
     let mut rounds = Vec::new();
     for round in 0..s.intake_rounds.max(1) {
-        let Some(theirs) = theirs.as_deref_mut() else {
-            rounds.push([ours.window(s).await, 0.0]);
-            continue;
-        };
-        let pair = if round % 2 == 0 {
-            let mine = ours.window(s).await;
-            [mine, theirs.window(s).await]
+        let mut per_sec = vec![0.0; sides.len()];
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..sides.len()).collect()
         } else {
-            let peer = theirs.window(s).await;
-            [ours.window(s).await, peer]
+            (0..sides.len()).rev().collect()
         };
-        rounds.push(pair);
+        for i in order {
+            per_sec[i] = sides[i].window(s).await;
+        }
+        rounds.push(per_sec);
     }
     rounds
 }
@@ -186,12 +212,13 @@ async fn start_peer(ctx: &Ctx, notes: &mut Vec<String>) -> Option<IntakePeer> {
     }
 }
 
-/// The row of ours against the BullMQ intake, unless the peer failed.
+/// The rows of ours (one message per job, then batched) against the BullMQ intake, unless
+/// the peer failed.
 fn peer_rows(
     s: &Settings,
-    ours: f64,
+    [ours, batched]: [f64; 2],
     (theirs, alive): (Side, anyhow::Result<()>),
-    rounds: &[[f64; 2]],
+    rounds: &[Vec<f64>],
     (rows, notes): (&mut Vec<Row>, &mut Vec<String>),
 ) -> Option<PeerIntake> {
     let load = theirs.tally.result();
@@ -215,20 +242,30 @@ fn peer_rows(
             .baseline("BullMQ's Node intake", peer.posts_per_sec, "/s")
             .goal("≥ 1.0", ours >= peer.posts_per_sec),
     );
-    let per_round: Vec<String> = rounds
-        .iter()
-        .map(|[mine, peer]| format!("{:.2}", mine / peer))
-        .collect();
+    rows.push(
+        Row::new("batched: accepted POSTs/s vs BullMQ", batched, "/s")
+            .baseline("BullMQ's Node intake", peer.posts_per_sec, "/s")
+            .goal("≥ 1.0", batched >= peer.posts_per_sec),
+    );
+    let per_round = |side: usize| -> String {
+        let ratios: Vec<String> = rounds
+            .iter()
+            .map(|round| format!("{:.2}", round[side] / round[2]))
+            .collect();
+        ratios.join(", ")
+    };
     notes.push(format!(
         "BullMQ intake ({} clients, no worker): {:.0} POSTs/s, p99 {:.1} ms; CPU while measured: {}. \
-         Measured in {} rounds of {:.1} s a side, in turns (ours, BullMQ, BullMQ, ours, ours, …); ours ÷ BullMQ per round: {}.",
+         Measured in {} rounds of {:.1} s a side, in turns (ours, batched, BullMQ, then backwards, …); \
+         ÷ BullMQ per round: ours {}; batched {}.",
         s.clients,
         peer.posts_per_sec,
         peer.p99_ms.unwrap_or_default(),
         peer.cpu.summary(),
         rounds.len(),
         s.intake_round().as_secs_f64(),
-        per_round.join(", ")
+        per_round(0),
+        per_round(1)
     ));
     Some(peer)
 }

@@ -384,6 +384,11 @@ pub struct DispatcherConfig {
     /// [`crate::shutdown::Grace`]); connections still open then are dropped.
     #[serde(rename = "shutdown_grace_secs", with = "duration::secs")]
     pub shutdown_grace: Duration,
+    /// Group commit: the jobs of one queue accepted while its previous publish awaits its
+    /// confirm go out as one message (agents with per-tenant fairness; see the dispatcher's
+    /// `publish`). Off by default: turn it on once every worker understands batches (this
+    /// version and later); an older worker dead-letters them.
+    pub batch_jobs: bool,
 }
 
 /// Where the dispatcher's audit records go besides their log target (`agentfleet::audit`).
@@ -415,6 +420,7 @@ impl Default for DispatcherConfig {
             max_concurrent_requests: 1024,
             audit: AuditConfig::default(),
             shutdown_grace: Duration::from_secs(15),
+            batch_jobs: false,
         }
     }
 }

@@ -2,13 +2,17 @@
 //! runs each job once, under its own slots; a job that cannot start in time goes back on its
 //! own; a batch delivered again is split; a batch no worker could read is dead-lettered.
 //!
-//! The jobs are submitted through the dispatcher with no worker running, taken off their
-//! queue, and published again as one batch (as a dispatcher that batches would publish them).
+//! The worker's half: jobs are submitted through the dispatcher with no worker running, taken
+//! off their queue, and published again as one batch. The dispatcher's half
+//! (`dispatcher.batch_jobs`): bursts of submissions.
 
 use std::time::Duration;
 
+use serde_json::{json, Value};
+
 use agentfleet_common::wire::JobBatch;
 use agentfleet_stub::llm::Behavior;
+use agentfleet_tests::proxy::Proxy;
 use agentfleet_tests::{wait_until, AgentSpec, AppOptions, TestApp};
 
 /// The app with no worker running, `n` jobs submitted for acme, and their messages taken off
@@ -190,5 +194,140 @@ async fn a_malformed_batch_is_dead_lettered() -> anyhow::Result<()> {
     let id = app.submit_job("summarize", "still working").await?;
     let record = app.wait_terminal(&[id], Duration::from_secs(20)).await?;
     assert_eq!(record[0]["status"], "succeeded");
+    Ok(())
+}
+
+/// `n` submissions to `summarize` as acme, all at once: their statuses and the accepted ids.
+async fn burst(app: &TestApp, n: usize) -> (Vec<u16>, Vec<String>) {
+    let submissions = (0..n).map(|i| async move {
+        let body = json!({"agent": "summarize", "input": format!("burst {i}"), "webhook_url": app.webhook_url()});
+        let response = app.submit_as(&app.acme, &body).await;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or_default();
+        (status, body["id"].as_str().map(str::to_owned))
+    });
+    let answers = futures_util::future::join_all(submissions).await;
+    let statuses = answers.iter().map(|(status, _)| *status).collect();
+    let ids = answers.into_iter().filter_map(|(_, id)| id).collect();
+    (statuses, ids)
+}
+
+/// With `dispatcher.batch_jobs`, a burst of submissions to one queue goes out in fewer
+/// messages than jobs, each POST answered 202 once its message is confirmed, and every job
+/// runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_that_batches_puts_a_burst_in_fewer_messages() -> anyhow::Result<()> {
+    let mut app = TestApp::spawn(AppOptions {
+        batch_jobs: true,
+        ..no_worker(AgentSpec::new("summarize"))
+    })
+    .await?;
+    let jobs = 64;
+    let (statuses, ids) = burst(&app, jobs).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    assert_eq!(ids.len(), jobs);
+    let queue = app.names().tenant_queue("summarize", &app.acme.id);
+    // Each POST was answered after its message's confirm: every message is on the queue.
+    let messages = app.queue_depth(&queue).await? as usize;
+    assert!(
+        (1..jobs).contains(&messages),
+        "{jobs} jobs in {messages} messages"
+    );
+
+    app.start_worker().await?;
+    let records = app.wait_terminal(&ids, Duration::from_secs(30)).await?;
+    assert!(records.iter().all(|r| r["status"] == "succeeded"));
+    for id in &ids {
+        assert_eq!(app.llm.calls_for_job(id), 1, "job {id}'s model called once");
+    }
+    app.wait_webhooks(jobs, Duration::from_secs(10)).await?;
+    assert!(batched(&app, "run") >= (jobs - messages + 1) as u64);
+    Ok(())
+}
+
+/// A batched burst the broker cannot take is refused whole, with nothing left behind; once the
+/// broker is back, the next burst is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_burst_that_cannot_be_published_leaves_nothing() -> anyhow::Result<()> {
+    let proxy = Proxy::start(([127, 0, 0, 1], 5672).into()).await?;
+    let app = TestApp::spawn(AppOptions {
+        batch_jobs: true,
+        amqp_url: format!("amqp://guest:guest@{}/%2f", proxy.addr()),
+        ..no_worker(AgentSpec::new("summarize"))
+    })
+    .await?;
+    proxy.cut();
+    wait_until(
+        Duration::from_secs(5),
+        "the dispatcher to see the cut",
+        || async {
+            let ready = app.http.get(app.url("/readyz")).send().await.ok()?;
+            (ready.status() == 503).then_some(())
+        },
+    )
+    .await?;
+    let (statuses, _) = burst(&app, 20).await;
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    assert!(
+        app.job_keys().await?.is_empty(),
+        "no record of a refused job stays behind"
+    );
+
+    proxy.restore();
+    wait_until(
+        Duration::from_secs(15),
+        "submissions to recover",
+        || async {
+            let (statuses, _) = burst(&app, 1).await;
+            (statuses == [202]).then_some(())
+        },
+    )
+    .await?;
+    let (statuses, ids) = burst(&app, 20).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    assert_eq!(ids.len(), 20);
+    Ok(())
+}
+
+/// Shedding counts jobs, not messages: once a batched burst has filled the agent's queue past
+/// `max_queue_depth` in jobs (in far fewer messages than that), the next submission gets 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shedding_counts_the_jobs_in_batched_messages() -> anyhow::Result<()> {
+    let agent = AgentSpec {
+        max_queue_depth: Some(48),
+        ..AgentSpec::new("summarize")
+    };
+    let app = TestApp::spawn(AppOptions {
+        batch_jobs: true,
+        ..no_worker(agent)
+    })
+    .await?;
+    let (statuses, _) = burst(&app, 64).await;
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    let queue = app.names().tenant_queue("summarize", &app.acme.id);
+    let messages = app.queue_depth(&queue).await? as usize;
+    assert!(
+        accepted >= 48 && messages < 18,
+        "{accepted} jobs accepted in {messages} messages"
+    );
+    // The next poll (every 250 ms; a submission every 20 ms or so until then) sees the queue's
+    // jobs. Counted in messages, it would take 48 - messages (over 30) more accepts first.
+    let body = json!({"agent": "summarize", "input": "one more"});
+    let more = std::sync::atomic::AtomicUsize::new(0);
+    let response = wait_until(Duration::from_secs(10), "a 429", || async {
+        let response = app.submit_as(&app.acme, &body).await;
+        if response.status() == 202 {
+            more.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        (response.status() == 429).then_some(response)
+    })
+    .await?;
+    let problem: Value = response.json().await?;
+    assert_eq!(problem["type"], "urn:agentfleet:problem:overloaded");
+    let more = more.into_inner();
+    assert!(
+        more < 25,
+        "{more} more accepted before the queue counted as full"
+    );
     Ok(())
 }

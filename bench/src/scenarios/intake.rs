@@ -1,12 +1,14 @@
 //! Scenario 4, Dispatcher intake: accepted POSTs per second (each a Redis write and a publish with
 //! a confirm) from 64 concurrent clients, with no worker draining, and their p99 latency; against
 //! raw lapin publishes with confirms at the same concurrency, same message, same queue type, in the
-//! same run; and against BullMQ's Node intake, measured in turns with ours.
+//! same run; and against BullMQ's Node intake. A second dispatcher with group commit
+//! (`dispatcher.batch_jobs`) is measured beside ours as shipped (one message per job).
 //!
 //! The turns: this VM's speed drifts by a fifth within minutes (one build, measured before the
-//! peer in three consecutive runs, came out at 0.93, 0.72 and 0.85 of it). Windows taken in the
-//! order ours, peer, peer, ours, ours, … put such a drift on both sides alike, where one long
-//! window each put it all on whichever side came second.
+//! peer in three consecutive runs, came out at 0.93, 0.72 and 0.85 of it). Windows taken in
+//! turns, the sides forwards then backwards (ours, batched, BullMQ, BullMQ, batched, ours, …),
+//! put such a drift on every side alike, where one long window each put it all on whichever
+//! side came last.
 
 use serde_json::json;
 

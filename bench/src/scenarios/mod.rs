@@ -138,7 +138,7 @@ pub async fn redis_command_calls() -> anyhow::Result<BTreeMap<String, u64>> {
 
 /// `n` jobs through a fleet of `workers` worker processes, in one batch.
 pub async fn whole_path(ctx: &Ctx, workers: usize, n: usize) -> anyhow::Result<WholePath> {
-    let mut fleet = WholePathFleet::start(ctx, workers).await?;
+    let mut fleet = WholePathFleet::start(ctx, workers, false).await?;
     fleet.batch(n).await?;
     Ok(fleet.finish())
 }
@@ -158,13 +158,15 @@ pub struct WholePathFleet {
 }
 
 impl WholePathFleet {
-    /// The fleet, after [`WARMUP_JOBS`] jobs have been run and delivered.
-    pub async fn start(ctx: &Ctx, workers: usize) -> anyhow::Result<Self> {
+    /// The fleet, after [`WARMUP_JOBS`] jobs have been run and delivered; its dispatcher with
+    /// group commit if `batch_jobs`.
+    pub async fn start(ctx: &Ctx, workers: usize, batch_jobs: bool) -> anyhow::Result<Self> {
         let s = &ctx.settings;
         let mut agent = AgentSpec::new("bench");
         agent.concurrency = s.throughput_concurrency;
-        let mut fleet =
-            Fleet::start(&ctx.bins, FleetOptions::new(agent, Duration::ZERO, workers)).await?;
+        let mut options = FleetOptions::new(agent, Duration::ZERO, workers);
+        options.batch_jobs = batch_jobs;
+        let mut fleet = Fleet::start(&ctx.bins, options).await?;
         fleet.submit_many(WARMUP_JOBS, s.clients).await?;
         fleet
             .wait_webhooks_for(0, WARMUP_JOBS, Duration::from_secs(30))

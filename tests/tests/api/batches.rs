@@ -119,13 +119,14 @@ async fn a_batch_delivered_again_is_split_into_its_jobs() -> anyhow::Result<()> 
     Ok(())
 }
 
-/// A job of a batch that finds no slot of the batch's within a second goes back to the queue
-/// on its own, so the batch's message is held no longer than a run.
+/// A job of a batch that finds no slot within 5 s goes back to the queue on its own, so the
+/// batch's message is held no longer than its longest run plus that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_job_that_cannot_start_in_time_goes_back_on_its_own() -> anyhow::Result<()> {
-    // One call at a time, two delivery slots: the batch starts its jobs on one or both (the
-    // consume loop may already hold the second, waiting for the next message), and the others
-    // cannot start before the first call (1.5 s) ends.
+    // One call at a time, two delivery slots, 3-s calls. The batch's first job calls at once;
+    // its second either waits for the call slot on the second delivery slot (if the batch got
+    // it) or starts at 3 s on the first. At 5 s, no call having ended since 3 s, the jobs not
+    // started (one or two) are published on their own.
     let agent = AgentSpec {
         concurrency: 1,
         ..AgentSpec::new("summarize")
@@ -133,7 +134,7 @@ async fn a_batch_job_that_cannot_start_in_time_goes_back_on_its_own() -> anyhow:
     let model = agent.model();
     let mut app = TestApp::spawn(AppOptions {
         behavior: Behavior {
-            latency: Duration::from_millis(1_500),
+            latency: Duration::from_secs(3),
             ..Behavior::default()
         },
         ..no_worker(agent)
@@ -141,7 +142,7 @@ async fn a_batch_job_that_cannot_start_in_time_goes_back_on_its_own() -> anyhow:
     .await?;
     let ids = batch_of(&app, 4).await?;
     app.start_worker().await?;
-    let records = app.wait_terminal(&ids, Duration::from_secs(30)).await?;
+    let records = app.wait_terminal(&ids, Duration::from_secs(40)).await?;
     for record in &records {
         assert_eq!(record["status"], "succeeded", "{record}");
     }
@@ -151,7 +152,7 @@ async fn a_batch_job_that_cannot_start_in_time_goes_back_on_its_own() -> anyhow:
     assert_eq!(app.llm.peak_in_flight(&model), 1, "concurrency held");
     assert_eq!(batched(&app, "run"), 4);
     let spilled = batched(&app, "spilled");
-    assert!((2..=3).contains(&spilled), "{spilled} jobs spilled");
+    assert!((1..=2).contains(&spilled), "{spilled} jobs spilled");
     Ok(())
 }
 

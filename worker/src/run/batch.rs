@@ -50,6 +50,11 @@ pub async fn handle(
 ) -> Disposition {
     let outcome = if deliveries > 0 {
         drop(slot);
+        tracing::info!(
+            jobs = batch.jobs.len(),
+            deliveries,
+            "a batch delivered again; publishing its jobs one by one"
+        );
         count(shared, "split", batch.jobs.len());
         Outcome {
             republish: batch.jobs,

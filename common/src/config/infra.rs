@@ -387,7 +387,8 @@ pub struct DispatcherConfig {
     /// Group commit: the jobs of one queue accepted while its previous publish awaits its
     /// confirm go out as one message (agents with per-tenant fairness; see the dispatcher's
     /// `publish`). Off by default: turn it on once every worker understands batches (this
-    /// version and later); an older worker dead-letters them.
+    /// version and later); an older worker dead-letters them, so turn it off and let the
+    /// queues drain before rolling workers back.
     pub batch_jobs: bool,
 }
 

@@ -758,6 +758,16 @@ impl TestApp {
         .await
     }
 
+    /// Waits until `/readyz` answers 503: the dispatcher has seen a dependency go (a cut
+    /// proxy's sockets close, and it learns of it when they do).
+    pub async fn wait_not_ready(&self, within: Duration) -> anyhow::Result<()> {
+        wait_until(within, "the dispatcher to see the cut", || async {
+            let ready = self.http.get(self.url("/readyz")).send().await.ok()?;
+            (ready.status() == 503).then_some(())
+        })
+        .await
+    }
+
     /// Messages ready in an agent's queue (passive declare).
     pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
         let conn =

@@ -249,13 +249,6 @@ fn peer_rows(
             .baseline("BullMQ's Node intake", peer.posts_per_sec, "/s")
             .goal("≥ 1.0", batched >= peer.posts_per_sec),
     );
-    let per_round = |side: usize| -> String {
-        let ratios: Vec<String> = rounds
-            .iter()
-            .map(|round| format!("{:.2}", round[side] / round[2]))
-            .collect();
-        ratios.join(", ")
-    };
     notes.push(format!(
         "BullMQ intake ({} clients, no worker): {:.0} POSTs/s, p99 {:.1} ms; CPU while measured: {}. \
          Measured in {} rounds of {:.1} s a side, in turns (ours, batched, BullMQ, then backwards, …); \
@@ -266,8 +259,8 @@ fn peer_rows(
         peer.cpu.summary(),
         rounds.len(),
         s.intake_round().as_secs_f64(),
-        per_round(0),
-        per_round(1)
+        super::ratios_per_turn(rounds, 0, 2),
+        super::ratios_per_turn(rounds, 1, 2)
     ));
     Some(peer)
 }

@@ -312,9 +312,31 @@ const ACK_FRAMES: &str = "agentfleet_ack_frames_total";
 /// The workers' count of events handed to the webhook queue by the run that ended the job.
 const QUEUED_WEBHOOKS: &str = "agentfleet_webhook_first_attempts_total{path=\"queued\"}";
 
+/// One side's ratio to another in each turn of a run taken in turns, as "1.02, 0.97, …":
+/// `turns` holds each turn's figures by side.
+pub fn ratios_per_turn<T: AsRef<[f64]>>(turns: &[T], side: usize, to: usize) -> String {
+    let ratios: Vec<String> = turns
+        .iter()
+        .map(|turn| {
+            let turn = turn.as_ref();
+            format!("{:.2}", turn[side] / turn[to])
+        })
+        .collect();
+    ratios.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_turn_reads_as_one_sides_ratio_to_another() {
+        let turns = vec![[2.0, 3.0, 1.0], [1.0, 1.5, 2.0]];
+        assert_eq!(ratios_per_turn(&turns, 0, 2), "2.00, 0.50");
+        assert_eq!(ratios_per_turn(&turns, 1, 2), "3.00, 0.75");
+        let rounds = vec![vec![4.0, 2.0]];
+        assert_eq!(ratios_per_turn(&rounds, 0, 1), "2.00");
+    }
 
     fn counters(redis: &[(&str, u64)], round_trips: Option<u64>) -> Counters {
         Counters {

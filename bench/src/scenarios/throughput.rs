@@ -218,13 +218,6 @@ fn peer_rows(
             .baseline("BullMQ + Node intake", peer.jobs_per_sec, "jobs/s")
             .goal("≥ 1.0", batched >= peer.jobs_per_sec),
     );
-    let per_turn = |side: usize| -> String {
-        let ratios: Vec<String> = turns
-            .iter()
-            .map(|turn| format!("{:.2}", turn[side] / turn[2]))
-            .collect();
-        ratios.join(", ")
-    };
     notes.push(format!(
         "BullMQ peer ({} jobs, {} clients, worker concurrency {}): {:.0} jobs/s, intake {:.0} POSTs/s while draining; CPU while measured: {}; CPU ms per job: {}. \
          In turns (ours, batched, BullMQ, then backwards, …); ÷ BullMQ per turn: ours {}; batched {}.",
@@ -235,8 +228,8 @@ fn peer_rows(
         peer.accepted_posts_per_sec,
         peer.cpu.summary(),
         peer.cpu.per_job_ms(peer.jobs),
-        per_turn(0),
-        per_turn(1)
+        super::ratios_per_turn(turns, 0, 2),
+        super::ratios_per_turn(turns, 1, 2)
     ));
     Some(peer)
 }

@@ -258,15 +258,7 @@ async fn a_batched_burst_that_cannot_be_published_leaves_nothing() -> anyhow::Re
     })
     .await?;
     proxy.cut();
-    wait_until(
-        Duration::from_secs(5),
-        "the dispatcher to see the cut",
-        || async {
-            let ready = app.http.get(app.url("/readyz")).send().await.ok()?;
-            (ready.status() == 503).then_some(())
-        },
-    )
-    .await?;
+    app.wait_not_ready(Duration::from_secs(5)).await?;
     let (statuses, _) = burst(&app, 20).await;
     assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
     assert!(

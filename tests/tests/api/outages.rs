@@ -88,15 +88,7 @@ async fn broker_outage_gives_fast_503s_leaves_nothing_and_recovers() -> anyhow::
     // The dispatcher learns of the cut when its connection's socket closes. A publish that
     // races ahead of that waits out `publish_timeout` instead (the bound on a publish in
     // flight at the moment of an outage), so the fast answers are asserted once it knows.
-    wait_until(
-        Duration::from_secs(5),
-        "the dispatcher to see the cut",
-        || async {
-            let ready = app.http.get(app.url("/readyz")).send().await.ok()?;
-            (ready.status() == 503).then_some(())
-        },
-    )
-    .await?;
+    app.wait_not_ready(Duration::from_secs(5)).await?;
     assert_fast_503s(&app, 5).await;
     assert!(
         app.job_keys().await?.is_empty(),

@@ -70,8 +70,9 @@ pub async fn handle(
 /// What the batch's jobs came to.
 #[derive(Default)]
 struct Outcome {
-    /// Jobs to publish again as messages of their own: not started in time, given back, or
-    /// the whole batch when it was delivered again.
+    /// Jobs to publish again as messages of their own when the batch settles: met
+    /// infrastructure trouble, not published when spilled, or the whole batch when it was
+    /// delivered again.
     republish: Vec<JobMessage>,
     /// A job met infrastructure trouble: pause before publishing it again.
     pause: bool,
@@ -176,11 +177,28 @@ async fn work(
             }
             () = tokio::time::sleep_until(spill_at), if !pending.is_empty() => {
                 count(shared, "spilled", pending.len());
-                outcome.republish.extend(pending.drain(..));
+                let spilled: Vec<JobMessage> = pending.drain(..).collect();
+                Box::pin(spill(shared, spilled, &mut outcome)).await;
             }
         }
     }
     outcome
+}
+
+/// Publishes jobs of the batch that found no slot in time as messages of their own, at once,
+/// so another replica can take them while the batch's runs go on. (The runs are not polled
+/// meanwhile: a publish takes a confirm's round trip.) A job whose publish fails is tried
+/// again when the batch settles.
+async fn spill(shared: &Shared, jobs: Vec<JobMessage>, outcome: &mut Outcome) {
+    let mut jobs = jobs.into_iter();
+    for msg in jobs.by_ref() {
+        if let Err(err) = shared.broker.publish_job(&msg).await {
+            tracing::warn!(error = %err, "could not publish a job of a batch on its own yet");
+            outcome.republish.push(msg);
+            break;
+        }
+    }
+    outcome.republish.extend(jobs);
 }
 
 /// The slot the batch was handed, and up to `jobs - 1` more that no one is waiting for.

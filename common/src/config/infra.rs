@@ -388,7 +388,7 @@ pub struct DispatcherConfig {
     /// confirm go out as one message (agents with per-tenant fairness; see the dispatcher's
     /// `publish`). Off by default: turn it on once every worker understands batches (this
     /// version and later); an older worker dead-letters them, so turn it off and let the
-    /// queues drain before rolling workers back.
+    /// queues drain before rolling workers back. Read at start (a reload keeps it).
     pub batch_jobs: bool,
 }
 

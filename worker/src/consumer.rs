@@ -8,6 +8,7 @@
 //! whoever queued first (see [`crate::fair`]).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,7 +91,7 @@ pub async fn consume<H, F>(
     handle: H,
 ) -> Option<Channel>
 where
-    H: Fn(Delivery, Acks, OwnedSemaphorePermit) -> F + Send + Sync + 'static,
+    H: Fn(Handed) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     let mut backoff = Duration::from_millis(100);
@@ -134,7 +135,7 @@ async fn consume_once<H, F>(
     handle: &H,
 ) -> Result<Option<Channel>, BrokerError>
 where
-    H: Fn(Delivery, Acks, OwnedSemaphorePermit) -> F,
+    H: Fn(Handed) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     // A stop waits for this (it takes a few round trips): a channel dropped half set up would
@@ -149,23 +150,81 @@ where
     tracing::info!(queue = %consumption.label(), queues = consumption.sources.len(), prefetch = consumption.prefetch, "consuming");
     let mut lanes = Lanes::new(consumption.sources.iter().map(|s| s.weight));
     let acks = Acks::start(tracker, consumption.ack_frames.clone());
+    let waiting = Arc::new(LaneCounts::new(consumption.sources.len()));
     let mut handing = Handing {
         arrivals: &mut arrivals,
         lanes: &mut lanes,
         acks: &acks,
+        waiting: &waiting,
     };
     let result = serve(&mut handing, consumption, tracker, stop, handle).await;
     give_back(&channel, consumption, &mut lanes, &acks).await;
+    waiting.clear();
     result?;
     Ok(stop.is_cancelled().then_some(channel))
 }
 
-/// What the serve loop hands out from: the merged arrivals, the lanes they wait on, and the
-/// channel's ack sender, told of every delivery taken off a consumer.
+/// What a handler is given: the delivery, the channel's ack sender, the slot it runs on, and
+/// whether deliveries of other sources wait for a slot meanwhile.
+pub struct Handed {
+    pub delivery: Delivery,
+    pub acks: Acks,
+    pub slot: OwnedSemaphorePermit,
+    pub others: OthersWaiting,
+}
+
+/// How many deliveries wait on each source's lane for a slot.
+pub struct LaneCounts(Vec<AtomicUsize>);
+
+impl LaneCounts {
+    fn new(lanes: usize) -> Self {
+        Self((0..lanes).map(|_| AtomicUsize::new(0)).collect())
+    }
+
+    fn add(&self, lane: usize, by: isize) {
+        if let Some(count) = self.0.get(lane) {
+            if by >= 0 {
+                count.fetch_add(by.unsigned_abs(), Ordering::Relaxed);
+            } else {
+                let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(by.unsigned_abs()))
+                });
+            }
+        }
+    }
+
+    fn clear(&self) {
+        for count in &self.0 {
+            count.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether a delivery of another source than the handed one's waits for a slot: a handler that
+/// could hold slots for more work of its own source (a batch's jobs) gives way instead.
+pub struct OthersWaiting {
+    counts: Arc<LaneCounts>,
+    source: usize,
+}
+
+impl OthersWaiting {
+    pub fn any(&self) -> bool {
+        self.counts
+            .0
+            .iter()
+            .enumerate()
+            .any(|(lane, count)| lane != self.source && count.load(Ordering::Relaxed) > 0)
+    }
+}
+
+/// What the serve loop hands out from: the merged arrivals, the lanes they wait on (each
+/// delivery with its source), how many wait on each, and the channel's ack sender, told of
+/// every delivery taken off a consumer.
 struct Handing<'a> {
     arrivals: &'a mut Arrivals,
-    lanes: &'a mut Lanes<Delivery>,
+    lanes: &'a mut Lanes<(usize, Delivery)>,
     acks: &'a Acks,
+    waiting: &'a Arc<LaneCounts>,
 }
 
 impl Handing<'_> {
@@ -175,7 +234,8 @@ impl Handing<'_> {
         match arrival {
             (source, Some(Ok(delivery))) => {
                 self.acks.taken(delivery.delivery_tag);
-                self.lanes.push(source, delivery);
+                self.lanes.push(source, (source, delivery));
+                self.waiting.add(source, 1);
                 Ok(true)
             }
             (_, Some(Err(err))) => Err(err.into()),
@@ -193,7 +253,7 @@ async fn serve<H, F>(
     handle: &H,
 ) -> Result<(), BrokerError>
 where
-    H: Fn(Delivery, Acks, OwnedSemaphorePermit) -> F,
+    H: Fn(Handed) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -215,9 +275,10 @@ where
                 return Ok(());
             }
         }
-        let delivery = loop {
-            if let Some(delivery) = handing.lanes.pick() {
-                break delivery;
+        let (source, delivery) = loop {
+            if let Some((source, delivery)) = handing.lanes.pick() {
+                handing.waiting.add(source, -1);
+                break (source, delivery);
             }
             match wait(handing.arrivals, None, stop).await {
                 Wake::Arrived(arrival) => {
@@ -228,7 +289,15 @@ where
                 Wake::Stop | Wake::Slot(_) => return Ok(()),
             }
         };
-        tracker.spawn(handle(delivery, handing.acks.clone(), permit));
+        tracker.spawn(handle(Handed {
+            delivery,
+            acks: handing.acks.clone(),
+            slot: permit,
+            others: OthersWaiting {
+                counts: handing.waiting.clone(),
+                source,
+            },
+        }));
     }
 }
 
@@ -277,7 +346,7 @@ async fn wait(
 async fn give_back(
     channel: &Channel,
     consumption: &Consumption,
-    lanes: &mut Lanes<Delivery>,
+    lanes: &mut Lanes<(usize, Delivery)>,
     acks: &Acks,
 ) {
     for i in 0..consumption.sources.len() {
@@ -288,7 +357,7 @@ async fn give_back(
             )
             .await;
     }
-    for delivery in lanes.drain() {
+    for (_, delivery) in lanes.drain() {
         let tag = delivery.delivery_tag;
         if delivery
             .reject(BasicRejectOptions { requeue: true })
@@ -297,5 +366,33 @@ async fn give_back(
         {
             acks.gone(tag);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn others_wait_only_on_another_lane() {
+        let counts = Arc::new(LaneCounts::new(3));
+        let mine = OthersWaiting {
+            counts: counts.clone(),
+            source: 1,
+        };
+        assert!(!mine.any(), "nothing waits");
+        counts.add(1, 1);
+        assert!(!mine.any(), "only its own lane waits");
+        counts.add(2, 1);
+        assert!(mine.any(), "another lane waits");
+        counts.add(2, -1);
+        counts.add(2, -1);
+        assert!(!mine.any(), "taken, and never below zero");
+        counts.add(0, 2);
+        assert!(mine.any());
+        counts.clear();
+        assert!(!mine.any());
+        counts.add(7, 1);
+        assert!(!mine.any(), "an unknown lane is ignored");
     }
 }

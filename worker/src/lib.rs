@@ -324,9 +324,7 @@ impl Worker {
                 consumption,
                 tracker.clone(),
                 shutdown.clone(),
-                move |delivery, acks, slot| {
-                    run::handle_job(shared.clone(), agent.clone(), delivery, acks, slot)
-                },
+                move |handed| run::handle_job(shared.clone(), agent.clone(), handed),
             ));
         }
         let webhooks = Consumption::new(
@@ -344,8 +342,13 @@ impl Worker {
             webhooks,
             tracker.clone(),
             shutdown.clone(),
-            move |delivery, acks, slot| {
-                webhook::handle_webhook(for_webhooks.clone(), delivery, acks, slot)
+            move |handed: consumer::Handed| {
+                webhook::handle_webhook(
+                    for_webhooks.clone(),
+                    handed.delivery,
+                    handed.acks,
+                    handed.slot,
+                )
             },
         ));
         loops.spawn(control::listen(

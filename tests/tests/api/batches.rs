@@ -34,6 +34,22 @@ async fn batch_of(app: &TestApp, n: usize) -> anyhow::Result<Vec<String>> {
     Ok(ids)
 }
 
+/// Like [`batch_of`], for several batches of acme's, published in order.
+async fn batches_of(app: &TestApp, sizes: &[usize]) -> anyhow::Result<Vec<String>> {
+    let total = sizes.iter().sum();
+    let mut ids = Vec::new();
+    for i in 0..total {
+        ids.push(app.submit_job("summarize", &format!("job {i}")).await?);
+    }
+    let queue = app.names().tenant_queue("summarize", &app.acme.id);
+    let mut jobs = app.take_queued_jobs(&queue).await?.into_iter();
+    for &size in sizes {
+        let batch = JobBatch::new(jobs.by_ref().take(size).collect())?;
+        app.broker().publish_jobs(&batch).await?;
+    }
+    Ok(ids)
+}
+
 fn no_worker(agent: AgentSpec) -> AppOptions {
     AppOptions {
         workers: 0,
@@ -153,6 +169,53 @@ async fn a_batch_job_that_cannot_start_in_time_goes_back_on_its_own() -> anyhow:
     assert_eq!(batched(&app, "run"), 4);
     let spilled = batched(&app, "spilled");
     assert!((1..=2).contains(&spilled), "{spilled} jobs spilled");
+    Ok(())
+}
+
+/// A batch is one turn of its tenant's, as a message of one job is: once another tenant's job
+/// waits for a slot, the batches' jobs not started go back to their queue, and the other
+/// tenant's job is next, not behind every job of the batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_job_does_not_wait_behind_a_batch() -> anyhow::Result<()> {
+    // One call at a time, two delivery slots: acme's two batches of 6 take both, and globex's
+    // job arrives while they hold them.
+    let agent = AgentSpec {
+        concurrency: 1,
+        ..AgentSpec::new("summarize")
+    };
+    let mut app = TestApp::spawn(AppOptions {
+        behavior: Behavior {
+            latency: Duration::from_millis(500),
+            ..Behavior::default()
+        },
+        ..no_worker(agent)
+    })
+    .await?;
+    let mut ids = batches_of(&app, &[6, 6]).await?;
+    app.start_worker().await?;
+    wait_until(Duration::from_secs(10), "acme's first call", || async {
+        (app.llm.call_count() > 0).then_some(())
+    })
+    .await?;
+    let theirs = app.submit_for(&app.globex, "summarize", "globex's").await?;
+    ids.push(theirs.clone());
+    app.wait_terminal(&ids, Duration::from_secs(30)).await?;
+    let order: Vec<String> = app
+        .llm
+        .calls()
+        .into_iter()
+        .filter_map(|call| call.job_id)
+        .collect();
+    let turn = order.iter().position(|id| *id == theirs);
+    // Its call waits for the calls already admitted (one per batch) and no more.
+    assert!(
+        turn.is_some_and(|turn| turn <= 3),
+        "globex's job made call {turn:?} of {}",
+        order.len()
+    );
+    for id in &ids {
+        assert_eq!(app.llm.calls_for_job(id), 1, "job {id}'s model called once");
+    }
     Ok(())
 }
 

@@ -8,6 +8,9 @@
 //!   consume loop and other batches (first come, first served): a job of a batch waits for a
 //!   slot as a prefetched message does. It never waits for a slot in a way that stops a run it
 //!   holds: no deadlock.
+//! - **Turns.** Once a delivery of another source (another tenant's queue) waits for a slot,
+//!   the jobs not started go back to their queue at once, so the round-robin gives the other
+//!   its turn: a batch is one turn, as a message of one job is.
 //! - **Time.** A job that has not started within [`SPILL_AFTER`] is published again as a
 //!   message of its own, and the batch no longer waits for it: a batch is held no longer than
 //!   its longest run plus that (invariant 7), and a worker that took more batches than it can
@@ -30,6 +33,7 @@ use tracing::Instrument as _;
 use agentfleet_common::wire::{JobBatch, JobMessage};
 
 use super::{process, run_span};
+use crate::consumer::OthersWaiting;
 use crate::delivery::Disposition;
 use crate::{AgentRuntime, Shared};
 
@@ -39,15 +43,24 @@ use crate::{AgentRuntime, Shared};
 /// from 1.07× to 1.43× the ideal), short next to the broker's `consumer_timeout` (30 min).
 pub const SPILL_AFTER: Duration = Duration::from_secs(5);
 
+/// A batch as its handler got it.
+pub struct Handed {
+    pub batch: JobBatch,
+    /// How often the broker delivered it before.
+    pub deliveries: u32,
+    pub slot: OwnedSemaphorePermit,
+    pub others: OthersWaiting,
+}
+
 /// Works a batch delivered for the first time, or splits one delivered again; answers what
 /// becomes of the batch's message.
-pub async fn handle(
-    shared: &Shared,
-    agent: &AgentRuntime,
-    batch: JobBatch,
-    deliveries: u32,
-    slot: OwnedSemaphorePermit,
-) -> Disposition {
+pub async fn handle(shared: &Shared, agent: &AgentRuntime, handed: Handed) -> Disposition {
+    let Handed {
+        batch,
+        deliveries,
+        slot,
+        others,
+    } = handed;
     let outcome = if deliveries > 0 {
         drop(slot);
         tracing::info!(
@@ -62,7 +75,12 @@ pub async fn handle(
         }
     } else {
         count(shared, "run", batch.jobs.len());
-        work(shared, agent, batch.jobs, slot).await
+        let work = Work {
+            jobs: batch.jobs,
+            slot,
+            others,
+        };
+        work.run(shared, agent).await
     };
     outcome.settle(shared).await
 }
@@ -122,83 +140,91 @@ impl Outcome {
     }
 }
 
-/// Runs the jobs on the batch's slots (see the module's note), each as a delivery of its own
-/// would be run.
-async fn work(
-    shared: &Shared,
-    agent: &AgentRuntime,
+/// A first delivery of a batch, to run.
+struct Work {
     jobs: Vec<JobMessage>,
     slot: OwnedSemaphorePermit,
-) -> Outcome {
-    let slots = slot.semaphore().clone();
-    let mut free = idle_slots(slot, jobs.len());
-    let mut pending = VecDeque::from(jobs);
-    let mut running = FuturesUnordered::new();
-    let mut outcome = Outcome::default();
-    let spill_at = Instant::now() + SPILL_AFTER;
-    // One place in the slots' queue (first come, first served with the consume loop and
-    // other batches), kept across turns of the loop so the batch does not lose it.
-    let mut waiting_for_slot = None;
-    loop {
-        while let (Some(_), false) = (pending.front(), free.is_empty()) {
-            let (Some(msg), Some(slot)) = (pending.pop_front(), free.pop()) else {
-                break;
-            };
-            running.push(async move {
-                let span = run_span(&msg);
-                let run = process(shared, agent, msg.clone(), 0).instrument(span);
-                (msg, Box::pin(run).await, slot)
-            });
-        }
-        if pending.is_empty() {
-            // Nothing left to start: slots this batch no longer needs go back at once.
-            free.clear();
-            waiting_for_slot = None;
-        } else if waiting_for_slot.is_none() {
-            waiting_for_slot = Some(Box::pin(slots.clone().acquire_owned()));
-        }
-        let next_slot = async {
-            match waiting_for_slot.as_mut() {
-                Some(acquiring) => acquiring.await.ok(),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            ended = running.next() => match ended {
-                Some((msg, disposition, slot)) => {
-                    outcome.note(msg, disposition);
-                    free.push(slot);
-                }
-                None => break,
-            },
-            Some(slot) = next_slot => {
-                waiting_for_slot = None;
-                free.push(slot);
-            }
-            () = tokio::time::sleep_until(spill_at), if !pending.is_empty() => {
-                count(shared, "spilled", pending.len());
-                let spilled: Vec<JobMessage> = pending.drain(..).collect();
-                Box::pin(spill(shared, spilled, &mut outcome)).await;
-            }
-        }
-    }
-    outcome
+    others: OthersWaiting,
 }
 
-/// Publishes jobs of the batch that found no slot in time as messages of their own, at once,
-/// so another replica can take them while the batch's runs go on. (The runs are not polled
-/// meanwhile: a publish takes a confirm's round trip.) A job whose publish fails is tried
-/// again when the batch settles.
-async fn spill(shared: &Shared, jobs: Vec<JobMessage>, outcome: &mut Outcome) {
-    let mut jobs = jobs.into_iter();
-    for msg in jobs.by_ref() {
+impl Work {
+    /// Runs the jobs on the batch's slots (see the module's note), each as a delivery of its
+    /// own would be run.
+    async fn run(self, shared: &Shared, agent: &AgentRuntime) -> Outcome {
+        let Self { jobs, slot, others } = self;
+        let slots = slot.semaphore().clone();
+        let mut free = idle_slots(slot, jobs.len());
+        let mut pending = VecDeque::from(jobs);
+        let mut running = FuturesUnordered::new();
+        let mut outcome = Outcome::default();
+        let spill_at = Instant::now() + SPILL_AFTER;
+        // One place in the slots' queue (first come, first served with the consume loop and
+        // other batches), kept across turns of the loop so the batch does not lose it.
+        let mut waiting_for_slot = None;
+        loop {
+            if !pending.is_empty() && others.any() {
+                // Another tenant's delivery waits for a slot: the jobs not started go back to
+                // their queue, where the round-robin gives the other its turn, and a slot that
+                // one of the batch's runs left goes back too (below), not to its next job.
+                Box::pin(spill(shared, &mut pending, &mut outcome)).await;
+            }
+            while let (Some(_), false) = (pending.front(), free.is_empty()) {
+                let (Some(msg), Some(slot)) = (pending.pop_front(), free.pop()) else {
+                    break;
+                };
+                running.push(async move {
+                    let span = run_span(&msg);
+                    let run = process(shared, agent, msg.clone(), 0).instrument(span);
+                    (msg, Box::pin(run).await, slot)
+                });
+            }
+            if pending.is_empty() {
+                // Nothing left to start: slots this batch no longer needs go back at once.
+                free.clear();
+                waiting_for_slot = None;
+            } else if waiting_for_slot.is_none() {
+                waiting_for_slot = Some(Box::pin(slots.clone().acquire_owned()));
+            }
+            let next_slot = async {
+                match waiting_for_slot.as_mut() {
+                    Some(acquiring) => acquiring.await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ended = running.next() => match ended {
+                    Some((msg, disposition, slot)) => {
+                        outcome.note(msg, disposition);
+                        free.push(slot);
+                    }
+                    None => break,
+                },
+                Some(slot) = next_slot => {
+                    waiting_for_slot = None;
+                    free.push(slot);
+                }
+                () = tokio::time::sleep_until(spill_at), if !pending.is_empty() => {
+                    Box::pin(spill(shared, &mut pending, &mut outcome)).await;
+                }
+            }
+        }
+        outcome
+    }
+}
+
+/// Publishes the jobs of the batch not started yet as messages of their own, at once, so
+/// another replica or another tenant's turn can take their place while the batch's runs go on.
+/// (The runs are not polled meanwhile: a publish takes a confirm's round trip.) A job whose
+/// publish fails is tried again when the batch settles.
+async fn spill(shared: &Shared, pending: &mut VecDeque<JobMessage>, outcome: &mut Outcome) {
+    count(shared, "spilled", pending.len());
+    while let Some(msg) = pending.pop_front() {
         if let Err(err) = shared.broker.publish_job(&msg).await {
             tracing::warn!(error = %err, "could not publish a job of a batch on its own yet");
             outcome.republish.push(msg);
-            break;
+            outcome.republish.extend(pending.drain(..));
         }
     }
-    outcome.republish.extend(jobs);
 }
 
 /// The slot the batch was handed, and up to `jobs - 1` more that no one is waiting for.

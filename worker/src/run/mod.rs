@@ -31,8 +31,8 @@ use agentfleet_common::wire::{
     JobBatch, JobMessage, JobRecord, JobSpec, Step, Versioned, WaitReason, Waiting, WireError,
 };
 
-use crate::acks::Acks;
 use crate::circuit::Admission;
+use crate::consumer::Handed;
 use crate::delivery::{
     after_delayed_publish, delivery_count, not_before, remaining_delay, settle, undecodable,
     Disposition,
@@ -66,9 +66,12 @@ impl Work {
 pub fn handle_job(
     shared: Arc<Shared>,
     agent: Arc<AgentRuntime>,
-    delivery: Delivery,
-    acks: Acks,
-    slot: OwnedSemaphorePermit,
+    Handed {
+        delivery,
+        acks,
+        slot,
+        others,
+    }: Handed,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let work = Work::read(&delivery);
     let deliveries = delivery_count(&delivery);
@@ -86,7 +89,13 @@ pub fn handle_job(
             }
             // Boxed: a batch's task holds several runs, a single job's task one.
             Work::Batch(Ok(batch)) => {
-                let handled = batch::handle(&shared, &agent, batch, deliveries, slot);
+                let handed = batch::Handed {
+                    batch,
+                    deliveries,
+                    slot,
+                    others,
+                };
+                let handled = batch::handle(&shared, &agent, handed);
                 (Box::pin(handled).await, None)
             }
             Work::One(Err(err)) | Work::Batch(Err(err)) => {

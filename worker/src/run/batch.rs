@@ -24,6 +24,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt as _;
 use tokio::sync::OwnedSemaphorePermit;
@@ -153,34 +154,30 @@ impl Work {
     async fn run(self, shared: &Shared, agent: &AgentRuntime) -> Outcome {
         let Self { jobs, slot, others } = self;
         let slots = slot.semaphore().clone();
-        let mut free = idle_slots(slot, jobs.len());
-        let mut pending = VecDeque::from(jobs);
-        let mut running = FuturesUnordered::new();
-        let mut outcome = Outcome::default();
+        let mut batch = Progress {
+            shared,
+            agent,
+            free: idle_slots(slot, jobs.len()),
+            pending: VecDeque::from(jobs),
+            running: FuturesUnordered::new(),
+            outcome: Outcome::default(),
+        };
         let spill_at = Instant::now() + SPILL_AFTER;
         // One place in the slots' queue (first come, first served with the consume loop and
         // other batches), kept across turns of the loop so the batch does not lose it.
         let mut waiting_for_slot = None;
+        // The batch's turn (the slot it was handed) always starts a job.
+        let mut had_its_turn = false;
         loop {
-            if !pending.is_empty() && others.any() {
+            if had_its_turn && !batch.pending.is_empty() && others.any() {
                 // Another tenant's delivery waits for a slot: the jobs not started go back to
                 // their queue, where the round-robin gives the other its turn, and a slot that
-                // one of the batch's runs left goes back too (below), not to its next job.
-                Box::pin(spill(shared, &mut pending, &mut outcome)).await;
+                // one of the batch's runs left goes back too, not to its next job.
+                Box::pin(batch.spill()).await;
             }
-            while let (Some(_), false) = (pending.front(), free.is_empty()) {
-                let (Some(msg), Some(slot)) = (pending.pop_front(), free.pop()) else {
-                    break;
-                };
-                running.push(async move {
-                    let span = run_span(&msg);
-                    let run = process(shared, agent, msg.clone(), 0).instrument(span);
-                    (msg, Box::pin(run).await, slot)
-                });
-            }
-            if pending.is_empty() {
-                // Nothing left to start: slots this batch no longer needs go back at once.
-                free.clear();
+            had_its_turn = true;
+            batch.start_what_fits();
+            if batch.pending.is_empty() {
                 waiting_for_slot = None;
             } else if waiting_for_slot.is_none() {
                 waiting_for_slot = Some(Box::pin(slots.clone().acquire_owned()));
@@ -192,37 +189,72 @@ impl Work {
                 }
             };
             tokio::select! {
-                ended = running.next() => match ended {
+                ended = batch.running.next() => match ended {
                     Some((msg, disposition, slot)) => {
-                        outcome.note(msg, disposition);
-                        free.push(slot);
+                        batch.outcome.note(msg, disposition);
+                        batch.free.push(slot);
                     }
                     None => break,
                 },
                 Some(slot) = next_slot => {
                     waiting_for_slot = None;
-                    free.push(slot);
+                    batch.free.push(slot);
                 }
-                () = tokio::time::sleep_until(spill_at), if !pending.is_empty() => {
-                    Box::pin(spill(shared, &mut pending, &mut outcome)).await;
+                () = tokio::time::sleep_until(spill_at), if !batch.pending.is_empty() => {
+                    Box::pin(batch.spill()).await;
                 }
             }
         }
-        outcome
+        batch.outcome
     }
 }
 
-/// Publishes the jobs of the batch not started yet as messages of their own, at once, so
-/// another replica or another tenant's turn can take their place while the batch's runs go on.
-/// (The runs are not polled meanwhile: a publish takes a confirm's round trip.) A job whose
-/// publish fails is tried again when the batch settles.
-async fn spill(shared: &Shared, pending: &mut VecDeque<JobMessage>, outcome: &mut Outcome) {
-    count(shared, "spilled", pending.len());
-    while let Some(msg) = pending.pop_front() {
-        if let Err(err) = shared.broker.publish_job(&msg).await {
-            tracing::warn!(error = %err, "could not publish a job of a batch on its own yet");
-            outcome.republish.push(msg);
-            outcome.republish.extend(pending.drain(..));
+/// A run of one of the batch's jobs, ended: the job, what became of it, and its slot.
+type Ended = (JobMessage, Disposition, OwnedSemaphorePermit);
+
+/// Where a batch's jobs stand while it works.
+struct Progress<'a> {
+    shared: &'a Shared,
+    agent: &'a AgentRuntime,
+    /// Slots the batch holds that no run is using.
+    free: Vec<OwnedSemaphorePermit>,
+    pending: VecDeque<JobMessage>,
+    running: FuturesUnordered<BoxFuture<'a, Ended>>,
+    outcome: Outcome,
+}
+
+impl Progress<'_> {
+    /// Starts a job on each free slot; gives back the slots no job needs any more.
+    fn start_what_fits(&mut self) {
+        let (shared, agent) = (self.shared, self.agent);
+        while let (Some(_), false) = (self.pending.front(), self.free.is_empty()) {
+            let (Some(msg), Some(slot)) = (self.pending.pop_front(), self.free.pop()) else {
+                break;
+            };
+            self.running.push(Box::pin(async move {
+                let span = run_span(&msg);
+                let run = process(shared, agent, msg.clone(), 0).instrument(span);
+                (msg, Box::pin(run).await, slot)
+            }));
+        }
+        if self.pending.is_empty() {
+            // Nothing left to start: slots this batch no longer needs go back at once.
+            self.free.clear();
+        }
+    }
+
+    /// Publishes the jobs not started yet as messages of their own, at once, so another
+    /// replica or another tenant's turn can take their place while the batch's runs go on.
+    /// (The runs are not polled meanwhile: a publish takes a confirm's round trip.) A job
+    /// whose publish fails is tried again when the batch settles.
+    async fn spill(&mut self) {
+        count(self.shared, "spilled", self.pending.len());
+        while let Some(msg) = self.pending.pop_front() {
+            if let Err(err) = self.shared.broker.publish_job(&msg).await {
+                tracing::warn!(error = %err, "could not publish a job of a batch on its own yet");
+                self.outcome.republish.push(msg);
+                self.outcome.republish.extend(self.pending.drain(..));
+            }
         }
     }
 }

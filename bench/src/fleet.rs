@@ -310,21 +310,16 @@ impl Fleet {
     pub async fn worker_counter(&self, series: &str) -> anyhow::Result<Option<u64>> {
         let mut total = Some(0);
         for index in 0..self.worker_ports.len() {
-            let text = self.worker_metrics(index).await?;
-            // A family the worker exports but has not counted in yet is 0; one it does not
-            // export at all (an older binary) is unknown.
-            let family = series.split('{').next().unwrap_or(series);
-            let exported = text.contains(&format!("# HELP {family} "));
-            let counted = exported.then(|| {
-                text.lines()
-                    .filter_map(|line| line.strip_prefix(series))
-                    .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
-                    .map(|value| value as u64)
-                    .sum::<u64>()
-            });
+            let counted = series_total(&self.worker_metrics(index).await?, series);
             total = total.zip(counted).map(|(sum, n)| sum + n);
         }
         Ok(total)
+    }
+
+    /// The Prometheus text of the dispatcher.
+    async fn dispatcher_metrics(&self) -> anyhow::Result<String> {
+        let url = format!("{}/metrics", self.dispatcher_url);
+        Ok(self.http.get(url).send().await?.text().await?)
     }
 
     /// Redis round trips made so far by the workers (all of them) and by the dispatcher, from
@@ -335,8 +330,7 @@ impl Fleet {
             let counted = round_trips_in(&self.worker_metrics(index).await?);
             workers = workers.zip(counted).map(|(sum, n)| sum + n);
         }
-        let url = format!("{}/metrics", self.dispatcher_url);
-        let dispatcher = round_trips_in(&self.http.get(url).send().await?.text().await?);
+        let dispatcher = round_trips_in(&self.dispatcher_metrics().await?);
         Ok(RoundTrips {
             workers,
             dispatcher,
@@ -346,13 +340,8 @@ impl Fleet {
     /// Jobs the dispatcher accepted so far, and the messages waiting on `agent`'s queues
     /// (with no worker draining them, the messages those jobs went out in).
     pub async fn jobs_and_messages(&self, agent: &str) -> anyhow::Result<(u64, u64)> {
-        let url = format!("{}/metrics", self.dispatcher_url);
-        let text = self.http.get(url).send().await?.text().await?;
-        let jobs = text
-            .lines()
-            .filter_map(|line| line.strip_prefix("agentfleet_jobs_submitted_total{"))
-            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64;
+        let text = self.dispatcher_metrics().await?;
+        let jobs = series_total(&text, "agentfleet_jobs_submitted_total{").unwrap_or(0);
         let messages = self.app.agent_queue_depth(agent).await?;
         Ok((jobs, u64::from(messages)))
     }
@@ -717,10 +706,54 @@ pub struct RoundTrips {
 }
 
 /// The value of `agentfleet_redis_round_trips_total` in a Prometheus text, if it is there.
+/// The sum of the series starting with `series` (a name, or a name and its labels) in one
+/// process's metrics: 0 for a family it exports but has not counted in yet, `None` for one it
+/// does not export at all (an older binary).
+fn series_total(metrics: &str, series: &str) -> Option<u64> {
+    let family = series.split('{').next().unwrap_or(series);
+    let exported = metrics.contains(&format!("# HELP {family} "));
+    exported.then(|| {
+        metrics
+            .lines()
+            .filter_map(|line| line.strip_prefix(series))
+            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|value| value as u64)
+            .sum::<u64>()
+    })
+}
+
 fn round_trips_in(metrics: &str) -> Option<u64> {
     metrics
         .lines()
         .find_map(|line| line.strip_prefix("agentfleet_redis_round_trips_total "))
         .and_then(|value| value.trim().parse::<f64>().ok())
         .map(|value| value as u64)
+}
+
+#[cfg(test)]
+mod series_tests {
+    use super::series_total;
+
+    #[test]
+    fn a_series_is_summed_over_its_labels_and_unknown_when_not_exported() {
+        let text = "# HELP agentfleet_x_total X.\n\
+                    agentfleet_x_total{agent=\"a\"} 3\n\
+                    agentfleet_x_total{agent=\"b\"} 4.0\n\
+                    # HELP agentfleet_y_total Y.\n";
+        assert_eq!(series_total(text, "agentfleet_x_total{"), Some(7));
+        assert_eq!(
+            series_total(text, "agentfleet_x_total{agent=\"b\"}"),
+            Some(4)
+        );
+        assert_eq!(
+            series_total(text, "agentfleet_y_total"),
+            Some(0),
+            "exported, not counted"
+        );
+        assert_eq!(
+            series_total(text, "agentfleet_z_total"),
+            None,
+            "not exported"
+        );
+    }
 }

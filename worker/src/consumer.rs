@@ -5,10 +5,10 @@
 //!
 //! Several queues feeding one set of slots is how tenants share an agent: each tenant's jobs
 //! wait in their own queue, so a slot that frees goes to whoever's turn it is, not to
-//! whoever queued first (see [`crate::fair`]).
+//! whoever queued first (see [`crate::fair`]). A handler holding more work of its queue (a
+//! batch's jobs) claims further turns on the same lanes ([`Turns`]).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::Channel;
 use prometheus::IntCounterVec;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -123,7 +123,22 @@ enum Wake {
     Stop,
     Slot(OwnedSemaphorePermit),
     Arrived(Box<Arrival>),
+    Claimed(Claim),
 }
+
+/// What waits on a source's lane for a slot: a delivery, or a turn claimed by a handler for
+/// more work of that source it already holds (the next job of a batch).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "deliveries are nearly every entry, as large as before claims: boxing them would allocate per delivery"
+)]
+enum Waiting {
+    Delivery(Delivery),
+    Claim(oneshot::Sender<OwnedSemaphorePermit>),
+}
+
+/// A turn claimed on a source's lane: the slot goes down the sender when the turn comes.
+type Claim = (usize, oneshot::Sender<OwnedSemaphorePermit>);
 
 /// One consumption, from connecting to its end: the channel when it ended because of `stop`,
 /// `None` when a consumer ended (it restarts quietly).
@@ -150,81 +165,62 @@ where
     tracing::info!(queue = %consumption.label(), queues = consumption.sources.len(), prefetch = consumption.prefetch, "consuming");
     let mut lanes = Lanes::new(consumption.sources.iter().map(|s| s.weight));
     let acks = Acks::start(tracker, consumption.ack_frames.clone());
-    let waiting = Arc::new(LaneCounts::new(consumption.sources.len()));
+    let (claims, mut claimed) = mpsc::unbounded_channel();
     let mut handing = Handing {
         arrivals: &mut arrivals,
+        claimed: &mut claimed,
+        claims: &claims,
         lanes: &mut lanes,
         acks: &acks,
-        waiting: &waiting,
     };
     let result = serve(&mut handing, consumption, tracker, stop, handle).await;
+    // Claims not served are dropped here and by the channel's close: their handlers learn
+    // the consumption is over.
+    claimed.close();
     give_back(&channel, consumption, &mut lanes, &acks).await;
-    waiting.clear();
     result?;
     Ok(stop.is_cancelled().then_some(channel))
 }
 
 /// What a handler is given: the delivery, the channel's ack sender, the slot it runs on, and
-/// whether deliveries of other sources wait for a slot meanwhile.
+/// where to claim further turns of its source.
 pub struct Handed {
     pub delivery: Delivery,
     pub acks: Acks,
     pub slot: OwnedSemaphorePermit,
-    pub others: OthersWaiting,
+    pub turns: Turns,
 }
 
-/// How many deliveries wait on each source's lane for a slot.
-pub struct LaneCounts(Vec<AtomicUsize>);
-
-impl LaneCounts {
-    fn new(lanes: usize) -> Self {
-        Self((0..lanes).map(|_| AtomicUsize::new(0)).collect())
-    }
-
-    fn add(&self, lane: usize, by: isize) {
-        if let Some(count) = self.0.get(lane) {
-            if by >= 0 {
-                count.fetch_add(by.unsigned_abs(), Ordering::Relaxed);
-            } else {
-                let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    Some(n.saturating_sub(by.unsigned_abs()))
-                });
-            }
-        }
-    }
-
-    fn clear(&self) {
-        for count in &self.0 {
-            count.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Whether a delivery of another source than the handed one's waits for a slot: a handler that
-/// could hold slots for more work of its own source (a batch's jobs) gives way instead.
-pub struct OthersWaiting {
-    counts: Arc<LaneCounts>,
+/// Further turns of one source for a handler that holds more of its work (a batch's jobs):
+/// each is claimed on the source's lane, behind what already waits there, and the lanes'
+/// round-robin serves it as it would a delivery of that source. So a batch of n jobs takes n
+/// turns of its source, not one, and never more than the source's share.
+#[derive(Clone)]
+pub struct Turns {
+    claims: mpsc::UnboundedSender<Claim>,
     source: usize,
 }
 
-impl OthersWaiting {
-    pub fn any(&self) -> bool {
-        self.counts
-            .0
-            .iter()
-            .enumerate()
-            .any(|(lane, count)| lane != self.source && count.load(Ordering::Relaxed) > 0)
+impl Turns {
+    /// Claims the source's next turn: the slot arrives when the turn comes; the receiver
+    /// errs if the consumption ended first (the claim is never served).
+    pub fn claim(&self) -> oneshot::Receiver<OwnedSemaphorePermit> {
+        let (tx, rx) = oneshot::channel();
+        // A closed channel drops `tx`: the receiver errs, as documented.
+        let _ = self.claims.send((self.source, tx));
+        rx
     }
 }
 
-/// What the serve loop hands out from: the merged arrivals, the lanes they wait on (each
-/// delivery with its source), how many wait on each, and the channel's ack sender, told of
-/// every delivery taken off a consumer.
+/// What the serve loop hands out from: the merged arrivals, the turns handlers claim, the
+/// lanes both wait on (each with its source), and the channel's ack sender, told of every
+/// delivery taken off a consumer.
 struct Handing<'a> {
     arrivals: &'a mut Arrivals,
-    lanes: &'a mut Lanes<(usize, Delivery)>,
+    claimed: &'a mut mpsc::UnboundedReceiver<Claim>,
+    claims: &'a mpsc::UnboundedSender<Claim>,
+    lanes: &'a mut Lanes<(usize, Waiting)>,
     acks: &'a Acks,
-    waiting: &'a Arc<LaneCounts>,
 }
 
 impl Handing<'_> {
@@ -234,12 +230,31 @@ impl Handing<'_> {
         match arrival {
             (source, Some(Ok(delivery))) => {
                 self.acks.taken(delivery.delivery_tag);
-                self.lanes.push(source, (source, delivery));
-                self.waiting.add(source, 1);
+                self.lanes
+                    .push(source, (source, Waiting::Delivery(delivery)));
                 Ok(true)
             }
             (_, Some(Err(err))) => Err(err.into()),
             (_, None) => Ok(false),
+        }
+    }
+
+    /// Queues a claimed turn on its source's lane.
+    fn queue_claim(&mut self, (source, tx): Claim) {
+        self.lanes.push(source, (source, Waiting::Claim(tx)));
+    }
+
+    /// Queues what a wake brought: `Ok(false)` to stop serving (a stop, or a consumer
+    /// ended); a slot is answered to the caller.
+    fn queue(&mut self, wake: Wake) -> Result<Result<OwnedSemaphorePermit, bool>, BrokerError> {
+        match wake {
+            Wake::Slot(permit) => Ok(Ok(permit)),
+            Wake::Arrived(arrival) => self.take(*arrival).map(Err),
+            Wake::Claimed(claim) => {
+                self.queue_claim(claim);
+                Ok(Err(true))
+            }
+            Wake::Stop => Ok(Err(false)),
         }
     }
 }
@@ -256,17 +271,14 @@ where
     H: Fn(Handed) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    loop {
-        // Arrivals queue on their lanes while every slot is busy.
-        let permit = loop {
-            match wait(handing.arrivals, Some(&consumption.slots), stop).await {
-                Wake::Slot(permit) => break permit,
-                Wake::Arrived(arrival) => {
-                    if !handing.take(*arrival)? {
-                        return Ok(());
-                    }
-                }
-                Wake::Stop => return Ok(()),
+    'serve: loop {
+        // Arrivals and claims queue on their lanes while every slot is busy.
+        let mut permit = loop {
+            let wake = wait(handing, Some(&consumption.slots), stop).await;
+            match handing.queue(wake)? {
+                Ok(permit) => break permit,
+                Err(true) => {}
+                Err(false) => return Ok(()),
             }
         };
         // Whatever already arrived joins the pick, so every waiting queue gets its turn.
@@ -275,26 +287,32 @@ where
                 return Ok(());
             }
         }
+        while let Ok(claim) = handing.claimed.try_recv() {
+            handing.queue_claim(claim);
+        }
         let (source, delivery) = loop {
-            if let Some((source, delivery)) = handing.lanes.pick() {
-                handing.waiting.add(source, -1);
-                break (source, delivery);
-            }
-            match wait(handing.arrivals, None, stop).await {
-                Wake::Arrived(arrival) => {
-                    if !handing.take(*arrival)? {
-                        return Ok(());
+            match handing.lanes.pick() {
+                Some((source, Waiting::Delivery(delivery))) => break (source, delivery),
+                // A claim whose handler no longer waits gives the slot back to the pick.
+                Some((_, Waiting::Claim(tx))) => match tx.send(permit) {
+                    Ok(()) => continue 'serve,
+                    Err(unwanted) => permit = unwanted,
+                },
+                None => {
+                    let wake = wait(handing, None, stop).await;
+                    match handing.queue(wake)? {
+                        Err(true) => {}
+                        Ok(_) | Err(false) => return Ok(()),
                     }
                 }
-                Wake::Stop | Wake::Slot(_) => return Ok(()),
             }
         };
         tracker.spawn(handle(Handed {
             delivery,
             acks: handing.acks.clone(),
             slot: permit,
-            others: OthersWaiting {
-                counts: handing.waiting.clone(),
+            turns: Turns {
+                claims: handing.claims.clone(),
                 source,
             },
         }));
@@ -321,7 +339,7 @@ async fn subscribe(channel: &Channel, consumption: &Consumption) -> Result<Arriv
 }
 
 async fn wait(
-    arrivals: &mut Arrivals,
+    handing: &mut Handing<'_>,
     slots: Option<&Arc<Semaphore>>,
     stop: &CancellationToken,
 ) -> Wake {
@@ -335,7 +353,9 @@ async fn wait(
         biased;
         () = stop.cancelled() => Wake::Stop,
         permit = slot => permit.map_or(Wake::Stop, Wake::Slot),
-        arrival = arrivals.next() => arrival.map_or(Wake::Stop, |a| Wake::Arrived(Box::new(a))),
+        arrival = handing.arrivals.next() => arrival.map_or(Wake::Stop, |a| Wake::Arrived(Box::new(a))),
+        // Never `None`: the loop holds a sender.
+        Some(claim) = handing.claimed.recv() => Wake::Claimed(claim),
     }
 }
 
@@ -346,7 +366,7 @@ async fn wait(
 async fn give_back(
     channel: &Channel,
     consumption: &Consumption,
-    lanes: &mut Lanes<(usize, Delivery)>,
+    lanes: &mut Lanes<(usize, Waiting)>,
     acks: &Acks,
 ) {
     for i in 0..consumption.sources.len() {
@@ -357,7 +377,11 @@ async fn give_back(
             )
             .await;
     }
-    for (_, delivery) in lanes.drain() {
+    for (_, waiting) in lanes.drain() {
+        // A claim dropped here tells its handler the consumption is over.
+        let Waiting::Delivery(delivery) = waiting else {
+            continue;
+        };
         let tag = delivery.delivery_tag;
         if delivery
             .reject(BasicRejectOptions { requeue: true })
@@ -366,33 +390,5 @@ async fn give_back(
         {
             acks.gone(tag);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn others_wait_only_on_another_lane() {
-        let counts = Arc::new(LaneCounts::new(3));
-        let mine = OthersWaiting {
-            counts: counts.clone(),
-            source: 1,
-        };
-        assert!(!mine.any(), "nothing waits");
-        counts.add(1, 1);
-        assert!(!mine.any(), "only its own lane waits");
-        counts.add(2, 1);
-        assert!(mine.any(), "another lane waits");
-        counts.add(2, -1);
-        counts.add(2, -1);
-        assert!(!mine.any(), "taken, and never below zero");
-        counts.add(0, 2);
-        assert!(mine.any());
-        counts.clear();
-        assert!(!mine.any());
-        counts.add(7, 1);
-        assert!(!mine.any(), "an unknown lane is ignored");
     }
 }

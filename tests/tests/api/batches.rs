@@ -172,9 +172,8 @@ async fn a_batch_job_that_cannot_start_in_time_goes_back_on_its_own() -> anyhow:
     Ok(())
 }
 
-/// A batch is one turn of its tenant's, as a message of one job is: once another tenant's job
-/// waits for a slot, the batches' jobs not started go back to their queue, and the other
-/// tenant's job is next, not behind every job of the batches.
+/// A batch's jobs take their tenant's turns one by one, as messages of one job would: another
+/// tenant's job that arrives is next, not behind every job of the batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tenants_job_does_not_wait_behind_a_batch() -> anyhow::Result<()> {
     // One call at a time, two delivery slots: acme's two batches of 6 take both, and globex's

@@ -3,14 +3,13 @@
 //!
 //! The message is acked once every job in it is settled, so the batch must not hold what a
 //! message of its own would not:
-//! - **Slots.** The batch runs on the delivery slot it was handed, plus slots idle when it
-//!   starts (taken without waiting). Its other jobs take slots as they free, in turn with the
-//!   consume loop and other batches (first come, first served): a job of a batch waits for a
-//!   slot as a prefetched message does. It never waits for a slot in a way that stops a run it
-//!   holds: no deadlock.
-//! - **Turns.** Once a delivery of another source (another tenant's queue) waits for a slot,
-//!   the jobs not started go back to their queue at once, so the round-robin gives the other
-//!   its turn: a batch is one turn, as a message of one job is.
+//! - **Slots and turns.** The batch runs on the delivery slot it was handed, plus slots idle
+//!   when it starts (taken without waiting). Each of its other jobs claims a turn of its
+//!   source on the consume loop's lanes ([`Turns`]), behind what already waits there, and the
+//!   round-robin serves it as it serves a delivery of that source: a batch of n jobs takes n
+//!   turns of its tenant's, as n messages would, and no more than the tenant's share. A run's
+//!   slot goes back to the loop when it ends, not to the batch's next job. A job of a batch
+//!   never waits for a slot in a way that stops a run it holds: no deadlock.
 //! - **Time.** A job that has not started within [`SPILL_AFTER`] is published again as a
 //!   message of its own, and the batch no longer waits for it: a batch is held no longer than
 //!   its longest run plus that (invariant 7), and a worker that took more batches than it can
@@ -27,14 +26,14 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt as _;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use agentfleet_common::wire::{JobBatch, JobMessage};
 
 use super::{process, run_span};
-use crate::consumer::OthersWaiting;
+use crate::consumer::Turns;
 use crate::delivery::Disposition;
 use crate::{AgentRuntime, Shared};
 
@@ -50,7 +49,7 @@ pub struct Handed {
     /// How often the broker delivered it before.
     pub deliveries: u32,
     pub slot: OwnedSemaphorePermit,
-    pub others: OthersWaiting,
+    pub turns: Turns,
 }
 
 /// Works a batch delivered for the first time, or splits one delivered again; answers what
@@ -60,7 +59,7 @@ pub async fn handle(shared: &Shared, agent: &AgentRuntime, handed: Handed) -> Di
         batch,
         deliveries,
         slot,
-        others,
+        turns,
     } = handed;
     let outcome = if deliveries > 0 {
         drop(slot);
@@ -79,7 +78,7 @@ pub async fn handle(shared: &Shared, agent: &AgentRuntime, handed: Handed) -> Di
         let work = Work {
             jobs: batch.jobs,
             slot,
-            others,
+            turns,
         };
         work.run(shared, agent).await
     };
@@ -145,15 +144,14 @@ impl Outcome {
 struct Work {
     jobs: Vec<JobMessage>,
     slot: OwnedSemaphorePermit,
-    others: OthersWaiting,
+    turns: Turns,
 }
 
 impl Work {
     /// Runs the jobs on the batch's slots (see the module's note), each as a delivery of its
     /// own would be run.
     async fn run(self, shared: &Shared, agent: &AgentRuntime) -> Outcome {
-        let Self { jobs, slot, others } = self;
-        let slots = slot.semaphore().clone();
+        let Self { jobs, slot, turns } = self;
         let mut batch = Progress {
             shared,
             agent,
@@ -163,42 +161,36 @@ impl Work {
             outcome: Outcome::default(),
         };
         let spill_at = Instant::now() + SPILL_AFTER;
-        // One place in the slots' queue (first come, first served with the consume loop and
-        // other batches), kept across turns of the loop so the batch does not lose it.
-        let mut waiting_for_slot = None;
-        // The batch's turn (the slot it was handed) always starts a job.
-        let mut had_its_turn = false;
+        // The turn claimed for the next job: one at a time, so the batch's next claim queues
+        // behind what its source received meanwhile.
+        let mut claimed: Option<oneshot::Receiver<OwnedSemaphorePermit>> = None;
         loop {
-            if had_its_turn && !batch.pending.is_empty() && others.any() {
-                // Another tenant's delivery waits for a slot: the jobs not started go back to
-                // their queue, where the round-robin gives the other its turn, and a slot that
-                // one of the batch's runs left goes back too, not to its next job.
-                Box::pin(batch.spill()).await;
-            }
-            had_its_turn = true;
             batch.start_what_fits();
             if batch.pending.is_empty() {
-                waiting_for_slot = None;
-            } else if waiting_for_slot.is_none() {
-                waiting_for_slot = Some(Box::pin(slots.clone().acquire_owned()));
+                claimed = None;
+                if batch.running.is_empty() {
+                    break;
+                }
+            } else if claimed.is_none() {
+                claimed = Some(turns.claim());
             }
-            let next_slot = async {
-                match waiting_for_slot.as_mut() {
-                    Some(acquiring) => acquiring.await.ok(),
+            let next_turn = async {
+                match claimed.as_mut() {
+                    Some(turn) => turn.await.ok(),
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                ended = batch.running.next() => match ended {
-                    Some((msg, disposition, slot)) => {
-                        batch.outcome.note(msg, disposition);
-                        batch.free.push(slot);
+                Some((msg, disposition)) = batch.running.next(), if !batch.running.is_empty() => {
+                    batch.outcome.note(msg, disposition);
+                }
+                turn = next_turn => {
+                    claimed = None;
+                    match turn {
+                        Some(slot) => batch.free.push(slot),
+                        // The consumption ended (a stop or a lost channel): no more turns.
+                        None => Box::pin(batch.spill()).await,
                     }
-                    None => break,
-                },
-                Some(slot) = next_slot => {
-                    waiting_for_slot = None;
-                    batch.free.push(slot);
                 }
                 () = tokio::time::sleep_until(spill_at), if !batch.pending.is_empty() => {
                     Box::pin(batch.spill()).await;
@@ -209,8 +201,9 @@ impl Work {
     }
 }
 
-/// A run of one of the batch's jobs, ended: the job, what became of it, and its slot.
-type Ended = (JobMessage, Disposition, OwnedSemaphorePermit);
+/// A run of one of the batch's jobs, ended: the job and what became of it (its slot went
+/// back to the consume loop as it ended).
+type Ended = (JobMessage, Disposition);
 
 /// Where a batch's jobs stand while it works.
 struct Progress<'a> {
@@ -234,7 +227,9 @@ impl Progress<'_> {
             self.running.push(Box::pin(async move {
                 let span = run_span(&msg);
                 let run = process(shared, agent, msg.clone(), 0).instrument(span);
-                (msg, Box::pin(run).await, slot)
+                let disposition = Box::pin(run).await;
+                drop(slot);
+                (msg, disposition)
             }));
         }
         if self.pending.is_empty() {
@@ -244,7 +239,7 @@ impl Progress<'_> {
     }
 
     /// Publishes the jobs not started yet as messages of their own, at once, so another
-    /// replica or another tenant's turn can take their place while the batch's runs go on.
+    /// replica can take them while the batch's runs go on.
     /// (The runs are not polled meanwhile: a publish takes a confirm's round trip.) A job
     /// whose publish fails is tried again when the batch settles.
     async fn spill(&mut self) {

@@ -70,7 +70,7 @@ pub fn handle_job(
         delivery,
         acks,
         slot,
-        others,
+        turns,
     }: Handed,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let work = Work::read(&delivery);
@@ -93,7 +93,7 @@ pub fn handle_job(
                     batch,
                     deliveries,
                     slot,
-                    others,
+                    turns,
                 };
                 let handled = batch::handle(&shared, &agent, handed);
                 (Box::pin(handled).await, None)

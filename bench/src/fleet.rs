@@ -70,7 +70,7 @@ pub struct FleetOptions {
     pub others: Vec<OtherAgent>,
     /// Tenants besides `acme` and `globex`, by id.
     pub tenants: Vec<&'static str>,
-    /// `dispatcher.batch_jobs`: the dispatcher's group commit.
+    /// `dispatcher.batch_jobs`: the dispatcher's group commit (on, as shipped).
     pub batch_jobs: bool,
 }
 
@@ -83,13 +83,14 @@ impl FleetOptions {
             webhook_concurrency: 32,
             others: Vec::new(),
             tenants: Vec::new(),
-            batch_jobs: false,
+            batch_jobs: true,
         }
     }
 
-    /// With the dispatcher's group commit (`dispatcher.batch_jobs`).
-    pub fn batched(mut self) -> Self {
-        self.batch_jobs = true;
+    /// Without the dispatcher's group commit (`dispatcher.batch_jobs: false`): one message
+    /// per job.
+    pub fn one_message_per_job(mut self) -> Self {
+        self.batch_jobs = false;
         self
     }
 

@@ -189,9 +189,11 @@ impl Ctx {
         Duration::from_secs(secs)
     }
 
-    /// The bound on the whole suite: two minutes short, ten full (plus the soak).
+    /// The bound on the whole suite: three minutes short, ten full (plus the soak). (The
+    /// short suite takes ~110 s on the benchmark VM; at two minutes, a VM slowed by a
+    /// neighbour left scenario 9 unrun, which fails the run.)
     fn suite_budget(&self) -> Duration {
-        let base = Duration::from_secs(if self.settings.short { 120 } else { 600 });
+        let base = Duration::from_secs(if self.settings.short { 180 } else { 600 });
         base + self
             .settings
             .soak

@@ -151,7 +151,7 @@ pub struct AppOptions {
     pub per_key_rate: Option<(u32, u32)>,
     /// `dispatcher.max_body_bytes`: small by default, so a test can reach it cheaply.
     pub max_body_bytes: usize,
-    /// `dispatcher.batch_jobs`.
+    /// `dispatcher.batch_jobs` (on, as shipped).
     pub batch_jobs: bool,
     /// `webhooks.per_host_rate` as (per second, burst).
     pub webhook_per_host_rate: Option<(u32, u32)>,
@@ -201,7 +201,7 @@ impl Default for AppOptions {
             tenant_settings: Vec::new(),
             per_key_rate: None,
             max_body_bytes: 4096,
-            batch_jobs: false,
+            batch_jobs: true,
             webhook_per_host_rate: None,
             webhook_inline: None,
             budget_recheck_secs: 60,
@@ -1109,7 +1109,7 @@ fn dispatcher_fields(options: &AppOptions) -> String {
         options
             .max_concurrent_requests
             .map(|n| format!(", max_concurrent_requests: {n}")),
-        options.batch_jobs.then(|| ", batch_jobs: true".to_owned()),
+        Some(format!(", batch_jobs: {}", options.batch_jobs)),
     ]
     .into_iter()
     .flatten()

@@ -138,7 +138,7 @@ pub async fn redis_command_calls() -> anyhow::Result<BTreeMap<String, u64>> {
 
 /// `n` jobs through a fleet of `workers` worker processes, in one batch.
 pub async fn whole_path(ctx: &Ctx, workers: usize, n: usize) -> anyhow::Result<WholePath> {
-    let mut fleet = WholePathFleet::start(ctx, workers, false).await?;
+    let mut fleet = WholePathFleet::start(ctx, workers, true).await?;
     fleet.batch(n).await?;
     Ok(fleet.finish())
 }
@@ -159,7 +159,7 @@ pub struct WholePathFleet {
 
 impl WholePathFleet {
     /// The fleet, after [`WARMUP_JOBS`] jobs have been run and delivered; its dispatcher with
-    /// group commit if `batch_jobs`.
+    /// group commit if `batch_jobs` (as shipped), else one message per job.
     pub async fn start(ctx: &Ctx, workers: usize, batch_jobs: bool) -> anyhow::Result<Self> {
         let s = &ctx.settings;
         let mut agent = AgentSpec::new("bench");

@@ -386,9 +386,11 @@ pub struct DispatcherConfig {
     pub shutdown_grace: Duration,
     /// Group commit: the jobs of one queue accepted while its previous publish awaits its
     /// confirm go out as one message (agents with per-tenant fairness; see the dispatcher's
-    /// `publish`). Off by default: turn it on once every worker understands batches (this
-    /// version and later); an older worker dead-letters them, so turn it off and let the
-    /// queues drain before rolling workers back. Read at start (a reload keeps it).
+    /// `publish`). On by default: workers have understood batches since the release before
+    /// the one that turned it on (readers first, then writers). A worker older than that
+    /// dead-letters a batch: a fleet upgrading from such a build keeps it off until every
+    /// worker runs a newer one, and turns it off and lets the queues drain before rolling
+    /// workers back below it. Read at start (a reload keeps it).
     pub batch_jobs: bool,
 }
 
@@ -421,7 +423,7 @@ impl Default for DispatcherConfig {
             max_concurrent_requests: 1024,
             audit: AuditConfig::default(),
             shutdown_grace: Duration::from_secs(15),
-            batch_jobs: false,
+            batch_jobs: true,
         }
     }
 }

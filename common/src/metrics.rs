@@ -227,7 +227,7 @@ const WEBHOOK_FIRST_ATTEMPTS: Family = Family {
 
 const BATCHED_JOBS: Family = Family {
     name: "agentfleet_batched_jobs_total",
-    help: "Jobs that arrived several to a message, by what became of them: run (from the batch), spilled (not started in time, published again on their own) or split (the batch was delivered again and published job by job).",
+    help: "Jobs that arrived several to a message, by what became of them: run (from the batch), spilled (not started in time, published again on their own), split (the batch was delivered again and the job published on its own) or ended (the batch was delivered again and the job had ended: its event made sure of, nothing published).",
     labels: &["outcome"],
 };
 

@@ -15,10 +15,11 @@
 //!   its longest run plus that (invariant 7), and a worker that took more batches than it can
 //!   start soon hands their jobs back for other replicas.
 //! - **Redelivery.** A batch delivered again (a worker died or stopped mid-batch) is split:
-//!   each job is published again on its own and the batch acked. The records say what is
-//!   done (a finished job's message is dropped), and the broker's delivery count, which
-//!   dead-letters poison, then counts each job alone, so one bad job cannot take its
-//!   batch-mates to the dead letters.
+//!   each job not ended (by its record) is published again on its own, the event of each
+//!   that ended is made sure of as its own delivery would, and the batch acked. The records
+//!   say what is done (a job that ends after the split is dropped on delivery), and the
+//!   broker's delivery count, which dead-letters poison, then counts each job alone, so one
+//!   bad job cannot take its batch-mates to the dead letters.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use agentfleet_common::events;
 use agentfleet_common::wire::{JobBatch, JobMessage};
 
 use super::{process, run_span};
@@ -63,14 +65,18 @@ pub async fn handle(shared: &Shared, agent: &AgentRuntime, handed: Handed) -> Di
     } = handed;
     let outcome = if deliveries > 0 {
         drop(slot);
+        let jobs = batch.jobs.len();
+        let republish = not_yet_ended(shared, batch.jobs).await;
         tracing::info!(
-            jobs = batch.jobs.len(),
+            jobs,
+            ended = jobs - republish.len(),
             deliveries,
-            "a batch delivered again; publishing its jobs one by one"
+            "a batch delivered again; publishing its jobs not ended one by one"
         );
-        count(shared, "split", batch.jobs.len());
+        count(shared, "ended", jobs - republish.len());
+        count(shared, "split", republish.len());
         Outcome {
-            republish: batch.jobs,
+            republish,
             ..Outcome::default()
         }
     } else {
@@ -83,6 +89,33 @@ pub async fn handle(shared: &Shared, agent: &AgentRuntime, handed: Handed) -> Di
         work.run(shared, agent).await
     };
     outcome.settle(shared).await
+}
+
+/// The jobs of a batch delivered again that still have work left. A job whose record says it
+/// ended is settled here as its own delivery would settle it: its terminal event handed off
+/// (if it was not), nothing published. The jobs are read at once (the rare path of a worker
+/// that died); a job that cannot be read, or whose hand-off fails, is kept (its own delivery
+/// tries again).
+async fn not_yet_ended(shared: &Shared, jobs: Vec<JobMessage>) -> Vec<JobMessage> {
+    let ended = futures_util::future::join_all(jobs.iter().map(|msg| ended(shared, msg))).await;
+    jobs.into_iter()
+        .zip(ended)
+        .filter_map(|(msg, ended)| (!ended).then_some(msg))
+        .collect()
+}
+
+/// Whether the job of `msg` ended, with its event handed off: gone (expired, or its delivery
+/// concluded and sealed it), or terminal and handed off now.
+async fn ended(shared: &Shared, msg: &JobMessage) -> bool {
+    match shared.store.load_with_spec(msg.job_id).await {
+        Ok(None) => true,
+        Ok(Some((record, spec))) if record.status.is_terminal() => {
+            events::hand_off(&shared.store, &shared.broker, &record, &spec)
+                .await
+                .is_ok()
+        }
+        Ok(Some(_)) | Err(_) => false,
+    }
 }
 
 /// What the batch's jobs came to.
@@ -130,8 +163,15 @@ impl Outcome {
                 () = shared.hard_stop.cancelled() => return Disposition::Abandon,
             }
         }
-        for msg in &self.republish {
-            if let Err(err) = Box::pin(shared.broker.publish_job(msg)).await {
+        // Published together, their confirms awaited together.
+        let published = futures_util::future::join_all(
+            self.republish
+                .iter()
+                .map(|msg| Box::pin(shared.broker.publish_job(msg))),
+        )
+        .await;
+        for (msg, published) in self.republish.iter().zip(published) {
+            if let Err(err) = published {
                 tracing::warn!(error = %err, job_id = %msg.job_id, "could not publish a job of a batch on its own; the batch comes back");
                 return Disposition::Requeue;
             }

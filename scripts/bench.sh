@@ -4,7 +4,7 @@
 # arguments. Every scenario is bounded in count and time and talks only to 127.0.0.1.
 #
 #   scripts/bench.sh                 # full suite, under 10 minutes
-#   scripts/bench.sh --short         # under 2 minutes (CI)
+#   scripts/bench.sh --short         # about 2 minutes, bounded at 3 (CI)
 #   scripts/bench.sh --soak          # full suite plus a 30-minute soak (--soak-minutes N)
 #   scripts/bench.sh --only 1,3 --json target/bench.json --markdown target/bench.md
 #

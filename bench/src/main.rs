@@ -28,7 +28,7 @@ use suite::{Ctx, Settings};
 #[derive(Parser)]
 #[command(about = "agentfleet benchmark suite (RabbitMQ and Redis on 127.0.0.1)")]
 struct Args {
-    /// Smaller sizes: the whole suite in under two minutes (what CI runs).
+    /// Smaller sizes: the whole suite in about two minutes, bounded at three (what CI runs).
     #[arg(long)]
     short: bool,
     /// Also run the soak scenario (7).

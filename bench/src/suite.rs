@@ -9,7 +9,7 @@ use crate::fleet::Binaries;
 use crate::report::{Machine, Outcome, Report, ScenarioReport};
 use crate::scenarios;
 
-/// Sizes of every scenario. `short` keeps the whole suite under two minutes (CI), `full`
+/// Sizes of every scenario. `short` keeps the whole suite near two minutes (CI), `full`
 /// under ten.
 #[derive(Debug, Clone)]
 pub struct Settings {

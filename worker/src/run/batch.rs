@@ -31,10 +31,9 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use agentfleet_common::events;
 use agentfleet_common::wire::{JobBatch, JobMessage};
 
-use super::{process, run_span};
+use super::{ensure_handoff, process, run_span};
 use crate::consumer::Turns;
 use crate::delivery::Disposition;
 use crate::{AgentRuntime, Shared};
@@ -105,15 +104,15 @@ async fn not_yet_ended(shared: &Shared, jobs: Vec<JobMessage>) -> Vec<JobMessage
 }
 
 /// Whether the job of `msg` ended, with its event handed off: gone (expired, or its delivery
-/// concluded and sealed it), or terminal and handed off now.
+/// concluded and sealed it), or terminal and handed off now (by [`ensure_handoff`], as the
+/// delivery of an ended job does).
 async fn ended(shared: &Shared, msg: &JobMessage) -> bool {
     match shared.store.load_with_spec(msg.job_id).await {
         Ok(None) => true,
-        Ok(Some((record, spec))) if record.status.is_terminal() => {
-            events::hand_off(&shared.store, &shared.broker, &record, &spec)
-                .await
-                .is_ok()
-        }
+        Ok(Some((record, spec))) if record.status.is_terminal() => matches!(
+            ensure_handoff(shared, &record, &spec).await,
+            Disposition::Ack
+        ),
         Ok(Some(_)) | Err(_) => false,
     }
 }

@@ -31,10 +31,21 @@ struct Args {
     config: PathBuf,
 }
 
-pub async fn main() -> anyhow::Result<()> {
+/// Loads the config, then runs the dispatcher on a runtime of `dispatcher.runtime_threads`
+/// threads (built here, not by `#[tokio::main]`, because the config says how many).
+pub fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config =
         Config::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(config.dispatcher.runtime_threads))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(args.config, config))
+}
+
+async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     telemetry::init(&config.telemetry);
     let listen = config.dispatcher.listen;
     let watchdog = Grace::watchdog(
@@ -47,7 +58,7 @@ pub async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {listen}"))?;
     let stop = shutdown::token_on_signal(watchdog);
     let reloader = dispatcher.reloader();
-    shutdown::reload_on_sighup(args.config, stop.clone(), move |new| reloader.apply(new));
+    shutdown::reload_on_sighup(path, stop.clone(), move |new| reloader.apply(new));
     dispatcher.serve(listener, stop).await?;
     Ok(())
 }

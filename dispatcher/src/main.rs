@@ -6,7 +6,6 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    agentfleet_dispatcher::cli::main().await
+fn main() -> anyhow::Result<()> {
+    agentfleet_dispatcher::cli::main()
 }

@@ -392,6 +392,13 @@ pub struct DispatcherConfig {
     /// worker runs a newer one, and turns it off and lets the queues drain before rolling
     /// workers back below it. Read at start (a reload keeps it).
     pub batch_jobs: bool,
+    /// Threads of the replica's async runtime. One by default: a request is I/O around ~40 µs
+    /// of CPU, so one thread serves ~20,000 submissions a second, and a second thread on a
+    /// small machine shared with Redis, the broker and the workers mostly adds wake-ups from
+    /// one thread to the other (scenario 4 took 9–16% more POSTs/s with one than with two on
+    /// two cores; see docs/BENCHMARKS.md). Raise it with the replica's CPU, or add replicas.
+    /// Read at start (a reload keeps it).
+    pub runtime_threads: u16,
 }
 
 /// Where the dispatcher's audit records go besides their log target (`agentfleet::audit`).
@@ -424,6 +431,7 @@ impl Default for DispatcherConfig {
             audit: AuditConfig::default(),
             shutdown_grace: Duration::from_secs(15),
             batch_jobs: true,
+            runtime_threads: 1,
         }
     }
 }
@@ -457,6 +465,7 @@ impl DispatcherConfig {
         positive(&format!("{at}.request_timeout_ms"), self.request_timeout)?;
         positive(&format!("{at}.shutdown_grace_secs"), self.shutdown_grace)?;
         positive(&format!("{at}.audit.max_entries"), self.audit.max_entries)?;
+        positive(&format!("{at}.runtime_threads"), self.runtime_threads)?;
         positive(
             &format!("{at}.max_concurrent_requests"),
             self.max_concurrent_requests,

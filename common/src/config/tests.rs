@@ -518,6 +518,21 @@ fn tenants_get_weights_quotas_and_their_own_queues() {
 }
 
 #[test]
+fn the_dispatcher_runs_on_one_thread_unless_told_more() {
+    let config = Config::from_yaml(&yaml("")).expect("valid");
+    assert_eq!(config.dispatcher.runtime_threads, 1);
+    let config =
+        Config::from_yaml(&yaml_with("dispatcher: { runtime_threads: 4 }\n", "")).expect("valid");
+    assert_eq!(config.dispatcher.runtime_threads, 4);
+    let err = Config::from_yaml(&yaml_with("dispatcher: { runtime_threads: 0 }\n", ""))
+        .expect_err("no thread");
+    assert!(
+        err.to_string().contains("dispatcher.runtime_threads"),
+        "{err}"
+    );
+}
+
+#[test]
 fn per_replica_rates_are_checked() {
     let sections = "dispatcher: { per_key_rate: { per_second: 0, burst: 5 } }\n";
     let err = Config::from_yaml(&yaml_with(sections, "")).expect_err("zero");

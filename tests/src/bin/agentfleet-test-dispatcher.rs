@@ -1,7 +1,6 @@
 //! The dispatcher binary's own code, built inside the test crate so integration tests can run
 //! it as a separate process (and signal it) with `CARGO_BIN_EXE_agentfleet-test-dispatcher`.
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    agentfleet_dispatcher::cli::main().await
+fn main() -> anyhow::Result<()> {
+    agentfleet_dispatcher::cli::main()
 }

@@ -232,7 +232,9 @@ impl Dispatcher {
                 .poll(inner.broker.clone(), shutdown.clone()),
         );
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, "dispatcher listening");
+        // The runtime's own count, not the setting's: what the replica really runs on.
+        let runtime_threads = tokio::runtime::Handle::current().metrics().num_workers();
+        tracing::info!(%addr, runtime_threads, "dispatcher listening");
         // With the peer's address, for the audit trail.
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let mut server = std::pin::pin!(axum::serve(listener, service)

@@ -382,6 +382,28 @@ async fn idle_processes_exit_at_once() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The dispatcher's runtime has `dispatcher.runtime_threads` threads (as its runtime counts
+/// them, logged when it listens): one unless told more, and a replica told three serves and
+/// stops in time on three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_runs_on_the_threads_it_is_given() -> anyhow::Result<()> {
+    let (app, config) = app_for_processes(AppOptions::default(), false).await?;
+    for (setting, threads) in [(None, 1), (Some("3"), 3)] {
+        let settings: Vec<_> = setting
+            .map(|n| ("AGENTFLEET__DISPATCHER__RUNTIME_THREADS", n))
+            .into_iter()
+            .collect();
+        let mut fleet = Fleet::start(&app, &config, GRACE_SECS, &settings).await?;
+        let client = fleet.client(&app);
+        assert!(client.submit("on its threads").await.is_some(), "202");
+        let listening = fleet.dispatcher.logged("dispatcher listening");
+        assert_eq!(listening[0]["runtime_threads"], threads, "{setting:?}");
+        fleet.terminate().await?;
+        fleet.assert_clean();
+    }
+    Ok(())
+}
+
 /// SIGTERM while submissions are in flight — and, every other time, one more stalled half
 /// way through its body, which only the dispatcher's deadline ends (if it got in before the
 /// signal). Every job answered 202

@@ -395,8 +395,9 @@ pub struct DispatcherConfig {
     /// Threads of the replica's async runtime. One by default: a request is I/O around ~40 µs
     /// of CPU, so one thread serves ~20,000 submissions a second, and a second thread on a
     /// small machine shared with Redis, the broker and the workers mostly adds wake-ups from
-    /// one thread to the other (scenario 4 took 9–16% more POSTs/s with one than with two on
-    /// two cores; see docs/BENCHMARKS.md). Raise it with the replica's CPU, or add replicas.
+    /// one thread to the other (scenario 4 took 4–18% more POSTs/s with one than with two on
+    /// two cores, in four runs pairing them; see docs/BENCHMARKS.md). Raise it with the
+    /// replica's CPU, or add replicas.
     /// Read at start (a reload keeps it).
     pub runtime_threads: u16,
 }
